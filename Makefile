@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:
+#   make run    the full pipeline on the embedded default data (recipes/cpu-speedrun.toml)
+#   make test   install everything (incl. the peer libraries used as oracles) and run the tests
+# Every pip install goes through constraints.txt so that no dependency can swap the torch build.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+PIPC    := $(PIP) install -c constraints.txt
+RECIPE  ?= recipes/cpu-speedrun.toml
+PYTEST_ARGS ?=
+
+.PHONY: run test tiny bench clean help
+
+help:
+	@echo "make run    - full pipeline with $(RECIPE) (report: runs/<name>/report.md)"
+	@echo "make test   - install dev extras and run the test suite"
+	@echo "make tiny   - the whole pipeline on recipes/tiny.toml (~2 min)"
+	@echo "make bench  - run every benchmark in quick mode"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.core: $(PY) pyproject.toml constraints.txt
+	$(PIPC) --quiet torch==2.13.0
+	$(PIPC) --quiet -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(PIPC) --quiet -e ".[dev,serve]"
+	@touch $@
+
+run: $(VENV)/.core
+	$(VENV)/bin/lmstack run --recipe $(RECIPE)
+
+tiny: $(VENV)/.core
+	$(VENV)/bin/lmstack run --recipe recipes/tiny.toml
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf runs benchmarks/out

@@ -1,0 +1,104 @@
+"""Text helpers shared by the filters, PII masking and dedup: words, scripts, sentences, code detection.
+
+How CJK text is segmented (Chinese has no spaces between words):
+every Han / Kana / Hangul character counts as ONE word. A run of any other non-space characters
+("hello", "3.14", "--") is one word, exactly as whitespace splitting would give. So the sentence
+"我爱Python编程" has the words 我 爱 Python 编 程 (5 words). This is the convention of
+character-level CJK n-gram models and of MinHash dedup on Chinese text (a word 5-gram of Chinese is
+a 5-character shingle). It over-counts words relative to a real segmenter (jieba), so rules that
+depend on word *length* (Gopher's mean word length) are applied to the non-CJK words only.
+"""
+
+from __future__ import annotations
+
+import regex
+
+CJK_CLASS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+# A CJK character alone, or a maximal run of non-space, non-CJK characters.
+WORD_RE = regex.compile(rf"[{CJK_CLASS}]|[^\s{CJK_CLASS}]+")
+# For dedup shingles: punctuation and case do not make two texts different.
+SHINGLE_TOKEN_RE = regex.compile(rf"[{CJK_CLASS}]|[\p{{L}}\p{{N}}_]+")
+CJK_CHAR_RE = regex.compile(rf"[{CJK_CLASS}]")
+LATIN_RE = regex.compile(r"\p{Latin}")
+ALPHA_RE = regex.compile(r"\p{L}")
+# Sentence ends: English .!? followed by space/end, Chinese 。！？ (optionally followed by a closing quote).
+SENTENCE_SPLIT_RE = regex.compile(r"(?<=[。！？!?；;][”」』\"']?)|(?<=[.][\"')\]]?)(?=\s)|\n+")
+
+
+def words(text: str) -> list[str]:
+    """Words as the filters count them (see the module docstring for CJK)."""
+    return WORD_RE.findall(text)
+
+
+def shingle_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens without punctuation, used to build dedup shingles."""
+    return SHINGLE_TOKEN_RE.findall(text.lower())
+
+
+def is_cjk_word(w: str) -> bool:
+    return len(w) == 1 and CJK_CHAR_RE.match(w) is not None
+
+
+def cjk_fraction(text: str) -> float:
+    """Share of the letters that are CJK characters (0 for text without letters)."""
+    letters = len(ALPHA_RE.findall(text))
+    if letters == 0:
+        return 0.0
+    return len(CJK_CHAR_RE.findall(text)) / letters
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences: English . ! ? followed by whitespace, Chinese 。！？ and newlines."""
+    parts = SENTENCE_SPLIT_RE.split(text)
+    return [p.strip() for p in parts if p and p.strip()]
+
+
+# --- script / language and code detection ------------------------------------------------------
+
+# Tokens that are frequent in source code and rare in prose. Python-centred (the default corpus is
+# the Python standard library) but most are shared with C-like languages.
+_CODE_LINE_RE = regex.compile(
+    r"^\s*(def |class |import |from \S+ import |return\b|if .*:\s*$|elif |else:|for .* in .*:\s*$|while .*:\s*$|"
+    r"try:|except\b|finally:|with .*:\s*$|raise |yield\b|assert |@\w|#|\"\"\"|'''|"
+    r"\}|\{\s*$|.*;\s*$|.*\)\s*\{\s*$|#include|public |private |function |var |let |const )"
+)
+_CODE_SYMBOL_RE = regex.compile(r"[{}()\[\];=<>_*/\\|&^%$#@]")
+
+
+def code_score(text: str) -> float:
+    """A cheap code-likeness score in [0, 1]: the share of non-empty lines that look like code,
+    blended with the density of code symbols. Above ~0.3 the text is almost surely code."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return 0.0
+    code_lines = sum(1 for ln in lines if _CODE_LINE_RE.match(ln))
+    indented = sum(1 for ln in lines if ln.startswith(("    ", "\t")))
+    symbols = len(_CODE_SYMBOL_RE.findall(text)) / max(1, len(text))
+    line_share = code_lines / len(lines)
+    return min(1.0, 0.6 * line_share + 0.2 * (indented / len(lines)) + 2.0 * symbols)
+
+
+def detect_kind(text: str, threshold: float = 0.3) -> str:
+    """'code' or 'prose'. Filters are routed on this: prose rules (stop words, Gopher quality) would
+    throw away nearly every source file, so code gets its own rules (see clean.py)."""
+    return "code" if code_score(text) >= threshold else "prose"
+
+
+def detect_script(text: str) -> str:
+    """Dominant script of the letters: 'zh' (Han and other CJK), 'en' (Latin), 'mixed' or 'other'.
+
+    A script-based detector (no model): it can tell Chinese from English, not French from English.
+    'mixed' means both CJK and Latin letters are at least 20% of the letters (parallel EN/ZH text)."""
+    letters = ALPHA_RE.findall(text)
+    if not letters:
+        return "other"
+    n = len(letters)
+    cjk = sum(1 for ch in letters if CJK_CHAR_RE.match(ch))
+    latin = sum(1 for ch in letters if LATIN_RE.match(ch))
+    if cjk / n >= 0.2 and latin / n >= 0.2:
+        return "mixed"
+    if cjk / n >= 0.5:
+        return "zh"
+    if latin / n >= 0.5:
+        return "en"
+    return "other"

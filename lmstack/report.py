@@ -1,0 +1,112 @@
+"""report.md: one section per stage (what ran, how long, metrics, plots, samples), plus the
+hardware and software the run used, rendered from manifest.json and the stages' fragments."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from lmstack.runs import RunDir, atomic_write_text
+
+
+def environment() -> dict[str, str]:
+    """Hardware and software facts worth recording next to any measured number."""
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu cores": str(os.cpu_count()),
+        "memory": _memory(),
+    }
+    for mod in ("lmstack", "torch", "numpy", "tiktoken", "safetensors"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # a missing optional package is a fact, not an error
+            info[mod] = "not installed"
+    try:
+        import torch
+        info["accelerator"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+        info["torch threads"] = str(torch.get_num_threads())
+    except Exception:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+        if commit:
+            info["lmstack commit"] = commit
+    except Exception:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory() -> str:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return f"{pages * page_size / 2**30:.1f} GiB"
+    except (ValueError, OSError, AttributeError):
+        return "unknown"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def metrics_table(metrics: dict) -> str:
+    if not metrics:
+        return ""
+    rows = ["| metric | value |", "|---|---|"]
+    rows += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+    return "\n".join(rows) + "\n"
+
+
+def render_report(run: RunDir) -> Path:
+    """Write ``report.md`` for the run and return its path."""
+    stages = run.manifest.get("stages", {})
+    lines = [f"# lmstack run `{run.name}`", ""]
+    lines += ["## Summary", "", "| stage | status | seconds | headline metrics |", "|---|---|---|---|"]
+    total = 0.0
+    for name, entry in stages.items():
+        secs = entry.get("seconds", 0.0)
+        total += secs
+        head = ", ".join(f"{k}={_fmt(v)}" for k, v in list(entry.get("metrics", {}).items())[:4])
+        lines.append(f"| [{name}](#{name}) | {entry.get('status', '?')} | {secs:.1f} | {head} |")
+    lines += [f"| **total** | | {total:.1f} | |", ""]
+    for name, entry in stages.items():
+        lines += [f"## {name}", ""]
+        status = entry.get("status", "?")
+        lines.append(f"Status: **{status}**, {entry.get('seconds', 0.0):.1f} s "
+                     f"(started {entry.get('started', '?')}, attempts {entry.get('attempts', 1)}).")
+        if status == "failed":
+            lines += ["", f"Error: `{entry.get('error', '')}`"]
+        lines.append("")
+        table = metrics_table(entry.get("metrics", {}))
+        if table:
+            lines += [table]
+        fragment = run.path / "report" / f"{name}.md"
+        if fragment.exists():
+            lines += [fragment.read_text(encoding="utf-8").strip(), ""]
+        artifacts = entry.get("artifacts", {})
+        if artifacts:
+            lines.append("Artifacts: " + ", ".join(f"`{p}`" for p in artifacts.values()))
+            lines.append("")
+    lines += ["## Environment", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in environment().items()]
+    lines += ["", f"Command: `{' '.join(Path(sys.argv[0]).name.split() + sys.argv[1:])}`", ""]
+    path = run.path / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

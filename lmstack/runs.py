@@ -1,0 +1,131 @@
+"""Run directories: the interface between stages (see DESIGN.md).
+
+A run directory holds ``manifest.json`` plus every artifact the stages write. All writes
+go through the atomic helpers below, so an interrupted process never leaves a half-written
+file where a later stage (or a resume) would read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # The target is untouched; only the temp file has to go.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+class RunDir:
+    """A run directory ``runs/<name>/`` and its ``manifest.json``.
+
+    The manifest records, per stage: status (running / done / failed), the config used,
+    start and end times, metrics and artifact paths. It is rewritten atomically on every change.
+    """
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest_path = self.path / self.MANIFEST
+        if manifest_path.exists():
+            self.manifest = read_json(manifest_path)
+        else:
+            self.manifest = {"name": self.path.name, "created": _now(), "stages": {}}
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def sub(self, name: str) -> Path:
+        """Path of a sub-directory of the run, created if missing."""
+        p = self.path / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def save_manifest(self) -> None:
+        atomic_write_json(self.path / self.MANIFEST, self.manifest)
+
+    def stage(self, name: str) -> dict:
+        return self.manifest["stages"].get(name, {})
+
+    def stage_done(self, name: str) -> bool:
+        return self.stage(name).get("status") == "done"
+
+    def mark_started(self, name: str, config: dict) -> None:
+        entry = self.manifest["stages"].setdefault(name, {})
+        attempts = entry.get("attempts", 0) + 1
+        entry.clear()
+        entry.update(status="running", config=config, started=_now(), attempts=attempts)
+        self.save_manifest()
+
+    def mark_finished(self, name: str, *, seconds: float, metrics: dict, artifacts: dict) -> None:
+        entry = self.manifest["stages"][name]
+        entry.update(status="done", ended=_now(), seconds=round(seconds, 3),
+                     metrics=metrics, artifacts=artifacts)
+        self.save_manifest()
+
+    def mark_failed(self, name: str, *, seconds: float, error: str) -> None:
+        entry = self.manifest["stages"].setdefault(name, {})
+        entry.update(status="failed", ended=_now(), seconds=round(seconds, 3), error=error)
+        self.save_manifest()
+
+    def append_metrics(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl (append is atomic enough for one small line)."""
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
