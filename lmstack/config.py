@@ -24,8 +24,9 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` checked (and, for dataclasses, built) against annotation ``tp``."""
+def _coerce(value: Any, tp: Any, where: str, table: str) -> Any:
+    """Return ``value`` checked (and, for dataclasses, built) against annotation ``tp``.
+    ``where`` names the value in messages; ``table`` is the dotted name a nested table gets."""
     if tp is Any:
         return value
     origin = get_origin(tp)
@@ -33,14 +34,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
-            except ConfigError as e:
-                errors.append(str(e))
+                return _coerce(value, option, where, table)
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
@@ -52,20 +52,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return config_from_dict(tp, value, where)
+        return config_from_dict(tp, value, table)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = get_args(tp)
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, item_tp, f"{where}[{i}]", f"{table}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         args = get_args(tp)
         val_tp = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, val_tp, f"{where}.{k}", f"{table}.{k}") for k, v in value.items()}
     if tp is float:
         # TOML writes 1 for 1.0; accept ints for float fields, but never bools.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -99,7 +99,7 @@ def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
         raise ConfigError(
             f"[{where}]: unknown key {unknown[0]!r}; valid keys are: {', '.join(sorted(fields))}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"[{where}] {k}") for k, v in data.items()}
+    kwargs = {k: _coerce(v, hints[k], f"[{where}] {k}", f"{where}.{k}") for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -3,7 +3,7 @@
 Layout of one checkpoint directory ``<ckpt_dir>/step_000120/``::
 
     model.safetensors + config.json   the weights, via lmstack.model.save_pretrained when available
-    optimizer.safetensors             every tensor of the optimizer state, keyed "<param index>.<name>"
+    optimizer.safetensors             every tensor of the optimizer state, keyed "<param index or name>::<state name>"
     trainer_state.json                step, data position, schedule, anomaly-guard state, RNG states
                                       (base64/lists, never pickle), optimizer hyper-parameters
 
@@ -73,7 +73,7 @@ def optimizer_state_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], 
     for idx, st in state_dict["state"].items():
         for key, value in st.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{idx}::{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     groups = [{k: v for k, v in g.items()} for g in state_dict["param_groups"]]
@@ -86,13 +86,18 @@ def optimizer_state_to_flat(state_dict: dict) -> tuple[dict[str, torch.Tensor], 
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
+def _param_key(idx: str):
+    # torch optimizers key state by parameter index; distributed full state dicts by parameter name.
+    return int(idx) if idx.isdigit() else idx
+
+
 def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = t
+        idx, key = name.split("::", 1)
+        state.setdefault(_param_key(idx), {})[key] = t
     for idx, values in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(values)
+        state.setdefault(_param_key(idx), {}).update(values)
     groups = []
     for g in meta["param_groups"]:
         g = dict(g)

@@ -1,0 +1,178 @@
+"""Configs, --set overrides, the CLI's errors, the manifest, resume and atomic writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fake_stages
+from lmstack import cli, pipeline
+from lmstack.config import ConfigError, config_from_dict, parse_override
+from lmstack.runs import RunDir, atomic_write_text
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    stages = dict(pipeline.STAGES)
+    fake_stages.register(stages)
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    return stages
+
+
+def write_recipe(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def test_config_from_dict_checks_keys_and_types():
+    cfg = config_from_dict(fake_stages.FirstConfig, {"text": "x", "scale": 2, "inner": {"width": 8}})
+    assert cfg.scale == 2.0 and isinstance(cfg.scale, float) and cfg.inner.width == 8
+    with pytest.raises(ConfigError, match=r"unknown key 'txt'.*valid keys are: inner, scale, tags, text"):
+        config_from_dict(fake_stages.FirstConfig, {"txt": "x"}, "first")
+    with pytest.raises(ConfigError, match=r"\[first.inner\]: unknown key 'depth'"):
+        config_from_dict(fake_stages.FirstConfig, {"inner": {"depth": 1}}, "first")
+    with pytest.raises(ConfigError, match=r"\[first\] scale: expected a number, got 'big'"):
+        config_from_dict(fake_stages.FirstConfig, {"scale": "big"}, "first")
+    with pytest.raises(ConfigError, match=r"expected an integer, got True"):
+        config_from_dict(fake_stages.FirstConfig, {"inner": {"width": True}}, "first")
+    with pytest.raises(ConfigError, match=r"'c' is not one of 'a', 'b'"):
+        config_from_dict(fake_stages.FirstConfig, {"inner": {"kind": "c"}}, "first")
+    with pytest.raises(ConfigError, match=r"tags\[1\]: expected a string"):
+        config_from_dict(fake_stages.FirstConfig, {"tags": ["ok", 3]}, "first")
+
+
+def test_parse_override_values():
+    assert parse_override("pretrain.steps=100") == (["pretrain", "steps"], 100)
+    assert parse_override("a.lr=3e-4") == (["a", "lr"], 3e-4)
+    assert parse_override("a.flag=true") == (["a", "flag"], True)
+    assert parse_override("a.xs=[1, 2]") == (["a", "xs"], [1, 2])
+    assert parse_override("a.preset=llama-style") == (["a", "preset"], "llama-style")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("pretrain.steps")
+    with pytest.raises(ConfigError, match="bad key"):
+        parse_override("a..b=1")
+
+
+def test_recipe_errors_name_the_key(fake_registry, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", '[run]\nstages = ["first"]\n[first]\ntext = "hi"\n')
+    r = pipeline.Recipe.load(recipe, ["first.inner.width=16", "first.text=yo"])
+    assert r.configs["first"].inner.width == 16 and r.configs["first"].text == "yo"
+    with pytest.raises(ConfigError, match=r"unknown table 'frist'"):
+        pipeline.Recipe.load(recipe, ["frist.text=1"])
+    with pytest.raises(ConfigError, match=r"\[first\] scale: expected a number"):
+        pipeline.Recipe.load(recipe, ["first.scale=fast"])
+    bad = write_recipe(tmp_path / "bad.toml", '[run]\nstages = ["first", "nope"]\n')
+    with pytest.raises(ConfigError, match=r"unknown stage 'nope'"):
+        pipeline.Recipe.load(bad)
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        pipeline.Recipe.load(tmp_path / "missing.toml")
+    broken = write_recipe(tmp_path / "broken.toml", "[run\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        pipeline.Recipe.load(broken)
+
+
+def test_cli_reports_config_errors(fake_registry, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.toml", f'[run]\nstages = ["first"]\nruns_dir = "{tmp_path}"\n')
+    assert cli.main(["run", "--recipe", str(recipe), "--set", "first.colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'colour'" in err and "valid keys are: inner, scale, tags, text" in err
+    assert cli.main(["run", "--recipe", str(recipe), "--set", "first.scale"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--no-such-flag"])
+    assert e.value.code == 2
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for name in list(pipeline.STAGES) + ["run", "report", "chat", "generate"]:
+        assert name in out
+
+
+def test_pipeline_manifest_skip_and_rerun(fake_registry, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", '[run]\nstages = ["first", "count"]\n[count]\nn = 5\n')
+    run_dir = tmp_path / "run"
+    run = pipeline.run_pipeline(pipeline.Recipe.load(recipe), run_dir)
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["stages"]["first"]["status"] == "done"
+    assert m["stages"]["first"]["metrics"] == {"chars": 5}
+    assert m["stages"]["count"]["metrics"] == {"final": 5, "resumed_from": 0}
+    assert m["stages"]["first"]["config"]["inner"] == {"width": 4, "kind": "a"}
+    assert (run_dir / "report.md").read_text().count("## first") == 1
+    assert "first stage wrote one file" in (run_dir / "report.md").read_text()
+    # Same recipe again: nothing re-runs.
+    pipeline.run_pipeline(pipeline.Recipe.load(recipe), run_dir)
+    assert RunDir(run_dir).stage("first")["attempts"] == 1
+    # A changed config re-runs that stage and every later one.
+    pipeline.run_pipeline(pipeline.Recipe.load(recipe, ["first.text=changed"]), run_dir)
+    assert RunDir(run_dir).stage("first")["attempts"] == 2
+    assert RunDir(run_dir).stage("count")["attempts"] == 2
+    assert run.path == run_dir
+
+
+def test_killed_stage_resumes(fake_registry, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", '[run]\nstages = ["first", "count"]\n[count]\nn = 400\nsleep = 0.01\n')
+    run_dir = tmp_path / "run"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "import fake_stages\nfrom lmstack import pipeline\n"
+        "fake_stages.register(pipeline.STAGES)\n"
+        f"pipeline.run_pipeline(pipeline.Recipe.load({str(recipe)!r}), {str(run_dir)!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(driver)], stderr=subprocess.DEVNULL)
+    state = run_dir / "count" / "state.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["i"] >= 20:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["i"]
+    assert 20 <= killed_at < 400
+    assert RunDir(run_dir).stage("count")["status"] == "running"
+    subprocess.run([sys.executable, str(driver)], check=True, stderr=subprocess.DEVNULL)
+    run = RunDir(run_dir)
+    assert run.stage("first")["attempts"] == 1  # completed stage skipped
+    assert run.stage("count")["status"] == "done"
+    assert run.stage("count")["metrics"]["resumed_from"] >= killed_at
+    assert run.stage("count")["attempts"] == 2
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left behind
+
+
+def test_failed_stage_is_recorded(fake_registry, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.toml", '[run]\nstages = ["count"]\n')
+
+    def explode(ctx, cfg):
+        raise RuntimeError("bad thing")
+
+    monkeypatch.setattr(fake_stages, "run_count", explode)
+    with pytest.raises(RuntimeError):
+        pipeline.run_pipeline(pipeline.Recipe.load(recipe), tmp_path / "run")
+    entry = RunDir(tmp_path / "run").stage("count")
+    assert entry["status"] == "failed" and "bad thing" in entry["error"]
