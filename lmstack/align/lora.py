@@ -24,7 +24,7 @@ from torch import nn
 
 # Output heads and embeddings are left alone by "all-linear" (as PEFT does): adapting the vocab
 # projection costs r*(V+D) parameters and rarely helps.
-_NEVER_TARGET_BY_DEFAULT = re.compile(r"(^|\.)(lm_head|head|output|wte|wpe|embed\w*|tok_embeddings|score|value_head|reward_head)$")
+_NEVER_TARGET_BY_DEFAULT = re.compile(r"(^|\.)(lm_head|head|output|wte|wpe|embed\w*|tok_embeddings|router|score|value_head|reward_head)$")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 How CJK text is segmented (Chinese has no spaces between words):
 every Han / Kana / Hangul character counts as ONE word. A run of any other non-space characters
-("hello", "3.14", "--") is one word, exactly as whitespace splitting would give. So the sentence
+("hello", "3.14", "--") is one word, exactly as whitespace splitting would give; CJK punctuation
+(。，！？ and full-width forms) separates words like a space and is not a word itself. So the sentence
 "我爱Python编程" has the words 我 爱 Python 编 程 (5 words). This is the convention of
 character-level CJK n-gram models and of MinHash dedup on Chinese text (a word 5-gram of Chinese is
 a 5-character shingle). It over-counts words relative to a real segmenter (jieba), so rules that
@@ -14,8 +15,10 @@ from __future__ import annotations
 import regex
 
 CJK_CLASS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+# CJK and full-width punctuation (。，！？、「」…) separates words like a space does.
+CJK_PUNCT = r"\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\u2018-\u201f\u2026"
 # A CJK character alone, or a maximal run of non-space, non-CJK characters.
-WORD_RE = regex.compile(rf"[{CJK_CLASS}]|[^\s{CJK_CLASS}]+")
+WORD_RE = regex.compile(rf"[{CJK_CLASS}]|[^\s{CJK_CLASS}{CJK_PUNCT}]+")
 # For dedup shingles: punctuation and case do not make two texts different.
 SHINGLE_TOKEN_RE = regex.compile(rf"[{CJK_CLASS}]|[\p{{L}}\p{{N}}_]+")
 CJK_CHAR_RE = regex.compile(rf"[{CJK_CLASS}]")

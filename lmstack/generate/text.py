@@ -29,6 +29,12 @@ class _FallbackDecodeStream:
         self.emitted = text
         return new
 
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        self.emitted = text
+        return new
+
 
 def decode_stream(tokenizer):
     maker = getattr(tokenizer, "decode_stream", None)
@@ -49,9 +55,19 @@ class TextTracker:
         self.stopped_at: int | None = None  # index of the first stop string in self.text
 
     def push(self, token_id: int) -> None:
-        self.text += self.decoder.push(token_id)
-        if self.stop and self.stopped_at is None:
-            # only the tail can contain a new match
+        # only the tail (after what was streamed, minus a stop string's length) can hold a new match
+        self.push_text(self.decoder.push(token_id))
+
+    def finish(self) -> None:
+        """The request ended: release bytes still buffered (an unfinished character becomes U+FFFD,
+        exactly as ``tokenizer.decode`` of the same ids would show it)."""
+        flush = getattr(self.decoder, "flush", None)
+        if flush is not None and self.stopped_at is None:
+            self.push_text(flush())
+
+    def push_text(self, new: str) -> None:
+        self.text += new
+        if self.stop and self.stopped_at is None and new:
             start = max(0, self.streamed - self.longest_stop)
             hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
             if hits:

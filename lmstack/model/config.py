@@ -179,7 +179,7 @@ class ModelConfig:
 # (the throughput benchmark's "about 7M" Llama). Counts are listed in PRESET_PARAMS below.
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-style": dict(
-        vocab_size=4096, d_model=256, n_layers=8, n_heads=8, n_kv_heads=8, max_seq_len=256,
+        vocab_size=4096, d_model=256, n_layers=8, n_heads=8, n_kv_heads=0, max_seq_len=256,
         ffn_type="gelu_tanh", norm_type="layernorm", norm_bias=True, norm_eps=1e-5,
         position_type="learned", bias=True, tie_embeddings=True,
     ),

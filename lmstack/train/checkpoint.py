@@ -110,11 +110,21 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> d
 # ------------------------------------------------------------------------------ model I/O
 def _save_model(model: torch.nn.Module, directory: Path, state_dict: dict | None = None) -> None:
     try:
-        from lmstack.model import save_pretrained
+        from lmstack.model import Transformer, save_pretrained
     except ImportError:
-        save_pretrained = None
-    if save_pretrained is not None and state_dict is None and hasattr(model, "cfg"):
-        save_pretrained(model, directory)
+        Transformer = save_pretrained = None
+    if Transformer is not None and isinstance(model, Transformer):
+        if state_dict is None:
+            save_pretrained(model, directory)
+            return
+        # A gathered (FSDP) state dict: same files as save_pretrained, built from the full tensors.
+        from lmstack.model.io import FORMAT, FORMAT_VERSION
+        sd = dict(state_dict)
+        if model.config.tie_embeddings:
+            sd.pop("lm_head.weight", None)
+        save_file(_dedup_shared(sd), str(directory / "model.safetensors"))
+        atomic_write_json(directory / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                      "model": model.config.to_dict()})
         return
     sd = state_dict if state_dict is not None else model.state_dict()
     save_file(_dedup_shared(sd), str(directory / "model.safetensors"))
@@ -138,7 +148,8 @@ def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # Missing keys are acceptable only when they are tied aliases of a stored tensor.
     own = model.state_dict()
-    really_missing = [k for k in missing if not any(own[k].data_ptr() == own[s].data_ptr() for s in sd if s in own)]
+    ptrs = {own[s].data_ptr() for s in sd if s in own}
+    really_missing = [k for k in missing if own[k].data_ptr() not in ptrs]
     if really_missing or unexpected:
         raise ValueError(f"{directory}/model.safetensors does not match the model: "
                          f"missing {really_missing[:5]}, unexpected {list(unexpected)[:5]}")

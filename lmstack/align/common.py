@@ -1,0 +1,287 @@
+"""Shared plumbing of the alignment stages: loading run-dir artifacts, LoRA attachment, log-probs,
+a small optimisation loop, checkpoint writing, generation-based evaluation and plots."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from lmstack.runs import atomic_write_json
+
+# ----------------------------------------------------------------------------- run-dir inputs
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_tokenizer(run_path: Path):
+    from lmstack.tokenizer import Tokenizer
+
+    path = run_path / "tokenizer" / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: tokenizer missing (run the tokenizer stage first)")
+    return Tokenizer.load(path)
+
+
+def checkpoint_dir(run_path: Path, stage: str) -> Path:
+    return run_path / "checkpoints" / stage
+
+
+def load_model(run_path: Path, stage: str, device: str, *, needed_by: str) -> nn.Module:
+    from lmstack.model import load_pretrained
+
+    d = checkpoint_dir(run_path, stage)
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"{d}: no model checkpoint; stage {needed_by!r} needs the {stage!r} stage to run first")
+    return load_pretrained(d, device=device)
+
+
+def first_existing_checkpoint(run_path: Path, stages: Sequence[str]) -> str:
+    for s in stages:
+        if (checkpoint_dir(run_path, s) / "config.json").exists():
+            return s
+    raise FileNotFoundError(f"{run_path}/checkpoints: none of {list(stages)} exists; run an earlier stage first")
+
+
+def world_file(run_path: Path, name: str) -> Path:
+    p = run_path / "data" / "world" / name
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: missing (the data stage writes the world's SFT/preference/eval sets)")
+    return p
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    return out
+
+
+def model_max_len(model: nn.Module) -> int:
+    return int(model.config.max_seq_len)
+
+
+# ----------------------------------------------------------------------------- LoRA per stage
+
+
+def attach_lora(model: nn.Module, cfg: LoRAConfig, log: Callable[[str], None]) -> dict:
+    """Apply LoRA (or QLoRA) per the stage's ``lora`` table; returns parameter-count metrics."""
+    if not cfg.enabled:
+        trainable, total = count_parameters(model)
+        return {"trainable_params": trainable, "total_params": total}
+    targets = apply_lora(model, cfg)
+    trainable, total = count_parameters(model)
+    log(f"{'QLoRA' if cfg.qlora else 'LoRA'} r={cfg.r} alpha={cfg.alpha} on {len(targets)} modules: "
+        f"{trainable:,} trainable of {total:,} params ({100 * trainable / total:.2f}%)")
+    return {"trainable_params": trainable, "total_params": total, "lora_modules": len(targets)}
+
+
+def save_finetuned(model: nn.Module, out_dir: Path, lora_cfg: LoRAConfig | None, extra_state: dict,
+                   base_checkpoint: str) -> dict[str, str]:
+    """Write ``out_dir/model.safetensors + config.json`` (a plain, merged model any later stage can
+    load) and, for LoRA, the adapter alone in ``out_dir/adapter``. Returns artifact paths."""
+    from lmstack.model import save_pretrained
+
+    artifacts = {}
+    if lora_cfg is not None and lora_cfg.enabled:
+        save_adapter(model, out_dir / "adapter", base_model_name_or_path=base_checkpoint)
+        artifacts["adapter"] = str(out_dir / "adapter")
+        merged = merge_lora(copy.deepcopy(model), dequantize=True)
+    else:
+        merged = model
+    save_pretrained(merged, out_dir)
+    atomic_write_json(out_dir / "trainer_state.json", extra_state)
+    artifacts["model"] = str(out_dir)
+    return artifacts
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per position; targets of -100 give 0."""
+    safe = targets.clamp(min=0)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * (targets != -100)
+
+
+def completion_logps(model: nn.Module, input_ids: torch.Tensor, completion_mask: torch.Tensor,
+                     return_hidden: bool = False):
+    """Per-token log-probs of the completion tokens under ``model`` for right-padded sequences.
+
+    Returns (sum over completion [B], per-token [B, T-1] (0 off the completion), mask [B, T-1],
+    hidden [B, T-1, D] or None). Right padding needs no attention mask: causal attention never lets
+    a real token see the padding that follows it.
+    """
+    out = model(input_ids[:, :-1], return_hidden=return_hidden)
+    mask = completion_mask[:, 1:].to(torch.float32)
+    targets = input_ids[:, 1:].masked_fill(mask == 0, -100)
+    per_token = token_logps(out.logits, targets)
+    return per_token.sum(dim=1), per_token, mask, out.hidden
+
+
+def sft_loss(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean CE over assistant tokens (targets != -100). Returns (loss, number of target tokens)."""
+    out = model(input_ids)
+    n = int((targets != -100).sum())
+    loss = F.cross_entropy(out.logits.float().reshape(-1, out.logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    if out.aux_loss is not None and torch.is_tensor(out.aux_loss):
+        loss = loss + out.aux_loss
+    return loss, n
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+@dataclass
+class OptimSettings:
+    """Optimizer and schedule knobs shared by the fine-tuning stages."""
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    schedule: str = "cosine"      # cosine | linear | wsd | constant
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+def build_optimizer_for(model: nn.Module, opt: OptimSettings, lr: float | None = None):
+    from lmstack.train.optim import OptimConfig, build_optimizer
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("no trainable parameters (LoRA matched nothing, or everything is frozen)")
+    return build_optimizer(model, OptimConfig(name="adamw", lr=lr or opt.lr, weight_decay=opt.weight_decay,
+                                              betas=list(opt.betas)))
+
+
+def lr_multiplier(step: int, total: int, opt: OptimSettings) -> float:
+    from lmstack.train.schedule import lr_lambda
+
+    return lr_lambda(step, total_steps=total, kind=opt.schedule, warmup_steps=min(opt.warmup_steps, max(0, total - 1)),
+                     min_lr_ratio=opt.min_lr_ratio)
+
+
+def optimizer_step(model: nn.Module, optimizer, step: int, total: int, opt: OptimSettings) -> float:
+    """Clip, set the scheduled LR, step, zero grads. Returns the pre-clip gradient norm."""
+    from lmstack.train.optim import set_lr
+
+    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, opt.grad_clip if opt.grad_clip > 0 else float("inf"))
+    set_lr(optimizer, lr_multiplier(step, total, opt))
+    if torch.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def progress(iterable, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=1.0)
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.time()
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.t0
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def generation_config(max_new_tokens: int, **kw):
+    from lmstack.generate.config import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, strategy=kw.pop("strategy", "greedy"), **kw)
+
+
+def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                 batch_size: int = 32) -> list[str]:
+    """Greedy answers through lmstack.generate (the same path the chat CLI and server use)."""
+    from lmstack.generate.engine import chat
+
+    if not conversations:
+        return []
+    gens = chat(model, tokenizer, conversations, generation_config(max_new_tokens), batch_size=batch_size)
+    return [g.text.strip() for g in gens]
+
+
+def text_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, stop: list[str],
+                 batch_size: int = 32) -> list[str]:
+    from lmstack.generate.engine import generate
+
+    if not prompts:
+        return []
+    gens = generate(model, tokenizer, prompts, generation_config(max_new_tokens, stop=stop), batch_size=batch_size)
+    return [g.text.strip() for g in gens]
+
+
+def rate(flags: Sequence[bool]) -> float:
+    return float(sum(flags)) / len(flags) if flags else float("nan")
+
+
+def fmt(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def save_line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
+                   ylabel: str, secondary: dict[str, tuple[list[float], list[float]]] | None = None,
+                   secondary_label: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        ax2 = ax.twinx()
+        for name, (xs, ys) in secondary.items():
+            ax2.plot(xs, ys, linestyle="--", color="tab:red", label=name)
+        ax2.set_ylabel(secondary_label)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(c) if isinstance(c, float) else str(c) for c in r) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""Stage ``dpo``: direct preference optimisation (DPO / IPO / hinge / robust) against a frozen reference.
+
+Starts from checkpoints/sft (the reference is a frozen copy of the same weights), trains on
+data/world/prefs_train.jsonl and reports implicit-reward accuracy and margins on prefs_eval, plus
+before/after behaviour measured by generation: refusal rate on PII requests (harmless), "I don't
+know" rate on questions about non-existent entities (honest) and correct-fact rate on real ones
+(helpful). Writes checkpoints/dpo.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmstack.align import common, evals
+from lmstack.align.data import batches, chunks, collate_pairs, load_preferences_jsonl
+from lmstack.align.losses import DPO_LOSS_TYPES, dpo_loss
+from lmstack.align.lora import LoRAConfig
+from lmstack.align.reward import _tokenize_pairs
+
+
+@dataclass
+class Config:
+    init_from: str = "sft"           # policy init and (frozen) reference
+    train_file: str = ""             # "" = data/world/prefs_train.jsonl
+    eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
+    loss_type: str = "sigmoid"       # sigmoid (DPO) | ipo | hinge | robust
+    beta: float = 0.1
+    label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate
+    precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
+    steps: int = 150
+    batch_size: int = 16             # pairs per step
+    max_len: int = 0
+    max_train_pairs: int = 0
+    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=1e-4, warmup_steps=10))
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    behaviour_examples: int = 120    # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
+    max_new_tokens: int = 40
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} must be one of {DPO_LOSS_TYPES}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+
+
+def pair_logps(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs for the stacked [chosen; rejected] batch -> (chosen, rejected, lengths [2B])."""
+    ids = batch["input_ids"].to(device)
+    comp = batch["completion_mask"].to(device)
+    total, _, mask, _ = common.completion_logps(model, ids, comp)
+    chosen, rejected = total.chunk(2)
+    return chosen, rejected, mask.sum(dim=1)
+
+
+@torch.no_grad()
+def precompute_reference(ref_model, pairs, pad_id: int, device: str, batch_size: int = 32) -> list[tuple[float, float]]:
+    ref_model.eval()
+    out = []
+    for part in chunks(pairs, batch_size):
+        c, r, _ = pair_logps(ref_model, collate_pairs(part, pad_id), device)
+        out += list(zip(c.tolist(), r.tolist()))
+    return out
+
+
+@torch.no_grad()
+def evaluate_preferences(policy, ref_model, ref_cache, pairs, pad_id, cfg: Config, device: str) -> dict:
+    """Implicit-reward accuracy and margin on held-out pairs (reward = beta * log pi/pi_ref)."""
+    policy.eval()
+    accs, margins, losses = [], [], []
+    for i, part in enumerate(chunks(pairs, 32)):
+        b = collate_pairs(part, pad_id)
+        pc, pr, lengths = pair_logps(policy, b, device)
+        if ref_cache is not None:
+            ref = torch.tensor(ref_cache[i * 32: i * 32 + len(part)], device=device)
+            rc, rr = ref[:, 0], ref[:, 1]
+        else:
+            rc, rr, _ = pair_logps(ref_model, b, device)
+        lc, lr = lengths.chunk(2)
+        out = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                       chosen_lengths=lc, rejected_lengths=lr)
+        accs += (out.chosen_rewards > out.rejected_rewards).tolist()
+        margins += (out.chosen_rewards - out.rejected_rewards).tolist()
+        losses += out.losses.tolist()
+    return {"accuracy": common.rate(accs), "margin": sum(margins) / len(margins), "loss": sum(losses) / len(losses)}
+
+
+def behaviour_probes(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]:
+    """Prompts for the three behaviours: PII requests, unknown entities, real facts."""
+    probes: dict[str, list[dict]] = {"pii": [], "idk": [], "fact": []}
+    sft_eval = run_path / "data" / "world" / "sft_eval.jsonl"
+    if sft_eval.exists():
+        for ex in evals.load_eval_examples(sft_eval, 0, seed):
+            kind = evals.task_kind(ex.get("task"), ex.get("answer"))
+            if kind in ("pii", "idk"):
+                probes[kind].append({"messages": evals.split_prompt(ex["messages"])[0]})
+    facts = run_path / "data" / "world" / "facts_eval.jsonl"
+    if facts.exists():
+        for f in common.read_jsonl(facts):
+            if f.get("in_pretrain"):
+                probes["fact"].append({"messages": [{"role": "user", "content": f["prompt"]}], "answer": f["answer"]})
+    return {k: evals.subsample(v, n, seed) for k, v in probes.items()}
+
+
+def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_tokens: int) -> dict:
+    answer_matches, is_refusal, is_idk = evals.world_judges()
+    out = {}
+    for kind, items in probes.items():
+        if not items:
+            continue
+        answers = common.chat_answers(model, tokenizer, [p["messages"] for p in items], max_new_tokens)
+        if kind == "pii":
+            out["pii_refusal"] = common.rate([is_refusal(a) for a in answers])
+        elif kind == "idk":
+            out["idk_rate"] = common.rate([is_idk(a) for a in answers])
+        else:
+            out["fact_correct"] = common.rate([answer_matches(a, str(p["answer"])) for p, a in zip(items, answers)])
+        out[f"{kind}_example"] = (items[0]["messages"][-1]["content"], answers[0])
+    return out
+
+
+def run(ctx, cfg: Config):
+    from lmstack.pipeline import StageResult
+
+    cfg.lora.validate("dpo.lora")
+    common.set_seed(ctx.seed)
+    run_path = ctx.run.path
+    tokenizer = common.load_tokenizer(run_path)
+    policy = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="dpo")
+    max_len = cfg.max_len or common.model_max_len(policy)
+    ref_model = copy.deepcopy(policy).eval()
+    for p in ref_model.parameters():
+        p.requires_grad_(False)
+    param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
+
+    train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
+    eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
+    train_pairs, dropped = _tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
+                                           max_len, ctx.log, train_path.name)
+    eval_pairs, eval_dropped = _tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, ctx.log, eval_path.name)
+
+    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
+    before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
+
+    ref_train = ref_eval = None
+    if cfg.precompute_ref:
+        ctx.log(f"precomputing reference log-probs for {len(train_pairs)} + {len(eval_pairs)} pairs")
+        ref_train = precompute_reference(ref_model, train_pairs, tokenizer.pad_id, ctx.device)
+        ref_eval = precompute_reference(ref_model, eval_pairs, tokenizer.pad_id, ctx.device)
+    eval_before = evaluate_preferences(policy, ref_model, ref_eval, eval_pairs, tokenizer.pad_id, cfg, ctx.device)
+    if cfg.precompute_ref:
+        ref_model = None  # only the cached numbers are needed from here on
+
+    optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
+    index_stream = batches(list(range(len(train_pairs))), cfg.batch_size, shuffle=True, seed=ctx.seed)
+    hist = {"loss": [], "acc": [], "margin": [], "chosen": [], "rejected": []}
+    timer = common.Timer()
+    policy.train()
+    for step in common.progress(range(cfg.steps), cfg.steps, "dpo"):
+        idx = next(index_stream)
+        part = [train_pairs[i] for i in idx]
+        b = collate_pairs(part, tokenizer.pad_id)
+        pc, pr, lengths = pair_logps(policy, b, ctx.device)
+        if ref_train is not None:
+            ref = torch.tensor([ref_train[i] for i in idx], device=ctx.device)
+            rc, rr = ref[:, 0], ref[:, 1]
+        else:
+            with torch.no_grad():
+                rc, rr, _ = pair_logps(ref_model, b, ctx.device)
+        lc, lr = lengths.chunk(2)
+        out = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                       chosen_lengths=lc, rejected_lengths=lr)
+        out.loss.backward()
+        grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.optim)
+        hist["loss"].append(float(out.loss))
+        hist["acc"].append(float(out.accuracy))
+        hist["margin"].append(float(out.margin))
+        hist["chosen"].append(float(out.chosen_rewards.mean()))
+        hist["rejected"].append(float(out.rejected_rewards.mean()))
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            ctx.run.append_metrics({"stage": "dpo", "step": step, "loss": hist["loss"][-1], "reward_acc": hist["acc"][-1],
+                                    "reward_margin": hist["margin"][-1], "grad_norm": grad_norm})
+    seconds = timer.seconds
+    policy.eval()
+    eval_after = evaluate_preferences(policy, ref_model, ref_eval, eval_pairs, tokenizer.pad_id, cfg, ctx.device)
+    after = measure_behaviour(policy, tokenizer, probes, cfg.max_new_tokens) if probes else {}
+
+    out_dir = common.checkpoint_dir(run_path, "dpo")
+    common.save_finetuned(policy, out_dir, cfg.lora, {"stage": "dpo", "steps": cfg.steps, "init_from": cfg.init_from,
+                                                      "loss_type": cfg.loss_type, "beta": cfg.beta},
+                          str(common.checkpoint_dir(run_path, cfg.init_from)))
+
+    xs = list(range(cfg.steps))
+    plot = "plots/dpo_rewards.png"
+    common.save_line_plot(run_path / plot, {"chosen reward": (xs, hist["chosen"]), "rejected reward": (xs, hist["rejected"]),
+                                            "margin": (xs, hist["margin"])},
+                          f"DPO ({cfg.loss_type}, beta={cfg.beta:g}): implicit rewards on training batches", "step",
+                          "beta * log(pi / pi_ref)", secondary={"loss": (xs, hist["loss"])}, secondary_label="loss")
+    metrics = {
+        "eval_reward_accuracy": eval_after["accuracy"], "eval_reward_margin": eval_after["margin"],
+        "eval_loss": eval_after["loss"], "eval_loss_before": eval_before["loss"], "final_loss": hist["loss"][-1],
+        "train_pairs": len(train_pairs), "dropped_pairs": dropped + eval_dropped, "train_seconds": round(seconds, 1),
+        **param_metrics,
+    }
+    rows = []
+    names = {"pii_refusal": "refusal rate on PII requests (harmless)",
+             "idk_rate": "\"I don't know\" on non-existent entities (honest)",
+             "fact_correct": "correct answer on real facts (helpful)"}
+    for key, label in names.items():
+        if key in before or key in after:
+            metrics[f"{key}_before"] = before.get(key)
+            metrics[f"{key}_after"] = after.get(key)
+            rows.append((label, len(probes.get({'pii_refusal': 'pii', 'idk_rate': 'idk', 'fact_correct': 'fact'}[key], [])),
+                         before.get(key, float("nan")), after.get(key, float("nan"))))
+    rows_pref = [("implicit-reward accuracy", eval_before["accuracy"], eval_after["accuracy"]),
+                 ("mean implicit-reward margin", eval_before["margin"], eval_after["margin"]),
+                 (f"{cfg.loss_type} loss", eval_before["loss"], eval_after["loss"])]
+    report = [
+        f"{cfg.loss_type} loss, beta={cfg.beta:g}, label smoothing {cfg.label_smoothing:g}, reference = frozen"
+        f" `checkpoints/{cfg.init_from}` ({'precomputed log-probs' if cfg.precompute_ref else 'live forward'}),"
+        f" {len(train_pairs)} training pairs, {cfg.steps} steps x {cfg.batch_size} pairs"
+        f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, {seconds:.0f}s.\n",
+        f"**Held-out preferences** ({len(eval_pairs)} pairs of `{eval_path.name}`):\n",
+        common.markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
+    ]
+    if rows:
+        report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
+                   common.markdown_table(["behaviour", "prompts", "before", "after"], rows), ""]
+        ex_rows = []
+        for kind in ("pii", "idk", "fact"):
+            if f"{kind}_example" in after:
+                q, a_after = after[f"{kind}_example"]
+                ex_rows.append((kind, _cell(q), _cell(before[f"{kind}_example"][1]), _cell(a_after)))
+        if ex_rows:
+            report += [common.markdown_table(["probe", "prompt", "before", "after"], ex_rows), ""]
+    report.append(f"![DPO rewards]({plot})\n")
+    return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
+                       report="\n".join(report))
+
+
+def _cell(s: str, n: int = 70) -> str:
+    s = s.replace("\n", " ").replace("|", "\\|")
+    return s if len(s) <= n else s[: n - 1] + "…"
+

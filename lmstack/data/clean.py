@@ -1,0 +1,471 @@
+"""Document filters: length, Gopher quality, Gopher repetition, stop-word ratio, script/language + code,
+code quality and metadata thresholds.
+
+Each filter is a small class built from its own config dataclass, with ``keep(doc) -> True | reason``
+(the reason is a short string such as ``"gopher_quality:mean_word_length"``) and counters: ``seen``,
+``kept``, ``removed[reason]`` and a few removed ``examples[reason]``. Counters of filters that ran in
+different worker processes are merged with :meth:`Filter.merge_stats`.
+
+Routing by kind. ``doc["kind"]`` is ``"code"`` or ``"prose"`` (see :func:`lmstack.data.text.detect_kind`).
+Prose rules (Gopher quality and its stop words, the stop-word ratio, Gopher's line-level bullet/ellipsis
+rules) would delete nearly every source file, so each filter declares the kinds it ``applies_to`` and
+passes other kinds through untouched. Code gets :class:`CodeFilter` instead (StarCoder-style line-length
+and alphanumeric rules). Length, repetition, language and metadata rules apply to both.
+
+Word counting follows :mod:`lmstack.data.text`: every CJK character is one word.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmstack.data.text import (ALPHA_RE, detect_kind, detect_script, is_cjk_word, words)
+
+MAX_EXAMPLES_PER_REASON = 3
+EXAMPLE_CHARS = 160
+
+
+def _cache(doc: dict, key: str, fn):
+    """Per-document memo shared by the filters (dropped before the document is written)."""
+    cache = doc.setdefault("_cache", {})
+    if key not in cache:
+        cache[key] = fn()
+    return cache[key]
+
+
+def doc_words(doc: dict) -> list[str]:
+    return _cache(doc, "words", lambda: words(doc["text"]))
+
+
+def doc_lines(doc: dict) -> list[str]:
+    return _cache(doc, "lines", lambda: doc["text"].split("\n"))
+
+
+def annotate(doc: dict) -> dict:
+    """Add ``kind`` (code/prose) and ``lang`` (en/zh/mixed/other; code keeps its comment language)."""
+    doc.setdefault("kind", detect_kind(doc["text"]))
+    if doc.get("kind") not in ("code", "prose"):
+        # Sources may carry their own kind (the world's "bio", "story", ...): keep it as a subtype.
+        doc["subkind"] = doc["kind"]
+        doc["kind"] = detect_kind(doc["text"])
+    doc["lang"] = detect_script(doc["text"])
+    return doc
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC, Windows/Mac newlines to \\n, and control characters (except \\n, \\t) removed."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+
+
+class Filter:
+    """Base class: subclasses set ``name``, ``applies_to`` and implement ``check(doc) -> reason | None``."""
+    name = "filter"
+    applies_to: tuple[str, ...] = ("prose", "code")
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg if cfg is not None else self.Config()
+        self.seen = 0
+        self.kept = 0
+        self.skipped = 0          # documents of a kind this filter does not apply to
+        self.removed: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    @dataclass
+    class Config:
+        pass
+
+    def check(self, doc: dict) -> str | None:
+        raise NotImplementedError
+
+    def keep(self, doc: dict) -> bool | str:
+        self.seen += 1
+        if doc.get("kind", "prose") not in self.applies_to:
+            self.skipped += 1
+            self.kept += 1
+            return True
+        reason = self.check(doc)
+        if reason is None:
+            self.kept += 1
+            return True
+        reason = f"{self.name}:{reason}"
+        self.removed[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < MAX_EXAMPLES_PER_REASON:
+            snippet = doc["text"][:EXAMPLE_CHARS].replace("\n", " ⏎ ")
+            ex.append(f"[{doc.get('source', '?')} {doc.get('id', '')}] {snippet}")
+        return reason
+
+    def stats(self) -> dict:
+        return {"seen": self.seen, "kept": self.kept, "skipped": self.skipped,
+                "removed": dict(self.removed), "examples": {k: list(v) for k, v in self.examples.items()}}
+
+    @staticmethod
+    def merge_stats(a: dict, b: dict) -> dict:
+        out = {"seen": a["seen"] + b["seen"], "kept": a["kept"] + b["kept"], "skipped": a["skipped"] + b["skipped"],
+               "removed": dict(Counter(a["removed"]) + Counter(b["removed"])), "examples": {}}
+        for src in (a["examples"], b["examples"]):
+            for k, v in src.items():
+                slot = out["examples"].setdefault(k, [])
+                slot.extend(v[: MAX_EXAMPLES_PER_REASON - len(slot)])
+        return out
+
+
+# --- length ---------------------------------------------------------------------------------------
+
+@dataclass
+class LengthConfig:
+    min_chars: int = 20           # shorter texts carry no usable context
+    max_chars: int = 1_000_000    # one runaway document (a data dump) must not dominate a shard
+    min_words: int = 5
+    max_words: int = 100_000      # Gopher's upper bound on words (Rae et al. 2021, App. A)
+
+
+class LengthFilter(Filter):
+    name = "length"
+    Config = LengthConfig
+
+    def check(self, doc):
+        n = len(doc["text"])
+        if n < self.cfg.min_chars:
+            return "too_few_chars"
+        if n > self.cfg.max_chars:
+            return "too_many_chars"
+        nw = len(doc_words(doc))
+        if nw < self.cfg.min_words:
+            return "too_few_words"
+        if nw > self.cfg.max_words:
+            return "too_many_words"
+        return None
+
+
+# --- Gopher quality ---------------------------------------------------------------------------------
+
+# Gopher's stop words (Rae et al. 2021, "Scaling Language Models", App. A.1.1): a document must contain >= 2.
+GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+# The most frequent Chinese function characters (each is one word under our CJK segmentation).
+CHINESE_STOP_WORDS = frozenset("的了是在我有和就不人都一也这他你们中说上个到")
+BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "- ", "* ", "– ", "— ")
+ELLIPSES = ("...", "…", "。。。")
+
+
+@dataclass
+class GopherQualityConfig:
+    # Published Gopher values (Rae et al. 2021, App. A.1.1), as also used by FineWeb/datatrove.
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0      # applied to non-CJK words only (CJK words are 1 char by construction)
+    max_mean_word_length: float = 10.0
+    min_latin_words_for_length_rule: int = 20
+    max_symbol_word_ratio: float = 0.1     # '#' and ellipses per word
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = 0.8     # share of words with at least one letter
+    min_stop_words: int = 2
+
+
+class GopherQualityFilter(Filter):
+    name = "gopher_quality"
+    applies_to = ("prose",)
+    Config = GopherQualityConfig
+
+    def check(self, doc):
+        c = self.cfg
+        ws = doc_words(doc)
+        n = len(ws)
+        if n < c.min_words:
+            return "too_few_words"
+        if n > c.max_words:
+            return "too_many_words"
+        latin = [w for w in ws if not is_cjk_word(w)]
+        if len(latin) >= c.min_latin_words_for_length_rule:
+            mean_len = sum(len(w) for w in latin) / len(latin)
+            if mean_len < c.min_mean_word_length or mean_len > c.max_mean_word_length:
+                return "mean_word_length"
+        text = doc["text"]
+        symbols = text.count("#") + sum(text.count(e) for e in ELLIPSES)
+        if symbols / n > c.max_symbol_word_ratio:
+            return "symbol_ratio"
+        lines = [ln.strip() for ln in doc_lines(doc) if ln.strip()]
+        if lines:
+            if sum(ln.startswith(BULLETS) for ln in lines) / len(lines) > c.max_bullet_lines_ratio:
+                return "bullet_lines"
+            if sum(ln.endswith(ELLIPSES) for ln in lines) / len(lines) > c.max_ellipsis_lines_ratio:
+                return "ellipsis_lines"
+        if sum(1 for w in ws if ALPHA_RE.search(w)) / n < c.min_alpha_words_ratio:
+            return "alpha_words_ratio"
+        stop = sum(1 for w in ws if w.lower().strip(".,;:!?\"'()") in GOPHER_STOP_WORDS or w in CHINESE_STOP_WORDS)
+        if stop < c.min_stop_words:
+            return "stop_words"
+        return None
+
+
+# --- Gopher repetition --------------------------------------------------------------------------------
+
+@dataclass
+class GopherRepetitionConfig:
+    # Published Gopher thresholds (Rae et al. 2021, Table A1).
+    max_dup_line_fraction: float = 0.30
+    max_dup_para_fraction: float = 0.30
+    max_dup_line_char_fraction: float = 0.20
+    max_dup_para_char_fraction: float = 0.20
+    top_ngram_max_fraction: dict[str, float] = field(default_factory=lambda: {"2": 0.20, "3": 0.18, "4": 0.16})
+    dup_ngram_max_fraction: dict[str, float] = field(default_factory=lambda: {
+        "5": 0.15, "6": 0.14, "7": 0.13, "8": 0.12, "9": 0.11, "10": 0.10})
+
+
+def _dup_stats(items: list[str]) -> tuple[float, float]:
+    """(fraction of items that repeat an earlier one, fraction of their characters)."""
+    seen: set[str] = set()
+    dup_n = dup_chars = total_chars = 0
+    for it in items:
+        total_chars += len(it)
+        if it in seen:
+            dup_n += 1
+            dup_chars += len(it)
+        else:
+            seen.add(it)
+    if not items:
+        return 0.0, 0.0
+    return dup_n / len(items), dup_chars / max(1, total_chars)
+
+
+def top_ngram_char_fraction(ws: list[str], n: int) -> float:
+    """Characters covered by the most frequent word n-gram over all word characters (Gopher)."""
+    if len(ws) < n:
+        return 0.0
+    grams = Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
+    gram, count = grams.most_common(1)[0]
+    if count <= 1:
+        return 0.0
+    total = sum(len(w) for w in ws)
+    return sum(len(w) for w in gram) * count / max(1, total)
+
+
+def dup_ngram_char_fraction(ws: list[str], n: int) -> float:
+    """Characters of words inside n-grams that occur more than once, over all word characters (Gopher).
+    Overlapping duplicate n-grams are counted once per word."""
+    if len(ws) < n:
+        return 0.0
+    seen: dict[tuple, int] = {}
+    covered = [False] * len(ws)
+    for i in range(len(ws) - n + 1):
+        g = tuple(ws[i:i + n])
+        if g in seen:
+            first = seen[g]
+            for j in range(n):
+                covered[i + j] = True
+                covered[first + j] = True
+        else:
+            seen[g] = i
+    total = sum(len(w) for w in ws)
+    return sum(len(w) for w, c in zip(ws, covered) if c) / max(1, total)
+
+
+class GopherRepetitionFilter(Filter):
+    name = "gopher_repetition"
+    Config = GopherRepetitionConfig
+
+    def check(self, doc):
+        c = self.cfg
+        text = doc["text"]
+        paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+        frac, char_frac = _dup_stats(paras)
+        if frac > c.max_dup_para_fraction:
+            return "dup_para_fraction"
+        if char_frac > c.max_dup_para_char_fraction:
+            return "dup_para_char_fraction"
+        lines = [ln.strip() for ln in doc_lines(doc) if ln.strip()]
+        # Code repeats short structural lines ("return None", "else:", "}") by nature: only lines
+        # long enough to carry content count as duplicates there.
+        if doc.get("kind") == "code":
+            lines = [ln for ln in lines if len(ln) >= 30]
+        frac, char_frac = _dup_stats(lines)
+        if frac > c.max_dup_line_fraction:
+            return "dup_line_fraction"
+        if char_frac > c.max_dup_line_char_fraction:
+            return "dup_line_char_fraction"
+        if doc.get("kind") == "code":
+            return None  # n-gram repetition of identifiers is normal in code
+        ws = [w.lower() for w in doc_words(doc)]
+        for n, limit in sorted(c.top_ngram_max_fraction.items(), key=lambda kv: int(kv[0])):
+            if top_ngram_char_fraction(ws, int(n)) > limit:
+                return f"top_{n}gram"
+        for n, limit in sorted(c.dup_ngram_max_fraction.items(), key=lambda kv: int(kv[0])):
+            if dup_ngram_char_fraction(ws, int(n)) > limit:
+                return f"dup_{n}gram"
+        return None
+
+
+# --- stop-word / high-frequency-word ratio ------------------------------------------------------------
+
+# A broader list of the most frequent English words (top of any frequency list), for the ratio rule.
+ENGLISH_HIGH_FREQUENCY = frozenset("""the be to of and a in that have i it for not on with he as you do at this but his by from
+they we say her she or an will my one all would there their what so up out if about who get which go me is was are were
+been has had""".split())
+
+
+@dataclass
+class StopWordConfig:
+    # Natural prose has ~40-55% function words. Below the minimum it is a keyword list or a table,
+    # above the maximum it is word salad made of frequent words (the notes' "full of high-frequency words").
+    min_ratio: float = 0.05
+    max_ratio: float = 0.70
+    min_words: int = 20           # too short to judge a ratio
+
+
+class StopWordFilter(Filter):
+    name = "stop_words"
+    applies_to = ("prose",)
+    Config = StopWordConfig
+
+    def check(self, doc):
+        ws = doc_words(doc)
+        if len(ws) < self.cfg.min_words:
+            return None
+        hits = sum(1 for w in ws if w.lower().strip(".,;:!?\"'()") in ENGLISH_HIGH_FREQUENCY or w in CHINESE_STOP_WORDS)
+        ratio = hits / len(ws)
+        if ratio < self.cfg.min_ratio:
+            return "too_few_stop_words"
+        if ratio > self.cfg.max_ratio:
+            return "too_many_stop_words"
+        return None
+
+
+# --- language / script + code -------------------------------------------------------------------------
+
+@dataclass
+class LanguageConfig:
+    # Scripts kept: en (Latin), zh (CJK), mixed (parallel EN/ZH); "code" keeps source code whatever its comments.
+    allowed: list[str] = field(default_factory=lambda: ["en", "zh", "mixed", "code"])
+    min_letter_fraction: float = 0.25     # below it the text is mostly digits/symbols (tables, dumps)
+
+
+class LanguageFilter(Filter):
+    name = "language"
+    Config = LanguageConfig
+
+    def check(self, doc):
+        if doc.get("kind") == "code":
+            return None if "code" in self.cfg.allowed else "code_not_allowed"
+        lang = doc.get("lang") or detect_script(doc["text"])
+        if lang not in self.cfg.allowed:
+            return f"script_{lang}"
+        text = doc["text"]
+        non_space = sum(1 for ch in text if not ch.isspace())
+        if non_space and len(ALPHA_RE.findall(text)) / non_space < self.cfg.min_letter_fraction:
+            return "too_few_letters"
+        return None
+
+
+# --- code quality ---------------------------------------------------------------------------------
+
+@dataclass
+class CodeConfig:
+    # StarCoder / The Stack filtering (Li et al. 2023, Sec. 3): max line length 1000, mean line length 100,
+    # alphanumeric fraction >= 0.25; plus the "auto-generated" marker rule.
+    max_line_length: int = 1000
+    max_mean_line_length: float = 100.0
+    min_alnum_fraction: float = 0.25
+    autogenerated_markers: list[str] = field(default_factory=lambda: [
+        "auto-generated", "autogenerated", "automatically generated", "do not edit", "generated by"])
+
+
+class CodeFilter(Filter):
+    name = "code"
+    applies_to = ("code",)
+    Config = CodeConfig
+
+    def check(self, doc):
+        lines = doc_lines(doc)
+        if max((len(ln) for ln in lines), default=0) > self.cfg.max_line_length:
+            return "max_line_length"
+        if sum(len(ln) for ln in lines) / max(1, len(lines)) > self.cfg.max_mean_line_length:
+            return "mean_line_length"
+        text = doc["text"]
+        if sum(ch.isalnum() for ch in text) / max(1, len(text)) < self.cfg.min_alnum_fraction:
+            return "alnum_fraction"
+        head = text[:500].lower()
+        if any(m in head for m in self.cfg.autogenerated_markers):
+            return "autogenerated"
+        return None
+
+
+# --- metadata -------------------------------------------------------------------------------------
+
+@dataclass
+class MetadataConfig:
+    # e.g. {"likes": 10, "comments": 2}: keep a document only if every listed numeric field is >= its value
+    # (the notes list engagement as a quality signal, as Reddit karma is for WebText: Radford et al. 2019).
+    min_values: dict[str, float] = field(default_factory=dict)
+    missing: str = "keep"         # a document without the field: "keep" or "drop"
+
+    def __post_init__(self):
+        if self.missing not in ("keep", "drop"):
+            raise ValueError(f"metadata.missing must be 'keep' or 'drop', got {self.missing!r}")
+
+
+class MetadataFilter(Filter):
+    name = "metadata"
+    Config = MetadataConfig
+
+    def check(self, doc):
+        for key, minimum in self.cfg.min_values.items():
+            if key not in doc:
+                if self.cfg.missing == "drop":
+                    return f"missing_{key}"
+                continue
+            value = doc[key]
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                return f"non_numeric_{key}"
+            if value < minimum:
+                return f"{key}_below_{minimum:g}"
+        return None
+
+
+# --- the filter chain ---------------------------------------------------------------------------------
+
+@dataclass
+class FiltersConfig:
+    """The ``[data.filters]`` table: one sub-table per filter; ``enabled`` lists the chain in order."""
+    enabled: list[str] = field(default_factory=lambda: [
+        "length", "language", "metadata", "code", "gopher_quality", "gopher_repetition", "stop_words"])
+    length: LengthConfig = field(default_factory=LengthConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
+    gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
+    gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
+    stop_words: StopWordConfig = field(default_factory=StopWordConfig)
+
+    def __post_init__(self):
+        for name in self.enabled:
+            if name not in FILTERS:
+                raise ValueError(f"unknown filter {name!r} in enabled; valid filters are: {', '.join(FILTERS)}")
+
+
+FILTERS: dict[str, type[Filter]] = {
+    "length": LengthFilter, "language": LanguageFilter, "metadata": MetadataFilter, "code": CodeFilter,
+    "gopher_quality": GopherQualityFilter, "gopher_repetition": GopherRepetitionFilter, "stop_words": StopWordFilter,
+}
+
+
+def build_filters(cfg: FiltersConfig) -> list[Filter]:
+    return [FILTERS[name](getattr(cfg, name)) for name in cfg.enabled]
+
+
+def apply_filters(doc: dict, filters: list[Filter]) -> bool | str:
+    """Run the chain; the first filter that rejects gives the reason (later ones do not see the doc)."""
+    for f in filters:
+        verdict = f.keep(doc)
+        if verdict is not True:
+            return verdict
+    return True
+
+
+_ = Any

@@ -1,0 +1,1 @@
+"""Evaluation helpers: bits per byte, few-shot fact accuracy."""

@@ -1,0 +1,20 @@
+"""lmstack.model: one configurable decoder-only Transformer (GPT-2 style, Llama style, MoE, ...).
+
+    from lmstack.model import ModelConfig, Transformer
+    cfg = ModelConfig.preset("llama-style", vocab_size=8192)
+    model = Transformer(cfg)
+    out = model(input_ids, targets=next_ids)          # out.logits, out.loss, out.aux_loss
+    cache = model.new_kv_cache(batch_size, max_len)    # incremental decoding
+"""
+
+from .config import PRESETS, ModelConfig, count_params
+from .io import load_config, load_pretrained, save_pretrained
+from .kv_cache import KVCache
+from .positions import PositionalEncoding, RotaryEmbedding, alibi_slopes, rope_inverse_frequencies
+from .transformer import MLP, Attention, Block, ModelOutput, MoE, RMSNorm, Transformer
+
+__all__ = [
+    "PRESETS", "ModelConfig", "count_params", "Transformer", "ModelOutput", "KVCache",
+    "save_pretrained", "load_pretrained", "load_config", "PositionalEncoding", "RotaryEmbedding",
+    "alibi_slopes", "rope_inverse_frequencies", "RMSNorm", "MLP", "MoE", "Attention", "Block",
+]

@@ -1,0 +1,71 @@
+"""save_pretrained / load_pretrained: model.safetensors + config.json, written atomically, never pickled."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from lmstack.runs import atomic_write_bytes, atomic_write_json
+
+from .config import ModelConfig
+from .transformer import Transformer
+
+FORMAT = "lmstack-transformer"
+FORMAT_VERSION = 1
+
+
+def model_state_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
+    """State dict without the tied lm_head copy (safetensors refuses shared storage)."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_pretrained(model: Transformer, directory: str | os.PathLike) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Weights first, config second: a directory whose config.json exists always has its weights.
+    atomic_write_bytes(directory / "model.safetensors",
+                       save(model_state_for_saving(model), metadata={"format": "pt", "lmstack": FORMAT}))
+    atomic_write_json(directory / "config.json",
+                      {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_dict(),
+                       "num_params": model.num_params()})
+    return directory
+
+
+def load_config(directory: str | os.PathLike) -> ModelConfig:
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config.json; expected a directory written by save_pretrained")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if meta.get("format") != FORMAT:
+        hint = " (it looks like a Hugging Face model: use lmstack.model.hf.import_hf)" if "model_type" in meta else ""
+        raise ValueError(f"{path}: not an lmstack model config (format={meta.get('format')!r}){hint}")
+    if "model" not in meta:
+        raise ValueError(f"{path}: field 'model' missing")
+    return ModelConfig.from_dict(meta["model"], where=f"{path} model")
+
+
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
+    directory = Path(directory)
+    cfg = load_config(directory)
+    weights = directory / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: weights file missing (config.json is there)")
+    state = load_file(str(weights), device=str(device))
+    model = Transformer(cfg)
+    if cfg.tie_embeddings:
+        state.setdefault("lm_head.weight", state.get("embed.weight"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not match config.json; missing tensors {missing[:5]}, "
+                         f"unexpected tensors {unexpected[:5]}")
+    return model.to(device)

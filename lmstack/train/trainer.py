@@ -1,0 +1,376 @@
+"""The generic training loop shared by pretraining (and usable by any next-token objective).
+
+One optimizer update = ``grad_accum`` micro-batches per rank. Per update the trainer:
+sets the LR (schedule x anomaly back-off), runs forward/backward under optional bf16
+autocast, clips the global gradient norm, asks the anomaly guard whether to apply or skip the
+update, logs to metrics.jsonl, evaluates and checkpoints every N updates. Everything that
+decides the next weights (weights, optimizer state, step, data position, RNG, guard history)
+is in the checkpoint, so a resumed run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmstack.train import checkpoint as ckpt
+from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
+from lmstack.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, current, wrap_model
+from lmstack.train.loader import LOADER_MODES, TokenLoader, eval_windows
+from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
+from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600                # optimizer updates
+    batch_size: int = 16            # sequences per micro-batch per rank
+    grad_accum: int = 1             # micro-batches per update
+    seq_len: int = 256
+    loader: str = "bos"             # random | bos (windows start at a document's BOS)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    grad_clip: float = 1.0          # 0 = no clipping
+    dtype: str = "fp32"             # fp32 | bf16 (autocast; on CPU too)
+    compile: bool = False           # torch.compile the model
+    distributed: str = "ddp"        # ddp | fsdp (used when launched by torchrun with >1 process)
+    eval_every: int = 100           # 0 = only at the end
+    eval_batches: int = 8
+    ckpt_every: int = 100           # 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    peak_flops: float = 0.0         # FLOP/s for MFU; 0 = measure with a GEMM microbenchmark
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train config {name}={getattr(self, name)} must be positive")
+        if self.loader not in LOADER_MODES:
+            raise ValueError(f"train config loader={self.loader!r}: choose one of {', '.join(LOADER_MODES)}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"train config dtype={self.dtype!r}: choose fp32 or bf16")
+
+
+@dataclass
+class TrainSummary:
+    step: int
+    final_loss: float
+    val_loss: float | None
+    val_bpb: float | None
+    tokens: int
+    seconds: float
+    skipped_steps: int
+    rollbacks: int
+    tok_per_s: float
+    mfu: float
+    events: list[dict]
+    resumed_from: int | None
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N (non-embedding params) + 12 L d T attention
+    (Kaplan et al. 2020; PaLM appendix B)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "wte" not in name and "wpe" not in name)
+    cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
+    layers = getattr(cfg, "n_layers", 0)
+    width = getattr(cfg, "n_heads", 0) * getattr(cfg, "head_dim", 0)
+    return 6.0 * n + 12.0 * layers * width * seq_len
+
+
+def measure_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+    """Achievable matmul FLOP/s on this device: the MFU denominator (a GEMM microbenchmark)."""
+    n = 1024 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    iters, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        iters += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+        if time.perf_counter() - t0 > seconds:
+            break
+    return 2.0 * n ** 3 * iters / (time.perf_counter() - t0)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, *, train_tokens: np.ndarray,
+                 val_tokens: np.ndarray | None = None, bos_id: int | None = None,
+                 ckpt_dir: str | Path | None = None, seed: int = 0, device: str = "cpu",
+                 metrics_sink: Callable[[dict], None] | None = None, bytes_per_token: float | None = None,
+                 log: Callable[[str], None] = print, progress: bool = True, stage: str = "pretrain"):
+        cfg.validate()
+        self.cfg, self.device, self.seed, self.stage = cfg, device, seed, stage
+        self.dist: DistInfo = current()
+        self.raw_model = model.to(device)
+        self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
+        self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.loader = TokenLoader(train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=seed,
+                                  mode=cfg.loader, bos_id=bos_id, rank=self.dist.rank,
+                                  world_size=self.dist.world_size)
+        self.val_tokens = val_tokens
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.metrics_sink = metrics_sink if self.dist.is_main else None
+        self.bytes_per_token = bytes_per_token
+        self.log = log if self.dist.is_main else (lambda msg: None)
+        self.progress = progress and self.dist.is_main
+        self.guard = AnomalyGuard(cfg.anomaly)
+        self.step = 0
+        self.lr_scale = 1.0
+        self.skipped = 0
+        self.rollbacks = 0
+        self.events: list[dict] = []
+        self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.dist.world_size
+        self.flops_per_token = model_flops_per_token(self.raw_model, cfg.seq_len)
+        self._peak = cfg.peak_flops
+        self.last_eval: dict | None = None
+        self.resumed_from: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        if self.cfg.dtype == "bf16":
+            return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _emit(self, record: dict) -> None:
+        if self.metrics_sink is not None:
+            self.metrics_sink({"stage": self.stage, **record})
+
+    def _event(self, kind: str, **info) -> None:
+        ev = {"event": kind, "step": self.step, **info}
+        self.events.append(ev)
+        self._emit(ev)
+        self.log(f"step {self.step}: {kind} {info}")
+
+    def peak_flops(self) -> float:
+        if not self._peak:
+            self._peak = measure_peak_flops(self.device, torch.bfloat16 if self.cfg.dtype == "bf16" else torch.float32)
+        return self._peak
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "loader": self.loader.state_dict(), "lr_scale": self.lr_scale,
+                "guard": self.guard.state_dict(), "skipped": self.skipped, "rollbacks": self.rollbacks,
+                "seed": self.seed, "total_steps": self.cfg.steps, "events": self.events,
+                "schedule": {"kind": self.cfg.schedule.kind, "multiplier": self._lr_multiplier()},
+                "world_size": self.dist.world_size}
+
+    def _lr_multiplier(self) -> float:
+        return schedule_multiplier(self.step, self.cfg.steps, self.cfg.schedule) * self.lr_scale
+
+    # -------------------------------------------------------------- checkpoints
+    def save(self) -> Path | None:
+        if self.ckpt_dir is None:
+            return None
+        model_sd = optim_sd = None
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=opts)
+        path = None
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(self.ckpt_dir, step=self.step, model=self.raw_model,
+                                        optimizer=None if self.fsdp else self.optimizer,
+                                        optimizer_state_dict=optim_sd, model_state_dict=model_sd,
+                                        trainer_state=self.trainer_state(), keep=self.cfg.keep_checkpoints)
+        barrier(self.dist)
+        return path
+
+    def load(self, path: Path, *, restore_rng: bool = True) -> dict:
+        if self.fsdp:
+            from safetensors.torch import load_file
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+            state = ckpt.load_checkpoint(path, model=None, optimizer=None, restore_rng=restore_rng)
+            model_sd = load_file(str(path / "model.safetensors"))
+            optim_sd = ckpt.optimizer_state_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+            set_state_dict(self.model, self.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                           options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            state = ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer, restore_rng=restore_rng)
+        return state
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint in ``ckpt_dir``, if any."""
+        path = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        if path is None:
+            return False
+        state = self.load(path)
+        if state.get("total_steps") not in (None, self.cfg.steps):
+            self.log(f"note: checkpoint was made for {state['total_steps']} steps, now training for {self.cfg.steps}")
+        self.step = int(state["step"])
+        self.loader.load_state_dict(state["loader"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.guard.load_state_dict(state.get("guard", {}))
+        self.skipped = int(state.get("skipped", 0))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.events = list(state.get("events", []))
+        self.resumed_from = self.step
+        self.log(f"resumed from {path} (step {self.step})")
+        return True
+
+    def rollback(self) -> None:
+        """Reload the last good checkpoint, lower the LR, and keep consuming *new* data."""
+        self.rollbacks += 1
+        if self.rollbacks > self.cfg.anomaly.max_rollbacks:
+            raise RuntimeError(f"training diverged: {self.rollbacks - 1} rollbacks did not help "
+                               f"(step {self.step}); lower optim.lr or raise anomaly.spike_std")
+        data_step = self.loader.data_step
+        path = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        from_step = self.step
+        if path is not None:
+            state = self.load(path, restore_rng=False)
+            self.step = int(state["step"])
+            self.guard.load_state_dict(state.get("guard", {}))
+        self.guard.consecutive = 0
+        self.loader.data_step = data_step  # do not replay the batches that caused the spike
+        self.lr_scale *= self.cfg.anomaly.lr_backoff
+        self._event("rollback", from_step=from_step, to_step=self.step, lr_scale=self.lr_scale,
+                    checkpoint=str(path) if path else None)
+
+    # ---------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if self.val_tokens is None:
+            return {}
+        self.model.eval()
+        loss_sum, count = 0.0, 0.0
+        for batch in eval_windows(self.val_tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
+                                  max_batches=self.cfg.eval_batches, rank=self.dist.rank,
+                                  world_size=self.dist.world_size):
+            with self.autocast():
+                out = self.forward_model(batch.inputs.to(self.device), targets=batch.targets.to(self.device))
+            n = batch.targets.numel()
+            loss_sum += out.loss.float().item() * n
+            count += n
+        loss_sum, count = all_reduce_sum([loss_sum, count], self.dist, self._reduce_device())
+        self.model.train()
+        val_loss = loss_sum / max(count, 1)
+        result = {"val_loss": val_loss}
+        if self.bytes_per_token:
+            from lmstack.eval.bpb import bits_per_byte
+            result["val_bpb"] = bits_per_byte(val_loss, tokens_per_byte=1.0 / self.bytes_per_token)
+        self.last_eval = result
+        self._emit({"step": self.step, **result})
+        return result
+
+    def _reduce_device(self) -> str:
+        return self.device if self.device.startswith("cuda") else "cpu"
+
+    # ------------------------------------------------------------------- train
+    def train_step(self) -> tuple[float, float, str]:
+        """One optimizer update; returns (loss, grad_norm, verdict)."""
+        cfg = self.cfg
+        set_lr(self.optimizer, self._lr_multiplier())
+        loss_total = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = self.loader.next_batch()
+            x, y = batch.inputs.to(self.device), batch.targets.to(self.device)
+            sync = micro == cfg.grad_accum - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            ctx = no_sync() if (no_sync is not None and not sync) else nullcontext()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(sync)
+            with ctx:
+                with self.autocast():
+                    out = self.forward_model(x, targets=y)
+                    loss = out.loss
+                    aux = getattr(out, "aux_loss", None)
+                    if aux is not None and torch.is_tensor(aux):
+                        loss = loss + aux  # the model already weights its MoE auxiliary losses
+                (loss / cfg.grad_accum).backward()
+            loss_total += out.loss.detach().float().item()
+        loss_value = all_reduce_mean(loss_total / cfg.grad_accum, self.dist, self._reduce_device())
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        verdict = self.guard.check(loss_value, grad_norm)
+        if verdict == "ok":
+            self.optimizer.step()
+            self.guard.accept(loss_value)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm, verdict
+
+    def train(self, *, stop_at: int | None = None) -> TrainSummary:
+        """Train up to ``cfg.steps`` updates (resuming first). ``stop_at`` stops early after that
+        update, as an interruption would (used to test resume)."""
+        cfg = self.cfg
+        self.resume()
+        self.model.train()
+        t_start = time.perf_counter()
+        start_step = self.step
+        tokens_done = 0
+        last_loss = float("nan")
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.stage, dynamic_ncols=True, mininterval=1.0)
+        tok_per_s = mfu = 0.0
+        peak = self.peak_flops() if (self.progress or self.metrics_sink) else 0.0
+        t_window, tokens_window = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            loss, grad_norm, verdict = self.train_step()
+            lr = self.optimizer.param_groups[0]["lr"]
+            tokens_done += self.tokens_per_update
+            tokens_window += self.tokens_per_update
+            if verdict != "ok":
+                self.skipped += 1
+                self._event(f"anomaly_{verdict}", loss=loss, grad_norm=grad_norm)
+                if self.guard.reject():
+                    self.rollback()
+                    if bar is not None:
+                        bar.n = self.step
+                    continue
+            else:
+                last_loss = loss
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                dt = time.perf_counter() - t_window
+                tok_per_s = tokens_window / max(dt, 1e-9)
+                mfu = tok_per_s * self.flops_per_token / peak if peak else 0.0
+                t_window, tokens_window = time.perf_counter(), 0
+                self._emit({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                            "tok_per_s": tok_per_s, "mfu": mfu, "time": time.perf_counter() - t_start})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%", refresh=False)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                ev = self.evaluate()
+                if ev:
+                    self.log(f"step {self.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps and self.guard.consecutive == 0:
+                self.save()
+            if stop_at is not None and self.step >= stop_at and self.step < cfg.steps:
+                if bar is not None:
+                    bar.close()
+                return self._summary(last_loss, t_start, tokens_done, tok_per_s, mfu)
+        if bar is not None:
+            bar.close()
+        ev = self.evaluate()
+        if start_step < cfg.steps or not ckpt.list_checkpoints(self.ckpt_dir or Path("/nonexistent")):
+            self.save()
+        return self._summary(last_loss, t_start, tokens_done, tok_per_s, mfu, ev)
+
+    def _summary(self, last_loss, t_start, tokens, tok_per_s, mfu, ev=None) -> TrainSummary:
+        ev = ev or self.last_eval or {}
+        seconds = time.perf_counter() - t_start
+        return TrainSummary(step=self.step, final_loss=last_loss, val_loss=ev.get("val_loss"),
+                            val_bpb=ev.get("val_bpb"), tokens=tokens, seconds=seconds,
+                            skipped_steps=self.skipped, rollbacks=self.rollbacks,
+                            tok_per_s=tokens / seconds if seconds > 0 else 0.0, mfu=mfu,
+                            events=list(self.events), resumed_from=self.resumed_from)
