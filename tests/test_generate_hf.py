@@ -36,6 +36,15 @@ class _IdTokenizer:
 VOCAB = 96
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny matrices: thread hand-offs cost more than they save, worse on a shared machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     torch.manual_seed(1234)
@@ -44,7 +53,7 @@ def models(tmp_path_factory):
     ours = Transformer(cfg).eval()
     d = tmp_path_factory.mktemp("hf")
     export_hf(ours, d)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float64).eval()
+    hf = transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float64).eval()
     return ours.double(), hf
 
 
@@ -133,8 +142,9 @@ def test_beam_search_equals_hf_generate(models, num_beams, length_penalty, early
         for i, beam in enumerate(beams):
             ref_row = out.sequences[i, len(prompt):]
             assert beam.token_ids == _strip(ref_row, eos)[: len(beam.token_ids)]
-            # whatever HF returns after our tokens is padding
-            assert set(ref_row[len(beam.token_ids):].tolist()) <= {0}
+            # whatever HF returns after our tokens is filler (HF fills with eos when pad_token_id is 0)
+            assert set(ref_row[len(beam.token_ids):].tolist()) <= {0, eos}
             assert beam.score == pytest.approx(float(out.sequences_scores[i]), rel=1e-4, abs=1e-4)
             finished_early += beam.finish_reason == "stop"
-    assert finished_early > 0  # the stop token was really in play
+    if length_penalty <= 1.0:  # long hypotheses win under a large length bonus
+        assert finished_early > 0  # the stop token was really in play

@@ -217,24 +217,36 @@ def generation_config(max_new_tokens: int, **kw):
 
 
 def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                 batch_size: int = 32) -> list[str]:
-    """Greedy answers through lmstack.generate (the same path the chat CLI and server use)."""
+                 batch_size: int = 32) -> list[str | None]:
+    """Greedy answers through lmstack.generate (the same path the chat CLI and server use).
+    A conversation whose prompt alone fills the model's context gets None (callers skip and count it)."""
     from lmstack.generate.engine import chat
 
-    if not conversations:
-        return []
-    gens = chat(model, tokenizer, conversations, generation_config(max_new_tokens), batch_size=batch_size)
-    return [g.text.strip() for g in gens]
+    limit = model_max_len(model)
+    keep = [i for i, c in enumerate(conversations)
+            if len(tokenizer.encode_chat(c, add_generation_prompt=True)[0]) < limit - 1]
+    out: list[str | None] = [None] * len(conversations)
+    if keep:
+        gens = chat(model, tokenizer, [conversations[i] for i in keep], generation_config(max_new_tokens),
+                    batch_size=batch_size)
+        for i, g in zip(keep, gens):
+            out[i] = g.text.strip()
+    return out
 
 
 def text_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, stop: list[str],
-                 batch_size: int = 32) -> list[str]:
+                 batch_size: int = 32) -> list[str | None]:
     from lmstack.generate.engine import generate
 
-    if not prompts:
-        return []
-    gens = generate(model, tokenizer, prompts, generation_config(max_new_tokens, stop=stop), batch_size=batch_size)
-    return [g.text.strip() for g in gens]
+    limit = model_max_len(model)
+    keep = [i for i, p in enumerate(prompts) if len(tokenizer.encode(p)) + 1 < limit - 1]
+    out: list[str | None] = [None] * len(prompts)
+    if keep:
+        gens = generate(model, tokenizer, [prompts[i] for i in keep], generation_config(max_new_tokens, stop=stop),
+                        batch_size=batch_size)
+        for i, g in zip(keep, gens):
+            out[i] = g.text.strip()
+    return out
 
 
 def rate(flags: Sequence[bool]) -> float:

@@ -102,7 +102,8 @@ def behaviour_probes(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]
     if facts.exists():
         for f in common.read_jsonl(facts):
             if f.get("in_pretrain"):
-                probes["fact"].append({"messages": [{"role": "user", "content": f["prompt"]}], "answer": f["answer"]})
+                probes["fact"].append({"messages": [{"role": "user", "content": f.get("question") or f["prompt"]}],
+                                       "answer": f["answer"]})
     return {k: evals.subsample(v, n, seed) for k, v in probes.items()}
 
 
@@ -113,6 +114,10 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
         if not items:
             continue
         answers = common.chat_answers(model, tokenizer, [p["messages"] for p in items], max_new_tokens)
+        kept = [(p, a) for p, a in zip(items, answers) if a is not None]  # None: prompt longer than the context
+        if not kept:
+            continue
+        items, answers = [p for p, _ in kept], [a for _, a in kept]
         if kind == "pii":
             out["pii_refusal"] = common.rate([is_refusal(a) for a in answers])
         elif kind == "idk":
@@ -176,7 +181,7 @@ def run(ctx, cfg: Config):
                        chosen_lengths=lc, rejected_lengths=lr)
         out.loss.backward()
         grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.optim)
-        hist["loss"].append(float(out.loss))
+        hist["loss"].append(float(out.loss.detach()))
         hist["acc"].append(float(out.accuracy))
         hist["margin"].append(float(out.margin))
         hist["chosen"].append(float(out.chosen_rewards.mean()))

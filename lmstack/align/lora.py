@@ -43,6 +43,9 @@ class LoRAConfig:
     qlora_block_size: int = 64
     lr: float = 0.0  # 0 = use the stage's learning rate; LoRA usually wants ~10x the full-FT rate
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self, where: str = "lora") -> None:
         if self.r < 0:
             raise ValueError(f"{where}.r must be >= 0 (0 disables LoRA), got {self.r}")
@@ -357,3 +360,29 @@ def load_adapter(model: nn.Module, directory: str | Path) -> list[str]:
     if missing:
         raise ValueError(f"{directory / ADAPTER_WEIGHTS}: missing tensors {missing[:4]} (saved with a name map? load it with PEFT instead)")
     return names
+
+
+# ----------------------------------------------------------------------------- Hugging Face / PEFT names
+
+
+def hf_llama_module_name(name: str) -> str:
+    """lmstack module name -> the name of the same linear in ``transformers``' LlamaForCausalLM
+    (the layout ``lmstack.model.hf.export_hf`` writes for llama-style models)."""
+    m = re.fullmatch(r"layers\.(\d+)\.(attn|ffn)\.(\w+)", name)
+    if not m:
+        raise ValueError(f"{name}: no Hugging Face Llama equivalent (only attention and MLP projections are mapped)")
+    layer, block, proj = m.groups()
+    return f"model.layers.{layer}.{'self_attn' if block == 'attn' else 'mlp'}.{proj}"
+
+
+def export_peft_adapter(model: nn.Module, directory: str | Path, base_model_name_or_path: str = "") -> dict:
+    """Save the adapter under Hugging Face Llama module names, loadable with
+    ``peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(<export_hf dir>), directory)``.
+
+    GPT-2 style models are not supported: HF GPT-2 fuses q/k/v into one ``c_attn`` Conv1D, so three
+    separate adapters would need one block-structured adapter of rank 3r with per-block scaling.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "position_type", "rope") != "rope":
+        raise NotImplementedError("PEFT export is implemented for llama-style models (HF GPT-2 fuses q/k/v into c_attn)")
+    return save_adapter(model, directory, base_model_name_or_path=base_model_name_or_path, name_map=hf_llama_module_name)

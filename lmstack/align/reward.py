@@ -161,10 +161,10 @@ def run(ctx, cfg: Config):
         loss = reward_loss(chosen, rejected, margins if bool(margins.any()) else None, cfg.center_coef)
         loss.backward()
         grad_norm = common.optimizer_step(rm, optimizer, step, cfg.steps, cfg.optim)
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         accs.append(float((chosen > rejected).float().mean()))
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            ctx.run.append_metrics({"stage": "reward", "step": step, "loss": float(loss), "train_acc": accs[-1],
+            ctx.run.append_metrics({"stage": "reward", "step": step, "loss": float(loss.detach()), "train_acc": accs[-1],
                                     "grad_norm": grad_norm})
     seconds = timer.seconds
 

@@ -40,9 +40,15 @@ class Config:
 
 
 @dataclass
+class LoraStageAdapterConfig(LoRAConfig):
+    """``[lora.lora]``: as everywhere, but on by default (so ``--set lora.lora.qlora=true`` keeps r=8)."""
+    r: int = 8
+
+
+@dataclass
 class LoraConfig(Config):
     """The ``[lora]`` stage: same knobs as [sft], LoRA on by default (r=8), its own output."""
-    lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(r=8, alpha=16.0))
+    lora: LoraStageAdapterConfig = field(default_factory=LoraStageAdapterConfig)
     optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=2e-3, warmup_steps=20))
     few_shot: int = 0                # the sft stage already reports the base-model baseline
 
@@ -91,9 +97,9 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
         grad_norm = common.optimizer_step(model, optimizer, step, cfg.steps, cfg.optim)
         tokens_seen += int((ids != tokenizer.pad_id).sum())
         target_tokens += n_targets
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            ctx.run.append_metrics({"stage": stage, "step": step, "loss": float(loss), "grad_norm": grad_norm,
+            ctx.run.append_metrics({"stage": stage, "step": step, "loss": float(loss.detach()), "grad_norm": grad_norm,
                                     "lr_mult": common.lr_multiplier(step, cfg.steps, cfg.optim)})
     model.eval()
     seconds = timer.seconds
@@ -147,9 +153,11 @@ def _run(ctx, cfg: Config, stage: str):
     base_result = None
     base_model = None
     train_dicts = None
+    shots = None
     if cfg.few_shot > 0:
         base_model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by=stage).eval()
-        train_dicts = [{"messages": e.messages, "task": e.meta.get("task")} for e in load_chat_jsonl(train_path, limit=2000)]
+        train_dicts = [{"messages": e.messages, "task": e.meta.get("task"), "answer": e.meta.get("answer"),
+                        "lang": e.meta.get("lang")} for e in load_chat_jsonl(train_path, limit=3000)]
         shots = evals.pick_shots(train_dicts, cfg.few_shot, ctx.seed)
         base_result = evals.evaluate_base_few_shot(base_model, tokenizer, eval_examples, shots, cfg.max_new_tokens)
 
@@ -157,10 +165,7 @@ def _run(ctx, cfg: Config, stage: str):
     facts_path = run_path / "data" / "world" / "facts_eval.jsonl"
     if cfg.facts_examples >= 0 and facts_path.exists() and not cfg.eval_file:
         facts = evals.subsample(common.read_jsonl(facts_path), cfg.facts_examples, ctx.seed)
-        qa_shots = []
-        if base_model is not None:
-            qa_shots = evals.pick_shots(train_dicts, cfg.few_shot, ctx.seed).get("*", [])
-        placement = evals.knowledge_placement(model, base_model, tokenizer, facts, qa_shots, cfg.max_new_tokens)
+        placement = evals.knowledge_placement(model, base_model, tokenizer, facts, shots, cfg.max_new_tokens)
 
     metrics = {
         "final_loss": round(summary["history"][-1], 4),

@@ -15,7 +15,8 @@ import json
 import os
 import random
 import sysconfig
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,7 +42,7 @@ class SourceConfig:
     max_docs: int = 0               # 0 = no cap
     max_files: int = 0              # stdlib: cap on files (0 = no cap)
     max_bytes: int = 0              # cap on bytes of text read (0 = no cap); stdlib files are sampled deterministically
-    exclude: list[str] = field(default_factory=lambda: ["test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3"])  # stdlib: skipped directory names
+    exclude: list[str] = dataclasses.field(default_factory=lambda: ["test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3"])  # stdlib: skipped directory names
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -76,8 +77,8 @@ class FileStats:
 class ReadStats:
     """Per-file counters of documents read and problems skipped, plus the first few problems."""
     strict: bool = False
-    files: dict[str, FileStats] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
+    files: dict[str, FileStats] = dataclasses.field(default_factory=dict)
+    examples: list[str] = dataclasses.field(default_factory=list)
 
     def file(self, path: str) -> FileStats:
         return self.files.setdefault(str(path), FileStats())

@@ -241,11 +241,13 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+# Biography documents hold two or three people each (a "who's who" page).
 BIO_TITLES = {
-    "en": ["{name}", "About {name}", "Profile: {name}", "A short biography of {name}", "{name}: a life",
-           "Notes on {name}"],
-    "zh": ["{name}", "关于{name}", "人物小传：{name}", "{name}简介", "{name}的故事", "{name}生平"],
+    "en": ["Who's who", "People you may know", "Short biographies", "Profiles", "Local people", "Notable residents"],
+    "zh": ["人物简介", "人物小传", "名人录", "人物介绍", "身边的人", "人物志"],
 }
+STORY_TITLES = {"en": ["Short stories", "Stories", "Tales from everyday life", "A few little stories"],
+                "zh": ["小故事", "故事集", "生活小故事", "短篇故事"]}
 BIO_FILLERS = {
     "en": [
         "Friends describe {name} as kind and patient.",
@@ -288,17 +290,17 @@ STORIES = {
         "{name} and {name2} met at a festival. {name} told {name2} about {poss} work as {a_occ}, and {name2} "
         "talked about {poss2} love of {hobby2}.",
     ],
-    "zh": [
+    "zh": [  # Chinese counts every character as a word: name each person once or twice, then use 他/她
         "一个安静的早晨，{name}很早就起床了。作为一名{occ}，{pron}有很多工作要做，但{pron}先花了一个小时{hobby}。"
-        "后来邻居请{pron}帮忙，{name}很乐意地答应了。",
-        "{year}年，一个名叫{name}的孩子在{city}出生了。多年以后，{name}成为了一名{occ}。朋友们说，{name}每个星期都会抽时间{hobby}。",
+        "后来邻居请{pron}帮忙，{pron}很乐意地答应了。",
+        "{year}年，一个名叫{name}的孩子在{city}出生了。多年以后，这个孩子成为了一名{occ}。朋友们说，{pron}每个星期都会抽时间{hobby}。",
         "一个下雨的下午，身为{occ}的{name}坐在窗边。{pron}想，下雨也挡不住{pron}{hobby}。{pron}想起了自己出生的城市{city}，"
         "还有那里漫长的夏天。",
-        "市场上的人都认识{name}。一位老人说：“{pron}是城里最好的{occ}。”但大家不知道，{name}从小就喜欢{hobby}。",
+        "市场上的人都认识{name}。一位老人说：“{pron}是城里最好的{occ}。”但大家不知道，{pron}从小就喜欢{hobby}。",
         "{name}曾经讲起自己在{city}的童年，{pron}是{year}年在那里出生的。{pron}说：“我一直想当{occ}，现在我做到了。”",
         "今天是{name}的休息日。{pron}没有去做{occ}的工作，而是去{hobby}了一整天。到了晚上，{pron}虽然累了，但很开心。",
         "{year}年{name}在{city}出生的时候，没有人想到这个孩子长大后会那么喜欢{hobby}。",
-        "{name}和{name2}在一次节日上认识了。{name}向{name2}讲了自己当{occ}的工作，{name2}则聊起了自己对{hobby2}的热爱。",
+        "{name}和{name2}在一次节日上认识了。前者向后者讲了自己当{occ}的工作，后者则聊起了自己对{hobby2}的热爱。",
     ],
 }
 
@@ -602,6 +604,30 @@ ARITH_STATEMENTS = {
               "{a}减{b}的结果是{c}。"],
         "*": ["{a} * {b} = {c}", "{a}乘{b}等于{c}。", "{a}乘以{b}得{c}。", "{a}与{b}的积是{c}。", "{a}乘{b}的结果是{c}。",
               "{a}的{b}倍是{c}。"],
+    },
+}
+# Word problems keep arithmetic documents mostly prose (web-text quality filters drop digit-heavy pages).
+COUNTABLES = [("apples", "苹果", "个"), ("books", "书", "本"), ("pencils", "铅笔", "支"), ("stamps", "邮票", "张"),
+              ("marbles", "弹珠", "颗"), ("cookies", "饼干", "块"), ("flowers", "花", "朵"), ("coins", "硬币", "枚")]
+WORD_PROBLEMS = {
+    "en": {
+        "+": ["At the market, {name} had {a} {items} and then bought {b} more, so in the end {pron} had {c} {items} "
+              "altogether.",
+              "{name} collected {a} {items} in the morning and {b} {items} in the afternoon, which makes {c} {items} "
+              "for the whole day."],
+        "-": ["{name} had {a} {items} and gave {b} of them to a friend, so {pron} was left with {c} {items}.",
+              "There were {a} {items} on the shelf. After {name} took {b} of them away, only {c} {items} were still "
+              "there."],
+        "*": ["There are {a} boxes on the table, and each box holds {b} {items}, so there are {c} {items} in all.",
+              "{name} bought {a} bags with {b} {items} in each bag, which means that {pron} has {c} {items} in total."],
+    },
+    "zh": {
+        "+": ["{name}原来有{a}{mw}{item}，后来又买了{b}{mw}，现在一共有{c}{mw}{item}。",
+              "{name}上午收集了{a}{mw}{item}，下午又收集了{b}{mw}，这一天总共收集了{c}{mw}。"],
+        "-": ["{name}有{a}{mw}{item}，送给朋友{b}{mw}以后，还剩下{c}{mw}。",
+              "架子上原来有{a}{mw}{item}，{name}拿走了{b}{mw}，架子上还剩{c}{mw}。"],
+        "*": ["桌上有{a}个盒子，每个盒子里装着{b}{mw}{item}，所以一共有{c}{mw}{item}。",
+              "{name}买了{a}袋{item}，每袋有{b}{mw}，{pron}一共买了{c}{mw}。"],
     },
 }
 ARITH_TITLES = {"en": ["Arithmetic practice", "Math facts", "Sums and products", "Mental math"],

@@ -12,11 +12,11 @@ Quick use on text::
 """
 
 from lmstack.ngram.arpa import read_arpa, write_arpa
-from lmstack.ngram.counts import (BOS, EOS, UNK, NgramCounts, Vocab, count_ngrams, count_token_stream,
+from lmstack.ngram.counts import (BOS, EOS, UNK, NgramCounts, Vocab, count_ngrams, count_padded, count_token_stream,
                                   pad_sentences, token_stream_to_padded)
 from lmstack.ngram.models import (METHODS, BackoffModel, ContextModel, NgramModel, Score, StupidBackoffModel,
                                   fit, simple_good_turing)
 
-__all__ = ["BOS", "EOS", "UNK", "METHODS", "NgramCounts", "Vocab", "count_ngrams", "count_token_stream",
+__all__ = ["BOS", "EOS", "UNK", "METHODS", "NgramCounts", "Vocab", "count_ngrams", "count_padded", "count_token_stream",
            "pad_sentences", "token_stream_to_padded", "fit", "simple_good_turing", "NgramModel", "BackoffModel",
            "ContextModel", "StupidBackoffModel", "Score", "read_arpa", "write_arpa"]

@@ -10,8 +10,8 @@ Format (Doug Paul's ARPA, as read by KenLM and SRILM)::
     ...
     \\end\\
 
-``<s>`` is written with log10 p = -99 (it is never predicted). Values are written with 8 significant
-digits; KenLM stores them as float32, so sentence scores agree to ~1e-5.
+``<s>`` is written with log10 p = -99 (it is never predicted). Values are written with 8 significant digits;
+KenLM stores them as float32, so sentence scores agree to ~1e-5.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from lmstack.ngram.models import LOG10_ZERO, BackoffModel
 
 
 def _fmt(values: np.ndarray) -> list[str]:
-    return [f"{v:.8g}" for v in np.maximum(values, LOG10_ZERO).tolist()]
+    """log10 values with 8 significant digits. Each distinct value is formatted once (float
+    formatting dominates the export time and n-gram tables repeat the same values a lot)."""
+    v = np.maximum(np.asarray(values, dtype=np.float64), LOG10_ZERO)
+    uniq, inv = np.unique(v, return_inverse=True)
+    text = np.array([f"{x:.8g}" for x in uniq.tolist()], dtype=object)
+    return text[inv.reshape(-1)].tolist()
 
 
 def write_arpa(model: BackoffModel, path: str | os.PathLike) -> None:
@@ -42,18 +47,19 @@ def write_arpa(model: BackoffModel, path: str | os.PathLike) -> None:
     buf.write("\\data\\\n")
     for k in range(1, model.order + 1):
         buf.write(f"ngram {k}={model.num_grams(k)}\n")
+    words = syms
     for k in range(1, model.order + 1):
         buf.write(f"\n\\{k}-grams:\n")
-        grams = model.grams(k)
-        words = syms[grams[:, 0]]
-        for j in range(1, k):
-            words = words + " " + syms[grams[:, j]]
-        probs = _fmt(model.logp[k])
+        if k > 1:
+            # "w1 w2..wk" = w1 + " " + the already-built string of the suffix row in table k-1.
+            keys = model.keys[k]
+            words = (syms[keys % model.V] + " ") + words[keys // model.V]
         if k < model.order:
-            bows = _fmt(model.bow[k])
-            buf.writelines(f"{p}\t{w}\t{b}\n" for p, w, b in zip(probs, words.tolist(), bows))
+            lines = zip(_fmt(model.logp[k]), words.tolist(), _fmt(model.bow[k]))
         else:
-            buf.writelines(f"{p}\t{w}\n" for p, w in zip(probs, words.tolist()))
+            lines = zip(_fmt(model.logp[k]), words.tolist())
+        buf.write("\n".join(map("\t".join, lines)))
+        buf.write("\n")
     buf.write("\n\\end\\\n")
     atomic_write_text(path, buf.getvalue())
 

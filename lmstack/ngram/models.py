@@ -12,9 +12,10 @@ Estimators (``fit(counts, method)``):
   stupid_backoff       Brants et al. (2007): relative frequency, else 0.4 x the shorter context's score.
                        NOT a probability distribution (scores of a context do not sum to 1); it is
                        reported for comparison only and cannot be exported to ARPA.
-  kneser_ney           interpolated Kneser-Ney (Chen & Goodman 1998, eq. 17): one discount per order,
+  kneser_ney           interpolated Kneser-Ney (Chen & Goodman 1998): one discount per order,
                        continuation counts N1+(. w) for the lower orders.
-  modified_kneser_ney  Chen & Goodman's three discounts D1, D2, D3+ per order (eq. 26 and their D estimates).
+  modified_kneser_ney  Chen & Goodman's three discounts D1, D2, D3+ per order, estimated from n1..n4.
+                       Both KN models interpolate the unigram level with the uniform distribution.
 
 For mle, add_k and good_turing the context used is the longest suffix of the history that was seen in
 training (a never-seen context would otherwise give no estimate or a uniform one). katz and both
@@ -34,7 +35,6 @@ from lmstack.ngram.counts import BOS, EOS, UNK, NgramCounts, Vocab, extend_left,
 
 METHODS = ("mle", "add_k", "good_turing", "katz", "stupid_backoff", "kneser_ney", "modified_kneser_ney")
 LOG10_ZERO = -99.0  # how ARPA writes log10(0) (the probability of <s>, an impossible backoff)
-LN10 = math.log(10.0)
 
 
 @dataclass
@@ -121,6 +121,16 @@ class NgramModel:
         hist = np.asarray(hist, dtype=np.int64).reshape(words.size, max(self.order - 1, 0))
         return self._log10(hist, words)
 
+    def log10_prob(self, word: int, history=()) -> float:
+        """log10 p(word | history) for one event (ids; ``history`` ends with the most recent id and
+        starts with <s> at a sentence start). Batch calls (``log10_probs``) are much faster per event."""
+        H = self.order - 1
+        hist = [int(h) for h in history][-H:] if H else []
+        h = np.full((1, H), -1, dtype=np.int64)
+        if hist:
+            h[0, H - len(hist):] = hist
+        return float(self._log10(h, np.array([int(word)], dtype=np.int64))[0])
+
     def events(self, padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(history matrix, predicted ids) for every non-<s> position of padded sentences."""
         padded = np.asarray(padded, dtype=np.int64)
@@ -150,6 +160,10 @@ class NgramModel:
     def score_sentences(self, sentences) -> Score:
         """Score id sentences (without <s>/</s>; as produced by ``Vocab.encode_lines``)."""
         return self.score_padded(pad_sentences(sentences))[0]
+
+    def score_lines(self, lines) -> Score:
+        """Score lines of text (char/word models), each line one sentence."""
+        return self.score_padded(self.vocab.encode_padded(lines))[0]
 
     def sentence_log10(self, sentence: np.ndarray) -> float:
         """log10 P(<s> sentence </s>), the quantity KenLM's ``Model.score(s)`` returns."""
@@ -205,6 +219,35 @@ class BackoffModel(NgramModel):
             return np.arange(self.V, dtype=np.int64)[:, None]
         V = self.V
         return np.concatenate([(self.keys[k] % V)[:, None], self.grams(k - 1)[self.keys[k] // V]], axis=1)
+
+    def log10_prob(self, word: int, history=()) -> float:
+        """One event without numpy batch overhead: the ARPA backoff walk with scalar binary searches."""
+        word = int(word)
+        if word == BOS:
+            return -math.inf
+        hist = [int(h) for h in history][-(self.order - 1):] if self.order > 1 else []
+        V, keys, logp, bow = self.V, self.keys, self.logp, self.bow
+        row, best, matched = word, float(logp[1][word]), 1
+        for j in range(2, len(hist) + 2):
+            key = row * V + hist[-(j - 1)]
+            table = keys[j]
+            pos = int(table.searchsorted(key))
+            if pos == table.size or int(table[pos]) != key:
+                break
+            row, best, matched = pos, float(logp[j][pos]), j
+        total = best
+        ctx = hist[-1] if hist else -1
+        for m in range(1, len(hist) + 1):
+            if m > 1:
+                key = ctx * V + hist[-m]
+                table = keys[m]
+                pos = int(table.searchsorted(key))
+                if pos == table.size or int(table[pos]) != key:
+                    break
+                ctx = pos
+            if m >= matched:
+                total += float(bow[m][ctx])
+        return -math.inf if total <= LOG10_ZERO else total
 
     def _log10(self, hist, words):
         grows = self._gram_rows(hist, words)
@@ -414,7 +457,7 @@ def fit_good_turing(counts: NgramCounts) -> ContextModel:
 
 
 def _katz_discounts(c: np.ndarray, K: int = 5) -> dict[int, float]:
-    """Katz's d_r for r = 1..K from Turing's estimate r* = (r+1) N_{r+1} / N_r (Katz 1987, eq. 17);
+    """Katz's d_r for r = 1..K from Turing's estimate r* = (r+1) N_{r+1} / N_r (Katz 1987);
     falls back to absolute discounting D = N1/(N1+2 N2) where the estimate is unusable."""
     n = np.bincount(c[c > 0].astype(np.int64), minlength=K + 2)[: K + 2]
     n1, n2 = int(n[1]), int(n[2])
@@ -446,6 +489,9 @@ def fit_katz(counts: NgramCounts, K: int = 5) -> BackoffModel:
     disc = _apply_discount(uni, _katz_discounts(uni, K))
     total = max(uni.sum(), 1.0)
     n_unseen = Vp - int((uni > 0).sum())
+    if n_unseen > 0 and 1.0 - disc.sum() / total < 1e-12:  # every word seen > K times: see below
+        n1, n2 = int((uni == 1).sum()), int((uni == 2).sum())
+        disc = np.maximum(uni - (n1 / (n1 + 2 * n2) if n1 > 0 else 0.5), 0.0)
     if n_unseen > 0:
         p1 = np.where(uni > 0, disc / total, (1.0 - disc.sum() / total) / n_unseen)
     else:
@@ -558,6 +604,8 @@ def fit(counts: NgramCounts, method: str, order: int | None = None, **options) -
     """Fit ``method`` (one of METHODS) on counts, optionally truncated to a lower ``order``."""
     if order is not None and order != counts.order:
         counts = counts.truncate(order)
+    if counts.n_events == 0:
+        raise ValueError("cannot fit an n-gram model on empty training data (no units counted)")
     if method == "mle":
         return fit_mle(counts)
     if method == "add_k":

@@ -11,3 +11,7 @@ __all__ = [
     "END", "build_pattern", "PATTERN_NAMES", "DEFAULT_PATTERN_NAME", "DEFAULT_MAX_DIGITS", "count_chunks",
     "learn_merges", "train_bpe", "train_tokenizer",
 ]
+
+from lmstack.tokenizer.interop import export_hf, export_tiktoken, load_tiktoken, to_hf_dict  # noqa: E402
+
+__all__ += ["export_hf", "export_tiktoken", "load_tiktoken", "to_hf_dict"]

@@ -388,7 +388,9 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         from lmstack.runs import atomic_write_text
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
+        # One top-level field per line: diffable, yet compact for the long lists.
+        body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in self.to_dict().items())
+        atomic_write_text(path, "{\n" + body + "\n}\n")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "<dict>") -> "Tokenizer":
@@ -426,6 +428,12 @@ class Tokenizer:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
         return cls.from_dict(d, str(path))
+
+    def __getstate__(self) -> dict:
+        # The tiktoken object and the caches are rebuilt lazily after unpickling (DataLoader workers).
+        state = self.__dict__.copy()
+        state.update(_tiktoken=None, _tiktoken_tried=False, _cache={}, _special_rx_cache={})
+        return state
 
     def __repr__(self) -> str:
         return (f"Tokenizer(mode={self.mode!r}, vocab_size={self.vocab_size}, merges={len(self.merges)}, "

@@ -6,9 +6,10 @@ with two changes:
 
 * Han characters form their own chunks. In the GPT-4 rule ``\\p{L}+`` swallows Han and Latin
   letters alike, so "中文English混合" is a single chunk and a leading full-width punctuation
-  mark glues onto the following Chinese word ("，明月光"). Here Han runs are separate chunks
-  with no punctuation prefix, so Chinese words are learned once and reused after any
-  punctuation, and mixed Chinese/English text splits at the script boundary.
+  mark glues onto the following Chinese word ("，明月光"). Here a Han run is its own chunk,
+  with at most one leading space (as English words get) but no punctuation prefix, so Chinese
+  words are learned once and reused after any punctuation, and mixed Chinese/English text
+  splits at the script boundary.
 * Numbers are cut into groups of at most ``max_digits`` digits (2 by default: small
   vocabularies cannot afford 1000 three-digit tokens, and short digit groups make arithmetic
   easier to learn).
@@ -35,7 +36,7 @@ _TEMPLATES = {
     # GPT-4 (cl100k): case-insensitive contractions, possessive quantifiers, digits in groups.
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     # lmstack: GPT-4 with Han runs split off from other letters ([^\p{Han}\P{L}] = non-Han letters).
-    "lmstack": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+|\p{Han}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    "lmstack": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+| ?\p{Han}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
 }
 PATTERN_NAMES = tuple(_TEMPLATES)
 DEFAULT_PATTERN_NAME = "lmstack"

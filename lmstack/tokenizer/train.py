@@ -99,25 +99,50 @@ def learn_merges(words: list[list[int]], freqs: list[int], token_bytes: list[byt
         merge_counts.append(current)
 
         delta: dict[tuple[int, int], int] = {}
+        same = a == b
         for wi in where.pop(pair, ()):
             w = words[wi]
+            k = w.count(a)  # C-level scans; most chunks hold the pair once
+            if not k:
+                continue  # the index entry outlived the pair in this chunk
             n = len(w)
+            f = freqs[wi]
+            if k == 1:
+                i = w.index(a)
+                if i + 1 >= n or w[i + 1] != b:
+                    continue
+                # Only pairs touching the merged position change: (x, a), (a, b), (b, y) -> (x, c), (c, y).
+                delta[pair] = delta.get(pair, 0) - f
+                if i > 0:
+                    x = w[i - 1]
+                    p = (x, a)
+                    delta[p] = delta.get(p, 0) - f
+                    p = (x, new_id)
+                    delta[p] = delta.get(p, 0) + f
+                    where[p].add(wi)
+                if i + 2 < n:
+                    y = w[i + 2]
+                    p = (b, y)
+                    delta[p] = delta.get(p, 0) - f
+                    p = (new_id, y)
+                    delta[p] = delta.get(p, 0) + f
+                    where[p].add(wi)
+                w[i:i + 2] = (new_id,)
+                continue
             starts = []
             i = 0
-            try:
-                while True:
-                    i = w.index(a, i)  # C-level scan; most chunks hold the pair once
-                    if i + 1 < n and w[i + 1] == b:
-                        starts.append(i)
-                        i += 2
-                    else:
-                        i += 1
-            except ValueError:
-                pass
+            while k > 0:
+                i = w.index(a, i)
+                k -= 1
+                if i + 1 < n and w[i + 1] == b:
+                    starts.append(i)
+                    i += 2
+                    if same:
+                        k -= 1
+                else:
+                    i += 1
             if not starts:
-                continue  # the index entry outlived the pair in this chunk
-            f = freqs[wi]
-            # Only pairs touching a merged position change: (x, a), (a, b), (b, y) -> (x, c), (c, y).
+                continue
             prev_b = -2
             out: list[int] = []
             new_positions = []
@@ -321,10 +346,10 @@ def train_bpe(chunk_counts: Mapping[str, int], vocab_size: int, *, mode: str = "
                 merges_per_second=round(len(result.merges) / max(result.seconds, 1e-9), 1))
     if mode == "char":
         meta["char_coverage"] = char_coverage
+    meta["merge_counts"] = result.merge_counts  # pair frequency at each merge (for the report's plot)
     tok = Tokenizer(mode=mode, pattern=pattern, vocab=vocab, merges=result.merges,
                     special_tokens=default_special_tokens(len(vocab), specials), byte_ids=list(range(256)),
                     alphabet=alphabet, metadata=meta)
-    tok.merge_counts = result.merge_counts
     return tok
 
 

@@ -1,0 +1,147 @@
+"""Training throughput: lmstack Transformer vs HF LlamaForCausalLM on the same config and batch.
+
+Same llama-style config (~7M parameters at vocab 4096), same batch, same weights, full training step
+(forward + cross-entropy + backward + AdamW step), fp32 and bf16 autocast. MFU is measured against
+this machine's peak, taken from a GEMM microbenchmark run in this script.
+
+    .venv/bin/python benchmarks/train_throughput.py [--quick] [--compile] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lmstack.model import ModelConfig, Transformer  # noqa: E402
+from lmstack.model.hf import _llama_state, llama_config_dict  # noqa: E402
+
+
+def gemm_peak_flops(dtype: torch.dtype, seconds: float) -> float:
+    """Best sustained FLOP/s of square matmuls (the practical peak of this CPU and torch build)."""
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3 or reps < 3:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def train_flops_per_step(cfg: ModelConfig, batch: int, seq: int) -> float:
+    """6 * N * tokens for the matmul parameters (lm_head included, embedding lookup excluded) plus
+    causal attention scores and values: 6 * L * T * d_attn per token (PaLM appendix B, halved for causality)."""
+    d_attn = cfg.n_heads * cfg.head_dim
+    n_matmul = Transformer(cfg).num_params(exclude_embeddings=True) + cfg.vocab_size * cfg.d_model
+    per_token = 6 * n_matmul + 6 * cfg.n_layers * seq * d_attn
+    return per_token * batch * seq
+
+
+def make_step(model, kind: str, x: torch.Tensor, autocast: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, foreach=True)
+    targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
+
+    def step():
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with ctx:
+            if kind == "hf":
+                loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
+            else:
+                loss = model(x, targets=targets).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer timed steps (~1 min)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd lmstack")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("llama-style", max_seq_len=args.seq)
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
+    steps, rounds = (3, 3) if args.quick else (5, 5)
+
+    def build(kind):
+        torch.manual_seed(0)
+        ours = Transformer(cfg).train()
+        if kind == "lmstack":
+            return ours
+        hf_cfg = {k: v for k, v in llama_config_dict(cfg).items() if k not in ("architectures", "model_type", "torch_dtype")}
+        hf = LlamaForCausalLM(LlamaConfig(**hf_cfg, attn_implementation="sdpa")).train()
+        hf.load_state_dict(_llama_state(ours), strict=False)  # same weights (lm_head tied)
+        return hf
+
+    variants = [("lmstack", "fp32", False), ("hf", "fp32", False), ("lmstack", "bf16", True), ("hf", "bf16", True)]
+    if args.compile:
+        variants += [("lmstack+compile", "fp32", False), ("lmstack+compile", "bf16", True)]
+    step_fns = {}
+    for kind, prec, ac in variants:
+        model = build("hf" if kind == "hf" else "lmstack")
+        if kind == "lmstack+compile":
+            model = torch.compile(model)
+        fn = make_step(model, "hf" if kind == "hf" else "lmstack", x, ac)
+        for _ in range(2 if "compile" not in kind else 3):
+            fn()  # warm-up (and compilation)
+        step_fns[(kind, prec)] = fn
+    # Interleave the variants round by round so background load hits all of them alike.
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in step_fns}
+    for _ in range(rounds):
+        for key, fn in step_fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[key].append((time.perf_counter() - t0) / steps)
+
+    peak32 = gemm_peak_flops(torch.float32, 3.0 if args.quick else 6.0)
+    peak16 = gemm_peak_flops(torch.bfloat16, 1.5 if args.quick else 3.0)
+    flops = train_flops_per_step(cfg, args.batch, args.seq)
+    tokens = args.batch * args.seq
+    print(f"config: llama-style d={cfg.d_model} L={cfg.n_layers} heads={cfg.n_heads}/{cfg.n_kv_heads} "
+          f"vocab={cfg.vocab_size} params={cfg.num_params():,} | batch={args.batch} seq={args.seq} | "
+          f"torch threads={torch.get_num_threads()} cpus={os.cpu_count()}")
+    print(f"GEMM peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s; "
+          f"train FLOPs/step {flops / 1e9:.2f} GFLOP\n")
+    print("| model | precision | step ms (median) | tokens/s | vs HF | MFU (vs fp32 GEMM peak) |")
+    print("|---|---|---|---|---|---|")
+    results = {}
+    for (kind, prec), ts in times.items():
+        med = statistics.median(ts)
+        hf_med = statistics.median(times[("hf", prec)])
+        tps = tokens / med
+        mfu = flops / med / peak32
+        results[(kind, prec)] = (tps, hf_med / med, mfu)
+        print(f"| {kind} | {prec} | {med * 1e3:.1f} | {tps:,.0f} | {hf_med / med:.2f}x | {100 * mfu:.1f}% |")
+    print()
+    print(f"result: train_ratio_vs_hf_fp32={results[('lmstack', 'fp32')][1]:.2f}")
+    print(f"result: train_ratio_vs_hf_bf16={results[('lmstack', 'bf16')][1]:.2f}")
+    print(f"result: tokens_per_s_fp32={results[('lmstack', 'fp32')][0]:.0f}")
+    print(f"result: mfu_fp32={results[('lmstack', 'fp32')][2]:.3f}")
+    print(f"result: gemm_peak_gflops_fp32={peak32 / 1e9:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

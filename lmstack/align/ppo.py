@@ -1,0 +1,337 @@
+"""Stage ``ppo``: RLHF with PPO (Ouyang et al. 2022) or GRPO (Shao et al. 2024) against the reward model.
+
+PPO: the policy gets a value head on its final hidden states; each iteration samples responses to
+prompts through lmstack.generate, scores them with checkpoints/reward at the end of the response,
+subtracts a per-token KL penalty to the frozen reference (the initial policy), computes GAE
+advantages (whitened) and returns, then runs several epochs of clipped policy + clipped value
+updates on minibatches of that rollout batch.
+GRPO (``algo = "grpo"``): ``group_size`` samples per prompt, advantage = the reward standardised
+within its group, no value model; the KL to the reference is a loss term (k3 estimator).
+The report plots mean reward and KL per iteration. Writes checkpoints/ppo.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmstack.align import common
+from lmstack.align.data import chunks, load_preferences_jsonl
+from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_loss, ppo_rewards, ppo_value_loss,
+                                  whiten)
+from lmstack.align.lora import LoRAConfig
+from lmstack.align.reward import load_reward_model
+
+
+@dataclass
+class Config:
+    algo: str = "ppo"                # ppo | grpo
+    init_from: str = "sft"           # policy init = frozen reference
+    reward_from: str = "reward"      # reward model checkpoint
+    prompt_file: str = ""            # "" = prompts of data/world/prefs_train.jsonl
+    iterations: int = 12             # rollout batches
+    prompts_per_iteration: int = 16
+    group_size: int = 4              # GRPO: samples per prompt
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_k: int = 0
+    ppo_epochs: int = 2              # passes over each rollout batch
+    minibatch_size: int = 16
+    clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    value_clip: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05            # PPO: per-token KL penalty in the reward; GRPO: KL loss weight
+    kl_estimator: str = "k1"         # PPO reward penalty estimator: k1 | k3
+    whiten_advantages: bool = True
+    missing_end_penalty: float = 1.0  # subtracted from the score of a response cut off without <|end|>
+    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-5, warmup_steps=0,
+                                                                                      schedule="constant"))
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    eval_prompts: int = 48           # held-out prompts scored greedily before/after (0 = skip)
+
+    def __post_init__(self):
+        if self.algo not in ("ppo", "grpo"):
+            raise ValueError(f"algo={self.algo!r} must be 'ppo' or 'grpo'")
+        if self.algo == "grpo" and self.group_size < 2:
+            raise ValueError(f"GRPO needs group_size >= 2 (advantages are relative within a group), got {self.group_size}")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator={self.kl_estimator!r} must be 'k1' or 'k3'")
+
+
+class PolicyWithValueHead(nn.Module):
+    """The causal LM plus a scalar value head V(s_t) on the final normed hidden state."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config
+        self.value_head = nn.Linear(lm.config.d_model, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, *args, **kw):  # generation goes straight through to the LM
+        return self.lm(*args, **kw)
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor       # [N, T] prompt + response, right-padded
+    response_mask: torch.Tensor   # [N, T-1] 1 where position t predicts a response token
+    logprobs: torch.Tensor        # [N, T-1] old policy log-probs (0 off-mask)
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor | None   # [N, T-1]
+    scores: torch.Tensor          # [N] reward-model score (after the missing-<|end|> penalty)
+    raw_scores: torch.Tensor      # [N] reward-model score as is
+    lengths: torch.Tensor         # [N] response lengths
+    texts: list[str]
+
+
+def load_prompts(path: Path) -> list[list[dict]]:
+    pairs = load_preferences_jsonl(path)
+    seen, prompts = set(), []
+    for p in pairs:
+        key = repr(p.prompt)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(p.prompt)
+    return prompts
+
+
+@torch.no_grad()
+def score_sequences(rm, seqs: list[list[int]], pad_id: int, device: str) -> torch.Tensor:
+    out = []
+    for part in chunks(seqs, 32):
+        T = max(len(s) for s in part)
+        ids = torch.full((len(part), T), pad_id, dtype=torch.long)
+        for i, s in enumerate(part):
+            ids[i, : len(s)] = torch.tensor(s)
+        out.append(rm(ids.to(device), torch.tensor([len(s) for s in part], device=device)).float().cpu())
+    return torch.cat(out)
+
+
+def _stack(prompt_ids: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    seqs = [p + r for p, r in zip(prompt_ids, responses)]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    comp = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        comp[i, len(p): len(p) + len(r)] = 1
+    return ids, comp
+
+
+def policy_forward(policy: PolicyWithValueHead, ids: torch.Tensor, comp: torch.Tensor, with_values: bool):
+    _, per_token, mask, hidden = common.completion_logps(policy.lm, ids, comp, return_hidden=with_values)
+    values = policy.value_head(hidden.float()).squeeze(-1) * mask if with_values else None
+    return per_token, mask, values
+
+
+@torch.no_grad()
+def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]], cfg: Config, device: str, seed: int) -> Rollout:
+    from lmstack.generate.engine import generate
+
+    policy.eval()
+    prompt_ids = [list(tokenizer.encode_chat(p, add_generation_prompt=True)[0]) for p in prompts]
+    gen_cfg = common.generation_config(cfg.max_new_tokens, strategy="sample", temperature=cfg.temperature,
+                                       top_k=cfg.top_k, seed=seed)
+    gens = generate(policy.lm, tokenizer, prompt_ids, gen_cfg, batch_size=64)
+    responses = [list(g.token_ids) or [tokenizer.end_id] for g in gens]
+    ids, comp = _stack(prompt_ids, responses, tokenizer.pad_id)
+    ids, comp = ids.to(device), comp.to(device)
+    logprobs, mask, values = policy_forward(policy, ids, comp, with_values=(cfg.algo == "ppo"))
+    _, ref_logprobs, _, _ = common.completion_logps(ref_model, ids, comp)
+    raw = score_sequences(rm, [p + r for p, r in zip(prompt_ids, responses)], tokenizer.pad_id, device)
+    ended = torch.tensor([bool(r) and r[-1] in (tokenizer.end_id, tokenizer.eos_id) for r in responses])
+    scores = raw - cfg.missing_end_penalty * (~ended).float()
+    return Rollout(ids, mask, logprobs, ref_logprobs, values, scores.to(device), raw, torch.tensor([len(r) for r in responses]),
+                   [g.text for g in gens])
+
+
+def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int) -> dict:
+    """Several epochs of clipped PPO updates over one rollout batch. Returns averaged statistics."""
+    rewards, kl = ppo_rewards(roll.scores, roll.logprobs, roll.ref_logprobs, roll.response_mask, cfg.kl_coef, cfg.kl_estimator)
+    advantages, returns = gae(rewards, roll.values, roll.response_mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, roll.response_mask)
+    stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
+    n = roll.input_ids.size(0)
+    g = torch.Generator().manual_seed(step0)
+    policy.train()
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, cfg.minibatch_size):
+            idx = perm[start: start + cfg.minibatch_size].to(roll.input_ids.device)
+            ids, mask = roll.input_ids[idx], roll.response_mask[idx]
+            comp = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1).long()
+            logprobs, _, values = policy_forward(policy, ids, comp, with_values=True)
+            pol = ppo_policy_loss(logprobs, roll.logprobs[idx], advantages[idx], mask, cfg.clip_eps)
+            vloss, _ = ppo_value_loss(values, roll.values[idx], returns[idx], mask, cfg.value_clip)
+            loss = pol.loss + cfg.vf_coef * vloss
+            loss.backward()
+            common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+            stats["policy_loss"].append(float(pol.loss.detach()))
+            stats["value_loss"].append(float(vloss.detach()))
+            stats["clip_frac"].append(float(pol.clip_fraction))
+            stats["approx_kl"].append(float(pol.approx_kl))
+    out = {k: sum(v) / len(v) for k, v in stats.items()}
+    out["kl"] = float((kl * roll.response_mask).sum(1).mean())  # sequence-level KL(pi || ref), k-estimator
+    return out
+
+
+def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int) -> dict:
+    advantages = grpo_advantages(roll.scores, cfg.group_size)
+    stats = {"policy_loss": [], "clip_frac": [], "approx_kl": [], "kl_term": []}
+    n = roll.input_ids.size(0)
+    g = torch.Generator().manual_seed(step0)
+    policy.train()
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, cfg.minibatch_size):
+            idx = perm[start: start + cfg.minibatch_size].to(roll.input_ids.device)
+            ids, mask = roll.input_ids[idx], roll.response_mask[idx]
+            comp = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1).long()
+            logprobs, _, _ = policy_forward(policy, ids, comp, with_values=False)
+            loss, pol, mean_kl = grpo_loss(logprobs, roll.logprobs[idx], roll.ref_logprobs[idx], advantages[idx].to(logprobs.device),
+                                           mask, cfg.clip_eps, cfg.kl_coef)
+            loss.backward()
+            common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+            stats["policy_loss"].append(float(pol.loss.detach()))
+            stats["clip_frac"].append(float(pol.clip_fraction))
+            stats["approx_kl"].append(float(pol.approx_kl))
+            stats["kl_term"].append(float(mean_kl))
+    out = {k: sum(v) / len(v) for k, v in stats.items()}
+    k1 = (roll.logprobs - roll.ref_logprobs) * roll.response_mask
+    out["kl"] = float(k1.sum(1).mean())
+    return out
+
+
+@torch.no_grad()
+def greedy_eval(lm, rm, tokenizer, prompts, cfg: Config, device: str) -> tuple[float, list[str]]:
+    if not prompts:
+        return float("nan"), []
+    texts = common.chat_answers(lm, tokenizer, prompts, cfg.max_new_tokens)
+    kept = [(p, t) for p, t in zip(prompts, texts) if t is not None]
+    if not kept:
+        return float("nan"), []
+    seqs = []
+    for p, t in kept:
+        ids, _ = tokenizer.encode_chat(p + [{"role": "assistant", "content": t}])
+        seqs.append(list(ids))
+    return float(score_sequences(rm, seqs, tokenizer.pad_id, device).mean()), texts
+
+
+def run(ctx, cfg: Config):
+    from lmstack.pipeline import StageResult
+
+    cfg.lora.validate("ppo.lora")
+    common.set_seed(ctx.seed)
+    run_path = ctx.run.path
+    tokenizer = common.load_tokenizer(run_path)
+    lm = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="ppo")
+    ref_model = copy.deepcopy(lm).eval()
+    for p in ref_model.parameters():
+        p.requires_grad_(False)
+    rm_dir = common.checkpoint_dir(run_path, cfg.reward_from)
+    if not (rm_dir / "config.json").exists():
+        raise FileNotFoundError(f"{rm_dir}: no reward model; the ppo stage needs the reward stage to run first")
+    rm = load_reward_model(rm_dir, ctx.device).eval()
+    for p in rm.parameters():
+        p.requires_grad_(False)
+    param_metrics = common.attach_lora(lm, cfg.lora, ctx.log)
+    policy = PolicyWithValueHead(lm).to(ctx.device)
+    if cfg.algo == "grpo":
+        policy.value_head.requires_grad_(False)
+
+    prompt_path = Path(cfg.prompt_file) if cfg.prompt_file else common.world_file(run_path, "prefs_train.jsonl")
+    prompts = load_prompts(prompt_path)
+    eval_path = run_path / "data" / "world" / "prefs_eval.jsonl"
+    eval_prompts = load_prompts(eval_path)[: cfg.eval_prompts] if (cfg.eval_prompts and eval_path.exists() and not cfg.prompt_file) else []
+    eval_before, texts_before = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
+
+    optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
+    per_iter = cfg.prompts_per_iteration
+    g = torch.Generator().manual_seed(ctx.seed)
+    order = torch.randperm(len(prompts), generator=g).tolist()
+    hist = {"reward": [], "raw_reward": [], "kl": [], "length": [], "policy_loss": [], "value_loss": [], "clip_frac": []}
+    timer = common.Timer()
+    samples = []
+    for it in common.progress(range(cfg.iterations), cfg.iterations, cfg.algo):
+        batch = [prompts[order[(it * per_iter + j) % len(order)]] for j in range(per_iter)]
+        if cfg.algo == "grpo":
+            batch = [p for p in batch for _ in range(cfg.group_size)]  # groups are contiguous
+        roll = collect_rollout(policy, ref_model, rm, tokenizer, batch, cfg, ctx.device, seed=ctx.seed * 1000 + it)
+        update = ppo_update if cfg.algo == "ppo" else grpo_update
+        stats = update(policy, optimizer, roll, cfg, it, cfg.iterations)
+        hist["reward"].append(float(roll.scores.mean()))
+        hist["raw_reward"].append(float(roll.raw_scores.mean()))
+        hist["kl"].append(stats["kl"])
+        hist["length"].append(float(roll.lengths.float().mean()))
+        hist["policy_loss"].append(stats["policy_loss"])
+        hist["value_loss"].append(stats.get("value_loss", float("nan")))
+        hist["clip_frac"].append(stats["clip_frac"])
+        ctx.run.append_metrics({"stage": "ppo", "algo": cfg.algo, "iteration": it, "reward": hist["reward"][-1],
+                                "kl": stats["kl"], "response_len": hist["length"][-1], **{k: v for k, v in stats.items() if k != "kl"}})
+        if it in (0, cfg.iterations - 1):
+            samples.append((it, batch[0][-1]["content"], roll.texts[0], float(roll.raw_scores[0])))
+    seconds = timer.seconds
+    policy.eval()
+    eval_after, texts_after = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
+
+    out_dir = common.checkpoint_dir(run_path, "ppo")
+    common.save_finetuned(lm, out_dir, cfg.lora, {"stage": "ppo", "algo": cfg.algo, "iterations": cfg.iterations,
+                                                  "init_from": cfg.init_from}, str(common.checkpoint_dir(run_path, cfg.init_from)))
+    if cfg.algo == "ppo":
+        from safetensors.torch import save
+
+        from lmstack.runs import atomic_write_bytes
+
+        atomic_write_bytes(out_dir / "value_head.safetensors",
+                           save({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}))
+
+    xs = list(range(1, cfg.iterations + 1))
+    plot = f"plots/ppo_{cfg.algo}_reward_kl.png"
+    common.save_line_plot(run_path / plot, {"mean reward (RM score - penalties)": (xs, hist["reward"]),
+                                            "mean RM score": (xs, hist["raw_reward"])},
+                          f"{cfg.algo.upper()}: reward and KL to the reference per iteration", "iteration", "reward",
+                          secondary={"KL(pi || ref) per sequence": (xs, hist["kl"])}, secondary_label="KL (nats)")
+    n_half = max(1, cfg.iterations // 3)
+    first, last = _mean(hist["reward"][:n_half]), _mean(hist["reward"][-n_half:])
+    metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
+               "kl_max": max(hist["kl"]), "eval_reward_before": eval_before, "eval_reward_after": eval_after,
+               "train_seconds": round(seconds, 1), **param_metrics}
+    rows = [(i + 1, hist["reward"][i], hist["raw_reward"][i], hist["kl"][i], hist["length"][i], hist["clip_frac"][i])
+            for i in range(cfg.iterations)]
+    desc = (f"**{cfg.algo.upper()}** from `checkpoints/{cfg.init_from}` against `checkpoints/{cfg.reward_from}`:"
+            f" {cfg.iterations} iterations x {per_iter} prompts" + (f" x {cfg.group_size} samples" if cfg.algo == "grpo" else "")
+            + f", {cfg.ppo_epochs} epochs per rollout batch, clip {cfg.clip_eps}, KL coef {cfg.kl_coef}"
+            + (f", GAE gamma={cfg.gamma} lambda={cfg.lam}, whitened advantages, value loss x{cfg.vf_coef}" if cfg.algo == "ppo"
+               else ", group-standardised advantages, k3 KL loss term")
+            + f". Rollouts sampled with `lmstack.generate` (T={cfg.temperature}). {seconds:.0f}s.\n")
+    report = [desc,
+              f"Mean reward over the first third of training {first:.3f} -> last third {last:.3f}; KL to the reference"
+              f" ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f}).",
+              f" Greedy answers to {len(eval_prompts)} held-out prompts score {common.fmt(eval_before)} before and"
+              f" {common.fmt(eval_after)} after.\n",
+              f"![{cfg.algo} reward and KL]({plot})\n",
+              common.markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
+    if samples:
+        report.append(common.markdown_table(["iteration", "prompt", "sampled response", "RM score"],
+                                            [(i + 1, _cell(p), _cell(t), s) for i, p, t, s in samples]))
+    return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
+                       report="\n".join(report) + "\n")
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _cell(s: str, n: int = 70) -> str:
+    s = s.replace("\n", " ").replace("|", "\\|")
+    return s if len(s) <= n else s[: n - 1] + "…"
+

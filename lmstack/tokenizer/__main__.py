@@ -1,0 +1,5 @@
+import sys
+
+from lmstack.tokenizer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,271 @@
+"""Stage ``pretrain``: train the decoder-only Transformer on the token shards.
+
+Reads ``tokenizer/tokenizer.json``, ``shards/{train,val}.bin`` and ``shards/meta.json`` (and
+``data/world/facts_eval.jsonl`` for the fact-recall eval); writes ``checkpoints/pretrain/``
+(model.safetensors + config.json + trainer_state.json, plus ``step_*/`` resume checkpoints),
+metrics.jsonl records and plots. Re-running an interrupted stage resumes from the newest
+complete ``step_*`` checkpoint. Under ``torchrun`` the same stage trains with DDP or FSDP2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmstack.runs import atomic_write_json
+from lmstack.train.anomaly import AnomalyConfig
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
+from lmstack.train.trainer import TrainConfig, Trainer
+
+STAGE = "pretrain"
+
+
+def _default_model() -> dict[str, Any]:
+    # vocab_size comes from the tokenizer; max_seq_len from seq_len.
+    return {"preset": "llama-style", "d_model": 192, "n_layers": 6, "n_heads": 6, "n_kv_heads": 2}
+
+
+@dataclass
+class Config(TrainConfig):
+    """The ``[pretrain]`` recipe table: the TrainConfig fields plus the model and eval settings."""
+    model: dict[str, Any] = field(default_factory=_default_model)  # preset + ModelConfig overrides
+    steps: int = 900
+    batch_size: int = 16
+    seq_len: int = 256
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.1))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="wsd", warmup_steps=30,
+                                                                            min_lr_ratio=0.0, decay_frac=0.3))
+    eval_every: int = 150
+    ckpt_every: int = 150
+    log_every: int = 10
+    threads: int = 0                 # torch intra-op threads; 0 = all cores of this machine
+    fact_shots: int = 3              # solved examples before each fact prompt
+    fact_eval_max: int = 300         # facts evaluated (sampled, fixed seed); 0 = all
+    sample_prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "The capital of France is",
+                                                               "def ", "李白"])
+    sample_tokens: int = 48
+
+
+def build_model_config(cfg: Config, vocab_size: int):
+    from lmstack.model import ModelConfig
+
+    overrides = dict(cfg.model)
+    preset = overrides.pop("preset", "llama-style")
+    if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:
+        raise ValueError(f"[pretrain.model] vocab_size={overrides['vocab_size']} does not match the tokenizer "
+                         f"({vocab_size}); remove it, the stage takes it from tokenizer/tokenizer.json")
+    overrides["vocab_size"] = vocab_size
+    overrides.setdefault("max_seq_len", cfg.seq_len)
+    if overrides["max_seq_len"] < cfg.seq_len:
+        raise ValueError(f"[pretrain.model] max_seq_len={overrides['max_seq_len']} is shorter than "
+                         f"[pretrain] seq_len={cfg.seq_len}")
+    try:
+        return ModelConfig.preset(preset, **overrides)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"[pretrain.model]: {e}") from None
+
+
+def run(ctx, cfg: Config):
+    from lmstack.data.shards import read_tokens
+    from lmstack.eval.bpb import bytes_per_token_from_meta
+    from lmstack.model import Transformer, save_pretrained
+    from lmstack.tokenizer import Tokenizer
+    from lmstack.train.distributed import barrier, init_distributed
+
+    run_dir = ctx.run
+    root = run_dir.path
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    device = ctx.device
+    info = init_distributed(device)
+    if device.startswith("cuda") and info.enabled:
+        device = f"cuda:{info.local_rank}"
+
+    tok_path = root / "tokenizer" / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"{tok_path}: not found; run the tokenizer stage first")
+    tokenizer = Tokenizer.load(tok_path)
+    train_tokens = read_tokens(root / "shards" / "train.bin")
+    val_tokens = read_tokens(root / "shards" / "val.bin")
+    bytes_per_token = bytes_per_token_from_meta(root / "shards" / "meta.json", "val")
+
+    model_cfg = build_model_config(cfg, tokenizer.vocab_size)
+    torch.manual_seed(ctx.seed)
+    model = Transformer(model_cfg)
+    ctx.log(f"model: {model.num_params() / 1e6:.2f}M parameters ({cfg.model.get('preset', 'llama-style')}), "
+            f"{len(train_tokens):,} train tokens, {cfg.steps} steps x "
+            f"{cfg.batch_size * cfg.grad_accum * cfg.seq_len * info.world_size:,} tokens")
+
+    ckpt_dir = root / "checkpoints" / STAGE
+    trainer = Trainer(model, cfg, train_tokens=train_tokens, val_tokens=val_tokens, bos_id=tokenizer.bos_id,
+                      ckpt_dir=ckpt_dir, seed=ctx.seed, device=device, metrics_sink=run_dir.append_metrics,
+                      bytes_per_token=bytes_per_token, log=ctx.log, stage=STAGE)
+    t0 = time.time()
+    summary = trainer.train()
+    train_seconds = time.time() - t0
+
+    # The final checkpoint: model files at the top of checkpoints/pretrain/ (what later stages load).
+    if trainer.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from lmstack.train.checkpoint import _save_model
+        # Collective: every rank takes part in gathering the shards; rank 0 writes.
+        full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if info.is_main:
+            _save_model(model, ckpt_dir, full)
+    elif info.is_main:
+        save_pretrained(model, ckpt_dir)
+    if info.is_main:
+        atomic_write_json(ckpt_dir / "trainer_state.json", {**trainer.trainer_state(), "finished": True})
+    barrier(info)
+    if not info.is_main:
+        from lmstack.pipeline import StageResult
+        return StageResult(metrics={}, artifacts={}, report="")
+
+    eval_model = model if not trainer.fsdp else _load_full(ckpt_dir, device)
+    return _finish(ctx, cfg, eval_model, tokenizer, summary, train_seconds, model_cfg)
+
+
+def _load_full(ckpt_dir: Path, device: str):
+    from lmstack.model import load_pretrained
+    return load_pretrained(ckpt_dir, device=device)
+
+
+def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, model_cfg):
+    from lmstack.pipeline import StageResult
+
+    root = ctx.run.path
+    model.eval()
+    metrics: dict[str, Any] = {
+        "params_M": round(model.num_params() / 1e6, 3),
+        "steps": summary.step, "tokens": int(summary.step * cfg.batch_size * cfg.grad_accum * cfg.seq_len),
+        "train_loss": round(summary.final_loss, 4),
+        "val_loss": round(summary.val_loss, 4) if summary.val_loss is not None else None,
+        "val_bpb": round(summary.val_bpb, 4) if summary.val_bpb is not None else None,
+        "tok_per_s": round(summary.tok_per_s, 1), "mfu": round(summary.mfu, 4),
+        "train_seconds": round(train_seconds, 1),
+        "skipped_steps": summary.skipped_steps, "rollbacks": summary.rollbacks,
+    }
+    report = [f"Model: `{cfg.model.get('preset', 'llama-style')}` with {metrics['params_M']}M parameters "
+              f"(d_model={model_cfg.d_model}, layers={model_cfg.n_layers}, heads={model_cfg.n_heads}/"
+              f"{model_cfg.n_kv_heads} kv, vocab={model_cfg.vocab_size}, context={cfg.seq_len}); "
+              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {cfg.dtype}.", ""]
+    if summary.resumed_from is not None:
+        report.append(f"Resumed from the checkpoint at step {summary.resumed_from}.\n")
+
+    facts_path = root / "data" / "world" / "facts_eval.jsonl"
+    fact_rows = []
+    if facts_path.exists():
+        from lmstack.eval.facts import fact_accuracy, read_facts
+        facts = read_facts(facts_path)
+        res = fact_accuracy(model, tokenizer, facts, shots=cfg.fact_shots, seed=ctx.seed,
+                            max_items=cfg.fact_eval_max or None)
+        for k, v in res["accuracy"].items():
+            metrics[f"fact_acc_{k.replace('=', '_')}"] = round(v, 4)
+        fact_rows = res["examples"]
+        report += ["### Few-shot fact completion", "",
+                   f"{cfg.fact_shots}-shot greedy completion of held-out fact prompts from `data/world/facts_eval.jsonl`. "
+                   "`not_in_pretrain` facts never appeared in the pretraining text: they are the guessing baseline.", "",
+                   "| subset | n | accuracy |", "|---|---:|---:|"]
+        for k, v in res["accuracy"].items():
+            report.append(f"| {k} | {res['counts'][k]} | {v:.1%} |")
+        report += ["", "| prompt | answer | model output | ok |", "|---|---|---|---|"]
+        for r in fact_rows[:8]:
+            report.append(f"| {_md(r['prompt'])} | {_md(r['answer'])} | {_md(r['output'])} | {'yes' if r['correct'] else 'no'} |")
+        report.append("")
+    else:
+        ctx.log(f"{facts_path} not found: skipping the fact-recall eval")
+
+    samples = _samples(model, tokenizer, cfg)
+    if samples:
+        report += ["### Greedy samples", ""]
+        for prompt, text in samples:
+            report.append(f"- **{_md(prompt)}**{_md(text)}")
+        report.append("")
+
+    plots = _plots(root)
+    report += ["### Training curves", ""] + [f"![{t}](plots/{p})" for t, p in plots] + [""]
+    events = summary.events
+    report += ["### Anomaly guard", ""]
+    if events:
+        report += ["| step | event | details |", "|---:|---|---|"]
+        for e in events:
+            details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in e.items() if k not in ("event", "step", "stage"))
+            report.append(f"| {e['step']} | {e['event']} | {details} |")
+    else:
+        report.append("No anomalies: no step was skipped and no rollback happened.")
+    artifacts = {"model": "checkpoints/pretrain/model.safetensors", "config": "checkpoints/pretrain/config.json",
+                 "trainer_state": "checkpoints/pretrain/trainer_state.json"}
+    artifacts.update({f"plot_{t.split()[0].lower()}": f"plots/{p}" for t, p in plots})
+    return StageResult(metrics={k: v for k, v in metrics.items() if v is not None}, artifacts=artifacts,
+                       report="\n".join(report))
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "⏎ ").strip()
+
+
+def _samples(model, tokenizer, cfg: Config) -> list[tuple[str, str]]:
+    if not cfg.sample_prompts or cfg.sample_tokens <= 0:
+        return []
+    from lmstack.generate import GenerationConfig, generate
+    gens = generate(model, tokenizer, list(cfg.sample_prompts),
+                    GenerationConfig(max_new_tokens=cfg.sample_tokens, strategy="greedy"))
+    return [(p, g.text) for p, g in zip(cfg.sample_prompts, gens)]
+
+
+def read_stage_metrics(metrics_path: Path, stage: str = STAGE) -> tuple[list[dict], list[dict]]:
+    """Training and eval records of ``stage``; after a resume the later record of a step wins."""
+    train, evals = {}, {}
+    if not metrics_path.exists():
+        return [], []
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if r.get("stage") != stage or "event" in r:
+                continue
+            if "loss" in r:
+                train[r["step"]] = r
+            elif "val_loss" in r:
+                evals[r["step"]] = r
+    return [train[k] for k in sorted(train)], [evals[k] for k in sorted(evals)]
+
+
+def _plots(root: Path) -> list[tuple[str, str]]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = read_stage_metrics(root / "metrics.jsonl")
+    if not train:
+        return []
+    plots_dir = root / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    steps = [r["step"] for r in train]
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in train], label="train loss")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
+    ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats/token)"); ax.legend(); ax.grid(alpha=0.3)
+    fig.tight_layout(); fig.savefig(plots_dir / "pretrain_loss.png", dpi=100); plt.close(fig)
+    out.append(("Loss", "pretrain_loss.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].plot(steps, [r["lr"] for r in train]); axes[0].set_title("learning rate"); axes[0].set_xlabel("step")
+    axes[1].plot(steps, [r["grad_norm"] for r in train]); axes[1].set_title("gradient norm (before clipping)")
+    axes[1].set_xlabel("step"); axes[1].set_yscale("log")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout(); fig.savefig(plots_dir / "pretrain_lr_gradnorm.png", dpi=100); plt.close(fig)
+    out.append(("LR and gradient norm", "pretrain_lr_gradnorm.png"))
+    return out

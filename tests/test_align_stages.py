@@ -1,0 +1,168 @@
+"""Each alignment stage end to end on a tiny run directory (tiny world, tokenizer and model)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lmstack.align import dpo, ppo, reward, sft
+from lmstack.align.lora import LoRAConfig
+from lmstack.config import config_from_dict
+from lmstack.pipeline import StageContext
+from lmstack.runs import RunDir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matrices: one intra-op thread is faster, and it keeps the 2 shared cores usable by others.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return build_tiny_run(tmp_path_factory.mktemp("align_run"))
+
+
+def build_tiny_run(root):
+    """data/world/*, tokenizer/tokenizer.json and checkpoints/pretrain (a random tiny model)."""
+    from lmstack.data.world import WorldConfig, build_world
+    from lmstack.model import ModelConfig, Transformer, save_pretrained
+    from lmstack.tokenizer import train_tokenizer
+
+    world = build_world(WorldConfig(n_people=6, n_sft_only_people=2, n_cities=3, n_countries=4, bios_per_person=2,
+                                    n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_parallel_docs=4,
+                                    n_sft_train=60, n_sft_eval=24, n_prefs_train=40, n_prefs_eval=16,
+                                    n_unknown_people=4, n_unknown_cities=2), seed=0)
+    world.write(root / "data" / "world")
+    texts = [d["text"] for d in world.pretrain_docs()]
+    texts += [m["content"] for ex in world.sft_train for m in ex["messages"]]
+    tok = train_tokenizer(texts, 320, progress=False)
+    tok.save(root / "tokenizer" / "tokenizer.json")
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                             max_seq_len=160)
+    save_pretrained(Transformer(cfg), root / "checkpoints" / "pretrain")
+    return root
+
+
+def ctx_for(root, stage):
+    return StageContext(run=RunDir(root), seed=0, device="cpu", recipe={}, stage=stage)
+
+
+def small(cls, **kw):
+    return config_from_dict(cls, kw, cls.__module__)
+
+
+def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):
+    cfg = small(sft.Config, steps=15, batch_size=4, eval_examples=12, facts_examples=8, few_shot=1, max_new_tokens=6,
+                optim={"lr": 3e-3, "warmup_steps": 2})
+    result = sft.run(ctx_for(run_dir, "sft"), cfg)
+    m = result.metrics
+    assert (run_dir / "checkpoints" / "sft" / "model.safetensors").exists()
+    assert (run_dir / "plots" / "sft_loss.png").exists()
+    assert m["final_loss"] < math.log(320) and m["train_examples"] > 0
+    for key in ("accuracy", "base_accuracy", "pii_refusal"):
+        assert 0.0 <= m[key] <= 1.0 or math.isnan(m[key])
+    assert "Knowledge placement" in result.report and "base few-shot" in result.report
+    # the world's four placement groups that the tiny world produces show up as rows
+    assert "pretrain only" in result.report and "SFT only" in result.report
+    losses = [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(l).get("stage") == "sft"]
+    assert losses[-1] < losses[0]  # it learns
+
+
+def test_sft_with_packing_and_lora(run_dir, tmp_path):
+    cfg = small(sft.Config, steps=3, batch_size=4, packing=True, eval_examples=4, facts_examples=0, few_shot=0,
+                max_new_tokens=4, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    result = sft.run(ctx_for(run_dir, "sft"), cfg)
+    assert result.metrics["trainable_params"] < result.metrics["total_params"] / 5
+    assert (run_dir / "checkpoints" / "sft" / "adapter" / "adapter_config.json").exists()
+    from lmstack.model import load_pretrained
+
+    load_pretrained(run_dir / "checkpoints" / "sft")  # the merged model is a plain checkpoint
+
+
+def test_lora_stage_qlora_saves_adapter_alone(run_dir):
+    cfg = small(sft.LoraConfig, steps=3, batch_size=4, eval_examples=4, facts_examples=0, max_new_tokens=4,
+                lora={"qlora": True})
+    assert cfg.lora.r == 8  # the [lora] stage keeps r=8 when only qlora is overridden
+    result = sft.run_lora(ctx_for(run_dir, "lora"), cfg)
+    out = run_dir / "checkpoints" / "lora"
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+    assert result.metrics["lora_modules"] == 14
+
+
+def test_reward_stage(run_dir):
+    cfg = small(reward.Config, init_from="pretrain", steps=12, batch_size=8, optim={"lr": 3e-3, "warmup_steps": 1})
+    result = reward.run(ctx_for(run_dir, "reward"), cfg)
+    m = result.metrics
+    assert 0.0 <= m["eval_accuracy"] <= 1.0
+    rm = reward.load_reward_model(run_dir / "checkpoints" / "reward")
+    ids = torch.randint(0, 300, (3, 9))
+    scores = rm(ids, torch.tensor([9, 5, 2]))
+    assert scores.shape == (3,)
+    # the score reads the last REAL token: padding after it must not change it
+    padded = torch.cat([ids[1:2, :5], torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(rm(padded, torch.tensor([5])), scores[1:2], rtol=1e-5, atol=1e-5)
+    assert "held-out accuracy" in result.report
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_dpo_stage(run_dir, precompute):
+    cfg = small(dpo.Config, init_from="pretrain", steps=4, batch_size=4, precompute_ref=precompute,
+                behaviour_examples=3, max_new_tokens=4)
+    result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
+    m = result.metrics
+    # before any update the policy IS the reference: h = 0 and the sigmoid loss is log 2 on every pair
+    assert abs(m["eval_loss_before"] - math.log(2)) < 1e-4
+    assert 0.0 <= m["eval_reward_accuracy"] <= 1.0
+    assert "pii_refusal_before" in m and "fact_correct_after" in m
+    assert (run_dir / "checkpoints" / "dpo" / "model.safetensors").exists()
+
+
+def test_dpo_ipo_with_lora(run_dir):
+    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, loss_type="ipo", behaviour_examples=0,
+                lora={"r": 2})
+    m = dpo.run(ctx_for(run_dir, "dpo"), cfg).metrics
+    # IPO at h = 0: (0 - 1/(2 beta))^2 = 25 for beta = 0.1
+    assert abs(m["eval_loss_before"] - 25.0) < 1e-3
+    assert m["trainable_params"] < m["total_params"]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_ppo_and_grpo_stages(run_dir, algo):
+    if not (run_dir / "checkpoints" / "reward" / "config.json").exists():
+        reward.run(ctx_for(run_dir, "reward"), small(reward.Config, init_from="pretrain", steps=2, batch_size=4))
+    cfg = small(ppo.Config, algo=algo, init_from="pretrain", iterations=2, prompts_per_iteration=4, group_size=2,
+                max_new_tokens=5, minibatch_size=4, eval_prompts=3)
+    result = ppo.run(ctx_for(run_dir, "ppo"), cfg)
+    m = result.metrics
+    assert math.isfinite(m["reward_last"]) and math.isfinite(m["kl_last"])
+    assert (run_dir / f"plots/ppo_{algo}_reward_kl.png").exists()
+    assert (run_dir / "checkpoints" / "ppo" / "model.safetensors").exists()
+
+
+def test_stage_configs_reject_bad_values():
+    from lmstack.config import ConfigError
+
+    with pytest.raises(ConfigError, match="loss_type"):
+        small(dpo.Config, loss_type="kto")
+    with pytest.raises(ConfigError, match="group_size"):
+        small(ppo.Config, algo="grpo", group_size=1)
+    with pytest.raises(ConfigError, match="unknown key"):
+        small(sft.Config, lora={"rank": 8})
+    assert isinstance(small(dpo.Config, lora={"r": 8}).lora, LoRAConfig)
+
+
+def test_missing_inputs_name_the_stage_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        sft.run(ctx_for(tmp_path, "sft"), sft.Config())

@@ -1,0 +1,72 @@
+"""Eval helpers: bits per byte and few-shot fact accuracy."""
+
+import json
+import math
+
+import pytest
+
+from lmstack.eval import facts as facts_mod
+from lmstack.eval.bpb import bits_per_byte, bytes_per_token_from_meta
+from lmstack.eval.facts import build_few_shot_prompt, default_answer_matches, fact_accuracy, read_facts
+
+
+def test_bits_per_byte_formula_and_meta(tmp_path):
+    # 1 nat/token at 4 bytes/token = 1/ln2 bits over 4 bytes
+    assert bits_per_byte(1.0, tokens_per_byte=0.25) == pytest.approx(1 / math.log(2) / 4)
+    # Byte-level model: one token per byte -> bpb is just bits per token.
+    assert bits_per_byte(math.log(2), tokens_per_byte=1.0) == pytest.approx(1.0)
+    (tmp_path / "meta.json").write_text(json.dumps({"val": {"tokens": 100, "bytes": 350}}))
+    assert bytes_per_token_from_meta(tmp_path / "meta.json") == 3.5
+    (tmp_path / "bad.json").write_text(json.dumps({"train": {"tokens": 1, "bytes": 1}}))
+    with pytest.raises(ValueError, match="field 'val'"):
+        bytes_per_token_from_meta(tmp_path / "bad.json")
+
+
+def test_answer_matching():
+    assert default_answer_matches(" Paris.\nQuestion: next", "Paris")
+    assert default_answer_matches("the paris", "Paris")
+    assert not default_answer_matches(" Parisian", "Paris")
+    assert not default_answer_matches(" Rome\nParis", "Paris")
+    assert default_answer_matches("巴黎。", "巴黎") and default_answer_matches("巴黎市", "巴黎")
+    assert not default_answer_matches("", "Paris")
+
+
+def test_few_shot_prompt_uses_other_facts_of_same_language():
+    import random
+    pool = [{"prompt": f"Q{i}:", "answer": f"A{i}", "lang": "en", "fact": str(i)} for i in range(5)]
+    pool.append({"prompt": "问", "answer": "答", "lang": "zh", "fact": "z"})
+    text = build_few_shot_prompt(pool[0], pool, 3, random.Random(0))
+    lines = text.split("\n")
+    assert len(lines) == 4 and lines[-1] == "Q0:" and "A0" not in text and "答" not in text
+
+
+def test_fact_accuracy_groups(monkeypatch, tmp_path):
+    items = [{"prompt": "x", "question": "x?", "answer": "Paris", "lang": "en", "fact": "f1", "in_pretrain": True},
+             {"prompt": "y", "question": "y?", "answer": "Rome", "lang": "en", "fact": "f2", "in_pretrain": True},
+             {"prompt": "z", "question": "z?", "answer": "北京", "lang": "zh", "fact": "f3", "in_pretrain": False}]
+    outputs = iter([" Paris", " Oslo", "北京"])
+
+    class Gen:
+        def __init__(self, text):
+            self.text = text
+
+    import lmstack.generate as gen_mod
+    monkeypatch.setattr(gen_mod, "generate", lambda model, tok, prompts, cfg, batch_size=32: [Gen(next(outputs)) for _ in prompts])
+
+    class Tok:
+        bos_id = 1
+
+        def encode(self, text):
+            return [2] * len(text)
+
+    res = fact_accuracy(object(), Tok(), items, shots=1)
+    assert res["accuracy"]["all"] == pytest.approx(2 / 3)
+    assert res["accuracy"]["in_pretrain"] == 0.5 and res["accuracy"]["not_in_pretrain"] == 1.0
+    assert res["accuracy"]["lang=zh"] == 1.0 and res["counts"]["lang=en"] == 2
+
+
+def test_read_facts_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "facts.jsonl"
+    p.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r"facts.jsonl line 2: field 'answer'"):
+        read_facts(p)

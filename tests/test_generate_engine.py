@@ -1,0 +1,183 @@
+"""The batched KV-cache engine: padding, per-request settings, stop handling, streaming, chat."""
+
+import pytest
+import torch
+
+from lmstack.generate import GenerationConfig, chat, generate, stream
+from lmstack.generate.text import TextTracker
+from test_generate_common import _one_thread, small_tokenizer, tiny_model  # noqa: F401
+
+PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed any further, hear me", "床前明月光", "A"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return small_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(tok.vocab_size)
+
+
+def test_batched_left_padding_equals_one_by_one(model, tok):
+    cfg = GenerationConfig(max_new_tokens=20, ignore_eos=True)
+    batched = generate(model, tok, PROMPTS, cfg)
+    for p, b in zip(PROMPTS, batched):
+        alone = generate(model, tok, [p], cfg)[0]
+        assert b.token_ids == alone.token_ids and b.text == alone.text
+        assert len(b.token_ids) == 20 and b.finish_reason == "length"
+
+
+def test_greedy_matches_full_recompute_without_cache(model, tok):
+    ids = [tok.bos_id] + tok.encode("ROMEO:")
+    out = generate(model, tok, [ids], GenerationConfig(max_new_tokens=12, ignore_eos=True))[0]
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(12):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert out.token_ids == seq[len(ids):]
+
+
+def test_per_request_parameters_in_one_batch(model, tok):
+    cfgs = [GenerationConfig(strategy="sample", seed=1, temperature=0.9, top_k=40, max_new_tokens=15, ignore_eos=True),
+            GenerationConfig(max_new_tokens=5, ignore_eos=True),
+            GenerationConfig(strategy="sample", seed=7, top_p=0.8, max_new_tokens=25, ignore_eos=True),
+            GenerationConfig(repetition_penalty=1.5, max_new_tokens=10, ignore_eos=True)]
+    batched = generate(model, tok, PROMPTS, cfgs)
+    for p, c, b in zip(PROMPTS, cfgs, batched):
+        assert b.token_ids == generate(model, tok, [p], c)[0].token_ids
+        assert len(b.token_ids) == c.max_new_tokens
+
+
+def test_seeded_sampling_reproducible_and_seed_sensitive(model, tok):
+    c = GenerationConfig(strategy="sample", seed=3, max_new_tokens=20, ignore_eos=True)
+    a = generate(model, tok, ["ROMEO:"], c)[0]
+    assert a.token_ids == generate(model, tok, ["ROMEO:"], c)[0].token_ids
+    others = [generate(model, tok, ["ROMEO:"], c.replace(seed=s))[0].token_ids for s in (4, 5)]
+    assert any(o != a.token_ids for o in others)
+
+
+def test_stop_string_cuts_text_and_is_never_streamed(model, tok):
+    base = generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=30, ignore_eos=True))[0]
+    assert len(base.text) > 10
+    stop = base.text[6:9]
+    cfg = GenerationConfig(max_new_tokens=30, ignore_eos=True, stop=[stop])
+    cut = generate(model, tok, ["ROMEO:"], cfg)[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == base.text[: base.text.index(stop)]
+    assert len(cut.token_ids) < 30
+    streamed = "".join(c.text for c in stream(model, tok, "ROMEO:", cfg))
+    assert streamed == cut.text and stop not in streamed
+
+
+def test_stop_token_ends_generation_and_chat_uses_template(tok):
+    m = tiny_model(tok.vocab_size, seed=1)
+    conv = [{"role": "user", "content": "hello"}]
+    got = chat(m, tok, [conv], GenerationConfig(max_new_tokens=6, stop_token_ids=[]))[0]
+    ids, _ = tok.encode_chat(conv, add_generation_prompt=True)
+    assert got.token_ids == generate(m, tok, [ids], GenerationConfig(max_new_tokens=6, stop_token_ids=[]))[0].token_ids
+    assert got.prompt_tokens == len(ids) and ids[-1] == tok.special_tokens["<|assistant|>"]
+    # make <|end|> the favourite token from the third step on: the answer stops there, <|end|> kept in ids only
+    end = tok.special_tokens["<|end|>"]
+    start = len(ids)
+
+    calls = []
+
+    def boost(module, inputs, out):
+        calls.append(1)
+        if len(calls) >= 3:  # prefill -> token 1, step -> token 2, step -> token 3 = <|end|>
+            out.logits[..., end] += 100.0
+        return out
+
+    handle = m.register_forward_hook(boost)
+    try:
+        stopped = chat(m, tok, [conv], GenerationConfig(max_new_tokens=6))[0]
+    finally:
+        handle.remove()
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids[-1] == end and len(stopped.token_ids) == 3 and start == stopped.prompt_tokens
+    assert stopped.token_ids[:2] == got.token_ids[:2]
+    assert stopped.text == tok.decode(stopped.token_ids[:2])
+
+
+def test_default_stop_tokens_are_eos_and_end(tok):
+    from lmstack.generate.engine import stop_token_ids_for
+
+    assert set(stop_token_ids_for(tok, GenerationConfig())) == {tok.eos_id, tok.special_tokens["<|end|>"]}
+    assert stop_token_ids_for(tok, GenerationConfig(ignore_eos=True)) == []
+
+
+def test_streaming_never_emits_broken_utf8(tok):
+    text = "西陸蟬聲唱，南冠客思侵。那堪玄鬢影 — naïve café ☃"
+    ids = tok.encode(text)
+    assert any(not _valid_utf8(tok.token_bytes(i)) for i in ids)  # characters really are split
+    tr = TextTracker(tok)
+    pieces = []
+    for i in ids:
+        tr.push(i)
+        pieces.append(tr.take_new(False))
+    tr.finish()
+    pieces.append(tr.take_new(True))
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_stream_chunks_concatenate_to_generate_text(model, tok):
+    cfg = GenerationConfig(strategy="sample", seed=11, max_new_tokens=40, ignore_eos=True)
+    chunks = list(stream(model, tok, ["床前明月光", "ROMEO:"], cfg))
+    gens = generate(model, tok, ["床前明月光", "ROMEO:"], cfg)
+    for i, g in enumerate(gens):
+        mine = [c for c in chunks if c.index == i]
+        assert "".join(c.text for c in mine) == g.text
+        assert [c.token_id for c in mine] == g.token_ids
+        assert mine[-1].finish_reason == "length"
+        # each chunk is complete UTF-8 text; only the final flush may hold U+FFFD for invalid bytes
+        for c in mine[:-1]:
+            assert c.text.encode("utf-8").decode("utf-8") == c.text
+
+
+def test_logprobs_are_the_raw_model_logprobs(model, tok):
+    ids = [tok.bos_id] + tok.encode("ROMEO:")
+    g = generate(model, tok, [ids], GenerationConfig(max_new_tokens=5, ignore_eos=True, logprobs=True))[0]
+    seq = ids + g.token_ids
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
+    want = [float(lp[len(ids) - 1 + i, t]) for i, t in enumerate(g.token_ids)]
+    assert g.logprobs == pytest.approx(want, abs=1e-4)
+
+
+def test_context_limit(model, tok):
+    long_prompt = [tok.bos_id] + [5] * 127
+    g = generate(model, tok, [long_prompt[:120]], GenerationConfig(max_new_tokens=50, ignore_eos=True))[0]
+    assert len(g.token_ids) == 8 and g.finish_reason == "length"  # clipped at max_seq_len=128
+    with pytest.raises(ValueError, match="context is 128"):
+        generate(model, tok, [long_prompt + [5]], GenerationConfig())
+
+
+def test_bad_input_messages(model, tok):
+    with pytest.raises(ValueError, match="strategy 'nope' is unknown"):
+        GenerationConfig(strategy="nope")
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationConfig(top_p=0.0)
+    with pytest.raises(TypeError, match="list of prompts"):
+        generate(model, tok, "ROMEO:", GenerationConfig())
+    with pytest.raises(ValueError, match="one per prompt"):
+        generate(model, tok, ["a", "b"], [GenerationConfig()] * 3)
+    with pytest.raises(ValueError, match="needs draft_model"):
+        generate(model, tok, ["a"], GenerationConfig(strategy="speculative"))
+
+
+def test_bad_words_are_never_generated(model, tok):
+    base = generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=20, ignore_eos=True))[0]
+    banned = base.token_ids[2]
+    out = generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=20, ignore_eos=True, bad_words_ids=[[banned]]))[0]
+    assert banned not in out.token_ids
+
+
+def _valid_utf8(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
