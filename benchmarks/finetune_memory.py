@@ -60,6 +60,40 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _build_and_step(mode: str, cfg, device: str, batch: int, seq: int, steps: int) -> None:
+    import tempfile
+
+    import torch
+
+    from lmstack.align.lora import LoRAConfig, apply_lora
+    from lmstack.model import Transformer
+
+    model = Transformer(cfg)
+    if mode == "peft-lora":
+        import peft
+        import transformers
+
+        from lmstack.model.hf import export_hf
+
+        tmp = tempfile.mkdtemp()
+        export_hf(model, tmp)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32)
+        model = peft.get_peft_model(hf, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        forward = lambda ids: model(input_ids=ids).logits  # noqa: E731
+    else:
+        if mode != "full":
+            apply_lora(model, LoRAConfig(r=8, alpha=16, qlora=(mode == "qlora")))
+        forward = lambda ids: model(ids).logits  # noqa: E731
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    for _ in range(steps):
+        forward(ids).float().logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
 def run_mode(mode: str, quick: bool, device: str, steps: int) -> dict:
     import torch
 
@@ -74,7 +108,15 @@ def run_mode(mode: str, quick: bool, device: str, steps: int) -> dict:
     else:
         cfg = ModelConfig.preset("llama-style", vocab_size=4096, max_seq_len=256)  # ~7M params (the speedrun size)
         batch, seq = 8, 256
+    # Page in the code of every op first (a throwaway run of a tiny model of the same kind): on CPU,
+    # RSS also counts library pages touched for the first time, which is not training memory.
+    _build_and_step(mode, ModelConfig.preset("llama-style", vocab_size=64, d_model=32, n_layers=1, n_heads=4,
+                                              n_kv_heads=2, max_seq_len=16), device, batch=1, seq=8, steps=2)
+    import gc
+
+    gc.collect()
     if device == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     rss0 = _rss_bytes()
     base_alloc = torch.cuda.memory_allocated() if device == "cuda" else 0

@@ -128,3 +128,17 @@ def test_pairs_share_the_prompt_and_mark_the_answer(tok):
     assert b["completion_mask"][0].sum().item() == len(tp.chosen_ids) - tp.prompt_len
     assert b["lengths"].tolist() == [len(tp.chosen_ids)] * 2 + [len(tp.rejected_ids)] * 2
     assert tokenize_pair(tok, pair, max_len=tp.prompt_len) is None
+
+
+def test_length_grouped_batches_cover_every_item_once_per_epoch():
+    from lmstack.align.data import length_grouped_batches
+
+    items = list(range(37))
+    lengths = [(i * 7) % 23 for i in items]
+    stream = length_grouped_batches(items, lengths, 4, seed=0, group_batches=3)
+    n_batches = sum(1 for g in range(0, 37, 12) for _ in range(0, len(items[g:g + 12]), 4))
+    epoch = [next(stream) for _ in range(n_batches)]
+    assert sorted(i for b in epoch for i in b) == items
+    # within a batch lengths are close: each batch comes from one sorted group of 12
+    spread = max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch)
+    assert spread < max(lengths) - min(lengths)

@@ -79,7 +79,7 @@ def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):
 
 
 def test_sft_with_packing_and_lora(run_dir, tmp_path):
-    cfg = small(sft.Config, steps=3, batch_size=4, packing=True, eval_examples=4, facts_examples=0, few_shot=0,
+    cfg = small(sft.Config, steps=3, batch_size=4, packing=True, eval_examples=4, facts_examples=-1, few_shot=0,
                 max_new_tokens=4, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
     result = sft.run(ctx_for(run_dir, "sft"), cfg)
     assert result.metrics["trainable_params"] < result.metrics["total_params"] / 5
@@ -90,7 +90,7 @@ def test_sft_with_packing_and_lora(run_dir, tmp_path):
 
 
 def test_lora_stage_qlora_saves_adapter_alone(run_dir):
-    cfg = small(sft.LoraConfig, steps=3, batch_size=4, eval_examples=4, facts_examples=0, max_new_tokens=4,
+    cfg = small(sft.LoraConfig, steps=3, batch_size=4, eval_examples=4, facts_examples=-1, max_new_tokens=4,
                 lora={"qlora": True})
     assert cfg.lora.r == 8  # the [lora] stage keeps r=8 when only qlora is overridden
     result = sft.run_lora(ctx_for(run_dir, "lora"), cfg)

@@ -181,3 +181,44 @@ def _valid_utf8(b):
         return True
     except UnicodeDecodeError:
         return False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_decode_step_equals_model_forward(tok, dtype):
+    from lmstack.generate import fast
+    from lmstack.generate.engine import left_pad
+
+    m = tiny_model(tok.vocab_size, seed=3, init_std=0.1).to(dtype)
+    dec = fast.fast_decoder(m)
+    assert dec is not None
+    ids, mask = left_pad([[1, 2, 3, 4, 5, 6], [7, 8, 9]], 0, "cpu")
+    c_model, c_fast = m.new_kv_cache(2, 32), m.new_kv_cache(2, 32)
+    with torch.no_grad():
+        m(ids, attention_mask=mask, kv_cache=c_model)
+        m(ids, attention_mask=mask, kv_cache=c_fast)
+        step = torch.tensor([[11], [12]])
+        for _ in range(6):
+            want = m(step, kv_cache=c_model).logits[:, -1]
+            got = dec.step(step, c_fast)
+            torch.testing.assert_close(got, want, atol=1e-5 if dtype == torch.float32 else 1e-9, rtol=1e-5)
+            step = want.argmax(-1, keepdim=True)
+    assert torch.equal(c_model.next_position, c_fast.next_position) and c_model.length == c_fast.length
+    # parameters changed in place (an optimizer step): the fused weights follow
+    with torch.no_grad():
+        m.layers[0].attn.k_proj.weight.mul_(1.5)
+        m.layers[1].ffn.up_proj.weight.add_(0.01)
+        a = m(step, kv_cache=c_model).logits[:, -1]
+        torch.testing.assert_close(dec.step(step, c_fast), a, atol=1e-5 if dtype == torch.float32 else 1e-9, rtol=1e-5)
+
+
+def test_fast_decode_off_gives_same_generation(model, tok):
+    from lmstack.generate import fast
+
+    cfg = GenerationConfig(max_new_tokens=20, ignore_eos=True)
+    on = generate(model, tok, PROMPTS, cfg)
+    fast.ENABLED = False
+    try:
+        off = generate(model, tok, PROMPTS, cfg)
+    finally:
+        fast.ENABLED = True
+    assert [g.token_ids for g in on] == [g.token_ids for g in off]

@@ -154,7 +154,7 @@ def test_speculative_sampling_matches_target_distribution(tok):
     logits = target(torch.tensor([ids])).logits[0, -1].float()
     from lmstack.generate import TopK
     probs = TopK(12)(None, logits[None])[0].softmax(-1)
-    n = 400
+    n = 300
     counts = torch.zeros_like(probs)
     rejected = 0
     for s in range(n):

@@ -308,3 +308,25 @@ def test_rank_file_errors(tmp_path):
 def test_char_mode_cannot_be_written_as_tiktoken(char_tok, tmp_path):
     with pytest.raises(ValueError, match="byte-level"):
         export_tiktoken(char_tok, tmp_path / "x.tiktoken")
+
+
+def test_rank_file_with_permuted_byte_ranks(byte_tok, tmp_path):
+    # Real rank files (cl100k) do not put byte b at rank b; import must not assume it.
+    import base64
+    perm = list(range(256))
+    random.Random(1).shuffle(perm)  # byte token at old id i gets new id perm[i]
+    new_id = {i: (perm[i] if i < 256 else i) for i in range(byte_tok.n_regular)}
+    lines = [f"{base64.b64encode(byte_tok.token_bytes(i)).decode()} {new_id[i]}" for i in range(byte_tok.n_regular)]
+    path = tmp_path / "perm.tiktoken"
+    path.write_text("\n".join(lines) + "\n")
+    back = load_tiktoken(path)
+    assert back.backend == "tiktoken"
+    for text in heldout_samples().values():
+        assert back.encode(text) == [new_id[i] for i in byte_tok.encode(text)]
+        assert back.encode_ordinary_python(text) == back.encode(text)
+
+
+def test_encode_batch_with_allowed_special(byte_tok):
+    texts = ["<|bos|>hello<|end|>", "plain <|end|> text"]
+    assert byte_tok.encode_batch(texts, allowed_special="all") == [byte_tok.encode(t, allowed_special="all") for t in texts]
+    assert byte_tok.encode_batch(texts) == [byte_tok.encode(t) for t in texts]

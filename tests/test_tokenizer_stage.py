@@ -92,3 +92,10 @@ def test_stage_errors_name_file_and_line(tmp_path):
     (data / "train.jsonl").write_text('{"text": "fine"}\n{"txt": "typo"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"train.jsonl line 2: field 'text' missing"):
         run(_ctx(tmp_path), Config(vocab_size=300, num_workers=1))
+
+
+def test_stage_rejects_empty_training_text(tmp_path):
+    _write_jsonl(tmp_path / "run" / "data" / "train.jsonl", ["", ""])
+    _write_jsonl(tmp_path / "run" / "data" / "val.jsonl", ["x"])
+    with pytest.raises(ValueError, match="no text to train"):
+        run(_ctx(tmp_path), Config(vocab_size=300, num_workers=1))

@@ -10,9 +10,21 @@ from pathlib import Path
 import pytest
 
 from lmstack.tokenizer import build_pattern, count_chunks, learn_merges, train_bpe, train_tokenizer
-from lmstack.tokenizer.train import byte_level_words, merge_word
+from lmstack.tokenizer.train import byte_level_words
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def naive_merge_word(word, pair, new):
+    out, i = [], 0
+    while i < len(word):
+        if tuple(word[i:i + 2]) == pair:
+            out.append(new)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
 
 
 def naive_merges(words, freqs, token_bytes, n_merges):
@@ -35,7 +47,7 @@ def naive_merges(words, freqs, token_bytes, n_merges):
             new = len(token_bytes)
             token_bytes.append(merged)
         merges.append((best[0], best[1], new))
-        words = [merge_word(w, best[0], best[1], new) for w in words]
+        words = [naive_merge_word(w, best, new) for w in words]
     return merges, token_bytes
 
 
@@ -96,3 +108,16 @@ def test_pattern_that_skips_characters_is_rejected():
 def test_vocab_too_small_is_rejected():
     with pytest.raises(ValueError, match="too small"):
         train_bpe(Counter({"ab": 3}), 100, pattern=build_pattern("lmstack"))
+
+
+def test_fast_trainer_equals_naive_on_char_level_words():
+    from lmstack.tokenizer.train import char_level_words, choose_alphabet
+    counts = count_chunks(_sample_text(), build_pattern("lmstack"))
+    alphabet = choose_alphabet(counts, 0.99, 400)
+    char_to_id = {ch: 256 + k for k, ch in enumerate(alphabet)}
+    words, freqs = char_level_words(counts, char_to_id)
+    base = [bytes([i]) for i in range(256)] + [ch.encode("utf-8") for ch in alphabet]
+    fast = learn_merges(words, freqs, base, 150, progress=False)
+    assert fast.merges == naive_merges(words, freqs, base, 150)[0]
+    # Rare characters (outside the alphabet) never take part in a merge.
+    assert all(a >= 256 and b >= 256 for a, b, _ in fast.merges)

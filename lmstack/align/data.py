@@ -318,3 +318,22 @@ def batches(items: list, batch_size: int, *, shuffle: bool, seed: int, epochs: i
 def chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i: i + size]
+
+
+def length_grouped_batches(items: list, lengths: list[int], batch_size: int, *, seed: int,
+                           group_batches: int = 8) -> Iterator[list]:
+    """Endless batches of similar-length items (less padding, same data): shuffle, cut into groups of
+    ``group_batches`` batches, sort each group by length, split it into batches, shuffle the batches.
+    Every item is still seen once per epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        out = []
+        span = batch_size * group_batches
+        for g in range(0, len(order), span):
+            group = sorted(order[g: g + span], key=lambda i: lengths[i])
+            out += [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
+        rng.shuffle(out)
+        for b in out:
+            yield [items[i] for i in b]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lmstack.align import common, evals
-from lmstack.align.data import batches, chunks, collate_pairs, load_preferences_jsonl
+from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl
 from lmstack.align.losses import DPO_LOSS_TYPES, dpo_loss
 from lmstack.align.lora import LoRAConfig
 from lmstack.align.reward import _tokenize_pairs
@@ -31,14 +31,14 @@ class Config:
     beta: float = 0.1
     label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
-    steps: int = 150
+    steps: int = 60
     batch_size: int = 16             # pairs per step
     max_len: int = 0
     max_train_pairs: int = 0
     optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=1e-4, warmup_steps=10))
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    behaviour_examples: int = 120    # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
-    max_new_tokens: int = 40
+    behaviour_examples: int = 80     # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
+    max_new_tokens: int = 32
     log_every: int = 10
 
     def __post_init__(self):
@@ -161,7 +161,9 @@ def run(ctx, cfg: Config):
         ref_model = None  # only the cached numbers are needed from here on
 
     optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
-    index_stream = batches(list(range(len(train_pairs))), cfg.batch_size, shuffle=True, seed=ctx.seed)
+    index_stream = length_grouped_batches(list(range(len(train_pairs))),
+                                          [max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs],
+                                          cfg.batch_size, seed=ctx.seed)
     hist = {"loss": [], "acc": [], "margin": [], "chosen": [], "rejected": []}
     timer = common.Timer()
     policy.train()

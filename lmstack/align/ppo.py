@@ -33,7 +33,7 @@ class Config:
     init_from: str = "sft"           # policy init = frozen reference
     reward_from: str = "reward"      # reward model checkpoint
     prompt_file: str = ""            # "" = prompts of data/world/prefs_train.jsonl
-    iterations: int = 12             # rollout batches
+    iterations: int = 10             # rollout batches
     prompts_per_iteration: int = 16
     group_size: int = 4              # GRPO: samples per prompt
     max_new_tokens: int = 24

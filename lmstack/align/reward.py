@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmstack.align import common
-from lmstack.align.data import batches, chunks, collate_pairs, load_preferences_jsonl, tokenize_pair
+from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pair
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora
 
@@ -82,7 +82,7 @@ class Config:
     init_from: str = "sft"           # backbone checkpoint (InstructGPT starts the RM from the SFT model)
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
-    steps: int = 150
+    steps: int = 80
     batch_size: int = 16             # pairs per step
     max_len: int = 0                 # 0 = model max_seq_len
     margin: float = 0.0              # constant margin m in -log s(r_w - r_l - m); a record's "margin" field overrides it
@@ -148,7 +148,8 @@ def run(ctx, cfg: Config):
     acc_before = float((c0 > r0).float().mean())
 
     optimizer = common.build_optimizer_for(rm, cfg.optim)
-    stream = batches(train_pairs, cfg.batch_size, shuffle=True, seed=ctx.seed)
+    stream = length_grouped_batches(train_pairs, [max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs],
+                                    cfg.batch_size, seed=ctx.seed)
     history, accs = [], []
     timer = common.Timer()
     rm.train()

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from lmstack.align import common, evals
-from lmstack.align.data import (collate_lm, load_chat_jsonl, pack_examples, tokenize_chat)
+from lmstack.align.data import (batches, collate_lm, length_grouped_batches, load_chat_jsonl, pack_examples,
+                                tokenize_chat)
 from lmstack.align.lora import LoRAConfig, save_adapter
 
 
@@ -25,17 +25,18 @@ class Config:
     init_from: str = "pretrain"      # checkpoint stage to start from
     train_file: str = ""             # "" = data/world/sft_train.jsonl; else a chat jsonl (messages / ShareGPT / instruction)
     eval_file: str = ""              # "" = data/world/sft_eval.jsonl
-    steps: int = 400
+    steps: int = 150
     batch_size: int = 16
     max_len: int = 0                 # 0 = the model's max_seq_len
     packing: bool = False            # first-fit-decreasing packing of whole conversations
+    group_by_length: bool = True     # batch conversations of similar length (less padding); ignored when packing
     max_train_examples: int = 0      # 0 = all
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-4, warmup_steps=20))
+    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-4, warmup_steps=10))
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    eval_examples: int = 300         # held-out examples scored by generation (0 = all)
-    facts_examples: int = 300        # facts_eval questions for the knowledge-placement table (0 = all)
+    eval_examples: int = 200         # held-out examples scored by generation (0 = all)
+    facts_examples: int = 200        # facts_eval questions for the knowledge-placement table (0 = all, -1 = skip)
     few_shot: int = 3                # demonstrations per task for the base-model baseline (0 = skip baseline)
-    max_new_tokens: int = 40
+    max_new_tokens: int = 32
     log_every: int = 20
 
 
@@ -49,7 +50,7 @@ class LoraStageAdapterConfig(LoRAConfig):
 class LoraConfig(Config):
     """The ``[lora]`` stage: same knobs as [sft], LoRA on by default (r=8), its own output."""
     lora: LoraStageAdapterConfig = field(default_factory=LoraStageAdapterConfig)
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=2e-3, warmup_steps=20))
+    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=2e-3, warmup_steps=10))
     few_shot: int = 0                # the sft stage already reports the base-model baseline
 
 
@@ -81,9 +82,10 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
         ctx.log(f"packed {n_examples} conversations into {len(examples)} windows of <= {max_len} tokens")
     lr = cfg.lora.lr if (cfg.lora.enabled and cfg.lora.lr > 0) else cfg.optim.lr
     optimizer = common.build_optimizer_for(model, cfg.optim, lr)
-    from lmstack.align.data import batches
-
-    stream = batches(examples, cfg.batch_size, shuffle=True, seed=ctx.seed)
+    if cfg.group_by_length and not cfg.packing:
+        stream = length_grouped_batches(examples, [len(e.input_ids) for e in examples], cfg.batch_size, seed=ctx.seed)
+    else:
+        stream = batches(examples, cfg.batch_size, shuffle=True, seed=ctx.seed)
     history = []
     model.train()
     timer = common.Timer()

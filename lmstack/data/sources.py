@@ -336,7 +336,8 @@ def read_stdlib(stats: ReadStats, exclude: list[str], seed: int, max_files: int 
             continue
         fs.docs += 1
         fs.bytes += len(text.encode("utf-8"))
-        yield {"text": text, "source": source, "id": rel}
+        # The file type is known: route it to the code rules without guessing.
+        yield {"text": text, "source": source, "id": rel, "kind": "code"}
 
 
 def read_world(world, stats: ReadStats, source: str = "world") -> Iterator[dict]:

@@ -37,8 +37,9 @@ from lmstack.data.sources import ReadStats, SourceConfig, iter_source
 
 
 def _default_sources() -> list[SourceConfig]:
-    return [SourceConfig(kind="world", name="world", weight=1.0),
-            SourceConfig(kind="stdlib", name="stdlib", weight=1.0, max_bytes=3_000_000)]
+    # The world is small but carries the facts later stages are evaluated on: 3 epochs of it.
+    return [SourceConfig(kind="world", name="world", weight=3.0),
+            SourceConfig(kind="stdlib", name="stdlib", weight=1.0, max_bytes=1_500_000)]
 
 
 @dataclass
@@ -77,13 +78,21 @@ _W: dict[str, Any] = {}
 
 
 def _init_worker(cfg: Config, references: list[str]) -> None:
-    _W["cfg"] = cfg
-    _W["decontam"] = Decontaminator(references, cfg.decontam) if cfg.decontam.enabled else None
-    _W["hasher"] = MinHasher(cfg.minhash.num_perm, cfg.minhash.ngram, cfg.minhash.seed)
+    # An exception escaping a Pool initializer makes the pool respawn the worker forever; keep it and
+    # re-raise it from map_shard, where it reaches the parent through the task result.
+    try:
+        _W["cfg"] = cfg
+        _W["decontam"] = Decontaminator(references, cfg.decontam) if cfg.decontam.enabled else None
+        _W["hasher"] = MinHasher(cfg.minhash.num_perm, cfg.minhash.ngram, cfg.minhash.seed)
+        _W.pop("error", None)
+    except Exception as e:  # noqa: BLE001
+        _W["error"] = e
 
 
 def map_shard(index: int, docs: list[dict], work_dir: str) -> dict:
     """Filter, mask and fingerprint one shard; write the kept documents; return their arrays and counters."""
+    if "error" in _W:
+        raise RuntimeError(f"data worker failed to start: {_W['error']!r}") from _W["error"]
     cfg: Config = _W["cfg"]
     filters = build_filters(cfg.filters)
     masker = PIIMasker(cfg.pii)

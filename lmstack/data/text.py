@@ -12,6 +12,7 @@ depend on word *length* (Gopher's mean word length) are applied to the non-CJK w
 
 from __future__ import annotations
 
+import numpy as np
 import regex
 
 CJK_CLASS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
@@ -23,6 +24,10 @@ WORD_RE = regex.compile(rf"[{CJK_CLASS}]|[^\s{CJK_CLASS}{CJK_PUNCT}]+")
 SHINGLE_TOKEN_RE = regex.compile(rf"[{CJK_CLASS}]|[\p{{L}}\p{{N}}_]+")
 CJK_CHAR_RE = regex.compile(rf"[{CJK_CLASS}]")
 LATIN_RE = regex.compile(r"\p{Latin}")
+CJK_LETTER_RE = regex.compile(rf"[{CJK_CLASS}&&\p{{L}}]", regex.V1)
+CONTROL_RE = regex.compile(r"[^\P{Cc}\n\t]")
+SPACE_RE = regex.compile(r"\s")
+ALNUM_RE = regex.compile(r"[\p{L}\p{N}]")
 ALPHA_RE = regex.compile(r"\p{L}")
 # Sentence ends: English .!? followed by space/end, Chinese 。！？ (optionally followed by a closing quote).
 SENTENCE_SPLIT_RE = regex.compile(r"(?<=[。！？!?；;][”」』\"']?)|(?<=[.][\"')\]]?)(?=\s)|\n+")
@@ -62,7 +67,7 @@ def split_sentences(text: str) -> list[str]:
 # the Python standard library) but most are shared with C-like languages.
 _CODE_LINE_RE = regex.compile(
     r"^\s*(def |class |import |from \S+ import |return\b|if .*:\s*$|elif |else:|for .* in .*:\s*$|while .*:\s*$|"
-    r"try:|except\b|finally:|with .*:\s*$|raise |yield\b|assert |@\w|#|\"\"\"|'''|"
+    r"try:|except\b|finally:|with .*:\s*$|raise |yield\b|assert |@\w|\"\"\"|'''|"
     r"\}|\{\s*$|.*;\s*$|.*\)\s*\{\s*$|#include|public |private |function |var |let |const )"
 )
 _CODE_SYMBOL_RE = regex.compile(r"[{}()\[\];=<>_*/\\|&^%$#@]")
@@ -87,17 +92,30 @@ def detect_kind(text: str, threshold: float = 0.3) -> str:
     return "code" if code_score(text) >= threshold else "prose"
 
 
-def detect_script(text: str) -> str:
+def char_counts(text: str) -> dict[str, int]:
+    """Counts of letters, Latin letters, CJK letters, letters-or-digits and whitespace characters.
+    ASCII text (most code) is classified with numpy on its bytes; other text with Unicode regexes."""
+    if text.isascii():
+        b = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        lower = b | 0x20
+        alpha = int(((lower >= 97) & (lower <= 122)).sum())
+        digits = int(((b >= 48) & (b <= 57)).sum())
+        space = int(((b == 32) | ((b >= 9) & (b <= 13))).sum())
+        return {"alpha": alpha, "latin": alpha, "cjk": 0, "alnum": alpha + digits, "space": space}
+    return {"alpha": len(ALPHA_RE.findall(text)), "latin": len(LATIN_RE.findall(text)),
+            "cjk": len(CJK_LETTER_RE.findall(text)), "alnum": len(ALNUM_RE.findall(text)),
+            "space": len(SPACE_RE.findall(text))}
+
+
+def detect_script(text: str, counts: dict[str, int] | None = None) -> str:
     """Dominant script of the letters: 'zh' (Han and other CJK), 'en' (Latin), 'mixed' or 'other'.
 
     A script-based detector (no model): it can tell Chinese from English, not French from English.
     'mixed' means both CJK and Latin letters are at least 20% of the letters (parallel EN/ZH text)."""
-    letters = ALPHA_RE.findall(text)
-    if not letters:
+    c = counts or char_counts(text)
+    n, cjk, latin = c["alpha"], c["cjk"], c["latin"]
+    if not n:
         return "other"
-    n = len(letters)
-    cjk = sum(1 for ch in letters if CJK_CHAR_RE.match(ch))
-    latin = sum(1 for ch in letters if LATIN_RE.match(ch))
     if cjk / n >= 0.2 and latin / n >= 0.2:
         return "mixed"
     if cjk / n >= 0.5:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
+from . import fast as _fast
 from .config import GenerationConfig
 from .processors import ProcessorList, build_processors, sample_from_scores
 from .text import TextTracker
@@ -119,6 +120,14 @@ def forward(model, ids, cache=None, attention_mask=None, hidden: bool = False):
     return out
 
 
+def decode_step(model, tokens: torch.Tensor, cache) -> torch.Tensor:
+    """Logits [B, V] for one new token per row, through the fast step when the model allows it."""
+    dec = _fast.fast_decoder(model)
+    if dec is not None:
+        return dec.step(tokens, cache)
+    return model(tokens, kv_cache=cache).logits[:, -1]
+
+
 def _pad_id(tokenizer) -> int:
     pad = getattr(tokenizer, "pad_id", None)
     if pad is None:
@@ -153,6 +162,7 @@ class _Request:
         self.generator = None
         if cfg.do_sample and cfg.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
+        self.key = cfg.sampling_key()
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.tracker = TextTracker(tokenizer, cfg.stop)
@@ -173,15 +183,20 @@ def _choose(reqs: list[_Request], active: list[int], logits: torch.Tensor, seqs:
     """Pick the next token of every active row; rows sharing sampling settings share one pass."""
     groups: dict[tuple, list[int]] = {}
     for b in active:
-        groups.setdefault(reqs[b].cfg.sampling_key(), []).append(b)
+        groups.setdefault(reqs[b].key, []).append(b)
     picked: dict[int, int] = {}
     for rows in groups.values():
         cfg = reqs[rows[0]].cfg
         procs = reqs[rows[0]].processors
-        idx = torch.tensor(rows, device=logits.device)
-        scores = logits.index_select(0, idx).float()
-        if procs:
-            scores = procs(seqs.index_select(0, idx), scores, mask=mask.index_select(0, idx), gen_start=gen_start)
+        if len(rows) == logits.shape[0]:  # the whole batch, in order: no gather needed
+            scores = logits.float()
+            if procs:
+                scores = procs(seqs, scores, mask=mask, gen_start=gen_start)
+        else:
+            idx = torch.tensor(rows, device=logits.device)
+            scores = logits.index_select(0, idx).float()
+            if procs:
+                scores = procs(seqs.index_select(0, idx), scores, mask=mask.index_select(0, idx), gen_start=gen_start)
         if cfg.do_sample:
             toks = sample_from_scores(scores, [reqs[b].generator for b in rows])
         else:
@@ -217,6 +232,7 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
     out = forward(model, ids, cache, attention_mask=mask if not bool(mask.all()) else None)
     logits = out.logits[:, -1]
     need_logprobs = any(r.cfg.logprobs for r in reqs)
+    need_history = any(len(r.processors) for r in reqs)
     step = 0
     while True:
         active = [r.index for r in reqs if not r.done]
@@ -224,12 +240,10 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
         picked = _choose(reqs, active, logits, seqs[:, :cur], seq_mask[:, :cur], width)
         logp = torch.log_softmax(logits.float(), dim=-1) if need_logprobs else None
         chunks = []
-        next_tokens = torch.full((batch, 1), pad, dtype=torch.long, device=device)
+        column = [pad] * batch
         for b in active:
             r, tok = reqs[b], picked[b]
-            next_tokens[b, 0] = tok
-            seqs[b, cur] = tok
-            seq_mask[b, cur] = True
+            column[b] = tok
             r.tokens.append(tok)
             lp = float(logp[b, tok]) if logp is not None else None
             if r.cfg.logprobs:
@@ -245,13 +259,16 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
             if r.done:
                 r.tracker.finish()
             chunks.append(StreamChunk(b, tok, r.tracker.take_new(r.done), lp, r.finish_reason))
+        next_tokens = torch.tensor(column, dtype=torch.long, device=device).view(batch, 1)
+        if need_history:  # only processors look at the token history
+            seqs[:, cur] = next_tokens[:, 0]
+            seq_mask[:, cur] = True
         yield chunks
         step += 1
         if all(r.done for r in reqs):
             return
         # finished rows keep riding along (fixed batch shape); their outputs are ignored
-        out = forward(model, next_tokens, cache)
-        logits = out.logits[:, -1]
+        logits = decode_step(model, next_tokens, cache)
 
 
 def _as_cfgs(cfg, n: int) -> list[GenerationConfig]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, bad_words_to_ids, forward, model_device, stop_token_ids_for
+from .engine import Generation, _check_room, bad_words_to_ids, decode_step, forward, model_device, stop_token_ids_for
 from .processors import build_processors
 from .text import TextTracker
 
@@ -156,7 +156,7 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) 
         if not improvable or (bool(fin_done.all()) and cfg.early_stopping is True) or bool(hits.all()):
             break
         cache.reorder(origin.index_select(0, sel))
-        logits = forward(model, running[:, cur - 1:cur], cache).logits[:, -1]
+        logits = decode_step(model, running[:, cur - 1:cur], cache)
 
     beams = []
     stop_set = set(stop_ids)
@@ -257,6 +257,6 @@ def contrastive_decoding(expert, amateur, tokenizer, prompt_ids: list[int], cfg:
         if seq.push(tok, lp):
             break
         t = torch.tensor([[tok]], device=device)
-        le = forward(expert, t, cache_e).logits[:, -1].float()
-        la = forward(amateur, t.to(model_device(amateur)), cache_a).logits[:, -1].float().to(device)
+        le = decode_step(expert, t, cache_e).float()
+        la = decode_step(amateur, t.to(model_device(amateur)), cache_a).float().to(device)
     return seq.result(prompt_len, cfg)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, forward, model_device
+from .engine import Generation, _check_room, decode_step, forward, model_device
 from .search import _processors, _Sequence
 
 
@@ -81,7 +81,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
                 drafts.append(tok)
                 q_rows.append(q)
                 if i + 1 < g:
-                    logits_d = forward(draft, torch.tensor([[tok]], device=draft_device), cache_d).logits[0, -1]
+                    logits_d = decode_step(draft, torch.tensor([[tok]], device=draft_device), cache_d)[0]
                     stats["draft_forwards"] += 1
         feed = committed[cache_t.length:] + drafts
         logits_t = forward(target, torch.tensor([feed], device=device), cache_t).logits[0, -(g + 1):]

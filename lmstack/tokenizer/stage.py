@@ -22,7 +22,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from lmstack.tokenizer.core import Tokenizer
-from lmstack.tokenizer.pretokenize import PATTERN_NAMES
+from lmstack.tokenizer.pretokenize import PATTERN_NAMES, build_pattern
 
 
 @dataclass
@@ -76,7 +76,7 @@ def encode_file(tok: Tokenizer, path: Path, num_workers: int, batch_docs: int = 
     """All documents of ``path`` as one id array, each prefixed with <|bos|>."""
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     parts: list[np.ndarray] = []
-    docs = nbytes = empty = 0
+    docs = nbytes = nchars = empty = 0
     batch: list[str] = []
 
     def flush():
@@ -91,13 +91,15 @@ def encode_file(tok: Tokenizer, path: Path, num_workers: int, batch_docs: int = 
             continue
         docs += 1
         nbytes += len(text.encode("utf-8"))
+        nchars += len(text)
         batch.append(text)
         if len(batch) >= batch_docs:
             flush()
     if batch:
         flush()
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    return tokens, {"tokens": int(tokens.size), "bytes": nbytes, "docs": docs, "empty_docs_skipped": empty}
+    return tokens, {"tokens": int(tokens.size), "bytes": nbytes, "chars": nchars, "docs": docs,
+                    "empty_docs_skipped": empty}
 
 
 # ---------------------------------------------------------------- held-out evaluation samples
@@ -197,6 +199,7 @@ def _plot_merges(tok: Tokenizer, path: Path) -> bool:
 def _train_signature(cfg: Config, train_path: Path, seed: int) -> dict:
     st = train_path.stat()
     return {"config": {k: v for k, v in asdict(cfg).items() if k not in ("eval_chars", "eval_data_dir", "export_hf", "num_workers")},
+            "pattern_regex": build_pattern(cfg.pattern, cfg.max_digits),
             "train_file_bytes": st.st_size, "train_file_mtime_ns": st.st_mtime_ns, "seed": seed}
 
 
@@ -233,6 +236,11 @@ def run(ctx, cfg: Config):
         tok = train_tokenizer(training_sample(train_path, cfg.max_train_bytes, ctx.seed), cfg.vocab_size,
                               mode=cfg.mode, pattern=cfg.pattern, max_digits=cfg.max_digits,
                               char_coverage=cfg.char_coverage, processes=max(1, cfg.num_workers))
+        if not tok.metadata.get("train_chars"):
+            raise ValueError(f"{train_path}: no text to train the tokenizer on (every document is empty)")
+        if tok.vocab_size < cfg.vocab_size:
+            ctx.log(f"warning: the training sample ran out of pairs to merge; vocabulary is {tok.vocab_size}, "
+                    f"not the requested {cfg.vocab_size} (shards/meta.json records the real size)")
         tok.metadata["signature"] = signature
         tok.save(tok_path)
     meta = tok.metadata
@@ -273,13 +281,17 @@ def run(ctx, cfg: Config):
     val_tokens_no_bos = shard_meta["val"]["tokens"] - shard_meta["val"]["docs"]
     if val_tokens_no_bos > 0:
         metrics["bytes_per_token_val"] = round(shard_meta["val"]["bytes"] / val_tokens_no_bos, 4)
-        rows.append(("val (in-domain)", shard_meta["val"]["bytes"], val_tokens_no_bos, metrics["bytes_per_token_val"], float("nan")))
+        metrics["tokens_per_char_val"] = round(val_tokens_no_bos / max(1, shard_meta["val"]["chars"]), 4)
+        rows.append(("val (in-domain, data/val.jsonl)", shard_meta["val"]["bytes"], val_tokens_no_bos,
+                     metrics["bytes_per_token_val"], metrics["tokens_per_char_val"]))
     samples, notes = heldout_samples(cfg)
     for name, text in samples.items():
         c = compression(tok, text)
         metrics[f"bytes_per_token_{name}"] = round(c["bytes_per_token"], 4)
         metrics[f"tokens_per_char_{name}"] = round(c["tokens_per_char"], 4)
-        rows.append((name, len(text.encode("utf-8")), c["tokens"], c["bytes_per_token"], c["tokens_per_char"]))
+        label = {"en": "English (end of tinyshakespeare)", "zh": "Chinese (last poems of poetry.jsonl)",
+                 "code": "code (stdlib idlelib)"}[name]
+        rows.append((label, len(text.encode("utf-8")), c["tokens"], c["bytes_per_token"], c["tokens_per_char"]))
 
     # Whitespace runs (code indentation) are usually the longest tokens; list the others.
     visible = [i for i in range(tok.n_regular) if tok.token_bytes(i).strip()]
@@ -304,8 +316,7 @@ def run(ctx, cfg: Config):
         "|---|---:|---:|---:|---:|",
     ]
     for name, nb, nt, bpt, tpc in rows:
-        tpc_s = "" if tpc != tpc else f"{tpc:.3f}"
-        lines.append(f"| {name} | {nb:,} | {nt:,} | {bpt:.3f} | {tpc_s} |")
+        lines.append(f"| {name} | {nb:,} | {nt:,} | {bpt:.3f} | {tpc:.3f} |")
     lines += [f"", *[f"_{n}_" for n in notes], "", f"Longest tokens learned (the longest whitespace-only token is {longest_ws} bytes; spaces shown as ␣):", "",
               "| id | bytes | token |", "|---:|---:|---|"]
     for i in longest:

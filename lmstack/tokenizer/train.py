@@ -36,20 +36,6 @@ class MergeResult:
     seconds: float = 0.0
 
 
-def merge_word(word: Sequence[int], left: int, right: int, new: int) -> list[int]:
-    """Replace non-overlapping (left, right) pairs, scanning left to right."""
-    out = []
-    i, n = 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == left and word[i + 1] == right:
-            out.append(new)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
-
-
 def learn_merges(words: list[list[int]], freqs: list[int], token_bytes: list[bytes], n_merges: int,
                  *, progress: bool = True, desc: str = "bpe merges") -> MergeResult:
     """Learn up to ``n_merges`` new tokens from ``words`` (symbol-id sequences with counts).

@@ -45,6 +45,8 @@ class Config(TrainConfig):
     eval_every: int = 150
     ckpt_every: int = 150
     log_every: int = 10
+    max_seconds: float = 0.0         # > 0: pick the step count so training takes about this long
+                                     # (timed on the first warmup steps; `steps` is then the upper bound)
     threads: int = 0                 # torch intra-op threads; 0 = all cores of this machine
     fact_shots: int = 3              # solved examples before each fact prompt
     fact_eval_max: int = 300         # facts evaluated (sampled, fixed seed); 0 = all
@@ -107,6 +109,8 @@ def run(ctx, cfg: Config):
                       ckpt_dir=ckpt_dir, seed=ctx.seed, device=device, metrics_sink=run_dir.append_metrics,
                       bytes_per_token=bytes_per_token, log=ctx.log, stage=STAGE)
     t0 = time.time()
+    if cfg.max_seconds > 0:
+        _fit_steps_to_budget(trainer, cfg, ckpt_dir, ctx.log)
     summary = trainer.train()
     train_seconds = time.time() - t0
 
@@ -130,6 +134,35 @@ def run(ctx, cfg: Config):
 
     eval_model = model if not trainer.fsdp else _load_full(ckpt_dir, device)
     return _finish(ctx, cfg, eval_model, tokenizer, summary, train_seconds, model_cfg)
+
+
+def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> None:
+    """Set the run's length from a wall-clock budget, keeping the result a pure function of the
+    chosen step count: the timing steps are warmup steps, whose LR does not depend on the total,
+    and a resumed run reuses the total recorded in its checkpoint."""
+    from lmstack.train.checkpoint import latest_checkpoint
+    from lmstack.train.distributed import all_reduce_mean
+
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        recorded = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8")).get("total_steps")
+        if recorded:
+            trainer.cfg.steps = int(recorded)
+            return
+    probe = max(3, min(12, cfg.schedule.warmup_steps))
+    if cfg.schedule.warmup_steps < probe or cfg.steps <= probe:
+        log(f"max_seconds ignored: needs schedule.warmup_steps >= {probe} and steps > {probe}")
+        return
+    trainer.train(stop_at=1)  # first step pays one-off costs (allocator, thread pool, compile)
+    t0 = time.perf_counter()
+    trainer.train(stop_at=probe)
+    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist)
+    evals = (cfg.steps // cfg.eval_every) if cfg.eval_every else 0
+    # Budget for ~1 eval's worth of time per eval_every (an eval is eval_batches forward passes).
+    eval_share = evals * cfg.eval_batches * per_step / max(3 * cfg.grad_accum, 1)
+    fitted = int((cfg.max_seconds - eval_share) / per_step)
+    trainer.cfg.steps = max(probe + 1, min(cfg.steps, fitted))
+    log(f"max_seconds={cfg.max_seconds:.0f}: {per_step:.3f}s/step -> {trainer.cfg.steps} steps (cap {cfg.steps})")
 
 
 def _load_full(ckpt_dir: Path, device: str):
