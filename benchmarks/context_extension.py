@@ -91,14 +91,14 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     t_start = time.time()
     L = args.context
-    pre_steps, ft_steps, windows = (120, 15, 32) if args.quick else (600, 60, 96)
+    pre_steps, ft_steps, windows = (100, 10, 32) if args.quick else (400, 40, 96)
     train_ids, val_ids, vocab = load_chars(DATA)
     cfg = ModelConfig.preset("llama-style", vocab_size=vocab, d_model=128, n_layers=4, n_heads=4,
                              n_kv_heads=4, max_seq_len=L)
     base = Transformer(cfg)
     print(f"model: {base.num_params():,} params, RoPE theta={cfg.rope_theta:g}; trained at L={L} "
           f"for {pre_steps} steps; fine-tune {ft_steps} steps at 4L per method", file=sys.stderr)
-    train(base, train_ids, pre_steps, 32, L, 3e-3, 0, "pretrain @L")
+    train(base, train_ids, pre_steps, 16, L, 3e-3, 0, "pretrain @L")
 
     curves: dict[tuple[str, str, int], np.ndarray] = {}
     for name, scaling in METHODS:
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             curves[(name, "no FT", mult)] = loss_by_position(model, val_ids, mult * L, windows)
         tuned = copy.deepcopy(base)
         tuned.set_rope_scaling(scaling, 4.0, original_max_len=L)
-        train(tuned, train_ids, ft_steps, 8, 4 * L, 1e-3, 1, f"fine-tune {name} @4L")
+        train(tuned, train_ids, ft_steps, 4, 4 * L, 1e-3, 1, f"fine-tune {name} @4L")
         for mult in (2, 4):
             curves[(name, "FT @4L", mult)] = loss_by_position(tuned, val_ids, mult * L, windows)
 

@@ -27,6 +27,12 @@ ARTICLE = ("The old harbour town sits at the mouth of a wide river, and its hist
            "great storm that destroyed half of the houses, and of the people who rebuilt them with their own hands.")
 
 
+OTHER = ("Walking in the mountains is a quiet pleasure that asks for little more than good shoes and patience. "
+         "The path climbs slowly through pine forests, crosses a cold stream and then opens onto wide meadows where "
+         "cows graze all summer. From the top of the pass you can see three valleys and, on a clear day, the lakes "
+         "far below. Most walkers stop at the small hut to drink tea before they start the long way down again.")
+
+
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data_stage")
@@ -39,8 +45,8 @@ def stage_run(tmp_path_factory):
         {"text": ARTICLE.replace("wide river", "broad river"), "likes": 9},  # near duplicate
         {"text": ARTICLE.replace("old harbour town", "little port") +
          f" Quiz time: {leaked['prompt']} {leaked['answer']}. That is all for the quiz.", "likes": 20},  # contaminated
-        {"text": "Contact the museum at museum.office@example.org or call +44 20 7946 0958. " + ARTICLE.replace(
-            "harbour", "mountain").replace("fish", "bread"), "likes": 30},   # PII
+        {"text": "Contact the mountain museum at museum.office@example.org or call +44 20 7946 0958. " + OTHER,
+         "likes": 30},   # PII
         {"text": "buy now " * 60, "likes": 99},                            # repetition
         {"text": ARTICLE.replace("town", "village"), "likes": 1},          # fails the likes threshold
     ]
@@ -159,7 +165,7 @@ def clean_texts():
     shakespeare = DATA / "en" / "tinyshakespeare.txt"
     if not shakespeare.exists():
         pytest.skip("tinyshakespeare not available")
-    blocks = [b for b in shakespeare.read_text(encoding="utf-8").split("\n\n") if len(b) > 200][:150]
+    blocks = [b for b in shakespeare.read_text(encoding="utf-8").split("\n\n") if len(b) > 200][:400]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     code = [(stdlib / f).read_text()[:3000] for f in ("textwrap.py", "glob.py", "fnmatch.py", "shlex.py",
                                                           "bisect.py", "colorsys.py", "keyword.py", "heapq.py")]
@@ -186,3 +192,15 @@ def test_quality_classifier_user_examples(tmp_path, clean_texts):
     cfg = QualityConfig(epochs=3, positives=str(pos), negatives=str(neg), generate_negatives=False)
     clf, pr = train_quality_classifier([], cfg, seed=0)
     assert pr["accuracy"] >= 0.9
+
+
+def test_empty_result_is_an_actionable_error(tmp_path):
+    user = tmp_path / "tiny.jsonl"
+    user.write_text(json.dumps({"text": "too short"}) + "\n")
+    cfg = config_from_dict(data_stage.Config, {
+        "world": SMALL_WORLD, "workers": 1, "sources": [{"kind": "jsonl", "path": str(user), "name": "user"}]}, "data")
+    ctx = StageContext(run=RunDir(tmp_path / "run"), seed=0, device="cpu", recipe={}, stage="data")
+    with pytest.raises(ValueError, match="kept no training documents.*length:too_few_chars"):
+        data_stage.run(ctx, cfg)
+    with pytest.raises(ConfigError, match="mix.weights: unknown source 'nope'"):
+        config_from_dict(data_stage.Config, {"mix": {"weights": {"nope": 1.0}}}, "data")

@@ -170,3 +170,14 @@ def test_decontamination_containment():
     assert dc.match("Alice Moon likes tea. She was born in a small town near the sea.") is None
     assert dc.match("Translate to Chinese: the cat sleeps on the warm mat, please")[0] == 1
     assert Decontaminator([], DecontamConfig()).match("anything at all here") is None
+
+
+def test_char_shingles():
+    assert shingle_strings("Ab  cd", 3, unit="char") == [" cd", "ab ", "b c"]
+    a, b = "the quick brown fox", "the quick brown fix"
+    mh = MinHasher(128, 3, unit="char")
+    sa, sb = shingle_hashes(a, 3, unit="char"), shingle_hashes(b, 3, unit="char")
+    est = float(np.mean(mh.signatures([a])[0] == mh.signatures([b])[0]))
+    assert abs(est - jaccard(sa, sb)) < 0.15
+    with pytest.raises(ValueError, match="unit"):
+        MinHashConfig(unit="byte")

@@ -158,3 +158,13 @@ def test_chain_order_and_merge():
 def test_normalize_text():
     assert normalize_text("a\r\nb\rc\x00d\u0007e\tf") == "a\nb\ncd" + "e\tf"
     assert normalize_text("e\u0301") == "\u00e9"  # NFC
+
+
+def test_repetition_rules_for_code_are_looser_but_present():
+    f = GopherRepetitionFilter()
+    shared_doc = '    """Insert item x in list a, and keep it sorted assuming a is sorted."""\n'
+    code = ("def insort_left(a, x):\n" + shared_doc + "    a.insert(bisect_left(a, x), x)\n\n"
+            "def insort_right(a, x):\n" + shared_doc + "    a.insert(bisect_right(a, x), x)\n")
+    assert f.keep(doc(code, kind="code")) is True  # one shared docstring line: normal in code
+    generated = "def table():\n" + "    return codecs.charmap_encode(input, errors, table)\n" * 12
+    assert f.keep(doc(generated, kind="code")) == "gopher_repetition:dup_line_fraction"

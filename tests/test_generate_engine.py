@@ -222,3 +222,11 @@ def test_fast_decode_off_gives_same_generation(model, tok):
     finally:
         fast.ENABLED = True
     assert [g.token_ids for g in on] == [g.token_ids for g in off]
+
+
+def test_one_seeded_config_for_repeated_prompts_gives_independent_samples(model, tok):
+    cfg = GenerationConfig(strategy="sample", seed=21, max_new_tokens=12, ignore_eos=True)
+    outs = generate(model, tok, ["ROMEO:"] * 4, cfg)
+    assert len({tuple(o.token_ids) for o in outs}) > 1
+    # prompt i used seed + i, so each row is reproducible on its own
+    assert outs[2].token_ids == generate(model, tok, ["ROMEO:"], cfg.replace(seed=23))[0].token_ids

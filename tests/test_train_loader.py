@@ -25,9 +25,26 @@ def test_random_windows_are_shifted_slices_of_the_memmap(tmp_path):
 
 def test_bos_mode_starts_every_window_at_a_document():
     toks = periodic_tokens(3000, bos=0)
+    bos_positions = np.flatnonzero(toks == 0)
     loader = TokenLoader(toks, batch_size=8, seq_len=32, mode="bos", bos_id=0, seed=1)
-    for _ in range(5):
-        assert (loader.next_batch().inputs[:, 0] == 0).all()
+    for step in range(5):
+        for off in loader.global_offsets(step):
+            doc_start = bos_positions[bos_positions <= off].max()
+            assert (off - doc_start) % 32 == 0  # a document start, or a whole chunk into a long one
+    short = periodic_tokens(3000, bos=0)
+    short_loader = TokenLoader(short, batch_size=8, seq_len=64, mode="bos", bos_id=0, seed=1)
+    assert (short_loader.next_batch().inputs[:, 0] == 0).all()  # docs shorter than a window: always BOS
+
+
+def test_bos_starts_cover_long_documents_in_chunks():
+    from lmstack.train.loader import bos_aligned_starts
+    toks = np.array([0, 5, 5, 0] + [7] * 20 + [0, 1], dtype=np.uint16)  # docs of length 3, 21, 2
+    assert bos_aligned_starts(toks, 0, 8).tolist() == [0, 3, 11, 19, 24]
+    # Long documents are sampled in proportion to their length, not once per document.
+    long_doc = np.array([0] + [1] * 999 + [0, 2, 2, 2] * 50, dtype=np.uint16)
+    loader = TokenLoader(long_doc, batch_size=64, seq_len=10, mode="bos", bos_id=0, seed=0)
+    first = np.concatenate([loader.global_offsets(i) for i in range(20)])
+    assert 0.6 < (first < 1000).mean() < 0.73  # 100 of the 150 starts lie in the long document
 
 
 def test_rank_shards_partition_the_global_batch():

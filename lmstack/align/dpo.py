@@ -230,7 +230,9 @@ def run(ctx, cfg: Config):
         f"{cfg.loss_type} loss, beta={cfg.beta:g}, label smoothing {cfg.label_smoothing:g}, reference = frozen"
         f" `checkpoints/{cfg.init_from}` ({'precomputed log-probs' if cfg.precompute_ref else 'live forward'}),"
         f" {len(train_pairs)} training pairs, {cfg.steps} steps x {cfg.batch_size} pairs"
-        f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, {seconds:.0f}s.\n",
+        f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, {seconds:.1f}s of training."
+        " Before training the policy equals the reference, so every implicit reward is 0 (accuracy counts"
+        " strict wins).\n",
         f"**Held-out preferences** ({len(eval_pairs)} pairs of `{eval_path.name}`):\n",
         common.markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
     ]

@@ -309,15 +309,15 @@ def run(ctx, cfg: Config):
             for i in range(cfg.iterations)]
     desc = (f"**{cfg.algo.upper()}** from `checkpoints/{cfg.init_from}` against `checkpoints/{cfg.reward_from}`:"
             f" {cfg.iterations} iterations x {per_iter} prompts" + (f" x {cfg.group_size} samples" if cfg.algo == "grpo" else "")
-            + f", {cfg.ppo_epochs} epochs per rollout batch, clip {cfg.clip_eps}, KL coef {cfg.kl_coef}"
+            + f", {cfg.ppo_epochs} epoch(s) per rollout batch, clip {cfg.clip_eps}, KL coef {cfg.kl_coef}"
             + (f", GAE gamma={cfg.gamma} lambda={cfg.lam}, whitened advantages, value loss x{cfg.vf_coef}" if cfg.algo == "ppo"
                else ", group-standardised advantages, k3 KL loss term")
-            + f". Rollouts sampled with `lmstack.generate` (T={cfg.temperature}). {seconds:.0f}s.\n")
+            + f". Rollouts sampled with `lmstack.generate` (T={cfg.temperature}); {seconds:.1f}s of training.\n")
     report = [desc,
               f"Mean reward over the first third of training {first:.3f} -> last third {last:.3f}; KL to the reference"
-              f" ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f}).",
-              f" Greedy answers to {len(eval_prompts)} held-out prompts score {common.fmt(eval_before)} before and"
-              f" {common.fmt(eval_after)} after.\n",
+              f" ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f})."
+              f" Greedy answers to {len(eval_prompts)} held-out prompts score {common.fmt(eval_before)} (reward model)"
+              f" before and {common.fmt(eval_after)} after.\n",
               f"![{cfg.algo} reward and KL]({plot})\n",
               common.markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
     if samples:

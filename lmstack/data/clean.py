@@ -20,10 +20,13 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
-from lmstack.data.text import (ALPHA_RE, CONTROL_RE, char_counts, detect_kind, detect_script, is_cjk_word,
-                               words)
+import numpy as np
+import regex
+
+from lmstack.data.dedup import _POSITION_MULT, _token_hashes
+from lmstack.data.text import (CONTROL_RE, NO_LETTER_WORD_RE, NON_CJK_WORD_RE, char_counts, detect_kind,
+                               detect_script, words)
 
 MAX_EXAMPLES_PER_REASON = 3
 EXAMPLE_CHARS = 160
@@ -153,6 +156,17 @@ class LengthFilter(Filter):
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # The most frequent Chinese function characters (each is one word under our CJK segmentation).
 CHINESE_STOP_WORDS = frozenset("的了是在我有和就不人都一也这他你们中说上个到")
+CHINESE_STOP_RE = regex.compile("[" + "".join(sorted(CHINESE_STOP_WORDS)) + "]")
+
+
+def _stop_word_count(doc: dict, english: frozenset) -> int:
+    """English stop words among the non-CJK words plus Chinese stop characters (each is a word)."""
+    latin = _cache(doc, "non_cjk_words", lambda: NON_CJK_WORD_RE.findall(doc["text"]))
+    strip = ".,;:!?\"'()"
+    english_hits = sum(1 for w in latin if w.lower().strip(strip) in english)
+    return english_hits + len(CHINESE_STOP_RE.findall(doc["text"]))
+
+
 BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "- ", "* ", "– ", "— ")
 ELLIPSES = ("...", "…", "。。。")
 
@@ -185,7 +199,7 @@ class GopherQualityFilter(Filter):
             return "too_few_words"
         if n > c.max_words:
             return "too_many_words"
-        latin = [w for w in ws if not is_cjk_word(w)]
+        latin = _cache(doc, "non_cjk_words", lambda: NON_CJK_WORD_RE.findall(doc["text"]))
         if len(latin) >= c.min_latin_words_for_length_rule:
             mean_len = sum(len(w) for w in latin) / len(latin)
             if mean_len < c.min_mean_word_length or mean_len > c.max_mean_word_length:
@@ -200,9 +214,10 @@ class GopherQualityFilter(Filter):
                 return "bullet_lines"
             if sum(ln.endswith(ELLIPSES) for ln in lines) / len(lines) > c.max_ellipsis_lines_ratio:
                 return "ellipsis_lines"
-        if sum(1 for w in ws if ALPHA_RE.search(w)) / n < c.min_alpha_words_ratio:
+        # CJK words are single Han/Kana/Hangul letters: only non-CJK words can lack a letter.
+        if 1 - len(NO_LETTER_WORD_RE.findall(text)) / n < c.min_alpha_words_ratio:
             return "alpha_words_ratio"
-        stop = sum(1 for w in ws if w.lower().strip(".,;:!?\"'()") in GOPHER_STOP_WORDS or w in CHINESE_STOP_WORDS)
+        stop = _stop_word_count(doc, GOPHER_STOP_WORDS)
         if stop < c.min_stop_words:
             return "stop_words"
         return None
@@ -223,6 +238,8 @@ class GopherRepetitionConfig:
     # Gopher's n counts words; our Chinese "words" are single characters and a Chinese word averages
     # ~1.5-2 characters, so in Chinese-dominant text n is multiplied by this factor.
     cjk_ngram_scale: int = 2
+    # Code (kind "code"): paragraph and n-gram rules are off; lines >= 30 chars may repeat up to this share.
+    code_max_dup_line_fraction: float = 0.5
 
 
 def _dup_stats(items: list[str]) -> tuple[float, float]:
@@ -241,36 +258,46 @@ def _dup_stats(items: list[str]) -> tuple[float, float]:
     return dup_n / len(items), dup_chars / max(1, total_chars)
 
 
-def top_ngram_char_fraction(ws: list[str], n: int) -> float:
+def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    """One uint64 per word n-gram, combined from the word hashes (collisions ~2^-64)."""
+    m = len(ids) - n + 1
+    with np.errstate(over="ignore"):
+        acc = ids[:m] * _POSITION_MULT[0]
+        for j in range(1, n):
+            acc = acc + ids[j:j + m] * _POSITION_MULT[j]
+    return acc
+
+
+def _word_arrays(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _token_hashes(ws), np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
+
+
+def top_ngram_char_fraction(ws: list[str], n: int, arrays=None) -> float:
     """Characters covered by the most frequent word n-gram over all word characters (Gopher)."""
     if len(ws) < n:
         return 0.0
-    grams = Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
-    gram, count = grams.most_common(1)[0]
-    if count <= 1:
+    ids, lens = arrays if arrays is not None else _word_arrays(ws)
+    grams = _ngram_ids(ids, n)
+    values, first, counts = np.unique(grams, return_index=True, return_counts=True)
+    k = int(np.argmax(counts))
+    if counts[k] <= 1:
         return 0.0
-    total = sum(len(w) for w in ws)
-    return sum(len(w) for w in gram) * count / max(1, total)
+    start = int(first[k])
+    return float(lens[start:start + n].sum() * counts[k] / max(1, lens.sum()))
 
 
-def dup_ngram_char_fraction(ws: list[str], n: int) -> float:
+def dup_ngram_char_fraction(ws: list[str], n: int, arrays=None) -> float:
     """Characters of words inside n-grams that occur more than once, over all word characters (Gopher).
     Overlapping duplicate n-grams are counted once per word."""
     if len(ws) < n:
         return 0.0
-    seen: dict[tuple, int] = {}
-    covered = [False] * len(ws)
-    for i in range(len(ws) - n + 1):
-        g = tuple(ws[i:i + n])
-        if g in seen:
-            first = seen[g]
-            for j in range(n):
-                covered[i + j] = True
-                covered[first + j] = True
-        else:
-            seen[g] = i
-    total = sum(len(w) for w in ws)
-    return sum(len(w) for w, c in zip(ws, covered) if c) / max(1, total)
+    ids, lens = arrays if arrays is not None else _word_arrays(ws)
+    grams = _ngram_ids(ids, n)
+    _, inverse, counts = np.unique(grams, return_inverse=True, return_counts=True)
+    dup_start = (counts[inverse] > 1).astype(np.int64)
+    # word i is covered when some duplicated n-gram starts in [i - n + 1, i]
+    covered = np.convolve(dup_start, np.ones(n, dtype=np.int64))[: len(ws)] > 0
+    return float(lens[covered].sum() / max(1, lens.sum()))
 
 
 class GopherRepetitionFilter(Filter):
@@ -280,32 +307,42 @@ class GopherRepetitionFilter(Filter):
     def check(self, doc):
         c = self.cfg
         text = doc["text"]
+        is_code = doc.get("kind") == "code"
         paras = [p.strip() for p in text.split("\n\n") if p.strip()]
         frac, char_frac = _dup_stats(paras)
-        if frac > c.max_dup_para_fraction:
+        if not is_code and frac > c.max_dup_para_fraction:
             return "dup_para_fraction"
-        if char_frac > c.max_dup_para_char_fraction:
+        if not is_code and char_frac > c.max_dup_para_char_fraction:
             return "dup_para_char_fraction"
         lines = [ln.strip() for ln in doc_lines(doc) if ln.strip()]
-        # Code repeats short structural lines ("return None", "else:", "}") by nature: only lines
-        # long enough to carry content count as duplicates there.
-        if doc.get("kind") == "code":
+        line_limit, char_limit = c.max_dup_line_fraction, c.max_dup_line_char_fraction
+        if is_code:
+            # Code repeats structural lines ("return None", "else:", "}") and sibling functions share
+            # docstring lines by nature: only long lines count, against a looser limit.
             lines = [ln for ln in lines if len(ln) >= 30]
+            line_limit = char_limit = c.code_max_dup_line_fraction
         frac, char_frac = _dup_stats(lines)
-        if frac > c.max_dup_line_fraction:
+        if frac > line_limit:
             return "dup_line_fraction"
-        if char_frac > c.max_dup_line_char_fraction:
+        if char_frac > char_limit:
             return "dup_line_char_fraction"
         if doc.get("kind") == "code":
             return None  # n-gram repetition of identifiers is normal in code
         ws = [w.lower() for w in doc_words(doc)]
+        arrays = _word_arrays(ws)
         scale = c.cjk_ngram_scale if doc.get("lang") == "zh" else 1
         for n, limit in sorted(c.top_ngram_max_fraction.items(), key=lambda kv: int(kv[0])):
-            if top_ngram_char_fraction(ws, int(n) * scale) > limit:
+            if top_ngram_char_fraction(ws, int(n) * scale, arrays) > limit:
                 return f"top_{n}gram"
-        for n, limit in sorted(c.dup_ngram_max_fraction.items(), key=lambda kv: int(kv[0])):
-            if dup_ngram_char_fraction(ws, int(n) * scale) > limit:
+        dup_rules = sorted(c.dup_ngram_max_fraction.items(), key=lambda kv: int(kv[0]))
+        for k, (n, limit) in enumerate(dup_rules):
+            frac = dup_ngram_char_fraction(ws, int(n) * scale, arrays)
+            if frac > limit:
                 return f"dup_{n}gram"
+            # Words covered by repeated (n+1)-grams are covered by repeated n-grams too, so the fraction
+            # only falls as n grows: once it is under every remaining limit, the rest cannot fire.
+            if frac <= min((lim for _, lim in dup_rules[k + 1:]), default=1.0):
+                break
         return None
 
 
@@ -335,7 +372,7 @@ class StopWordFilter(Filter):
         ws = doc_words(doc)
         if len(ws) < self.cfg.min_words:
             return None
-        hits = sum(1 for w in ws if w.lower().strip(".,;:!?\"'()") in ENGLISH_HIGH_FREQUENCY or w in CHINESE_STOP_WORDS)
+        hits = _stop_word_count(doc, ENGLISH_HIGH_FREQUENCY)
         ratio = hits / len(ws)
         if ratio < self.cfg.min_ratio:
             return "too_few_stop_words"
@@ -479,5 +516,3 @@ def apply_filters(doc: dict, filters: list[Filter]) -> bool | str:
             return verdict
     return True
 
-
-_ = Any

@@ -26,7 +26,6 @@ import numpy as np
 
 from lmstack.data.text import shingle_tokens, split_sentences
 
-_MASK64 = (1 << 64) - 1
 _TOKEN_CACHE_MAX = 2_000_000
 
 
@@ -70,10 +69,23 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 _POSITION_MULT = _mix64(np.arange(1, 65, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
 
 
-def shingle_hashes(text: str, ngram: int = 5, tokens: list[str] | None = None) -> np.ndarray:
+SHINGLE_UNITS = ("word", "char")
+
+
+def shingle_units(text: str, unit: str = "word") -> list[str]:
+    """The sequence shingles are built from: words (CJK: characters; lower-cased, punctuation dropped)
+    or characters (lower-cased, whitespace runs collapsed to one space)."""
+    if unit == "word":
+        return shingle_tokens(text)
+    if unit == "char":
+        return list(" ".join(text.lower().split()))
+    raise ValueError(f"shingle unit {unit!r} is not one of {', '.join(SHINGLE_UNITS)}")
+
+
+def shingle_hashes(text: str, ngram: int = 5, tokens: list[str] | None = None, unit: str = "word") -> np.ndarray:
     """Unique uint64 hashes of the word n-gram shingles of ``text`` (CJK: one character = one word,
     so Chinese gets character n-grams). A text shorter than ``ngram`` words is one shingle."""
-    toks = shingle_tokens(text) if tokens is None else tokens
+    toks = shingle_units(text, unit) if tokens is None else tokens
     if not toks:
         return np.zeros(0, dtype=np.uint64)
     th = _token_hashes(toks)
@@ -86,13 +98,14 @@ def shingle_hashes(text: str, ngram: int = 5, tokens: list[str] | None = None) -
         return np.unique(_mix64(acc))
 
 
-def shingle_strings(text: str, ngram: int = 5) -> list[str]:
+def shingle_strings(text: str, ngram: int = 5, unit: str = "word") -> list[str]:
     """The same shingles as strings (for peers such as datasketch and for exact Jaccard)."""
-    toks = shingle_tokens(text)
+    toks = shingle_units(text, unit)
     if not toks:
         return []
     n = min(ngram, len(toks))
-    return sorted({" ".join(toks[i:i + n]) for i in range(len(toks) - n + 1)})
+    sep = "" if unit == "char" else " "
+    return sorted({sep.join(toks[i:i + n]) for i in range(len(toks) - n + 1)})
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,11 +120,13 @@ class MinHasher:
 
     EMPTY = np.uint32(0xFFFFFFFF)
 
-    def __init__(self, num_perm: int = 112, ngram: int = 5, seed: int = 1, chunk_shingles: int = 32768):
+    def __init__(self, num_perm: int = 112, ngram: int = 5, seed: int = 1, chunk_shingles: int = 32768,
+                 unit: str = "word"):
         if num_perm < 1:
             raise ValueError("num_perm must be >= 1")
         self.num_perm = num_perm
         self.ngram = ngram
+        self.unit = unit
         self.chunk_shingles = chunk_shingles
         rng = np.random.default_rng(seed)
         self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
@@ -149,7 +164,7 @@ class MinHasher:
         batch_ids: list[int] = []
         budget = 0
         for i, t in enumerate(texts):
-            th = _token_hashes(shingle_tokens(t))
+            th = _token_hashes(shingle_units(t, self.unit))
             if len(th) == 0:
                 continue
             batch_tokens.append(th)
@@ -299,6 +314,7 @@ class MinHashLSH:
 class MinHashConfig:
     enabled: bool = True
     ngram: int = 5              # FineWeb: word 5-grams
+    unit: str = "word"          # shingle unit: "word" (CJK character = word) or "char"
     num_perm: int = 112         # FineWeb: 14 bands x 8 rows
     bands: int = 14
     rows: int = 8
@@ -310,6 +326,8 @@ class MinHashConfig:
             raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         if self.ngram < 1:
             raise ValueError("ngram must be >= 1")
+        if self.unit not in SHINGLE_UNITS:
+            raise ValueError(f"unit {self.unit!r} is not one of {', '.join(SHINGLE_UNITS)}")
 
 
 class MinHashDeduplicator:
@@ -317,7 +335,7 @@ class MinHashDeduplicator:
 
     def __init__(self, cfg: MinHashConfig | None = None):
         self.cfg = cfg or MinHashConfig()
-        self.hasher = MinHasher(self.cfg.num_perm, self.cfg.ngram, self.cfg.seed)
+        self.hasher = MinHasher(self.cfg.num_perm, self.cfg.ngram, self.cfg.seed, unit=self.cfg.unit)
         self.lsh = MinHashLSH(self.cfg.bands, self.cfg.rows)
 
     def signatures(self, texts: Iterable[str]) -> np.ndarray:
@@ -365,7 +383,8 @@ class ExactDeduplicator:
 @dataclass
 class SpanDedupConfig:
     enabled: bool = True
-    unit: str = "line"          # line | sentence | paragraph
+    unit: str = "line"          # line | sentence | paragraph (sentence mode re-joins kept sentences with a
+                                # space, none for Chinese, so line breaks inside a document are not kept)
     min_chars: int = 40         # shorter spans ("Thanks!", "}") repeat legitimately
     kinds: list[str] = field(default_factory=lambda: ["prose"])  # code lines are never removed by default
 
@@ -468,5 +487,3 @@ class Decontaminator:
                 best = (rid, frac)
         return best
 
-
-_ = _MASK64

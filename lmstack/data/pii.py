@@ -11,6 +11,8 @@ Candidates are found with regular expressions and then *validated*, so that look
   with ``+`` and a country code, and North-American ``(555) 123-4567`` style. Bare digit runs, dates,
   version numbers and arithmetic are not phones.
 Overlaps are resolved by priority (id > card > email > ip > phone) and then by length.
+Boundaries are ASCII-only on purpose: in Chinese text a number or address follows a Han character
+directly ("电话是+1 ...", "邮箱是a@b.com"), and Han characters are ``\w``.
 """
 
 from __future__ import annotations
@@ -26,16 +28,16 @@ PLACEHOLDERS = {"email": "<|email|>", "phone": "<|phone|>", "ip": "<|ip|>", "id"
 PRIORITY = {"id": 0, "card": 1, "email": 2, "ip": 3, "phone": 4}
 
 EMAIL_RE = regex.compile(
-    r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])")
+    r"(?<![A-Za-z0-9.+_%-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])")
 CN_ID_RE = regex.compile(r"(?<![\dA-Za-z])\d{17}[\dXx](?![\dA-Za-z])")
 CARD_RE = regex.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 IPV4_RE = regex.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)")
-IPV6_RE = regex.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+IPV6_RE = regex.compile(r"(?<![0-9A-Za-z_:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Za-z_:])")
 PHONE_RES = [
     # Chinese mobile: optional +86 / 0086, 1[3-9]X then 8 digits, optionally grouped 3-4-4.
     regex.compile(r"(?<![\d+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)"),
     # International: +CC then 6-14 more digits in groups separated by space, dot, hyphen or (area code).
-    regex.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?!\d)"),
+    regex.compile(r"(?<![0-9A-Za-z_+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?!\d)"),
     # North-American style: (555) 123-4567 or 555-123-4567 / 555.123.4567 (separators required).
     regex.compile(r"(?<!\d)(?:\(\d{3}\)\s?|\d{3}[.-])\d{3}[.-]\d{4}(?!\d)"),
     # Chinese landline with area code: 010-12345678, 0755-1234567.

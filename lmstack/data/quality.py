@@ -1,7 +1,7 @@
 """A fastText-style quality classifier (Joulin et al. 2017, "Bag of Tricks for Efficient Text Classification").
 
-Features: a hashed bag of word unigrams and bigrams (CJK: one character = one word) and of character
-trigrams, ``num_buckets`` buckets. Model: the mean of the feature embeddings (``nn.EmbeddingBag``)
+Features: a hashed bag of word unigrams and bigrams (CJK: one character = one word), of word-shape
+bigrams and trigrams (capitalisation + trailing punctuation) and of character trigrams, ``num_buckets`` buckets. Model: the mean of the feature embeddings (``nn.EmbeddingBag``)
 followed by one linear layer giving the logit of "clean". Trained in lmstack (numpy, sparse Adagrad) on labelled
 examples:
 
@@ -91,14 +91,28 @@ class QualityConfig:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
 
 
+def _shape(word: str) -> str:
+    first = word[0]
+    head = "A" if first.isupper() else "a" if first.isalpha() else "0" if first.isdigit() else first
+    last = word[-1]
+    return head + (last if len(word) > 1 and not last.isalnum() else "")
+
+
 def featurize(text: str, num_buckets: int, max_chars: int = 3000) -> np.ndarray:
     """Bucket ids of the hashed word 1-2-grams and character 3-grams of ``text``."""
     text = text[:max_chars]
-    th = _token_hashes([w.lower() for w in words(text)])
+    ws = words(text)
+    th = _token_hashes([w.lower() for w in ws])
     parts = [th]
+    # Word-shape n-grams ("Aa.", "a", "0"...) generalise beyond the vocabulary: shuffled text puts
+    # capitalised and sentence-final words in the wrong places even when every word is common.
+    shapes = _token_hashes(["\x02" + _shape(w) for w in ws])
     with np.errstate(over="ignore"):
         if len(th) >= 2:
             parts.append(th[:-1] * _POSITION_MULT[0] + th[1:] * _POSITION_MULT[1])
+        if len(shapes) >= 3:
+            parts.append(shapes[:-1] * _POSITION_MULT[5] + shapes[1:] * _POSITION_MULT[6])
+            parts.append(shapes[:-2] * _POSITION_MULT[7] + shapes[1:-1] * _POSITION_MULT[8] + shapes[2:] * _POSITION_MULT[9])
         cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         if len(cps) >= 3:
             parts.append(cps[:-2] * _POSITION_MULT[2] + cps[1:-1] * _POSITION_MULT[3] + cps[2:] * _POSITION_MULT[4]

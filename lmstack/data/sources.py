@@ -10,7 +10,6 @@ malformed JSON lines and missing/non-string fields. The first few problems are k
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -313,6 +312,8 @@ def stdlib_files(exclude: list[str], seed: int, max_files: int = 0, max_bytes: i
     for f in files:
         if max_files and len(picked) >= max_files:
             break
+        if max_bytes and total >= 0.99 * max_bytes:
+            break  # full enough: stop stat-ing the rest of the tree
         size = f.stat().st_size
         if max_bytes and total + size > max_bytes:
             continue
@@ -388,5 +389,3 @@ def iter_source(spec: SourceConfig, stats: ReadStats, *, seed: int = 0, world=No
         nbytes += len(doc["text"].encode("utf-8"))
         yield doc
 
-
-_ = io

@@ -10,7 +10,7 @@ executor could run it elsewhere.
 
 Outputs (atomic; an interrupted stage leaves the previous outputs or none, and simply restarts):
 ``data/train.jsonl``, ``data/val.jsonl``, ``data/stats.json``, ``data/quality_classifier.safetensors``,
-``data/world/*``, ``plots/data_lengths.png``, ``plots/data_funnel.png``.
+``data/world/*``, ``plots/data_lengths.png``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import random
 import shutil
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,6 +70,11 @@ class Config:
         dup = [n for n, c in Counter(names).items() if c > 1]
         if dup:
             raise ValueError(f"two sources are named {dup[0]!r}; give each [[data.sources]] a distinct name")
+        unknown = sorted(set(self.mix.weights) - set(names))
+        if unknown:
+            raise ValueError(f"mix.weights: unknown source {unknown[0]!r}; sources are: {', '.join(names)}")
+        if not self.sources:
+            raise ValueError("no data sources: add at least one [[data.sources]] table")
 
 
 # --- map ---------------------------------------------------------------------------------------
@@ -83,7 +88,7 @@ def _init_worker(cfg: Config, references: list[str]) -> None:
     try:
         _W["cfg"] = cfg
         _W["decontam"] = Decontaminator(references, cfg.decontam) if cfg.decontam.enabled else None
-        _W["hasher"] = MinHasher(cfg.minhash.num_perm, cfg.minhash.ngram, cfg.minhash.seed)
+        _W["hasher"] = MinHasher(cfg.minhash.num_perm, cfg.minhash.ngram, cfg.minhash.seed, unit=cfg.minhash.unit)
         _W.pop("error", None)
     except Exception as e:  # noqa: BLE001
         _W["error"] = e
@@ -364,7 +369,8 @@ def run(ctx, cfg: Config):
     for rep, members in clusters_report[:3]:
         a = store.get(paths[members[0]], offsets[members[0]])["text"]
         b = store.get(paths[members[1]], offsets[members[1]])["text"]
-        sa, sb = shingle_hashes(a, cfg.minhash.ngram), shingle_hashes(b, cfg.minhash.ngram)
+        sa = shingle_hashes(a, cfg.minhash.ngram, unit=cfg.minhash.unit)
+        sb = shingle_hashes(b, cfg.minhash.ngram, unit=cfg.minhash.unit)
         inter = len(np.intersect1d(sa, sb))
         jac = inter / max(1, len(sa) + len(sb) - inter)
         cluster_examples.append((len(members), [f"{sources[m]}:{ids[m]}" for m in members[:4]], _snippet(a, 100), _snippet(b, 100), jac))
@@ -442,11 +448,14 @@ def run(ctx, cfg: Config):
     f_scores = scores[final_idx]
     weights = {s.label: s.weight for s in cfg.sources}
     weights.update(cfg.mix.weights)
-    unknown = sorted(set(cfg.mix.weights) - {s.label for s in cfg.sources})
-    if unknown:
-        raise ValueError(f"[data.mix] weights: unknown source {unknown[0]!r}; sources are: "
-                         f"{', '.join(s.label for s in cfg.sources)}")
     train_order, val_order = plan_mix(f_src, f_ids, f_len, f_scores, weights, cfg.mix, ctx.seed)
+    if not train_order:
+        top = Counter()
+        for st in filter_stats.values():
+            top.update(st["removed"])
+        raise ValueError(f"the data stage kept no training documents: {n_in} read, {n_filtered} passed the filters, "
+                         f"{len(final_idx)} survived dedup and the quality classifier; top filter reasons: "
+                         f"{dict(top.most_common(3))}. Relax [data.filters] / [data.quality] min_score or add sources.")
     available: dict[str, list[int]] = {s.label: [0, 0] for s in cfg.sources}
     for s, b in zip(f_src, f_bytes):
         available[s][0] += 1
@@ -494,7 +503,7 @@ def run(ctx, cfg: Config):
     stats = {
         "funnel": [{"step": s, "docs": d, "bytes": b} for s, d, b in funnel],
         "sources": src_stats,
-        "filters": {k: {kk: vv for kk, vv in v.items() if kk != "examples"} for k, v in filter_stats.items()},
+        "filters": filter_stats,
         "removal_reasons": dict(reasons.most_common()),
         "pii": {"counts": dict(pii_counts), "docs_with_pii": docs_with_pii},
         "exact_dedup": {"removed": removed_exact},
@@ -562,28 +571,13 @@ def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]], funnel) -> l
     ax.set_xlabel("document length (characters, log scale)")
     ax.set_ylabel("documents (train, weighted)")
     ax.set_title("Document lengths after cleaning")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs a full draw
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(plot_dir / "data_lengths.png", buf.getvalue())
     out.append("plots/data_lengths.png")
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    steps = [s for s, _, _ in funnel]
-    ax.barh(range(len(steps)), [b / 1e6 for _, _, b in funnel], color="tab:blue")
-    ax.set_yticks(range(len(steps)), steps)
-    ax.invert_yaxis()
-    for k, (_, d, b) in enumerate(funnel):
-        ax.text(b / 1e6, k, f" {d} docs", va="center", fontsize=8)
-    ax.set_xlabel("MB of text")
-    ax.set_title("Data funnel")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(plot_dir / "data_funnel.png", buf.getvalue())
-    out.append("plots/data_funnel.png")
     return out
 
 
@@ -615,8 +609,6 @@ def _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii
         L.append(f"| {step} | {d} | {b / 1e6:.2f} | {removed} |")
         if not step.startswith("mix"):
             prev = d
-    L.append("")
-    L.append(f"![Data funnel]({plots[1]})")
     L.append("")
     L.append("### Removal reasons")
     total_removed = sum(reasons.values()) or 1
@@ -656,7 +648,7 @@ def _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii
              f"{cfg.decontam.ngram}-gram shingles inside a training doc): {stats['decontamination']['removed']} removed.")
     for src, did, doc, ref, frac in decontam_examples:
         L.append(f"  - `{src}:{did}` contains {frac:.0%} of eval item \"{ref}\": \"{doc}\"")
-    L.append(f"- Near-duplicate (MinHash-LSH, {cfg.minhash.ngram}-gram shingles, {cfg.minhash.bands} bands x "
+    L.append(f"- Near-duplicate (MinHash-LSH, {cfg.minhash.unit} {cfg.minhash.ngram}-gram shingles, {cfg.minhash.bands} bands x "
              f"{cfg.minhash.rows} rows): {nd['clusters']} clusters, {nd['removed']} removed (one kept per cluster). "
              f"Cluster sizes: " + (", ".join(f"{k} docs x {v}" for k, v in sorted(cluster_sizes.items())) or "none") + ".")
     if cluster_examples:
@@ -698,5 +690,3 @@ def _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii
     L.append(f"![Document lengths]({plots[0]})")
     return "\n".join(L) + "\n"
 
-
-_ = asdict

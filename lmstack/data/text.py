@@ -20,6 +20,9 @@ CJK_CLASS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 CJK_PUNCT = r"\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\u2018-\u201f\u2026"
 # A CJK character alone, or a maximal run of non-space, non-CJK characters.
 WORD_RE = regex.compile(rf"[{CJK_CLASS}]|[^\s{CJK_CLASS}{CJK_PUNCT}]+")
+# The non-CJK words alone, and those of them without any letter (for Gopher's alphabetic-word rule).
+NON_CJK_WORD_RE = regex.compile(rf"[^\s{CJK_CLASS}{CJK_PUNCT}]+")
+NO_LETTER_WORD_RE = regex.compile(rf"(?<![^\s{CJK_CLASS}{CJK_PUNCT}])[^\s{CJK_CLASS}{CJK_PUNCT}\p{{L}}]+(?![^\s{CJK_CLASS}{CJK_PUNCT}])")
 # For dedup shingles: punctuation and case do not make two texts different.
 SHINGLE_TOKEN_RE = regex.compile(rf"[{CJK_CLASS}]|[\p{{L}}\p{{N}}_]+")
 CJK_CHAR_RE = regex.compile(rf"[{CJK_CLASS}]")

@@ -272,9 +272,13 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
 
 
 def _as_cfgs(cfg, n: int) -> list[GenerationConfig]:
+    """One config per prompt. A single seeded config shared by n prompts gives prompt i the seed
+    ``seed + i``: independent draws for repeated prompts (GRPO groups, best-of-n), still reproducible."""
     if cfg is None:
         return [GenerationConfig()] * n
     if isinstance(cfg, GenerationConfig):
+        if cfg.seed is not None and n > 1 and cfg.do_sample:
+            return [cfg.replace(seed=cfg.seed + i) for i in range(n)]
         return [cfg] * n
     cfgs = list(cfg)
     if len(cfgs) != n:

@@ -1,4 +1,4 @@
-"""``lmstack tokenizer-tool``: train, inspect, encode and export tokenizers outside a pipeline run.
+"""``lmstack tokenize``: train, inspect, encode and export tokenizers outside a pipeline run.
 
     python -m lmstack.tokenizer train corpus.txt docs.jsonl --vocab-size 8192 --out tok.json
     python -m lmstack.tokenizer encode tok.json "床前明月光 hello"
@@ -29,7 +29,7 @@ def _read_texts(paths: list[str]) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     from lmstack.tokenizer import PATTERN_NAMES, Tokenizer, export_hf, export_tiktoken, train_tokenizer
 
-    ap = argparse.ArgumentParser(prog="lmstack tokenizer-tool", description="train / encode / export BPE tokenizers")
+    ap = argparse.ArgumentParser(prog="lmstack tokenize", description="train / encode / export BPE tokenizers")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a tokenizer on .txt / .jsonl ({'text': ...}) files")
     t.add_argument("inputs", nargs="+")

@@ -8,7 +8,9 @@ bit-exact and DDP parity testable.
 Modes:
 - ``random``: windows of ``seq_len + 1`` tokens starting anywhere (nanoGPT style).
 - ``bos``: windows start at a document's BOS token, so a sample never begins mid-document
-  (documents are still packed back to back inside the window).
+  (documents are still packed back to back inside the window). A document longer than a
+  window also contributes its later chunks (every ``seq_len`` tokens), so every token is
+  equally likely to be trained on whether it sits in a short or a long document.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class TokenLoader:
         if mode == "bos":
             if bos_id is None:
                 raise ValueError("loader mode 'bos' needs the tokenizer's bos_id")
-            starts = np.flatnonzero(np.asarray(tokens) == bos_id)
+            starts = bos_aligned_starts(np.asarray(tokens), bos_id, seq_len)
             starts = starts[starts <= self.max_start]
             if starts.size == 0:
                 raise ValueError(f"{name} shard: no BOS token (id {bos_id}) starts a full window of "
@@ -80,6 +82,22 @@ class TokenLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.data_step = int(state["data_step"])
+
+
+def bos_aligned_starts(tokens: np.ndarray, bos_id: int, seq_len: int) -> np.ndarray:
+    """Window starts: each document's BOS, plus every ``seq_len``-th position inside long documents.
+
+    Sampling only document starts would weight documents equally regardless of length and never
+    train on the tail of a long document (a long source file would be seen only by its header).
+    """
+    doc_starts = np.flatnonzero(tokens == bos_id)
+    if doc_starts.size == 0:
+        return doc_starts
+    doc_ends = np.append(doc_starts[1:], len(tokens))
+    chunks = -(-(doc_ends - doc_starts) // seq_len)  # ceil: chunks per document
+    first = np.repeat(doc_starts, chunks)
+    within = np.arange(chunks.sum()) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    return first + within * seq_len
 
 
 def eval_windows(tokens: np.ndarray, *, batch_size: int, seq_len: int, max_batches: int | None = None,
