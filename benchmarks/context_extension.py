@@ -138,8 +138,7 @@ def main(argv=None) -> int:
         ax.axvline(L, color="gray", linestyle=":", label="training context L")
         ax.set_title(f"eval at 4L={4 * L}, {'before' if stage == 'no FT' else 'after'} fine-tuning")
         ax.set_xlabel("position")
-        ax.set_yscale("log")
-        ax.legend()
+        ax.legend(loc="upper right", fontsize=8)
     axes[0].set_ylabel("val loss (nats/char, 8-position moving average)")
     fig.tight_layout()
     png = OUT / "context_extension.png"

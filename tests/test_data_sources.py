@@ -20,13 +20,23 @@ def need(path: Path) -> Path:
 def test_nested_json_paragraphs_tang300():
     path = need(DATA / "zh" / "tang300_original.json")
     stats = ReadStats()
-    docs = list(iter_source(SourceConfig(kind="json", path=str(path), field="", text_field="paragraphs"), stats))
+    docs = list(iter_source(SourceConfig(kind="json", path=str(path), field="paragraphs"), stats))
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert len(docs) == len(raw) == stats.totals()["docs"]
     assert docs[0]["text"] == "\n".join(raw[0]["paragraphs"])
     assert docs[0]["author"] == raw[0]["author"] and docs[0]["source"] == "tang300_original"
-    with pytest.raises(DataError, match="field path 'poems' not found"):
-        list(iter_source(SourceConfig(kind="json", path=str(path), field="poems"), ReadStats()))
+    with pytest.raises(DataError, match="records path 'poems' not found"):
+        list(iter_source(SourceConfig(kind="json", path=str(path), field="paragraphs", records="poems"), ReadStats()))
+
+
+def test_nested_records_and_dotted_field(tmp_path):
+    path = tmp_path / "nested.json"
+    path.write_text(json.dumps({"data": {"items": [{"body": {"text": "hello there"}, "likes": 3},
+                                                   {"body": {}}, "not a record"]}}))
+    stats = ReadStats()
+    docs = list(iter_source(SourceConfig(kind="json", path=str(path), records="data.items", field="body.text"), stats))
+    assert [d["text"] for d in docs] == ["hello there"] and docs[0]["likes"] == 3
+    assert stats.totals()["missing_field"] == 1 and stats.totals()["bad_json"] == 1
 
 
 def test_jsonl_poetry_streams_with_cap():

@@ -24,13 +24,15 @@ ARTICLE = ("The old harbour town sits at the mouth of a wide river, and its hist
            "its streets. Fishermen have lived there for centuries, and they still mend their nets on the quay in "
            "the early morning. In the summer the town is full of visitors who come to walk along the cliffs, to "
            "eat fresh fish and to watch the boats come in. The museum near the church tells the story of the "
-           "great storm that destroyed half of the houses, and of the people who rebuilt them with their own hands.")
+           "great storm that destroyed half of the houses, and of the people who rebuilt them with their own hands. "
+           "It is worth a visit.")
 
 
 OTHER = ("Walking in the mountains is a quiet pleasure that asks for little more than good shoes and patience. "
          "The path climbs slowly through pine forests, crosses a cold stream and then opens onto wide meadows where "
          "cows graze all summer. From the top of the pass you can see three valleys and, on a clear day, the lakes "
-         "far below. Most walkers stop at the small hut to drink tea before they start the long way down again.")
+         "far below. Most walkers stop at the small hut to drink tea before they start the long way down again. "
+         "Nobody hurries there.")
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +206,25 @@ def test_empty_result_is_an_actionable_error(tmp_path):
         data_stage.run(ctx, cfg)
     with pytest.raises(ConfigError, match="mix.weights: unknown source 'nope'"):
         config_from_dict(data_stage.Config, {"mix": {"weights": {"nope": 1.0}}}, "data")
+
+
+def test_rerun_after_interruption_restarts_cleanly(tmp_path):
+    user = tmp_path / "u.jsonl"
+    user.write_text("\n".join(json.dumps({"text": t}) for t in (ARTICLE, OTHER)) + "\n")
+    table = {"world": SMALL_WORLD, "workers": 1, "quality": {"enabled": False},
+             "sources": [{"kind": "world"}, {"kind": "jsonl", "path": str(user), "name": "user"}]}
+    cfg = config_from_dict(data_stage.Config, table, "data")
+    run = RunDir(tmp_path / "run")
+    # leftovers of a killed run: half-written map shards and a temp output file
+    (run.path / "data" / "_work").mkdir(parents=True)
+    (run.path / "data" / "_work" / "map_000000.jsonl").write_text('{"text": "half')
+    (run.path / "data" / "train.jsonl.tmp").write_text("partial")
+    ctx = StageContext(run=run, seed=0, device="cpu", recipe={}, stage="data")
+    first = data_stage.run(ctx, cfg)
+    train_a = (run.path / "data" / "train.jsonl").read_bytes()
+    second = data_stage.run(ctx, cfg)
+    assert (run.path / "data" / "train.jsonl").read_bytes() == train_a  # deterministic
+    assert first.metrics == second.metrics
+    assert not (run.path / "data" / "_work").exists()
+    assert not (run.path / "data" / "train.jsonl.tmp").exists()
+    assert any(json.loads(line)["source"] == "user" for line in train_a.decode().splitlines())

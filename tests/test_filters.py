@@ -168,3 +168,29 @@ def test_repetition_rules_for_code_are_looser_but_present():
     assert f.keep(doc(code, kind="code")) is True  # one shared docstring line: normal in code
     generated = "def table():\n" + "    return codecs.charmap_encode(input, errors, table)\n" * 12
     assert f.keep(doc(generated, kind="code")) == "gopher_repetition:dup_line_fraction"
+
+
+def test_c4_rules():
+    from lmstack.data.clean import C4Filter
+    f = C4Filter()
+    assert f.keep(doc(PROSE)) is True
+    assert f.keep(doc(CHINESE)) is True  # 。！ end Chinese sentences
+    assert f.keep(doc(PROSE + " Lorem ipsum dolor sit amet.")) == "c4:lorem_ipsum"
+    assert f.keep(doc(PROSE + " Use {name} here.")) == "c4:curly_bracket"
+    assert f.keep(doc("One sentence here. And a second one. Only three.")) == "c4:too_few_sentences"
+    strict = C4Filter(C4Filter.Config(max_unterminated_line_fraction=0.5))
+    menu = PROSE + "\nHome\nAbout us\nContact\nShop now"
+    assert strict.keep(doc(menu)) == "c4:unterminated_lines"
+
+
+def test_fineweb_rules():
+    from lmstack.data.clean import FineWebFilter
+    f = FineWebFilter()
+    assert f.keep(doc(PROSE)) is True
+    assert f.keep(doc("\n".join(f"menu item {i}" for i in range(20)))) == "fineweb:line_punct_ratio"
+    short = "\n".join(["Short line."] * 1 + [f"Item {i}." for i in range(10)] + [PROSE])
+    assert f.keep(doc(short)) == "fineweb:short_line_ratio"
+    dup = PROSE + "\nRead more about this story on our website today.\nRead more about this story on our website today."
+    assert f.keep(doc(dup)) == "fineweb:char_dup_ratio"
+    listy = "\n".join(f"Supercalifragilisticexpialidocious{i} antidisestablishmentarianism." for i in range(40))
+    assert f.keep(doc(listy)) == "fineweb:newline_ratio"

@@ -203,11 +203,12 @@ def test_fast_decode_step_equals_model_forward(tok, dtype):
             torch.testing.assert_close(got, want, atol=1e-5 if dtype == torch.float32 else 1e-9, rtol=1e-5)
             step = want.argmax(-1, keepdim=True)
     assert torch.equal(c_model.next_position, c_fast.next_position) and c_model.length == c_fast.length
-    # parameters changed in place (an optimizer step): the fused weights follow
+    # parameters changed in place (an optimizer step): the next generation's lookup refreshes the fused weights
     with torch.no_grad():
         m.layers[0].attn.k_proj.weight.mul_(1.5)
         m.layers[1].ffn.up_proj.weight.add_(0.01)
         a = m(step, kv_cache=c_model).logits[:, -1]
+        assert fast.fast_decoder(m) is dec
         torch.testing.assert_close(dec.step(step, c_fast), a, atol=1e-5 if dtype == torch.float32 else 1e-9, rtol=1e-5)
 
 

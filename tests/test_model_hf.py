@@ -111,3 +111,18 @@ def test_import_rejects_pickles_and_unknown_types(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="model_type='bert'"):
         import_hf(tmp_path)
+
+
+def test_cli_export_then_import(tmp_path, capsys):
+    from lmstack.model import load_pretrained, save_pretrained
+    from lmstack.model.hf import main
+
+    model = randomized(small("gpt2-style"))
+    save_pretrained(model, tmp_path / "ckpt")
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(tmp_path / "back").eval()(x).logits, model(x).logits,
+                                   atol=1e-5, rtol=0)
+    assert "wrote" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 from lmstack.train.trainer import TrainConfig, Trainer
-from train_helpers import periodic_tokens
+from test_train_helpers import periodic_tokens
 
 STEPS, GLOBAL_BATCH = 6, 4
 

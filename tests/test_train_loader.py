@@ -7,7 +7,7 @@ import torch
 from lmstack.data.shards import read_tokens, write_tokens
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.loader import TokenLoader, eval_windows
-from train_helpers import TinyLM, periodic_tokens
+from test_train_helpers import TinyLM, periodic_tokens
 
 
 def test_random_windows_are_shifted_slices_of_the_memmap(tmp_path):

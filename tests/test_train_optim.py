@@ -7,7 +7,7 @@ import torch
 
 from lmstack.train.optim import MuonWithAdamW, OptimConfig, build_optimizer, newton_schulz_orthogonalize, param_groups
 from lmstack.train.schedule import lr_lambda
-from train_helpers import TinyLM
+from test_train_helpers import TinyLM
 
 
 def test_cosine_warmup_shape():

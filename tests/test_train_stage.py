@@ -48,7 +48,7 @@ def tiny_cfg(**over):
     table = {"model": {"preset": "llama-style", "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1},
              "steps": 30, "batch_size": 8, "seq_len": 32, "eval_every": 10, "ckpt_every": 10, "eval_batches": 2,
              "threads": 1, "peak_flops": 1e10, "sample_prompts": ["Alice lives"], "sample_tokens": 8,
-             "optim": {"lr": 0.01}, "schedule": {"warmup_steps": 5}}
+             "optim": {"lr": 0.01}, "schedule": {"warmup_steps": 5}, "max_seconds": 0.0}
     table.update(over)
     return config_from_dict(Config, table, "pretrain")
 
@@ -89,3 +89,18 @@ def test_model_table_errors_name_the_field(tmp_path):
         build_model_config(tiny_cfg(model={"preset": "llama-style", "n_heads": 4, "n_kv_heads": 3}), 300)
     with pytest.raises(ValueError, match="max_seq_len=16 is shorter"):
         build_model_config(tiny_cfg(model={"max_seq_len": 16}), 300)
+
+
+def test_time_budget_picks_the_step_count_and_resume_keeps_it(tmp_path):
+    from lmstack.train.stage import run
+
+    rd = make_run_dir(tmp_path / "run")
+    ctx = StageContext(run=rd, seed=3, device="cpu", recipe={}, stage="pretrain")
+    cfg = tiny_cfg(steps=5000, max_seconds=0.5, eval_every=0, ckpt_every=0, fact_eval_max=2, sample_prompts=[])
+    result = run(ctx, cfg)
+    state = json.loads((rd.path / "checkpoints" / "pretrain" / "trainer_state.json").read_text())
+    assert 6 <= state["total_steps"] < 5000 and result.metrics["steps"] == state["total_steps"]
+    # A re-run reuses the recorded length instead of timing again.
+    again = run(ctx, tiny_cfg(steps=5000, max_seconds=0.5, eval_every=0, ckpt_every=0, fact_eval_max=2,
+                              sample_prompts=[]))
+    assert again.metrics["steps"] == state["total_steps"]

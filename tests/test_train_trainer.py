@@ -10,7 +10,7 @@ from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 from lmstack.train.trainer import TrainConfig, Trainer
-from train_helpers import TinyLM, periodic_tokens
+from test_train_helpers import TinyLM, periodic_tokens
 
 
 def small_cfg(**kw) -> TrainConfig:

@@ -166,8 +166,8 @@ def find_target_linears(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             continue
-        if ".base" in name and isinstance(_get_parent(model, name)[0], LoRALinear):
-            continue
+        if "." in name and isinstance(_get_parent(model, name)[0], LoRALinear):
+            continue  # a wrapped base or an adapter's own A/B: never wrap twice
         is_linear = isinstance(module, nn.Linear) or getattr(module, "is_quantized_linear", False)
         if is_linear and _matches(name, patterns):
             names.append(name)
@@ -210,9 +210,11 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, *, quantize: Callable[[nn.Line
     for name in targets:
         parent, child = _get_parent(model, name)
         base = getattr(parent, child)
+        if id(base.weight) in tied:
+            # merging B@A into a tied matrix would silently change the embedding too
+            raise ValueError(f"{name}: its weight is tied to another module (e.g. lm_head and the embedding); "
+                             "exclude it from lora.target_modules")
         if cfg.qlora:
-            if id(base.weight) in tied:
-                raise ValueError(f"{name}: its weight is tied to another module; exclude it from lora.target_modules for QLoRA")
             base = quantize(base)
         setattr(parent, child, LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora))
     model.lora_config = cfg  # read by save_adapter

@@ -26,7 +26,7 @@ import regex
 
 from lmstack.data.dedup import _POSITION_MULT, _token_hashes
 from lmstack.data.text import (CONTROL_RE, NO_LETTER_WORD_RE, NON_CJK_WORD_RE, char_counts, detect_kind,
-                               detect_script, words)
+                               detect_script, split_sentences, words)
 
 MAX_EXAMPLES_PER_REASON = 3
 EXAMPLE_CHARS = 160
@@ -381,6 +381,75 @@ class StopWordFilter(Filter):
         return None
 
 
+# --- C4 and FineWeb rules ----------------------------------------------------------------------------
+
+TERMINAL_PUNCT = (".", "!", "?", '"', "'", "。", "！", "？", "”", "」", "…")
+
+
+@dataclass
+class C4Config:
+    # C4 (Raffel et al. 2020, Sec. 2.2), document-level rules: at least 5 sentences, no "lorem ipsum",
+    # no curly bracket (code or templates in a web page), and lines that end in terminal punctuation.
+    min_sentences: int = 5
+    reject_lorem_ipsum: bool = True
+    reject_curly_bracket: bool = True
+    # C4 drops each line without terminal punctuation; as a document rule: the share of such lines must
+    # stay below this value (1.0 = off).
+    max_unterminated_line_fraction: float = 1.0
+
+
+class C4Filter(Filter):
+    name = "c4"
+    applies_to = ("prose",)
+    Config = C4Config
+
+    def check(self, doc):
+        c = self.cfg
+        text = doc["text"]
+        if c.reject_lorem_ipsum and "lorem ipsum" in text.lower():
+            return "lorem_ipsum"
+        if c.reject_curly_bracket and "{" in text:
+            return "curly_bracket"
+        if len(split_sentences(text)) < c.min_sentences:
+            return "too_few_sentences"
+        lines = [ln.strip() for ln in doc_lines(doc) if ln.strip()]
+        if lines and sum(not ln.endswith(TERMINAL_PUNCT) for ln in lines) / len(lines) > c.max_unterminated_line_fraction:
+            return "unterminated_lines"
+        return None
+
+
+@dataclass
+class FineWebConfig:
+    # FineWeb's own quality filter (Penedo et al. 2024, datatrove FineWebQualityFilter defaults).
+    min_line_punct_ratio: float = 0.12     # share of lines ending in terminal punctuation
+    max_short_line_ratio: float = 0.67     # share of lines of <= short_line_chars characters
+    short_line_chars: int = 30
+    max_char_dup_ratio: float = 0.01       # characters in repeated lines / all characters
+    max_newline_word_ratio: float = 0.3    # newlines per word (list-like pages)
+
+
+class FineWebFilter(Filter):
+    name = "fineweb"
+    applies_to = ("prose",)
+    Config = FineWebConfig
+
+    def check(self, doc):
+        c = self.cfg
+        lines = [ln.strip() for ln in doc_lines(doc) if ln.strip()]
+        if not lines:
+            return "empty"
+        if sum(ln.endswith(TERMINAL_PUNCT) for ln in lines) / len(lines) < c.min_line_punct_ratio:
+            return "line_punct_ratio"
+        if sum(len(ln) <= c.short_line_chars for ln in lines) / len(lines) > c.max_short_line_ratio:
+            return "short_line_ratio"
+        _, char_dup = _dup_stats(lines)
+        if char_dup > c.max_char_dup_ratio:
+            return "char_dup_ratio"
+        if doc["text"].count("\n") / max(1, len(doc_words(doc))) > c.max_newline_word_ratio:
+            return "newline_ratio"
+        return None
+
+
 # --- language / script + code -------------------------------------------------------------------------
 
 @dataclass
@@ -483,7 +552,9 @@ class MetadataFilter(Filter):
 class FiltersConfig:
     """The ``[data.filters]`` table: one sub-table per filter; ``enabled`` lists the chain in order."""
     enabled: list[str] = field(default_factory=lambda: [
-        "length", "language", "metadata", "code", "gopher_quality", "gopher_repetition", "stop_words"])
+        "length", "language", "metadata", "code", "gopher_quality", "gopher_repetition", "stop_words", "c4"])
+    # "fineweb" is available but off by default: its short-line and newline rules remove ~11% of the
+    # synthetic world (its Question/Answer quiz pages), which carry facts the later stages are tested on.
     length: LengthConfig = field(default_factory=LengthConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
@@ -491,6 +562,8 @@ class FiltersConfig:
     gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
     stop_words: StopWordConfig = field(default_factory=StopWordConfig)
+    c4: C4Config = field(default_factory=C4Config)
+    fineweb: FineWebConfig = field(default_factory=FineWebConfig)
 
     def __post_init__(self):
         for name in self.enabled:
@@ -501,6 +574,7 @@ class FiltersConfig:
 FILTERS: dict[str, type[Filter]] = {
     "length": LengthFilter, "language": LanguageFilter, "metadata": MetadataFilter, "code": CodeFilter,
     "gopher_quality": GopherQualityFilter, "gopher_repetition": GopherRepetitionFilter, "stop_words": StopWordFilter,
+    "c4": C4Filter, "fineweb": FineWebFilter,
 }
 
 

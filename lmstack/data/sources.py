@@ -33,8 +33,9 @@ class SourceConfig:
     kind: str = "jsonl"             # txt | jsonl | parquet | json | stdlib | world
     path: str = ""                  # file, directory or glob (txt/jsonl/parquet/json); relative to the cwd, else the repo
     name: str = ""                  # source name in the stats and the mix table (default: kind, or the file stem)
-    field: str = "text"             # jsonl/parquet: the text field; json: a dotted path to the list of records ("" = top level)
-    text_field: str = "text"        # json: field of each record holding the text; a list of strings is joined by newlines
+    field: str = "text"             # jsonl/json: the text field of each record, dotted for nested objects ("body.text");
+                                    # a list of strings (e.g. "paragraphs") is joined by newlines; parquet: the column
+    records: str = ""               # json: dotted path to the list of records inside the document ("" = top level)
     txt_split: str = "blank_line"   # txt: "blank_line" (one doc per blank-line-separated block) or "file" (one doc per file)
     weight: float = 1.0             # mixing weight: 0.5 keeps half the docs, 2.0 repeats every doc twice (epochs)
     strict: bool = False            # true: the first bad line raises instead of being counted and skipped
@@ -185,6 +186,19 @@ def _metadata(record: dict, text_field: str) -> dict:
             if k != text_field and isinstance(v, (int, float, str, bool)) and k not in ("text", "source", "id")}
 
 
+_MISSING = object()
+
+
+def get_field(record: dict, dotted: str):
+    """record["a"]["b"] for "a.b"; _MISSING when any step is absent."""
+    node = record
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def read_jsonl(path: Path, stats: ReadStats, field_name: str = "text", source: str = "jsonl") -> Iterator[dict]:
     fs = stats.file(str(path))
     with open(path, "rb") as f:
@@ -200,11 +214,12 @@ def read_jsonl(path: Path, stats: ReadStats, field_name: str = "text", source: s
             if not isinstance(record, dict):
                 stats.problem(str(path), lineno, "bad_json", f"expected a JSON object, got {type(record).__name__}")
                 continue
-            if field_name not in record:
+            value = get_field(record, field_name)
+            if value is _MISSING:
                 stats.problem(str(path), lineno, "missing_field",
                               f"field {field_name!r} missing (fields: {', '.join(sorted(record)) or 'none'})")
                 continue
-            text = _take_text(record[field_name], str(path), lineno, field_name, stats)
+            text = _take_text(value, str(path), lineno, field_name, stats)
             if text is None:
                 continue
             if not text.strip():
@@ -253,10 +268,10 @@ def read_parquet(path: Path, stats: ReadStats, field_name: str = "text", source:
             yield doc
 
 
-def read_json(path: Path, stats: ReadStats, field_path: str = "", text_field: str = "text",
+def read_json(path: Path, stats: ReadStats, records_path: str = "", text_field: str = "text",
               source: str = "json") -> Iterator[dict]:
-    """A JSON document holding a list of records (at ``field_path``, dotted, '' = the top level).
-    Each record's ``text_field`` is the text; a list of strings (e.g. ``paragraphs``) is joined by newlines.
+    """A JSON document holding a list of records (at ``records_path``, dotted, '' = the top level).
+    Each record's ``text_field`` (dotted) is the text; a list of strings (e.g. ``paragraphs``) is joined by newlines.
     The file is parsed whole (JSON arrays cannot be streamed with the stdlib); use jsonl for big corpora."""
     fs = stats.file(str(path))
     raw = path.read_bytes()
@@ -269,22 +284,24 @@ def read_json(path: Path, stats: ReadStats, field_path: str = "", text_field: st
         stats.problem(str(path), e.lineno, "bad_json", f"malformed JSON ({e.msg})")
         return
     node = data
-    for part in [p for p in field_path.split(".") if p]:
+    for part in [p for p in records_path.split(".") if p]:
         if not isinstance(node, dict) or part not in node:
-            raise DataError(f"{path}: field path {field_path!r} not found (missing {part!r})")
+            raise DataError(f"{path}: records path {records_path!r} not found (missing {part!r})")
         node = node[part]
     if isinstance(node, dict):
         node = [node]
     if not isinstance(node, list):
-        raise DataError(f"{path}: {field_path or 'top level'} is {type(node).__name__}, expected a list of records")
+        raise DataError(f"{path}: {records_path or 'top level'} is {type(node).__name__}, expected a list of records "
+                        "(set records = \"dotted.path\" to the list)")
     for i, record in enumerate(node):
         if not isinstance(record, dict):
             stats.problem(str(path), None, "bad_json", f"record {i} is {type(record).__name__}, expected an object")
             continue
-        if text_field not in record:
+        value = get_field(record, text_field)
+        if value is _MISSING:
             stats.problem(str(path), None, "missing_field", f"record {i}: field {text_field!r} missing")
             continue
-        text = _take_text(record[text_field], f"{path}[{i}]", i, text_field, stats)
+        text = _take_text(value, f"{path}[{i}]", i, text_field, stats)
         if text is None:
             continue
         if not text.strip():
@@ -377,7 +394,7 @@ def iter_source(spec: SourceConfig, stats: ReadStats, *, seed: int = 0, world=No
                 elif spec.kind == "parquet":
                     yield from read_parquet(p, stats, spec.field, source=label)
                 else:
-                    yield from read_json(p, stats, spec.field, spec.text_field, source=label)
+                    yield from read_json(p, stats, spec.records, spec.field, source=label)
         it = chain()
     n, nbytes = 0, 0
     for doc in it:

@@ -665,7 +665,7 @@ def _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii
         L.append(f"  - repeated {n} more times: \"{_snippet(line, 100)}\"")
     L.append("")
     if quality_pr:
-        L.append("### Quality classifier (fastText-style, hashed word 1-2-grams + char 3-grams)")
+        L.append("### Quality classifier (fastText-style: hashed word 1-2-grams, word-shape 2-3-grams, char 3-grams)")
         L.append(f"Trained on {quality_pr['train_examples']} examples (clean documents vs generated noisy variants: "
                  f"shuffled words, random characters, boilerplate, keyword spam); held-out {quality_pr['heldout_examples']}.")
         L.append("")

@@ -120,6 +120,8 @@ def fact_accuracy(model, tokenizer, facts: Sequence[dict], *, shots: int = 3, ma
         if "in_pretrain" in item:
             groups["in_pretrain" if item["in_pretrain"] else "not_in_pretrain"].append(ok)
         rows.append({"prompt": item["prompt"], "answer": item["answer"], "output": gen.text.split("\n")[0], "correct": ok})
-    acc = {k: sum(v) / len(v) for k, v in groups.items()}
-    counts = {k: len(v) for k, v in groups.items()}
+    order = ["all", "in_pretrain", "not_in_pretrain"]
+    keys = [k for k in order if k in groups] + sorted(k for k in groups if k not in order)
+    acc = {k: sum(groups[k]) / len(groups[k]) for k in keys}
+    counts = {k: len(groups[k]) for k in keys}
     return {"accuracy": acc, "counts": counts, "examples": rows}

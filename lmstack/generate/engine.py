@@ -120,12 +120,13 @@ def forward(model, ids, cache=None, attention_mask=None, hidden: bool = False):
     return out
 
 
-def decode_step(model, tokens: torch.Tensor, cache) -> torch.Tensor:
-    """Logits [B, V] for one new token per row, through the fast step when the model allows it."""
+def decode_stepper(model):
+    """A function ``(tokens [B, 1], cache) -> logits [B, V]`` for one generation: the fast step when
+    the model allows it (its fused weights refreshed now, once), else ``model.forward``."""
     dec = _fast.fast_decoder(model)
     if dec is not None:
-        return dec.step(tokens, cache)
-    return model(tokens, kv_cache=cache).logits[:, -1]
+        return dec.step
+    return lambda tokens, cache: model(tokens, kv_cache=cache).logits[:, -1]
 
 
 def _pad_id(tokenizer) -> int:
@@ -231,6 +232,7 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
     seq_mask[:, :width] = mask
     out = forward(model, ids, cache, attention_mask=mask if not bool(mask.all()) else None)
     logits = out.logits[:, -1]
+    step_fn = decode_stepper(model)
     need_logprobs = any(r.cfg.logprobs for r in reqs)
     need_history = any(len(r.processors) for r in reqs)
     step = 0
@@ -268,7 +270,7 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
         if all(r.done for r in reqs):
             return
         # finished rows keep riding along (fixed batch shape); their outputs are ignored
-        logits = decode_step(model, next_tokens, cache)
+        logits = step_fn(next_tokens, cache)
 
 
 def _as_cfgs(cfg, n: int) -> list[GenerationConfig]:

@@ -55,26 +55,29 @@ class FastDecoder:
         self.model = model
         self.cfg = model.config
         self._key = None
-        self._fused: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._layers: list[tuple] = []
 
     def _params(self):
         for blk in self.model.layers:
             a, f = blk.attn, blk.ffn
             yield from (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, f.gate_proj.weight, f.up_proj.weight)
 
-    def _refresh(self) -> None:
+    def refresh(self) -> "FastDecoder":
+        """Rebuild the fused weights if any parameter changed since the last call (once per generation)."""
         key = tuple((id(p), p._version, p.data_ptr()) for p in self._params())
         if key == self._key:
-            return
-        fused = []
+            return self
+        layers = []
         with torch.no_grad():
             for blk in self.model.layers:
                 a, f = blk.attn, blk.ffn
                 qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
                 gate_up = torch.cat([f.gate_proj.weight, f.up_proj.weight])
-                fused.append((qkv, gate_up))
-        self._fused = fused
+                # plain tensors: no nn.Module attribute lookups in the hot loop
+                layers.append((blk.attn_norm, qkv, a.o_proj.weight, blk.ffn_norm, gate_up, f.down_proj.weight))
+        self._layers = layers
         self._key = key
+        return self
 
     @staticmethod
     def _norm(x: torch.Tensor, norm) -> torch.Tensor:
@@ -84,7 +87,8 @@ class FastDecoder:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, cache, return_hidden: bool = False):
-        self._refresh()
+        """One decode step. Call ``refresh()`` first whenever the weights may have changed
+        (``fast_decoder()`` does it)."""
         cfg, model = self.cfg, self.model
         b = tokens.shape[0]
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -100,12 +104,13 @@ class FastDecoder:
         mask = cache.key_valid[:, None, None, :past + 1].clone() if cache.has_padding else None
         if mask is not None:
             mask[..., past] = True
+        same_dtype = cache.keys[0].dtype == x.dtype
         half = hd // 2
         nq = H * hd
         nk = Hkv * hd
-        for i, blk in enumerate(model.layers):
-            qkv_w, gate_up_w = self._fused[i]
-            h = self._norm(x, blk.attn_norm)
+        norm = self._norm
+        for i, (attn_norm, qkv_w, o_w, ffn_norm, gate_up_w, down_w) in enumerate(self._layers):
+            h = norm(x, attn_norm)
             qkv = F.linear(h, qkv_w)
             qk = qkv[:, :nq + nk].view(b, H + Hkv, hd)
             # RoPE, "half" layout (GPT-NeoX / HF Llama): x*cos + rotate_half(x)*sin, q and k at once
@@ -113,16 +118,18 @@ class FastDecoder:
             qk = qk * cos + rotated * sin
             q = qk[:, :H].view(b, Hkv, rep, hd)
             keys, values = cache.keys[i], cache.values[i]
-            keys[:, :, past] = qk[:, H:].to(keys.dtype)
-            values[:, :, past] = qkv[:, nq + nk:].view(b, Hkv, hd).to(values.dtype)
-            k_all = keys[:, :, :past + 1].to(q.dtype)
-            v_all = values[:, :, :past + 1].to(q.dtype)
+            keys[:, :, past] = qk[:, H:]  # copy_ casts to the cache dtype if it differs
+            values[:, :, past] = qkv[:, nq + nk:].view(b, Hkv, hd)
+            k_all = keys[:, :, :past + 1]
+            v_all = values[:, :, :past + 1]
+            if same_dtype is False:
+                k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
             # one query token per head: a kv head's `rep` query heads are its "query positions"
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-            x = x + F.linear(y.reshape(b, nq), blk.attn.o_proj.weight)
-            h = self._norm(x, blk.ffn_norm)
+            x = x + F.linear(y.reshape(b, nq), o_w)
+            h = norm(x, ffn_norm)
             gate, up = F.linear(h, gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, blk.ffn.down_proj.weight)
+            x = x + F.linear(F.silu(gate) * up, down_w)
         cache.advance(1, None, pos[:, None])
         hidden = self._norm(x, model.norm)
         logits = F.linear(hidden, model.lm_head.weight)
@@ -143,4 +150,4 @@ def fast_decoder(model) -> Optional[FastDecoder]:
         dec = FastDecoder(model)
         # kept on the model itself so it lives and dies with it (not a registered buffer: never saved)
         model.__dict__["_lmstack_fast_decoder"] = dec
-    return dec
+    return dec.refresh()

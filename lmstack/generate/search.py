@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, bad_words_to_ids, decode_step, forward, model_device, stop_token_ids_for
+from .engine import Generation, _check_room, bad_words_to_ids, decode_stepper, forward, model_device, stop_token_ids_for
 from .processors import build_processors
 from .text import TextTracker
 
@@ -105,6 +105,7 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) 
     improvable = True
 
     cache = model.new_kv_cache(1, max_len, device=device)
+    step_fn = decode_stepper(model)
     logits = forward(model, running[:1, :prompt_len], cache).logits[:, -1]
     cache.reorder(torch.zeros(K, dtype=torch.long, device=device))
     logits = logits.expand(K, -1)
@@ -156,7 +157,7 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) 
         if not improvable or (bool(fin_done.all()) and cfg.early_stopping is True) or bool(hits.all()):
             break
         cache.reorder(origin.index_select(0, sel))
-        logits = decode_step(model, running[:, cur - 1:cur], cache)
+        logits = step_fn(running[:, cur - 1:cur], cache)
 
     beams = []
     stop_set = set(stop_ids)
@@ -241,6 +242,7 @@ def contrastive_decoding(expert, amateur, tokenizer, prompt_ids: list[int], cfg:
     if le.shape[-1] != la.shape[-1]:
         raise ValueError(f"contrastive decoding: expert vocab {le.shape[-1]} != amateur vocab {la.shape[-1]}; "
                          "both models must share the tokenizer")
+    step_e, step_a = decode_stepper(expert), decode_stepper(amateur)
     all_ids = list(prompt_ids)
     while True:
         if procs:
@@ -257,6 +259,6 @@ def contrastive_decoding(expert, amateur, tokenizer, prompt_ids: list[int], cfg:
         if seq.push(tok, lp):
             break
         t = torch.tensor([[tok]], device=device)
-        le = decode_step(expert, t, cache_e).float()
-        la = decode_step(amateur, t.to(model_device(amateur)), cache_a).float().to(device)
+        le = step_e(t, cache_e).float()
+        la = step_a(t.to(model_device(amateur)), cache_a).float().to(device)
     return seq.result(prompt_len, cfg)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, decode_step, forward, model_device
+from .engine import Generation, _check_room, decode_stepper, forward, model_device
 from .search import _processors, _Sequence
 
 
@@ -65,6 +65,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
     cap = prompt_len + budget + gamma + 1
     cache_t = target.new_kv_cache(1, cap, device=device)
     cache_d = draft.new_kv_cache(1, cap, device=draft_device)
+    draft_step = decode_stepper(draft)
     committed = list(prompt_ids)  # caches hold a prefix of this; the rest is fed at the next round
     while True:
         remaining = budget - len(seq.tokens)
@@ -81,7 +82,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
                 drafts.append(tok)
                 q_rows.append(q)
                 if i + 1 < g:
-                    logits_d = decode_step(draft, torch.tensor([[tok]], device=draft_device), cache_d)[0]
+                    logits_d = draft_step(torch.tensor([[tok]], device=draft_device), cache_d)[0]
                     stats["draft_forwards"] += 1
         feed = committed[cache_t.length:] + drafts
         logits_t = forward(target, torch.tensor([feed], device=device), cache_t).logits[0, -(g + 1):]

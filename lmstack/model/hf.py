@@ -334,3 +334,37 @@ def import_hf(directory: str | os.PathLike, device: str | torch.device = "cpu") 
     converted = {k: v.float() for k, v in converted.items()}
     model.load_state_dict(converted, strict=True)
     return model.to(device)
+
+
+def main(argv: list[str]) -> int:
+    """`lmstack hf export CKPT_DIR OUT_DIR [--tokenizer tokenizer.json] [--arch llama|gpt2]`
+    and `lmstack hf import HF_DIR OUT_DIR` (OUT_DIR gets an lmstack model.safetensors + config.json)."""
+    import argparse
+
+    from .io import load_pretrained, save_pretrained
+
+    ap = argparse.ArgumentParser(prog="lmstack hf", description="Hugging Face transformers interop")
+    sub = ap.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="lmstack checkpoint -> transformers directory")
+    ex.add_argument("checkpoint", help="directory with model.safetensors + config.json (e.g. runs/x/checkpoints/sft)")
+    ex.add_argument("out", help="output directory for the transformers model")
+    ex.add_argument("--tokenizer", help="tokenizer.json to export alongside (e.g. runs/x/tokenizer/tokenizer.json)")
+    ex.add_argument("--arch", choices=["llama", "gpt2"], help="target architecture (default: detected)")
+    im = sub.add_parser("import", help="transformers directory -> lmstack checkpoint")
+    im.add_argument("hf_dir")
+    im.add_argument("out")
+    args = ap.parse_args(argv)
+    if args.command == "export":
+        tokenizer = None
+        if args.tokenizer:
+            from lmstack.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.load(args.tokenizer)
+        model = load_pretrained(args.checkpoint)
+        out = export_hf(model, args.out, tokenizer=tokenizer, architecture=args.arch)
+        print(f"wrote {out} ({model.num_params():,} parameters)")
+    else:
+        model = import_hf(args.hf_dir)
+        out = save_pretrained(model, args.out)
+        print(f"wrote {out} ({model.num_params():,} parameters)")
+    return 0

@@ -420,11 +420,11 @@ class Transformer(nn.Module):
             if targets.shape != (b, t):
                 raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(b, t)}")
             flat_targets = targets.reshape(-1)
-            if bool((flat_targets != -100).any()):
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
-                                       ignore_index=-100)
-            else:  # nothing to predict in this batch: a zero that still has a graph
-                loss = logits.sum() * 0.0
+            # sum / count instead of reduction="mean": no host sync (torch.compile friendly), and a
+            # batch with nothing to predict gives 0 (with a graph) instead of NaN.
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
+                                    ignore_index=-100, reduction="sum")
+            loss = total / (flat_targets != -100).sum().clamp(min=1)
         if aux_total is None:
             aux_total = torch.zeros((), device=device)
         return ModelOutput(logits=logits, loss=loss, hidden=hidden if return_hidden else None,

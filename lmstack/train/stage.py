@@ -28,30 +28,31 @@ STAGE = "pretrain"
 
 
 def _default_model() -> dict[str, Any]:
-    # vocab_size comes from the tokenizer; max_seq_len from seq_len.
-    return {"preset": "llama-style", "d_model": 192, "n_layers": 6, "n_heads": 6, "n_kv_heads": 2}
+    # vocab_size comes from the tokenizer; max_seq_len from seq_len. Small and fast: on 2 CPU cores
+    # more steps over the world's facts beat more parameters.
+    return {"preset": "llama-style", "d_model": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2}
 
 
 @dataclass
 class Config(TrainConfig):
     """The ``[pretrain]`` recipe table: the TrainConfig fields plus the model and eval settings."""
     model: dict[str, Any] = field(default_factory=_default_model)  # preset + ModelConfig overrides
-    steps: int = 900
+    steps: int = 2000
     batch_size: int = 16
     seq_len: int = 256
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.1))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="wsd", warmup_steps=30,
                                                                             min_lr_ratio=0.0, decay_frac=0.3))
-    eval_every: int = 150
-    ckpt_every: int = 150
+    eval_every: int = 200
+    ckpt_every: int = 200
     log_every: int = 10
-    max_seconds: float = 0.0         # > 0: pick the step count so training takes about this long
+    max_seconds: float = 420.0       # > 0: pick the step count so training takes about this long
                                      # (timed on the first warmup steps; `steps` is then the upper bound)
     threads: int = 0                 # torch intra-op threads; 0 = all cores of this machine
     fact_shots: int = 3              # solved examples before each fact prompt
-    fact_eval_max: int = 300         # facts evaluated (sampled, fixed seed); 0 = all
-    sample_prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "The capital of France is",
-                                                               "def ", "李白"])
+    fact_eval_max: int = 200         # facts evaluated (sampled, fixed seed); 0 = all
+    sample_prompts: list[str] = field(default_factory=lambda: ["The capital of France is", "Once upon a time",
+                                                               "def main(", "法国的首都是"])
     sample_tokens: int = 48
 
 

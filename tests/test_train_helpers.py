@@ -1,4 +1,5 @@
-"""A tiny stand-in language model for trainer tests (no dependency on lmstack.model)."""
+"""Shared helpers for the trainer tests: a tiny stand-in language model and a learnable token stream
+(no dependency on lmstack.model). Collected by pytest but holds no tests."""
 
 from __future__ import annotations
 
