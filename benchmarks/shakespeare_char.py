@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| nanoGPT (anchor, measured earlier on this machine, idle) | 0.80M | 2000 | 1,536,000 | {ANCHOR_SECONDS:.0f} | {ANCHOR_VAL:.3f} |")
     for r in results:
-        print(f"| lmstack {r['name']} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['tokens']:,} | "
+        print(f"| lmstack, {r['name']} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['tokens']:,} | "
               f"{r['seconds']:.1f} | {r['val']:.3f} |")
     _plot(results, budget)
     print()
@@ -198,7 +198,8 @@ def _plot(results, budget):
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         xs, ys = zip(*r["curve"])
-        ax.plot(xs, ys, "o-", ms=3, label=f"lmstack {r['name']}")
+        label = {"nanogpt-config": "lmstack, nanoGPT's config", "lmstack-best": "lmstack, best CPU recipe"}[r["name"]]
+        ax.plot(xs, ys, "o-", ms=3, label=f"{label} ({r['steps']} steps)")
     ax.axhline(ANCHOR_VAL, color="gray", ls="--", lw=1, label=f"nanoGPT anchor {ANCHOR_VAL} @ {ANCHOR_SECONDS:.0f}s")
     ax.axhline(TARGET_VAL, color="red", ls=":", lw=1, label=f"goal {TARGET_VAL}")
     ax.axvline(budget, color="gray", ls=":", lw=1)

@@ -31,7 +31,9 @@ class Config:
     packing: bool = False            # first-fit-decreasing packing of whole conversations
     group_by_length: bool = True     # batch conversations of similar length (less padding); ignored when packing
     max_train_examples: int = 0      # 0 = all
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-4, warmup_steps=10))
+    # Pretraining peaks at 3e-3; the notes' "10x lower" (3e-4) left the assistant loss at 2.59 after 150
+    # steps vs 1.80 at 1e-3 (same base, same data), so the short CPU recipe uses 3x lower.
+    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=1e-3, warmup_steps=10))
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     eval_examples: int = 200         # held-out examples scored by generation (0 = all)
     facts_examples: int = 200        # facts_eval questions for the knowledge-placement table (0 = all, -1 = skip)

@@ -298,8 +298,11 @@ def generate_main(argv: list[str]) -> int:
         return 2
     for prompt, g in zip(prompts, gens):
         if args.json:
-            print(json.dumps({"prompt": prompt, "text": g.text, "finish_reason": g.finish_reason,
-                              "tokens": len(g.token_ids), "score": g.score}, ensure_ascii=False))
+            row = {"prompt": prompt, "text": g.text, "finish_reason": g.finish_reason,
+                   "tokens": len(g.token_ids), "score": g.score}
+            if len(g.extra.get("beams", [])) > 1:
+                row["beams"] = [{"text": b.text, "score": b.score} for b in g.extra["beams"]]
+            print(json.dumps(row, ensure_ascii=False))
         else:
             print(prompt + g.text)
     return 0

@@ -17,6 +17,7 @@ import torch
 
 from .config import GenerationConfig
 from .engine import Generation, _check_room, decode_stepper, forward, model_device
+from .processors import MinP, Temperature, TopK, TopP
 from .search import _processors, _Sequence
 
 
@@ -66,6 +67,9 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
     cache_t = target.new_kv_cache(1, cap, device=device)
     cache_d = draft.new_kv_cache(1, cap, device=draft_device)
     draft_step = decode_stepper(draft)
+    plain_greedy = greedy and not procs
+    # temperature/top-k/top-p/min-p do not look at the history, so all positions can be processed at once
+    history_free = not greedy and all(isinstance(pr, (Temperature, TopK, TopP, MinP)) for pr in procs)
     committed = list(prompt_ids)  # caches hold a prefix of this; the rest is fed at the next round
     while True:
         remaining = budget - len(seq.tokens)
@@ -74,28 +78,44 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
         q_rows = []
         if g > 0:
             feed = committed[cache_d.length:]
-            logits_d = forward(draft, torch.tensor([feed], device=draft_device), cache_d).logits[0, -1]
+            if len(feed) == 1:
+                logits_d = draft_step(torch.tensor([feed], device=draft_device), cache_d)[0]
+            else:
+                logits_d = forward(draft, torch.tensor([feed], device=draft_device), cache_d).logits[0, -1]
             stats["draft_forwards"] += 1
             for i in range(g):
-                q = _probs(logits_d.to(device), procs, committed + drafts, greedy, device, prompt_len)
-                tok = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=generator))
+                if plain_greedy:
+                    tok = int(logits_d.argmax())
+                else:
+                    q = _probs(logits_d.to(device), procs, committed + drafts, greedy, device, prompt_len)
+                    tok = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=generator))
+                    q_rows.append(q)
                 drafts.append(tok)
-                q_rows.append(q)
                 if i + 1 < g:
                     logits_d = draft_step(torch.tensor([[tok]], device=draft_device), cache_d)[0]
                     stats["draft_forwards"] += 1
         feed = committed[cache_t.length:] + drafts
         logits_t = forward(target, torch.tensor([feed], device=device), cache_t).logits[0, -(g + 1):]
         stats["target_forwards"] += 1
-        p = torch.stack([_probs(logits_t[i], procs, committed + drafts[:i], greedy, device, prompt_len)
-                         for i in range(g + 1)])
-        if greedy:
+        if plain_greedy:  # no processors: compare argmaxes directly
+            best = logits_t.argmax(dim=-1).tolist()
             n_acc = 0
-            while n_acc < g and drafts[n_acc] == int(p[n_acc].argmax()):
+            while n_acc < g and drafts[n_acc] == best[n_acc]:
                 n_acc += 1
-            extra = int(p[n_acc].argmax())
-        else:
+            extra = best[n_acc]
+        elif history_free:  # warpers only: every position in one pass
+            p = torch.softmax(procs(None, logits_t.float()), dim=-1) if procs else torch.softmax(logits_t.float(), dim=-1)
             n_acc, extra = accept_drafts(p, torch.stack(q_rows) if q_rows else p[:0], drafts, generator)
+        else:
+            p = torch.stack([_probs(logits_t[i], procs, committed + drafts[:i], greedy, device, prompt_len)
+                             for i in range(g + 1)])
+            if greedy:
+                n_acc = 0
+                while n_acc < g and drafts[n_acc] == int(p[n_acc].argmax()):
+                    n_acc += 1
+                extra = int(p[n_acc].argmax())
+            else:
+                n_acc, extra = accept_drafts(p, torch.stack(q_rows) if q_rows else p[:0], drafts, generator)
         stats["rounds"] += 1
         stats["drafted"] += g
         stats["accepted"] += n_acc

@@ -157,7 +157,7 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     trainer.train(stop_at=1)  # first step pays one-off costs (allocator, thread pool, compile)
     t0 = time.perf_counter()
     trainer.train(stop_at=probe)
-    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist)
+    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist, trainer._reduce_device())
     evals = (cfg.steps // cfg.eval_every) if cfg.eval_every else 0
     # Budget for ~1 eval's worth of time per eval_every (an eval is eval_batches forward passes).
     eval_share = evals * cfg.eval_batches * per_step / max(3 * cfg.grad_accum, 1)
