@@ -87,7 +87,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~1 minute version")
     ap.add_argument("--context", type=int, default=64, help="training context L")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: this small model gains little from more, and on a machine "
+                         "shared with other jobs 2 OpenMP threads run many times slower; 0 = torch default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t_start = time.time()
     L = args.context

@@ -4,6 +4,7 @@ plus the speculative-decoding speedup with a ~4x smaller draft model on the worl
     .venv/bin/python benchmarks/generate.py            # full
     .venv/bin/python benchmarks/generate.py --quick    # fewer repeats / training steps
     .venv/bin/python benchmarks/generate.py --run runs/NAME   # target = the run's pretrain checkpoint
+    .venv/bin/python benchmarks/generate.py --threads 1 --clock cpu   # on a machine shared with other jobs
 
 Part 1: a random-weight llama-style model (the cpu-speedrun size) is exported with export_hf and
 loaded as LlamaForCausalLM. Both generate greedily, prompt 64 tokens, 128 new tokens, no early stop,

@@ -231,3 +231,13 @@ def test_one_seeded_config_for_repeated_prompts_gives_independent_samples(model,
     assert len({tuple(o.token_ids) for o in outs}) > 1
     # prompt i used seed + i, so each row is reproducible on its own
     assert outs[2].token_ids == generate(model, tok, ["ROMEO:"], cfg.replace(seed=23))[0].token_ids
+
+
+def test_generate_restores_training_mode(model, tok):
+    model.train()
+    try:
+        a = generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=5, ignore_eos=True))[0]
+        assert model.training  # restored
+    finally:
+        model.eval()
+    assert a.token_ids == generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=5, ignore_eos=True))[0].token_ids

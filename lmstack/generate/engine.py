@@ -307,8 +307,10 @@ def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: Union[GenerationC
     prompts = list(prompts)
     cfgs = _as_cfgs(cfg, len(prompts))
     ids = [encode_prompt(tokenizer, p, add_bos) for p in prompts]
-    was_training = model.training
-    model.eval()
+    helpers = [m for m in (model, draft_model, amateur_model) if m is not None]
+    modes = [m.training for m in helpers]
+    for m in helpers:
+        m.eval()  # no dropout while generating; the modes are restored below
     try:
         results: list[Optional[Generation]] = [None] * len(prompts)
         batched = [i for i, c in enumerate(cfgs) if c.strategy in ("greedy", "sample")]
@@ -323,7 +325,8 @@ def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: Union[GenerationC
                                      amateur_model=amateur_model, scorer=scorer, answer_extractor=answer_extractor)
         return results  # type: ignore[return-value]
     finally:
-        model.train(was_training)
+        for m, mode in zip(helpers, modes):
+            m.train(mode)
 
 
 def _run_batched(model, tokenizer, ids: list[list[int]], cfgs: list[GenerationConfig]) -> list[Generation]:
