@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     t_start = time.time()
     L = args.context
-    pre_steps, ft_steps, windows = (100, 10, 32) if args.quick else (400, 40, 96)
+    pre_steps, ft_steps, windows = (200, 15, 32) if args.quick else (400, 40, 96)
     train_ids, val_ids, vocab = load_chars(DATA)
     cfg = ModelConfig.preset("llama-style", vocab_size=vocab, d_model=128, n_layers=4, n_heads=4,
                              n_kv_heads=4, max_seq_len=L)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         ax.legend(loc="upper right", fontsize=8)
     axes[0].set_ylabel("val loss (nats/char, 8-position moving average)")
     fig.tight_layout()
-    png = OUT / "context_extension.png"
+    png = OUT / ("context_extension_quick.png" if args.quick else "context_extension.png")
     fig.savefig(png, dpi=110)
     print(f"\nplot: {png}  ({time.time() - t_start:.0f} s total)")
     print(f"result: loss_at_L={at_l:.3f}")

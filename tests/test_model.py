@@ -377,9 +377,10 @@ def test_kv_cache_with_left_padding_matches_each_unpadded_sequence(overrides):
     with torch.no_grad():
         cache = model.new_kv_cache(2, 16)
         got = [model(prompt, attention_mask=mask, kv_cache=cache).logits]
-        for i in range(3):  # decode 3 more tokens per row; later steps pass no mask
+        for i in range(3):  # decode 3 more tokens per row; later steps pass no mask or an HF-style full one
             step = torch.stack([a[0, 6 + i], b[0, 3 + i]])[:, None]
-            got.append(model(step, kv_cache=cache).logits)
+            full_mask = torch.cat([mask, torch.ones(2, i + 1, dtype=mask.dtype)], dim=1) if i == 1 else None
+            got.append(model(step, kv_cache=cache, attention_mask=full_mask).logits)
         got = torch.cat(got, dim=1)
         torch.testing.assert_close(got[0], model(a[:, :9]).logits[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[1, 3:], model(b).logits[0], atol=1e-5, rtol=1e-5)

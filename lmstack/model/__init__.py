@@ -5,6 +5,12 @@
     model = Transformer(cfg)
     out = model(input_ids, targets=next_ids)          # out.logits, out.loss, out.aux_loss
     cache = model.new_kv_cache(batch_size, max_len)    # incremental decoding
+
+Presets (vocab 4096, tied embeddings): gpt2-style 7,432,704 parameters (d=256, 8 layers, MHA, learned
+positions, GELU, LayerNorm, biases); llama-style 6,951,168 (d=256, 8 layers, GQA 8/4, RoPE, SwiGLU,
+RMSNorm); moe 8,923,392 (d=256, 4 layers, 8 experts top-2 + shared expert). ``cfg.num_params()``
+gives the count for any override. ``targets`` are the next tokens (not shifted inside); add
+``out.aux_loss`` to the loss when training MoE models.
 """
 
 from .config import PRESETS, ModelConfig, count_params

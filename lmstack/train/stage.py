@@ -162,8 +162,9 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     # Budget for ~1 eval's worth of time per eval_every (an eval is eval_batches forward passes).
     eval_share = evals * cfg.eval_batches * per_step / max(3 * cfg.grad_accum, 1)
     fitted = int((cfg.max_seconds - eval_share) / per_step)
-    trainer.cfg.steps = max(probe + 1, min(cfg.steps, fitted))
-    log(f"max_seconds={cfg.max_seconds:.0f}: {per_step:.3f}s/step -> {trainer.cfg.steps} steps (cap {cfg.steps})")
+    cap = cfg.steps  # cfg and trainer.cfg are the same object
+    trainer.cfg.steps = max(probe + 1, min(cap, fitted))
+    log(f"max_seconds={cfg.max_seconds:.0f}: {per_step:.3f}s/step -> {trainer.cfg.steps} steps (cap {cap})")
 
 
 def _load_full(ckpt_dir: Path, device: str):
