@@ -22,7 +22,6 @@ wall-clock time (evaluation excluded) goes to benchmarks/out/shakespeare_char.pn
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lmstack import __version__
 from lmstack.config import ConfigError
-from lmstack.pipeline import DEFAULT_RECIPE, STAGES, Recipe, run_pipeline, run_stage
+from lmstack.pipeline import DEFAULT_RECIPE, STAGES, Recipe, is_main_process, run_pipeline, run_stage
 from lmstack.runs import RunDir
 
 # Commands implemented in other packages: name -> (module, function, one-line help).
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 recipe = Recipe.load(None, args.overrides, raw={**recipe.raw, args.command: recipe.raw.get(args.command, {})})
             run = RunDir(run_dir)
             run_stage(run, recipe, args.command)
-            from lmstack.report import render_report
-            print(f"report: {render_report(run)}")
+            if is_main_process():
+                from lmstack.report import render_report
+                print(f"report: {render_report(run)}")
     except ConfigError as e:
         print(f"lmstack: error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -138,6 +139,11 @@ class Recipe:
         return cls(raw=tree, run=run_cfg, configs=configs, source=source)
 
 
+def is_main_process() -> bool:
+    """Under torchrun every rank runs the stage, but only rank 0 records it."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_stage(run: RunDir, recipe: Recipe, name: str) -> StageResult:
     """Run one stage now, recording it in the manifest (and its report fragment)."""
     spec = STAGES[name]
@@ -145,6 +151,8 @@ def run_stage(run: RunDir, recipe: Recipe, name: str) -> StageResult:
     cfg = recipe.configs[name]
     ctx = StageContext(run=run, seed=recipe.run.seed, device=resolve_device(recipe.run.device),
                        recipe=recipe.raw, stage=name)
+    if not is_main_process():
+        return fn(ctx, cfg)
     run.mark_started(name, config_to_dict(cfg))
     ctx.log(f"started (run dir {run.path})")
     t0 = time.time()
@@ -181,8 +189,9 @@ def run_pipeline(recipe: Recipe, run_dir: Path | None = None, only: list[str] | 
             continue
         rerun_rest = True
         run_stage(run, recipe, name)
-    from lmstack.report import render_report
-    render_report(run)
+    if is_main_process():
+        from lmstack.report import render_report
+        render_report(run)
     return run
 
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from lmstack.eval import facts as facts_mod
 from lmstack.eval.bpb import bits_per_byte, bytes_per_token_from_meta
 from lmstack.eval.facts import build_few_shot_prompt, default_answer_matches, fact_accuracy, read_facts
 

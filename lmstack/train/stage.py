@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from lmstack.runs import atomic_write_json
-from lmstack.train.anomaly import AnomalyConfig
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 from lmstack.train.trainer import TrainConfig, Trainer

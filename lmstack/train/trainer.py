@@ -10,7 +10,6 @@ is in the checkpoint, so a resumed run is bit-identical to an uninterrupted one 
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
