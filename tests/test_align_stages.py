@@ -15,13 +15,6 @@ from lmstack.pipeline import StageContext
 from lmstack.runs import RunDir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one intra-op thread is faster, and it keeps the 2 shared cores usable by others.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

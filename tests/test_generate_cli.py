@@ -10,7 +10,7 @@ import pytest
 
 from lmstack.generate.cli import CheckpointError, chat_main, generate_main, resolve_checkpoint
 from lmstack.model import save_pretrained
-from test_generate_common import _one_thread, small_tokenizer, tiny_model  # noqa: F401
+from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

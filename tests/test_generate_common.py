@@ -28,13 +28,6 @@ def tiny_model(vocab, seed=0, d_model=64, n_layers=2, init_std=0.08, max_seq_len
     return Transformer(cfg).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: thread hand-offs cost more than they save, worse on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_tokenizer_fixture_has_chat_specials():

@@ -5,7 +5,7 @@ import torch
 
 from lmstack.generate import GenerationConfig, chat, generate, stream
 from lmstack.generate.text import TextTracker
-from test_generate_common import _one_thread, small_tokenizer, tiny_model  # noqa: F401
+from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
 PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed any further, hear me", "床前明月光", "A"]
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.generate import GenerationConfig, accept_drafts, generate
-from test_generate_common import _one_thread, small_tokenizer, tiny_model  # noqa: F401
+from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
 
 @pytest.fixture(scope="module")

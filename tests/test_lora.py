@@ -17,13 +17,6 @@ from lmstack.align.nf4 import (NF4_CODE_BOOK, NF4Linear, bits_per_parameter, nf4
 from lmstack.model import ModelConfig, Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one intra-op thread is faster, and it keeps the 2 shared cores usable by others.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

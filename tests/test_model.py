@@ -16,13 +16,6 @@ from lmstack.model.positions import apply_rotary, rope_inverse_frequencies
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread avoids OpenMP sync overhead (huge when other jobs share the cores).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -13,13 +13,6 @@ from lmstack.model.hf import HFExportError, export_hf, import_hf
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread avoids OpenMP sync overhead (huge when other jobs share the cores).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def randomized(cfg: ModelConfig, seed: int = 0) -> Transformer:
