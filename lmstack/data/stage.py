@@ -584,7 +584,7 @@ def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]], funnel) -> l
 def _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii, cluster_examples, cluster_sizes,
             span, decontam_examples, refs, quality_pr, quality_examples, table, plots, read_stats, seconds) -> str:
     L = []
-    L.append(f"Sources: {', '.join(f'{s.label} ({s.kind}, weight {s.weight:g})' for s in cfg.sources)}. "
+    L.append(f"Sources: {', '.join(f'{s.label} ({s.kind}, weight {cfg.mix.weights.get(s.label, s.weight):g})' for s in cfg.sources)}. "
              f"Map step over shards of {cfg.shard_docs} documents with {cfg.workers} worker(s); total {seconds:.1f} s.")
     L.append("")
     L.append("### Sources read")
