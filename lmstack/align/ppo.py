@@ -153,6 +153,20 @@ def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]],
                    [g.text for g in gens])
 
 
+def _minibatches(roll: Rollout, cfg: Config, seed: int):
+    """``cfg.ppo_epochs`` shuffled passes over the rollout batch in minibatches: yields the row
+    indices, their token ids, response mask, and the mask aligned with the full sequence."""
+    n = roll.input_ids.size(0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, cfg.minibatch_size):
+            idx = perm[start: start + cfg.minibatch_size].to(roll.input_ids.device)
+            mask = roll.response_mask[idx]
+            comp = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1).long()
+            yield idx, roll.input_ids[idx], mask, comp
+
+
 def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int) -> dict:
     """Several epochs of clipped PPO updates over one rollout batch. Returns averaged statistics."""
     rewards, kl = ppo_rewards(roll.scores, roll.logprobs, roll.ref_logprobs, roll.response_mask, cfg.kl_coef, cfg.kl_estimator)
@@ -160,25 +174,18 @@ def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total:
     if cfg.whiten_advantages:
         advantages = whiten(advantages, roll.response_mask)
     stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
-    n = roll.input_ids.size(0)
-    g = torch.Generator().manual_seed(step0)
     policy.train()
-    for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(n, generator=g)
-        for start in range(0, n, cfg.minibatch_size):
-            idx = perm[start: start + cfg.minibatch_size].to(roll.input_ids.device)
-            ids, mask = roll.input_ids[idx], roll.response_mask[idx]
-            comp = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1).long()
-            logprobs, _, values = policy_forward(policy, ids, comp, with_values=True)
-            pol = ppo_policy_loss(logprobs, roll.logprobs[idx], advantages[idx], mask, cfg.clip_eps)
-            vloss, _ = ppo_value_loss(values, roll.values[idx], returns[idx], mask, cfg.value_clip)
-            loss = pol.loss + cfg.vf_coef * vloss
-            loss.backward()
-            common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
-            stats["policy_loss"].append(float(pol.loss.detach()))
-            stats["value_loss"].append(float(vloss.detach()))
-            stats["clip_frac"].append(float(pol.clip_fraction))
-            stats["approx_kl"].append(float(pol.approx_kl))
+    for idx, ids, mask, comp in _minibatches(roll, cfg, step0):
+        logprobs, _, values = policy_forward(policy, ids, comp, with_values=True)
+        pol = ppo_policy_loss(logprobs, roll.logprobs[idx], advantages[idx], mask, cfg.clip_eps)
+        vloss, _ = ppo_value_loss(values, roll.values[idx], returns[idx], mask, cfg.value_clip)
+        loss = pol.loss + cfg.vf_coef * vloss
+        loss.backward()
+        common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+        stats["policy_loss"].append(float(pol.loss.detach()))
+        stats["value_loss"].append(float(vloss.detach()))
+        stats["clip_frac"].append(float(pol.clip_fraction))
+        stats["approx_kl"].append(float(pol.approx_kl))
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["kl"] = float((kl * roll.response_mask).sum(1).mean())  # sequence-level KL(pi || ref), k-estimator
     return out
@@ -187,24 +194,17 @@ def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total:
 def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int) -> dict:
     advantages = grpo_advantages(roll.scores, cfg.group_size)
     stats = {"policy_loss": [], "clip_frac": [], "approx_kl": [], "kl_term": []}
-    n = roll.input_ids.size(0)
-    g = torch.Generator().manual_seed(step0)
     policy.train()
-    for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(n, generator=g)
-        for start in range(0, n, cfg.minibatch_size):
-            idx = perm[start: start + cfg.minibatch_size].to(roll.input_ids.device)
-            ids, mask = roll.input_ids[idx], roll.response_mask[idx]
-            comp = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1).long()
-            logprobs, _, _ = policy_forward(policy, ids, comp, with_values=False)
-            loss, pol, mean_kl = grpo_loss(logprobs, roll.logprobs[idx], roll.ref_logprobs[idx], advantages[idx].to(logprobs.device),
-                                           mask, cfg.clip_eps, cfg.kl_coef)
-            loss.backward()
-            common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
-            stats["policy_loss"].append(float(pol.loss.detach()))
-            stats["clip_frac"].append(float(pol.clip_fraction))
-            stats["approx_kl"].append(float(pol.approx_kl))
-            stats["kl_term"].append(float(mean_kl))
+    for idx, ids, mask, comp in _minibatches(roll, cfg, step0):
+        logprobs, _, _ = policy_forward(policy, ids, comp, with_values=False)
+        loss, pol, mean_kl = grpo_loss(logprobs, roll.logprobs[idx], roll.ref_logprobs[idx], advantages[idx].to(logprobs.device),
+                                       mask, cfg.clip_eps, cfg.kl_coef)
+        loss.backward()
+        common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+        stats["policy_loss"].append(float(pol.loss.detach()))
+        stats["clip_frac"].append(float(pol.clip_fraction))
+        stats["approx_kl"].append(float(pol.approx_kl))
+        stats["kl_term"].append(float(mean_kl))
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     k1 = (roll.logprobs - roll.ref_logprobs) * roll.response_mask
     out["kl"] = float(k1.sum(1).mean())

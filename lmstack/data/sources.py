@@ -214,22 +214,33 @@ def read_jsonl(path: Path, stats: ReadStats, field_name: str = "text", source: s
             if not isinstance(record, dict):
                 stats.problem(str(path), lineno, "bad_json", f"expected a JSON object, got {type(record).__name__}")
                 continue
-            value = get_field(record, field_name)
-            if value is _MISSING:
-                stats.problem(str(path), lineno, "missing_field",
-                              f"field {field_name!r} missing (fields: {', '.join(sorted(record)) or 'none'})")
-                continue
-            text = _take_text(value, str(path), lineno, field_name, stats)
-            if text is None:
-                continue
-            if not text.strip():
-                fs.empty += 1
-                continue
-            fs.docs += 1
-            fs.bytes += len(text.encode("utf-8"))
-            doc = _metadata(record, field_name)
-            doc.update(text=text, source=source, id=f"{path.name}:{lineno}")
-            yield doc
+            doc = _record_to_doc(record, field_name, path, lineno, str(path), lineno, f"{path.name}:{lineno}",
+                                 f"field {field_name!r} missing (fields: {', '.join(sorted(record)) or 'none'})",
+                                 source, fs, stats)
+            if doc is not None:
+                yield doc
+
+
+def _record_to_doc(record: dict, field_name: str, path: Path, line: int | None, where: str, index: int,
+                   doc_id: str, missing_msg: str, source: str, fs, stats: ReadStats) -> dict | None:
+    """The document of one JSON record, or None (counted in ``stats``) when it has no usable text.
+    ``line`` locates problems in the file (None for records of one JSON document); ``where`` and
+    ``index`` locate a bad text value."""
+    value = get_field(record, field_name)
+    if value is _MISSING:
+        stats.problem(str(path), line, "missing_field", missing_msg)
+        return None
+    text = _take_text(value, where, index, field_name, stats)
+    if text is None:
+        return None
+    if not text.strip():
+        fs.empty += 1
+        return None
+    fs.docs += 1
+    fs.bytes += len(text.encode("utf-8"))
+    doc = _metadata(record, field_name)
+    doc.update(text=text, source=source, id=doc_id)
+    return doc
 
 
 def read_parquet(path: Path, stats: ReadStats, field_name: str = "text", source: str = "parquet") -> Iterator[dict]:
@@ -297,21 +308,10 @@ def read_json(path: Path, stats: ReadStats, records_path: str = "", text_field: 
         if not isinstance(record, dict):
             stats.problem(str(path), None, "bad_json", f"record {i} is {type(record).__name__}, expected an object")
             continue
-        value = get_field(record, text_field)
-        if value is _MISSING:
-            stats.problem(str(path), None, "missing_field", f"record {i}: field {text_field!r} missing")
-            continue
-        text = _take_text(value, f"{path}[{i}]", i, text_field, stats)
-        if text is None:
-            continue
-        if not text.strip():
-            fs.empty += 1
-            continue
-        fs.docs += 1
-        fs.bytes += len(text.encode("utf-8"))
-        doc = _metadata(record, text_field)
-        doc.update(text=text, source=source, id=f"{path.name}[{i}]")
-        yield doc
+        doc = _record_to_doc(record, text_field, path, None, f"{path}[{i}]", i, f"{path.name}[{i}]",
+                             f"record {i}: field {text_field!r} missing", source, fs, stats)
+        if doc is not None:
+            yield doc
 
 
 def stdlib_files(exclude: list[str], seed: int, max_files: int = 0, max_bytes: int = 0) -> list[Path]:
