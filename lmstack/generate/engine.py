@@ -150,33 +150,65 @@ def _check_room(model, prompt_len: int, max_new: int, where: str) -> int:
 
 # ---------------------------------------------------------------- batched greedy / sampling
 
-class _Request:
+class _Sequence:
+    """One output in progress: tokens, stop tokens / stop strings, token budget."""
+
+    def __init__(self, tokenizer, cfg: GenerationConfig, budget: int):
+        self.stop_ids = set(stop_token_ids_for(tokenizer, cfg))
+        self.tracker = TextTracker(tokenizer, cfg.stop)
+        self.budget = budget
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason: Optional[str] = None if budget > 0 else "length"
+
+    def push(self, tok: int, logprob: Optional[float] = None) -> bool:
+        self.tokens.append(tok)
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        if tok in self.stop_ids:
+            self.finish_reason = "stop"
+        else:
+            self.tracker.push(tok)
+            if self.tracker.stopped_at is not None:
+                self.finish_reason = "stop"
+            elif len(self.tokens) >= self.budget:
+                self.finish_reason = "length"
+        if self.finish_reason is not None:
+            self.tracker.finish()
+        return self.finish_reason is not None
+
+    def result(self, prompt_len: int, cfg: GenerationConfig, **kw) -> Generation:
+        return Generation(text=self.tracker.final_text, token_ids=list(self.tokens),
+                          finish_reason=self.finish_reason or "length",
+                          logprobs=list(self.logprobs) if cfg.logprobs else None, prompt_tokens=prompt_len, **kw)
+
+
+def _processors(tokenizer, cfg, stop_ids, warpers=False):
+    bad = bad_words_to_ids(tokenizer, cfg.bad_words) if cfg.bad_words else []
+    return build_processors(cfg, stop_token_ids=sorted(stop_ids), bad_words_ids=bad, warpers=warpers)
+
+
+class _Request(_Sequence):
+    """One prompt of a batched greedy / sampling call."""
+
     def __init__(self, index: int, prompt_ids: list[int], cfg: GenerationConfig, tokenizer, model):
+        super().__init__(tokenizer, cfg,
+                         _check_room(model, len(prompt_ids), cfg.max_new_tokens, f"prompt {index}"))
         self.index = index
         self.prompt_ids = prompt_ids
         self.cfg = cfg
-        self.stop_ids = set(stop_token_ids_for(tokenizer, cfg))
-        bad = bad_words_to_ids(tokenizer, cfg.bad_words) if cfg.bad_words else []
-        self.processors: ProcessorList = build_processors(
-            cfg, stop_token_ids=sorted(self.stop_ids), bad_words_ids=bad, warpers=cfg.do_sample)
-        self.budget = _check_room(model, len(prompt_ids), cfg.max_new_tokens, f"prompt {index}")
+        self.processors: ProcessorList = _processors(tokenizer, cfg, self.stop_ids, warpers=cfg.do_sample)
         self.generator = None
         if cfg.do_sample and cfg.seed is not None:
             self.generator = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
         self.key = cfg.sampling_key()
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.tracker = TextTracker(tokenizer, cfg.stop)
-        self.finish_reason: Optional[str] = None if self.budget > 0 else "length"
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
     def result(self) -> Generation:
-        return Generation(
-            text=self.tracker.final_text, token_ids=list(self.tokens), finish_reason=self.finish_reason or "length",
-            logprobs=list(self.logprobs) if self.cfg.logprobs else None, prompt_tokens=len(self.prompt_ids))
+        return super().result(len(self.prompt_ids), self.cfg)
 
 
 def _choose(reqs: list[_Request], active: list[int], logits: torch.Tensor, seqs: torch.Tensor,
@@ -246,20 +278,8 @@ def _batched_steps(model, tokenizer, prompt_ids: list[list[int]], cfgs: list[Gen
         for b in active:
             r, tok = reqs[b], picked[b]
             column[b] = tok
-            r.tokens.append(tok)
             lp = float(logp[b, tok]) if logp is not None else None
-            if r.cfg.logprobs:
-                r.logprobs.append(lp)
-            if tok in r.stop_ids:
-                r.finish_reason = "stop"
-            else:
-                r.tracker.push(tok)
-                if r.tracker.stopped_at is not None:
-                    r.finish_reason = "stop"
-                elif len(r.tokens) >= r.budget:
-                    r.finish_reason = "length"
-            if r.done:
-                r.tracker.finish()
+            r.push(tok, lp if r.cfg.logprobs else None)
             chunks.append(StreamChunk(b, tok, r.tracker.take_new(r.done), lp, r.finish_reason))
         next_tokens = torch.tensor(column, dtype=torch.long, device=device).view(batch, 1)
         if need_history:  # only processors look at the token history

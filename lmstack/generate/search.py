@@ -13,49 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, bad_words_to_ids, decode_stepper, forward, model_device, stop_token_ids_for
-from .processors import build_processors
+from .engine import (Generation, _check_room, _processors, _Sequence, decode_stepper, forward, model_device,
+                     stop_token_ids_for)
 from .text import TextTracker
 
 DEAD = -1.0e9  # HF's "impossible" score: finite so that sums and sorts stay well defined
-
-
-class _Sequence:
-    """One output in progress: tokens, stop tokens / stop strings, token budget."""
-
-    def __init__(self, tokenizer, cfg: GenerationConfig, budget: int):
-        self.stop_ids = set(stop_token_ids_for(tokenizer, cfg))
-        self.tracker = TextTracker(tokenizer, cfg.stop)
-        self.budget = budget
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.finish_reason: Optional[str] = None if budget > 0 else "length"
-
-    def push(self, tok: int, logprob: Optional[float] = None) -> bool:
-        self.tokens.append(tok)
-        if logprob is not None:
-            self.logprobs.append(logprob)
-        if tok in self.stop_ids:
-            self.finish_reason = "stop"
-        else:
-            self.tracker.push(tok)
-            if self.tracker.stopped_at is not None:
-                self.finish_reason = "stop"
-            elif len(self.tokens) >= self.budget:
-                self.finish_reason = "length"
-        if self.finish_reason is not None:
-            self.tracker.finish()
-        return self.finish_reason is not None
-
-    def result(self, prompt_len: int, cfg: GenerationConfig, **kw) -> Generation:
-        return Generation(text=self.tracker.final_text, token_ids=list(self.tokens),
-                          finish_reason=self.finish_reason or "length",
-                          logprobs=list(self.logprobs) if cfg.logprobs else None, prompt_tokens=prompt_len, **kw)
-
-
-def _processors(tokenizer, cfg, stop_ids, warpers=False):
-    bad = bad_words_to_ids(tokenizer, cfg.bad_words) if cfg.bad_words else []
-    return build_processors(cfg, stop_token_ids=sorted(stop_ids), bad_words_ids=bad, warpers=warpers)
 
 
 def _text_of(tokenizer, tokens: list[int], cfg: GenerationConfig, stop_ids: set[int]) -> tuple[str, str]:

@@ -16,9 +16,8 @@ from typing import Optional
 import torch
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, decode_stepper, forward, model_device
+from .engine import Generation, _check_room, _processors, _Sequence, decode_stepper, forward, model_device
 from .processors import MinP, Temperature, TopK, TopP
-from .search import _processors, _Sequence
 
 
 def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: list[int],
