@@ -4,7 +4,6 @@ a small optimisation loop, checkpoint writing, generation-based evaluation and p
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import time
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
-from lmstack.runs import atomic_write_json
+from lmstack.runs import atomic_write_json, iter_jsonl
 
 # ----------------------------------------------------------------------------- run-dir inputs
 
@@ -64,15 +63,7 @@ def world_file(run_path: Path, name: str) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-    return out
+    return [value for _, value in iter_jsonl(path)]
 
 
 def model_max_len(model: nn.Module) -> int:

@@ -12,13 +12,14 @@ Every error names the file and line.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
+
+from lmstack.runs import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {
@@ -111,15 +112,8 @@ def normalize_chat_record(record: Any, where: str) -> ChatExample:
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, value in iter_jsonl(path, DatasetError):
+        yield f"{path}:{lineno}", value
 
 
 def load_chat_jsonl(path: str | Path, limit: int | None = None) -> list[ChatExample]:

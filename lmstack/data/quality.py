@@ -17,7 +17,6 @@ of a held-out document are held out too).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from lmstack.data.dedup import _POSITION_MULT, _mix64, _token_hashes
 from lmstack.data.text import words
+from lmstack.runs import iter_jsonl
 
 BOILERPLATE = [
     "Home | About Us | Contact | Privacy Policy | Terms of Service",
@@ -130,20 +130,14 @@ def read_labelled(path: str) -> list[str]:
     p = resolve_path(path)
     if not p.exists():
         raise DataError(f"quality examples file {path!r} not found")
-    raw = p.read_text(encoding="utf-8")
     if p.suffix == ".jsonl":
         out = []
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{i}: malformed JSON ({e.msg})") from None
+        for i, rec in iter_jsonl(p, DataError):
             if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
                 raise DataError(f"{p}:{i}: field 'text' missing or not a string")
             out.append(rec["text"])
         return out
+    raw = p.read_text(encoding="utf-8")
     return [b.strip() for b in raw.split("\n\n") if b.strip()]
 
 

@@ -10,13 +10,14 @@ frequent names, scores clearly higher on the ``in_pretrain`` ones.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
+
+from lmstack.runs import iter_jsonl
 
 _PUNCT = re.compile(r"[\s\.,;:!?\"'“”‘’。，、；：！？「」（）()]+")
 
@@ -65,18 +66,11 @@ def build_few_shot_prompt(item: dict, pool: Sequence[dict], shots: int, rng: ran
 def read_facts(path: str | Path) -> list[dict]:
     path = Path(path)
     items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {lineno}: invalid JSON ({e.msg})") from None
-            for key in ("prompt", "answer"):
-                if not isinstance(obj.get(key), str):
-                    raise ValueError(f"{path} line {lineno}: field {key!r} missing or not a string")
-            items.append(obj)
+    for lineno, obj in iter_jsonl(path):
+        for key in ("prompt", "answer"):
+            if not isinstance(obj.get(key), str):
+                raise ValueError(f"{path} line {lineno}: field {key!r} missing or not a string")
+        items.append(obj)
     return items
 
 

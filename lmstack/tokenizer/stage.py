@@ -21,6 +21,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
+from lmstack.runs import iter_jsonl
 from lmstack.tokenizer.core import Tokenizer
 from lmstack.tokenizer.pretokenize import PATTERN_NAMES, build_pattern
 
@@ -41,19 +42,12 @@ class Config:
 
 def iter_jsonl_texts(path: Path) -> Iterator[str]:
     """Texts of a jsonl file, with errors that name the file and line."""
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or "text" not in record:
-                raise ValueError(f"{path} line {lineno}: field 'text' missing")
-            if not isinstance(record["text"], str):
-                raise ValueError(f"{path} line {lineno}: field 'text' must be a string, got {type(record['text']).__name__}")
-            yield record["text"]
+    for lineno, record in iter_jsonl(path):
+        if not isinstance(record, dict) or "text" not in record:
+            raise ValueError(f"{path} line {lineno}: field 'text' missing")
+        if not isinstance(record["text"], str):
+            raise ValueError(f"{path} line {lineno}: field 'text' must be a string, got {type(record['text']).__name__}")
+        yield record["text"]
 
 
 def training_sample(path: Path, max_bytes: int, seed: int) -> Iterator[str]:
