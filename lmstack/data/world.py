@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from lmstack.data import world_text as T
+from lmstack.runs import read_json
 
 FORMAT_VERSION = "lmstack-world/1"
 
@@ -471,11 +472,9 @@ def load_world(directory: str | Path) -> World:
     entity table matches the file, so a changed generator cannot silently mislabel an old run's data."""
     path = Path(directory) / "world.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (the data stage writes it)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     if data.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: format {data.get('format')!r}, this lmstack reads {FORMAT_VERSION!r}")
     known = {f.name for f in dataclasses.fields(WorldConfig)}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from lmstack.runs import atomic_write_bytes, atomic_write_json
+from lmstack.runs import atomic_write_bytes, atomic_write_json, read_json
 
 from .config import ModelConfig
 from .transformer import Transformer
@@ -42,10 +41,7 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no config.json; expected a directory written by save_pretrained")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    meta = read_json(path)
     if meta.get("format") != FORMAT:
         hint = " (it looks like a Hugging Face model: use lmstack.model.hf.import_hf)" if "model_type" in meta else ""
         raise ValueError(f"{path}: not an lmstack model config (format={meta.get('format')!r}){hint}")

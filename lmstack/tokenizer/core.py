@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 
 import regex
 
+from lmstack.runs import read_json
 from lmstack.tokenizer.pretokenize import build_pattern, compiled
 
 FORMAT_NAME = "lmstack-tokenizer"
@@ -423,11 +424,7 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: tokenizer file not found (run the tokenizer stage or train one first)")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
     def __getstate__(self) -> dict:
         # The tiktoken object and the caches are rebuilt lazily after unpickling (DataLoader workers).
