@@ -48,6 +48,23 @@ def load_model(run_path: Path, stage: str, device: str, *, needed_by: str) -> nn
     return load_pretrained(d, device=device)
 
 
+def start_stage(ctx, cfg, stage: str):
+    """What every alignment stage does first: check its ``[stage.lora]`` table, seed the RNGs, and
+    load the run's tokenizer and the ``cfg.init_from`` checkpoint. Returns (tokenizer, model)."""
+    cfg.lora.validate(f"{stage}.lora")
+    set_seed(ctx.seed)
+    tokenizer = load_tokenizer(ctx.run.path)
+    return tokenizer, load_model(ctx.run.path, cfg.init_from, ctx.device, needed_by=stage)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with no trainable parameters: the reference policy of DPO and PPO."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 def first_existing_checkpoint(run_path: Path, stages: Sequence[str]) -> str:
     for s in stages:
         if (checkpoint_dir(run_path, s) / "config.json").exists():

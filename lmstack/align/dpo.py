@@ -9,7 +9,6 @@ know" rate on questions about non-existent entities (honest) and correct-fact ra
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,15 +130,10 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
 def run(ctx, cfg: Config):
     from lmstack.pipeline import StageResult
 
-    cfg.lora.validate("dpo.lora")
-    common.set_seed(ctx.seed)
     run_path = ctx.run.path
-    tokenizer = common.load_tokenizer(run_path)
-    policy = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="dpo")
+    tokenizer, policy = common.start_stage(ctx, cfg, "dpo")
     max_len = cfg.max_len or common.model_max_len(policy)
-    ref_model = copy.deepcopy(policy).eval()
-    for p in ref_model.parameters():
-        p.requires_grad_(False)
+    ref_model = common.frozen_copy(policy)
     param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
 
     train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")

@@ -12,7 +12,6 @@ The report plots mean reward and KL per iteration. Writes checkpoints/ppo.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,14 +228,9 @@ def greedy_eval(lm, rm, tokenizer, prompts, cfg: Config, device: str) -> tuple[f
 def run(ctx, cfg: Config):
     from lmstack.pipeline import StageResult
 
-    cfg.lora.validate("ppo.lora")
-    common.set_seed(ctx.seed)
     run_path = ctx.run.path
-    tokenizer = common.load_tokenizer(run_path)
-    lm = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="ppo")
-    ref_model = copy.deepcopy(lm).eval()
-    for p in ref_model.parameters():
-        p.requires_grad_(False)
+    tokenizer, lm = common.start_stage(ctx, cfg, "ppo")
+    ref_model = common.frozen_copy(lm)
     rm_dir = common.checkpoint_dir(run_path, cfg.reward_from)
     if not (rm_dir / "config.json").exists():
         raise FileNotFoundError(f"{rm_dir}: no reward model; the ppo stage needs the reward stage to run first")

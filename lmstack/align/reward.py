@@ -125,11 +125,8 @@ def score_pairs(rm: RewardModel, pairs, pad_id: int, device: str, batch_size: in
 def run(ctx, cfg: Config):
     from lmstack.pipeline import StageResult
 
-    cfg.lora.validate("reward.lora")
-    common.set_seed(ctx.seed)
     run_path = ctx.run.path
-    tokenizer = common.load_tokenizer(run_path)
-    backbone = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="reward")
+    tokenizer, backbone = common.start_stage(ctx, cfg, "reward")
     max_len = cfg.max_len or common.model_max_len(backbone)
     rm = RewardModel(backbone).to(ctx.device)
     if cfg.lora.enabled:

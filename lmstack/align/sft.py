@@ -128,11 +128,8 @@ def _loss_plot(run_path: Path, stage: str, history: list[float]) -> str:
 def _run(ctx, cfg: Config, stage: str):
     from lmstack.pipeline import StageResult
 
-    cfg.lora.validate(f"{stage}.lora")
-    common.set_seed(ctx.seed)
     run_path = ctx.run.path
-    tokenizer = common.load_tokenizer(run_path)
-    model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by=stage)
+    tokenizer, model = common.start_stage(ctx, cfg, stage)
     param_metrics = common.attach_lora(model, cfg.lora, ctx.log)
     train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "sft_train.jsonl")
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "sft_eval.jsonl")
