@@ -7,8 +7,9 @@ run took 116 s and reached val 1.886. Here the same data (first 90% train / last
 token per character) is trained with lmstack twice:
 
 1. ``nanogpt-config``: the anchor's model and hyper-parameters, in lmstack (2000 iterations).
-2. ``lmstack-best``: lmstack's best CPU recipe, given the same 116 s wall-clock budget
-   (its step count is calibrated from a short timing run, so it stops near the budget).
+2. ``lmstack-best``: lmstack's best CPU recipe, given the same 116 s wall-clock budget. Its step
+   count (the length of its LR schedule) is first guessed from a short timing run, then re-fitted
+   every 10 steps from the measured speed, so the run and its LR decay end on the budget.
 
 The final val loss is the mean cross-entropy over ALL non-overlapping windows of the val split
 (the anchor's estimate uses 20 random batches; the full pass is the less noisy number); the
@@ -101,30 +102,43 @@ PEAK = [0.0]
 
 
 def calibrate_steps(recipe, train, val, vocab, budget: float, seed: int) -> int:
-    """Steps that fit ``budget`` seconds, from timing a short throwaway run."""
+    """A first guess of the steps that fit ``budget`` seconds, from timing a short throwaway run
+    (``run`` corrects it as it goes)."""
     model, cfg = build(recipe, vocab, 1000, seed)
     tr = Trainer(model, cfg, train_tokens=train, seed=seed, progress=False)
     tr.train(stop_at=5)  # warm-up (allocator, thread pool)
     t0 = time.perf_counter()
     tr.train(stop_at=30)
     per_step = (time.perf_counter() - t0) / 25
-    return max(10, int(budget * 0.97 / per_step))
+    return max(10, int(budget / per_step))
 
 
-def run(name, recipe, train, val, vocab, steps, seed, curve_points=12):
+def run(name, recipe, train, val, vocab, steps, seed, budget=None, curve_points=12, refit_every=10):
+    """Train ``steps`` steps, or with ``budget`` seconds: then the step count (the schedule's length)
+    is re-fitted every ``refit_every`` steps from the measured seconds per step, so the run and its
+    LR decay end on the budget however the machine's speed drifts."""
     model, cfg = build(recipe, vocab, steps, seed)
-    trainer = Trainer(model, cfg, train_tokens=train, val_tokens=val, seed=seed, progress=False)
+    # no val_tokens: the trainer would evaluate at its last step, inside the timed training call
+    trainer = Trainer(model, cfg, train_tokens=train, seed=seed, progress=False)
     # Curve points use the first 16k val characters (cheap); the final number uses all of val.
     val_head = val[:16_384 + 1]
     curve = [(0.0, full_val_loss(model, val_head, cfg.seq_len))]
-    chunk = max(1, steps // curve_points)
+    chunk = refit_every if budget else max(1, steps // curve_points)
+    next_point = (budget or 0) / curve_points
     train_seconds = 0.0
-    while trainer.step < steps:
+    while trainer.step < cfg.steps:
         t0 = time.perf_counter()
-        trainer.train(stop_at=min(steps, trainer.step + chunk))
+        trainer.train(stop_at=min(cfg.steps, trainer.step + chunk))
         train_seconds += time.perf_counter() - t0  # evaluation below is not counted
+        if budget and trainer.step < cfg.steps:
+            per_step = train_seconds / trainer.step
+            cfg.steps = trainer.step + max(1, round((budget - train_seconds) / per_step))
+        if budget and train_seconds < next_point and trainer.step < cfg.steps:
+            continue
+        next_point += (budget or 0) / curve_points
         curve.append((train_seconds, full_val_loss(model, val_head, cfg.seq_len)))
-        print(f"  {name}: step {trainer.step}/{steps}  {train_seconds:6.1f}s  val(head) {curve[-1][1]:.4f}", flush=True)
+        print(f"  {name}: step {trainer.step}/{cfg.steps}  {train_seconds:6.1f}s  val(head) {curve[-1][1]:.4f}", flush=True)
+    steps = trainer.step
     final = full_val_loss(model, val, cfg.seq_len)
     print(f"  {name}: final val loss over all {len(val):,} val characters: {final:.4f}", flush=True)
     from lmstack.train.trainer import model_flops_per_token
@@ -157,17 +171,19 @@ def main(argv=None) -> int:
     for name, recipe in RECIPES.items():
         if args.only and name != args.only:
             continue
+        run_budget = None
         if recipe["budget"] is None:
             steps = 200 if args.quick else (args.anchor_steps or recipe["train"]["steps"])
+            print(f"{name}: {steps} steps", flush=True)
         else:
             if args.budget != "auto":
                 budget = float(args.budget)
             elif results and not args.quick:
                 budget = results[0]["seconds"]  # the same wall clock the anchor config needed here
             steps = calibrate_steps(recipe, train, val, len(chars), budget, args.seed)
-            print(f"{name}: budget {budget:.1f}s", flush=True)
-        print(f"{name}: {steps} steps", flush=True)
-        results.append(run(name, recipe, train, val, len(chars), steps, args.seed))
+            run_budget = budget
+            print(f"{name}: budget {budget:.1f}s, first estimate {steps} steps", flush=True)
+        results.append(run(name, recipe, train, val, len(chars), steps, args.seed, budget=run_budget))
 
     print()
     # Training compute (6N + attention FLOPs per token) does not depend on how busy the machine is,

@@ -241,3 +241,39 @@ def test_generate_restores_training_mode(model, tok):
     finally:
         model.eval()
     assert a.token_ids == generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=5, ignore_eos=True))[0].token_ids
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (15, 9), (9, 15), (16, 16)])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_fast_decode_weight_layouts_equal_a_plain_matmul(shape, parts):
+    from lmstack.generate.fast import _Weight
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64)
+    for m in (1, 5):
+        x = torch.randn(m, shape[1], generator=g, dtype=torch.float64)
+        torch.testing.assert_close(_Weight(w, parts)(x), x @ w.t(), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_fast_decode_several_tokens_at_once_equals_model_forward(tok, parts):
+    """The speculative verify pass: T tokens after a cached prefix, logits at every position."""
+    from lmstack.generate import fast
+
+    m = tiny_model(tok.vocab_size, seed=4, init_std=0.1).to(torch.float64)
+    dec = fast.FastDecoder(m, parts=parts).refresh()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    c_model, c_fast = m.new_kv_cache(1, 32), m.new_kv_cache(1, 32)
+    with torch.no_grad():
+        want = m(ids, kv_cache=c_model).logits
+        got = dec.step(ids, c_fast, all_positions=True)  # prefill through the fast step
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+        more = torch.tensor([[9, 8, 7]])
+        torch.testing.assert_close(dec.step(more, c_fast, all_positions=True),
+                                   m(more, kv_cache=c_model).logits, atol=1e-9, rtol=1e-9)
+        one = torch.tensor([[6]])
+        torch.testing.assert_close(dec.step(one, c_fast), m(one, kv_cache=c_model).logits[:, -1], atol=1e-9, rtol=1e-9)
+    assert c_fast.length == c_model.length == 9
+    assert torch.equal(c_fast.next_position, c_model.next_position)
+    for a, b in zip(c_fast.keys + c_fast.values, c_model.keys + c_model.values):
+        torch.testing.assert_close(a[:, :, :9], b[:, :, :9], atol=1e-9, rtol=1e-9)

@@ -121,12 +121,17 @@ def forward(model, ids, cache=None, attention_mask=None, hidden: bool = False):
 
 
 def decode_stepper(model):
-    """A function ``(tokens [B, 1], cache) -> logits [B, V]`` for one generation: the fast step when
-    the model allows it (its fused weights refreshed now, once), else ``model.forward``."""
+    """A function ``(tokens [B, T], cache, all_positions=False) -> logits [B, V]`` (or [B, T, V]) for
+    one generation: the fast step when the model allows it (its decode weights refreshed now, once),
+    else ``model.forward``. T > 1 needs a cache without padding (speculative decoding's verify pass)."""
     dec = _fast.fast_decoder(model)
     if dec is not None:
         return dec.step
-    return lambda tokens, cache: model(tokens, kv_cache=cache).logits[:, -1]
+
+    def step(tokens, cache, all_positions=False):
+        logits = model(tokens, kv_cache=cache).logits
+        return logits if all_positions else logits[:, -1]
+    return step
 
 
 def _pad_id(tokenizer) -> int:

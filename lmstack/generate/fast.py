@@ -47,34 +47,78 @@ def supports_fast_decode(model) -> bool:
     return True
 
 
-class FastDecoder:
-    """``step(tokens [B, 1], cache) -> logits [B, V]`` equal (to float rounding) to
-    ``model(tokens, kv_cache=cache).logits[:, -1]``."""
+class _Weight:
+    """A linear weight laid out for decoding a few rows at a time on a CPU: ``w(x [M, in]) -> [M, out]``.
 
-    def __init__(self, model):
+    One row times a weight matrix is memory-bound, and two things decide its speed here (measured
+    on the 2-core CI machine, benchmarks/generate.py): (1) the layout: a contiguous [in, out] copy
+    streams about 2x faster than the [out, in] parameter when out >= in, and the other way round
+    when out < in; (2) threads: torch runs a one-row matmul on one core, so the weight is split
+    into ``parts`` slices (columns when out >= in, else rows of [in, out], whose partial products
+    are summed) that one batched matmul spreads over the cores. ``parts=1`` (GPU) is a plain matmul.
+    """
+
+    __slots__ = ("kind", "w", "parts")
+
+    def __init__(self, weight: torch.Tensor, parts: int):
+        out, inp = weight.shape
+        wt = weight.detach().t()  # [in, out] view
+        self.parts = parts
+        if parts > 1 and out >= inp and out % parts == 0:
+            self.kind = "cols"  # [P, in, out/P]
+            self.w = wt.reshape(inp, parts, out // parts).permute(1, 0, 2).contiguous()
+        elif parts > 1 and out < inp and inp % parts == 0:
+            self.kind = "rows"  # [P, in/P, out]
+            self.w = wt.contiguous().view(parts, inp // parts, out)
+        else:
+            self.kind = "mm"
+            self.w = wt.contiguous() if out >= inp else wt
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mm":
+            return x @ self.w
+        m, p = x.shape[0], self.parts
+        if self.kind == "cols":
+            return torch.bmm(x.expand(p, m, x.shape[1]), self.w).transpose(0, 1).reshape(m, -1)
+        return torch.bmm(x.view(m, p, -1).transpose(0, 1), self.w).sum(0)
+
+
+class FastDecoder:
+    """``step(tokens [B, T], cache) -> logits [B, V]`` equal (to float rounding) to
+    ``model(tokens, kv_cache=cache).logits[:, -1]``. ``parts``: how many slices each weight is split
+    into (default: torch's thread count on CPU, 1 on GPU)."""
+
+    def __init__(self, model, parts: Optional[int] = None):
         self.model = model
         self.cfg = model.config
+        self.parts = parts
         self._key = None
         self._layers: list[tuple] = []
 
     def _params(self):
         for blk in self.model.layers:
             a, f = blk.attn, blk.ffn
-            yield from (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, f.gate_proj.weight, f.up_proj.weight)
+            yield from (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
+                        f.gate_proj.weight, f.up_proj.weight, f.down_proj.weight)
+        yield self.model.lm_head.weight
 
     def refresh(self) -> "FastDecoder":
-        """Rebuild the fused weights if any parameter changed since the last call (once per generation)."""
-        key = tuple((id(p), p._version, p.data_ptr()) for p in self._params())
+        """Rebuild the decode weights if any parameter changed since the last call (once per generation)."""
+        key = tuple((id(p), p._version, p.data_ptr()) for p in self._params()) + (torch.get_num_threads(),)
         if key == self._key:
             return self
         layers = []
+        dev = self.model.lm_head.weight.device
+        parts = self.parts or (torch.get_num_threads() if dev.type == "cpu" else 1)
         with torch.no_grad():
             for blk in self.model.layers:
                 a, f = blk.attn, blk.ffn
-                qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-                gate_up = torch.cat([f.gate_proj.weight, f.up_proj.weight])
+                qkv = _Weight(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), parts)
+                gate_up = _Weight(torch.cat([f.gate_proj.weight, f.up_proj.weight]), parts)
                 # plain tensors: no nn.Module attribute lookups in the hot loop
-                layers.append((blk.attn_norm, qkv, a.o_proj.weight, blk.ffn_norm, gate_up, f.down_proj.weight))
+                layers.append((blk.attn_norm, qkv, _Weight(a.o_proj.weight, parts), blk.ffn_norm, gate_up,
+                               _Weight(f.down_proj.weight, parts)))
+            self._lm_head = _Weight(self.model.lm_head.weight, parts)
         self._layers = layers
         self._key = key
         return self
@@ -82,57 +126,77 @@ class FastDecoder:
     @staticmethod
     def _norm(x: torch.Tensor, norm) -> torch.Tensor:
         if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
-        return norm(x)  # other dtypes: the model's own fp32-internal formula, bit for bit
+            # the model's RMSNorm written with fewer, cheaper ops (F.rms_norm and .mean() dispatch
+            # several small kernels each on CPU): same value up to float rounding
+            eps = norm.__dict__.get("_eps_tensor")
+            if eps is None:
+                eps = norm.__dict__["_eps_tensor"] = torch.tensor(norm.eps)  # 0-dim: a scalar on any device
+            ms = torch.add(eps, (x * x).sum(-1, keepdim=True), alpha=1.0 / x.shape[-1])
+            return norm.weight * (x * torch.rsqrt(ms))
+        return norm(x)  # other dtypes: the model's own fp32-internal formula
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, cache, return_hidden: bool = False):
-        """One decode step. Call ``refresh()`` first whenever the weights may have changed
-        (``fast_decoder()`` does it)."""
+    def step(self, tokens: torch.Tensor, cache, return_hidden: bool = False, all_positions: bool = False):
+        """Feed ``tokens [B, T]`` after the cached ones. Returns the last position's logits [B, V]
+        (or every position's, [B, T, V], with ``all_positions``). T > 1 (a speculative verify pass)
+        needs a cache without padding. Call ``refresh()`` first whenever the weights may have
+        changed (``fast_decoder()`` does it)."""
         cfg, model = self.cfg, self.model
-        b = tokens.shape[0]
+        b, t = tokens.shape
+        if t > 1 and cache.has_padding:
+            raise ValueError("FastDecoder.step: several tokens at once need a cache without padding")
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         rep = H // Hkv
-        cache.check_room(1)
+        cache.check_room(t)
         past = cache.length
-        pos = cache.next_position  # [B]
+        end = past + t
+        pos = cache.next_position[:, None] + torch.arange(t, device=tokens.device) if t > 1 else cache.next_position[:, None]  # [B, T]
         rot = model.rotary
         rot.ensure_length(int(pos.max()) + 1)
-        x = model.embed(tokens[:, 0])  # [B, D]
-        cos = rot.cos[pos].to(x.dtype)[:, None, :]  # [B, 1, hd]
-        sin = rot.sin[pos].to(x.dtype)[:, None, :]
-        mask = cache.key_valid[:, None, None, :past + 1].clone() if cache.has_padding else None
-        if mask is not None:
+        x = model.embed(tokens.reshape(-1))  # [B*T, D]
+        cos = rot.cos[pos].to(x.dtype)[:, :, None, :]  # [B, T, 1, hd]
+        sin = rot.sin[pos].to(x.dtype)[:, :, None, :]
+        if t > 1:
+            # query row (t, r) of a kv head's group may see keys up to past + t
+            ar = torch.arange(end, device=tokens.device)
+            mask = (ar[None, :] <= ar[past:, None]).repeat_interleave(rep, dim=0)
+        elif cache.has_padding:
+            mask = cache.key_valid[:, None, None, :end].clone()
             mask[..., past] = True
+        else:
+            mask = None
         same_dtype = cache.keys[0].dtype == x.dtype
         half = hd // 2
         nq = H * hd
         nk = Hkv * hd
         norm = self._norm
         for i, (attn_norm, qkv_w, o_w, ffn_norm, gate_up_w, down_w) in enumerate(self._layers):
-            h = norm(x, attn_norm)
-            qkv = F.linear(h, qkv_w)
-            qk = qkv[:, :nq + nk].view(b, H + Hkv, hd)
+            qkv = qkv_w(norm(x, attn_norm))
+            qk = qkv[:, :nq + nk].view(b, t, H + Hkv, hd)
             # RoPE, "half" layout (GPT-NeoX / HF Llama): x*cos + rotate_half(x)*sin, q and k at once
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = qk * cos + rotated * sin
-            q = qk[:, :H].view(b, Hkv, rep, hd)
+            qk = torch.addcmul(qk * cos, rotated, sin)
             keys, values = cache.keys[i], cache.values[i]
-            keys[:, :, past] = qk[:, H:]  # copy_ casts to the cache dtype if it differs
-            values[:, :, past] = qkv[:, nq + nk:].view(b, Hkv, hd)
-            k_all = keys[:, :, :past + 1]
-            v_all = values[:, :, :past + 1]
+            # copy_ casts to the cache dtype if it differs
+            keys[:, :, past:end] = qk[:, :, H:].transpose(1, 2)
+            values[:, :, past:end] = qkv[:, nq + nk:].view(b, t, Hkv, hd).transpose(1, 2)
+            k_all = keys[:, :, :end]
+            v_all = values[:, :, :end]
             if same_dtype is False:
-                k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
-            # one query token per head: a kv head's `rep` query heads are its "query positions"
+                k_all, v_all = k_all.to(qk.dtype), v_all.to(qk.dtype)
+            # grouped-query attention without copying keys: a kv head's rep query heads (times T
+            # positions) are its "query positions"
+            q = qk[:, :, :H].reshape(b, t, Hkv, rep, hd).permute(0, 2, 1, 3, 4).reshape(b, Hkv, t * rep, hd)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-            x = x + F.linear(y.reshape(b, nq), o_w)
-            h = norm(x, ffn_norm)
-            gate, up = F.linear(h, gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, down_w)
-        cache.advance(1, None, pos[:, None])
+            x = x + o_w(y.view(b, Hkv, t, rep, hd).transpose(1, 2).reshape(b * t, nq))
+            gate, up = gate_up_w(norm(x, ffn_norm)).chunk(2, dim=-1)
+            x = x + down_w(F.silu(gate) * up)
+        cache.advance(t, None, pos)
+        x = x.view(b, t, -1)
+        if not all_positions:
+            x = x[:, -1]
         hidden = self._norm(x, model.norm)
-        logits = F.linear(hidden, model.lm_head.weight)
+        logits = self._lm_head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         return (logits, hidden) if return_hidden else logits

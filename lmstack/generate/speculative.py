@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, _processors, _Sequence, decode_stepper, forward, model_device
+from .engine import Generation, _check_room, _processors, _Sequence, decode_stepper, model_device
 from .processors import MinP, Temperature, TopK, TopP
 
 
@@ -66,6 +66,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
     cache_t = target.new_kv_cache(1, cap, device=device)
     cache_d = draft.new_kv_cache(1, cap, device=draft_device)
     draft_step = decode_stepper(draft)
+    target_step = decode_stepper(target)  # scores all drafts at once: about the cost of one step on a CPU
     plain_greedy = greedy and not procs
     # temperature/top-k/top-p/min-p do not look at the history, so all positions can be processed at once
     history_free = not greedy and all(isinstance(pr, (Temperature, TopK, TopP, MinP)) for pr in procs)
@@ -77,10 +78,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
         q_rows = []
         if g > 0:
             feed = committed[cache_d.length:]
-            if len(feed) == 1:
-                logits_d = draft_step(torch.tensor([feed], device=draft_device), cache_d)[0]
-            else:
-                logits_d = forward(draft, torch.tensor([feed], device=draft_device), cache_d).logits[0, -1]
+            logits_d = draft_step(torch.tensor([feed], device=draft_device), cache_d)[0]
             stats["draft_forwards"] += 1
             for i in range(g):
                 if plain_greedy:
@@ -94,7 +92,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
                     logits_d = draft_step(torch.tensor([[tok]], device=draft_device), cache_d)[0]
                     stats["draft_forwards"] += 1
         feed = committed[cache_t.length:] + drafts
-        logits_t = forward(target, torch.tensor([feed], device=device), cache_t).logits[0, -(g + 1):]
+        logits_t = target_step(torch.tensor([feed], device=device), cache_t, all_positions=True)[0, -(g + 1):]
         stats["target_forwards"] += 1
         if plain_greedy:  # no processors: compare argmaxes directly
             best = logits_t.argmax(dim=-1).tolist()
