@@ -82,9 +82,9 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     cfg = ModelConfig.preset("llama-style", max_seq_len=args.seq)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     if args.quick:
         args.batch = min(args.batch, 4)
+    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     steps, rounds = (1, 3) if args.quick else (3, 5)
 
     def build(kind):

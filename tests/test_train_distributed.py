@@ -1,4 +1,5 @@
-"""DDP / FSDP2 parity: 2 gloo processes with half the batch each == 1 process with the full batch."""
+"""DDP / FSDP2 parity: 2 gloo processes with half the batch each == 1 process with the full batch,
+also after an interrupted-and-resumed FSDP run and with Muon under FSDP."""
 
 import socket
 
@@ -21,18 +22,24 @@ def make_model():
                                           n_kv_heads=2, max_seq_len=16))
 
 
-def make_cfg(batch_size: int, strategy: str) -> TrainConfig:
+def make_cfg(batch_size: int, strategy: str, optim: str = "adamw", ckpt_every: int = 0) -> TrainConfig:
     return TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=2, seq_len=16, loader="random",
-                       optim=OptimConfig(lr=3e-3), schedule=ScheduleConfig(warmup_steps=2), log_every=100,
-                       eval_every=0, ckpt_every=0, eval_batches=2, distributed=strategy, peak_flops=1e9)
+                       optim=OptimConfig(name=optim, lr=3e-3), schedule=ScheduleConfig(warmup_steps=2), log_every=100,
+                       eval_every=0, ckpt_every=ckpt_every, eval_batches=2, distributed=strategy, peak_flops=1e9)
 
 
-def train(batch_size: int, strategy: str, tmp=None) -> dict:
-    model = make_model()
-    trainer = Trainer(model, make_cfg(batch_size, strategy), train_tokens=periodic_tokens(4000),
-                      val_tokens=periodic_tokens(600, seed=3), seed=11, progress=False, ckpt_dir=tmp)
+def train(batch_size: int, strategy: str, tmp=None, optim: str = "adamw", interrupt_at: int = 0) -> dict:
+    def trainer_for():
+        return Trainer(make_model(), make_cfg(batch_size, strategy, optim, ckpt_every=interrupt_at),
+                       train_tokens=periodic_tokens(4000), val_tokens=periodic_tokens(600, seed=3), seed=11,
+                       progress=False, ckpt_dir=tmp)
+    if interrupt_at:
+        trainer_for().train(stop_at=interrupt_at)  # "killed" after its checkpoint at interrupt_at
+    trainer = trainer_for()  # a fresh process: model, optimizer, RNG and data position come from the checkpoint
     summary = trainer.train()
-    if strategy == "fsdp" and tmp is None:
+    if interrupt_at:
+        assert trainer.resumed_from is not None
+    if strategy == "fsdp" and (tmp is None or interrupt_at):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
@@ -48,6 +55,9 @@ def _worker(rank: int, port: int, out_path: str, tmp: str):
         results = {s: train(GLOBAL_BATCH // 2, s) for s in ("ddp", "fsdp")}
         # resume under DDP writes/reads checkpoints from rank 0 only
         results["ckpt"] = train(GLOBAL_BATCH // 2, "ddp", tmp)
+        # FSDP2: every rank saves and loads its shards (torch.distributed.checkpoint)
+        results["fsdp_resume"] = train(GLOBAL_BATCH // 2, "fsdp", tmp + "_fsdp", interrupt_at=3)
+        results["fsdp_muon"] = train(GLOBAL_BATCH // 2, "fsdp", optim="muon")
         if rank == 0:
             torch.save({k: {"state": v["state"], "val_loss": v["val_loss"]} for k, v in results.items()}, out_path)
     finally:
@@ -68,9 +78,11 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     got = torch.load(out, weights_only=True)
     torch.set_num_threads(1)
     ref = train(GLOBAL_BATCH, "ddp")  # single process: no process group -> plain model
-    for strategy in ("ddp", "fsdp", "ckpt"):
-        assert got[strategy]["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5), strategy
-        for name, expected in ref["state"].items():
+    ref_muon = train(GLOBAL_BATCH, "ddp", optim="muon")
+    for strategy in ("ddp", "fsdp", "ckpt", "fsdp_resume", "fsdp_muon"):
+        want = ref_muon if strategy == "fsdp_muon" else ref
+        assert got[strategy]["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5), strategy
+        for name, expected in want["state"].items():
             torch.testing.assert_close(got[strategy]["state"][name], expected, rtol=1e-4, atol=1e-5,
                                        msg=lambda m: f"{strategy} {name}: {m}")
     # the checkpoint written by the 2-process run loads into a fresh single-process model
