@@ -17,7 +17,7 @@ help:
 	@echo "make run    - full pipeline with $(RECIPE) (report: runs/<name>/report.md)"
 	@echo "make test   - install dev extras and run the test suite"
 	@echo "make tiny   - the whole pipeline on recipes/tiny.toml (~2 min)"
-	@echo "make bench  - run every benchmark in quick mode"
+	@echo "make bench  - run every benchmark in quick mode, then the slow tests"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,7 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf runs benchmarks/out

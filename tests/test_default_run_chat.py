@@ -1,0 +1,122 @@
+"""`lmstack chat` on the default run's SFT model, driven through a pseudo-terminal (slow).
+
+Uses the run that `make run` leaves in runs/speedrun (or LMSTACK_DEFAULT_RUN); when it has no SFT
+checkpoint yet, the default recipe is run first (about 8 minutes on 2 cores). Run it with
+``pytest -m slow tests/test_default_run_chat.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_run() -> Path:
+    run = Path(os.environ.get("LMSTACK_DEFAULT_RUN", REPO / "runs" / "speedrun"))
+    if not (run / "checkpoints" / "sft" / "model.safetensors").exists():
+        subprocess.run([sys.executable, "-m", "lmstack", "run", "--recipe", str(REPO / "recipes" / "cpu-speedrun.toml"),
+                        "--run", str(run)], check=True, cwd=REPO, timeout=1800)
+    return run
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: what it prints, as a user at a terminal would see it."""
+
+    def __init__(self, argv: list[str]):
+        self.master, slave = pty.openpty()
+        env = dict(os.environ, PYTHONPATH=str(REPO), TERM="dumb")
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env,
+                                     close_fds=True)
+        os.close(slave)
+        self.buffer = ""
+
+    def read_until(self, marker: str, timeout: float = 120.0) -> str:
+        """Everything printed up to (and including) the next ``marker``."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {marker!r} within {timeout}s; the terminal shows:\n{self.buffer[-2000:]}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    data = os.read(self.master, 4096)
+                except OSError:  # the child closed the terminal
+                    data = b""
+                if not data:
+                    raise AssertionError(f"the chat exited before {marker!r}; it printed:\n{self.buffer[-2000:]}")
+                self.buffer += data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head + marker
+
+    def send(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode("utf-8"))
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            os.close(self.master)
+
+
+def test_chat_on_the_default_sft_model_through_a_pty(default_run):
+    from lmstack.generate import GenerationConfig, generate
+    from lmstack.generate.cli import load_engine
+    from lmstack.generate.engine import chat_prompt_ids
+
+    items = [json.loads(line) for line in (default_run / "data" / "world" / "sft_eval.jsonl").read_text("utf-8").splitlines()]
+    questions = [it["messages"][1]["content"] for it in items if it["task"] == "fact_qa"][:4]
+    assert len(questions) == 4
+
+    term = Terminal([sys.executable, "-m", "lmstack", "chat", str(default_run), "--stage", "sft",
+                     "--strategy", "greedy", "--max-new-tokens", "48"])
+    answers = []
+    try:
+        banner = term.read_until("you> ")
+        assert "checkpoints/sft" in banner and "strategy greedy" in banner
+        for q in questions:
+            term.send(q)
+            shown = term.read_until("you> ")
+            # the terminal echoes the question, then the streamed answer, then the stats line
+            m = re.search(r"assistant> (.*?)\n\[(\d+) tokens, ([\d.]+) tok/s, greedy, finish=(\w+)\]", shown, re.S)
+            assert m, shown
+            answers.append((m.group(1).strip(), int(m.group(2)), m.group(4)))
+            term.send("/reset")
+            assert "conversation cleared" in term.read_until("you> ")
+        # a second turn sees the first one
+        term.send(questions[0])
+        term.read_until("you> ")
+        term.send("Thanks. Say it again?")
+        assert "assistant> " in term.read_until("you> ")
+        term.send("/set temperature=0.5")
+        assert "temperature = 0.5" in term.read_until("you> ")
+        term.send("/settings")
+        assert "strategy = 'greedy'" in term.read_until("you> ")
+        term.send("/quit")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+
+    # The SFT model answers in the chat format: a non-empty reply that ends its own turn.
+    for text, n_tokens, finish in answers:
+        assert text and n_tokens > 0 and finish == "stop", answers
+    # The chat CLI streams exactly what the library's generate() gives for the same chat prompt.
+    engine, _ = load_engine(str(default_run), "sft", "cpu", GenerationConfig(strategy="greedy", max_new_tokens=48))
+    for q, (text, _, _) in zip(questions, answers):
+        ids = chat_prompt_ids(engine.tokenizer, [{"role": "user", "content": q}])
+        want = generate(engine.model, engine.tokenizer, [ids], GenerationConfig(strategy="greedy", max_new_tokens=48))[0]
+        assert text == want.text.strip()
