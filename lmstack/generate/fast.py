@@ -1,14 +1,17 @@
-"""A leaner single-token decode step for llama-style models (the engine's hot loop).
+"""A leaner decode step for llama-style models (the engine's hot loop and speculative verification).
 
-At batch sizes of 1-8 on a CPU a decode step is dominated by per-op overhead, not FLOPs. This step
-reads the *same* parameters as ``Transformer`` (nothing is trained or stored separately) and the same
-``KVCache``, but (1) multiplies q, k and v in one matmul and gate and up in another, using
-concatenated weights that are rebuilt whenever a parameter changes (checked via tensor versions, so
-PPO rollouts after an optimizer step stay exact); (2) rotates q and k together; (3) runs grouped-query
-attention without copying keys, by viewing each kv head's query group as the query-length axis.
-Prefill and anything this step does not cover (MoE, sliding windows, ALiBi, qk-norm, LoRA or
-quantized linears, biases, learned positions) use ``model.forward``. Tests check it against the
-model's own forward and against HF generate.
+At batch sizes of 1-8 on a CPU a decode step is bound by memory traffic and per-op overhead, not
+FLOPs. This step computes the same function as ``Transformer.forward`` with a ``KVCache`` (same
+cache, same positions), from a decode copy of the model's weights that is rebuilt whenever a
+parameter changes (checked via tensor versions, so PPO rollouts after an optimizer step stay
+exact). It (1) multiplies q, k and v in one matmul and gate and up in another; (2) stores every
+matrix in the layout that streams fastest for its shape and splits it over the CPU threads
+(``_Weight``); (3) rotates q and k together; (4) runs grouped-query attention without copying
+keys, by viewing each kv head's query group as the query-length axis. The copy costs one more
+set of the matrices' memory while generating. Anything this step does not cover (MoE, sliding
+windows, ALiBi, qk-norm, LoRA or quantized linears, biases, learned positions) uses
+``model.forward``, as does the batched engine's prefill. Tests check it against the model's own forward and
+against HF generate.
 """
 
 from __future__ import annotations
