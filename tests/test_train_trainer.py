@@ -153,3 +153,23 @@ def test_bf16_autocast_runs_on_cpu():
     torch.manual_seed(0)
     s = Trainer(TinyLM(), small_cfg(steps=10, dtype="bf16"), train_tokens=periodic_tokens(3000), progress=False).train()
     assert math.isfinite(s.final_loss)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager():
+    """`compile = true` (inductor, about a minute on 2 cores): the same losses as eager, to float rounding."""
+    from lmstack.model import ModelConfig, Transformer
+
+    def losses(compile_: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.preset("llama-style", vocab_size=64, d_model=32, n_layers=2, n_heads=4,
+                                               n_kv_heads=2, max_seq_len=16))
+        records = []
+        cfg = small_cfg(steps=8, log_every=1, compile=compile_, optim=OptimConfig(lr=1e-2, weight_decay=0.0))
+        Trainer(model, cfg, train_tokens=periodic_tokens(3000, vocab=64), seed=3, progress=False,
+                metrics_sink=records.append).train()
+        return [r["loss"] for r in records if "loss" in r]
+
+    eager, compiled = losses(False), losses(True)
+    assert len(eager) == 8
+    assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-5)
