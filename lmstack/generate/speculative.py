@@ -66,7 +66,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
     cache_t = target.new_kv_cache(1, cap, device=device)
     cache_d = draft.new_kv_cache(1, cap, device=draft_device)
     draft_step = decode_stepper(draft)
-    target_step = decode_stepper(target)  # scores all drafts at once: about the cost of one step on a CPU
+    target_step = decode_stepper(target)  # scores all drafts in one call (~1.5 single-token steps on a CPU)
     plain_greedy = greedy and not procs
     # temperature/top-k/top-p/min-p do not look at the history, so all positions can be processed at once
     history_free = not greedy and all(isinstance(pr, (Temperature, TopK, TopP, MinP)) for pr in procs)
