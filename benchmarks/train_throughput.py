@@ -4,7 +4,7 @@ Same llama-style config (~7M parameters at vocab 4096), same batch, same weights
 (forward + cross-entropy + backward + AdamW step), fp32 and bf16 autocast. MFU is measured against
 this machine's peak, taken from a GEMM microbenchmark run in this script.
 
-    .venv/bin/python benchmarks/train_throughput.py [--quick] [--compile] [--threads N]
+    .venv/bin/python benchmarks/train_throughput.py [--quick] [--compile] [--profile] [--threads N]
 """
 
 from __future__ import annotations
@@ -47,6 +47,23 @@ def train_flops_per_step(cfg: ModelConfig, batch: int, seq: int) -> float:
     return per_token * batch * seq
 
 
+def time_shares(fn) -> dict[str, float]:
+    """Where one training step spends its CPU time, by the torch profiler's self time per op:
+    matmuls, scaled-dot-product attention, and everything else (elementwise, norms, loss, optimizer)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    shares = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
+            kind = ("matmul" if e.key in ("aten::mm", "aten::addmm", "aten::bmm") else
+                    "attention" if "scaled_dot_product" in e.key else "other")
+            shares[kind] += e.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in shares.items()}
+
+
 def make_step(model, kind: str, x: torch.Tensor, autocast: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, foreach=True)
     targets = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)
@@ -73,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd lmstack")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where each eager fp32 step spends its time (matmul / attention / other)")
     ap.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
                     help="time bf16 autocast too (auto: only when this CPU's bf16 GEMM is not much slower than fp32)")
     args = ap.parse_args(argv)
@@ -145,6 +164,15 @@ def main(argv=None) -> int:
         mfu = flops / med / peak32
         results[(kind, prec)] = (tps, hf_med / med, mfu)
         print(f"| {kind} | {prec} | {med * 1e3:.1f} | {tps:,.0f} | {hf_med / med:.2f}x | {100 * mfu:.1f}% |")
+    if args.profile:
+        print("\n| model (fp32 eager) | matmul | attention (SDPA) | other ops |\n|---|---|---|---|")
+        shares = {kind: time_shares(step_fns[(kind, "fp32")]) for kind in ("lmstack", "hf")}
+        for kind, sh in shares.items():
+            print(f"| {kind} | {100 * sh['matmul']:.0f}% | {100 * sh['attention']:.0f}% | {100 * sh['other']:.0f}% |")
+        mm_flops = flops - 6 * cfg.n_layers * args.seq * cfg.n_heads * cfg.head_dim * tokens  # the matmul part
+        mm_seconds = min(times[("lmstack", "fp32")]) * shares["lmstack"]["matmul"]
+        print(f"(lmstack's matmuls: about {mm_flops / mm_seconds / 1e9:.0f} GFLOP/s against the "
+              f"{peak32 / 1e9:.0f} GFLOP/s GEMM peak)")
     print()
     print(f"result: train_ratio_vs_hf_fp32={results[('lmstack', 'fp32')][1]:.2f}")
     if use_bf16:
