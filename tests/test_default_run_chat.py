@@ -28,7 +28,7 @@ def default_run() -> Path:
     run = Path(os.environ.get("LMSTACK_DEFAULT_RUN", REPO / "runs" / "speedrun"))
     if not (run / "checkpoints" / "sft" / "model.safetensors").exists():
         subprocess.run([sys.executable, "-m", "lmstack", "run", "--recipe", str(REPO / "recipes" / "cpu-speedrun.toml"),
-                        "--run", str(run)], check=True, cwd=REPO, timeout=1800)
+                        "--run-dir", str(run)], check=True, cwd=REPO, timeout=1800)
     return run
 
 
