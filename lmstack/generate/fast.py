@@ -86,6 +86,24 @@ class _Weight:
         return torch.bmm(x.view(m, p, -1).transpose(0, 1), self.w).sum(0)
 
 
+class _Norm:
+    """The model's RMSNorm written with fewer, cheaper ops (F.rms_norm and .mean() dispatch several
+    small kernels each on CPU): same value up to float rounding. Other dtypes than fp32 call the
+    module itself (its fp32-internal formula)."""
+
+    __slots__ = ("norm", "eps")
+
+    def __init__(self, norm):
+        self.norm = norm
+        self.eps = torch.tensor(norm.eps)  # 0-dim: a scalar on any device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return self.norm(x)
+        ms = torch.add(self.eps, (x * x).sum(-1, keepdim=True), alpha=1.0 / x.shape[-1])
+        return self.norm.weight * (x * torch.rsqrt(ms))
+
+
 class FastDecoder:
     """``step(tokens [B, T], cache) -> logits [B, V]`` equal (to float rounding) to
     ``model(tokens, kv_cache=cache).logits[:, -1]``. ``parts``: how many slices each weight is split
@@ -118,25 +136,14 @@ class FastDecoder:
                 a, f = blk.attn, blk.ffn
                 qkv = _Weight(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), parts)
                 gate_up = _Weight(torch.cat([f.gate_proj.weight, f.up_proj.weight]), parts)
-                # plain tensors: no nn.Module attribute lookups in the hot loop
-                layers.append((blk.attn_norm, qkv, _Weight(a.o_proj.weight, parts), blk.ffn_norm, gate_up,
-                               _Weight(f.down_proj.weight, parts)))
+                # prepared once: the hot loop looks up no submodules, only the norm weights
+                layers.append((_Norm(blk.attn_norm), qkv, _Weight(a.o_proj.weight, parts), _Norm(blk.ffn_norm),
+                               gate_up, _Weight(f.down_proj.weight, parts)))
+            self._final_norm = _Norm(self.model.norm)
             self._lm_head = _Weight(self.model.lm_head.weight, parts)
         self._layers = layers
         self._key = key
         return self
-
-    @staticmethod
-    def _norm(x: torch.Tensor, norm) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            # the model's RMSNorm written with fewer, cheaper ops (F.rms_norm and .mean() dispatch
-            # several small kernels each on CPU): same value up to float rounding
-            eps = norm.__dict__.get("_eps_tensor")
-            if eps is None:
-                eps = norm.__dict__["_eps_tensor"] = torch.tensor(norm.eps)  # 0-dim: a scalar on any device
-            ms = torch.add(eps, (x * x).sum(-1, keepdim=True), alpha=1.0 / x.shape[-1])
-            return norm.weight * (x * torch.rsqrt(ms))
-        return norm(x)  # other dtypes: the model's own fp32-internal formula
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, cache, return_hidden: bool = False, all_positions: bool = False):
@@ -172,9 +179,8 @@ class FastDecoder:
         half = hd // 2
         nq = H * hd
         nk = Hkv * hd
-        norm = self._norm
         for i, (attn_norm, qkv_w, o_w, ffn_norm, gate_up_w, down_w) in enumerate(self._layers):
-            qkv = qkv_w(norm(x, attn_norm))
+            qkv = qkv_w(attn_norm(x))
             qk = qkv[:, :nq + nk].view(b, t, H + Hkv, hd)
             # RoPE, "half" layout (GPT-NeoX / HF Llama): x*cos + rotate_half(x)*sin, q and k at once
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
@@ -192,13 +198,13 @@ class FastDecoder:
             q = qk[:, :, :H].reshape(b, t, Hkv, rep, hd).permute(0, 2, 1, 3, 4).reshape(b, Hkv, t * rep, hd)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
             x = x + o_w(y.view(b, Hkv, t, rep, hd).transpose(1, 2).reshape(b * t, nq))
-            gate, up = gate_up_w(norm(x, ffn_norm)).chunk(2, dim=-1)
+            gate, up = gate_up_w(ffn_norm(x)).chunk(2, dim=-1)
             x = x + down_w(F.silu(gate) * up)
         cache.advance(t, None, pos)
         x = x.view(b, t, -1)
         if not all_positions:
             x = x[:, -1]
-        hidden = self._norm(x, model.norm)
+        hidden = self._final_norm(x)
         logits = self._lm_head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
