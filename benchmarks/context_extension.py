@@ -14,22 +14,22 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from lmstack.model import ModelConfig, Transformer  # noqa: E402
+from lmstack import DATA_DIR
+from lmstack.model import ModelConfig, Transformer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "en" / "tinyshakespeare.txt"
+DATA = DATA_DIR / "en" / "tinyshakespeare.txt"
 OUT = Path(__file__).resolve().parent / "out"
 METHODS = [("none", "none"), ("PI", "linear"), ("NTK", "ntk"), ("YaRN", "yarn")]
 
 
 def load_chars(path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     if not path.exists():
-        raise SystemExit(f"{path}: tinyshakespeare not found (expected ../shared/data/en next to the repo)")
+        raise SystemExit(f"{path}: tinyshakespeare not found (it ships in the repository under data/en)")
     text = path.read_text(encoding="utf-8")
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}

@@ -1,4 +1,4 @@
-"""MinHash-LSH near-duplicate detection: lmstack vs datasketch on ../shared/data/zh/poetry.jsonl.
+"""MinHash-LSH near-duplicate detection: lmstack vs datasketch on data/zh/poetry.jsonl.
 
 Both get the same shingles (word 5-grams, CJK character = word, so Chinese poems give character
 5-grams), the same number of permutations (112) and the same banding (14 bands x 8 rows).
@@ -17,24 +17,22 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmstack.data.clean import FiltersConfig, annotate, apply_filters, build_filters, normalize_text  # noqa: E402
-from lmstack.data.dedup import MinHasher, MinHashLSH, shingle_strings  # noqa: E402
-from lmstack.data.pii import PIIMasker  # noqa: E402
-from lmstack.data.sources import read_stdlib, ReadStats  # noqa: E402
+from lmstack import DATA_DIR
+from lmstack.data.clean import FiltersConfig, annotate, apply_filters, build_filters, normalize_text
+from lmstack.data.dedup import MinHasher, MinHashLSH, shingle_strings
+from lmstack.data.pii import PIIMasker
+from lmstack.data.sources import read_stdlib, ReadStats
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NGRAM, NUM_PERM, BANDS, ROWS, THRESHOLD = 5, 112, 14, 8, 0.8
 
 
 def load_poems(limit: int | None) -> list[str]:
     texts = []
-    with open(DATA / "zh" / "poetry.jsonl", encoding="utf-8") as f:
+    with open(DATA_DIR / "zh" / "poetry.jsonl", encoding="utf-8") as f:
         for line in f:
             texts.append(json.loads(line)["text"])
             if limit and len(texts) >= limit:
@@ -95,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="first 6000 poems only")
     args = ap.parse_args(argv)
     texts = load_poems(6000 if args.quick else None)
-    print(f"{len(texts)} documents from {DATA / 'zh' / 'poetry.jsonl'}; shingles: word {NGRAM}-grams; "
+    print(f"{len(texts)} documents from {DATA_DIR / 'zh' / 'poetry.jsonl'}; shingles: word {NGRAM}-grams; "
           f"{NUM_PERM} permutations; {BANDS} bands x {ROWS} rows", file=sys.stderr)
 
     t_lm, c_lm, pairs_lm, est_lm = run_lmstack(texts)

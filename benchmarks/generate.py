@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmstack.generate import GenerationConfig, generate  # noqa: E402
-from lmstack.model import ModelConfig, Transformer  # noqa: E402
+from lmstack.generate import GenerationConfig, generate
+from lmstack.model import ModelConfig, Transformer
 
 
 CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (a shared, overloaded machine)

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmstack.ngram import Vocab, count_padded, fit, write_arpa  # noqa: E402
-from lmstack.ngram.counts import split_units  # noqa: E402
+from lmstack import DATA_DIR
+from lmstack.ngram import Vocab, count_padded, fit, write_arpa
+from lmstack.ngram.counts import split_units
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "en" / "tinyshakespeare.txt"
+DATA = DATA_DIR / "en" / "tinyshakespeare.txt"
 
 
 def lmstack_build(lines, unit, order, method):

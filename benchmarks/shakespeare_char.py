@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,15 +31,15 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from lmstack.model import ModelConfig, Transformer  # noqa: E402
-from lmstack.train.loader import eval_windows  # noqa: E402
-from lmstack.train.optim import OptimConfig  # noqa: E402
-from lmstack.train.schedule import ScheduleConfig  # noqa: E402
-from lmstack.train.trainer import TrainConfig, Trainer, measure_peak_flops  # noqa: E402
+from lmstack import DATA_DIR
+from lmstack.model import ModelConfig, Transformer
+from lmstack.train.loader import eval_windows
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
+from lmstack.train.trainer import TrainConfig, Trainer, measure_peak_flops
 
-DATA = REPO.parent / "shared" / "data" / "en" / "tinyshakespeare.txt"
+DATA = DATA_DIR / "en" / "tinyshakespeare.txt"
 ANCHOR_SECONDS, ANCHOR_VAL = 116.0, 1.886
 TARGET_VAL = 1.70
 

@@ -25,19 +25,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
 
-from lmstack.tokenizer import SPECIAL_TOKENS, build_pattern, export_hf, train_tokenizer  # noqa: E402
+from lmstack import DATA_DIR
+from lmstack.tokenizer import SPECIAL_TOKENS, build_pattern, export_hf, train_tokenizer
 
 
 def load_corpus(total_bytes: int) -> tuple[list[str], dict[str, str]]:
     """Training documents (about total_bytes) and held-out samples per language."""
     train: list[str] = []
     heldout: dict[str, str] = {}
-    en_path, zh_path = SHARED / "en" / "tinyshakespeare.txt", SHARED / "zh" / "poetry.jsonl"
+    en_path, zh_path = DATA_DIR / "en" / "tinyshakespeare.txt", DATA_DIR / "zh" / "poetry.jsonl"
     if not en_path.exists() or not zh_path.exists():
-        sys.exit(f"benchmark needs the shared corpora under {SHARED}")
+        sys.exit(f"benchmark needs the shared corpora under {DATA_DIR}")
     en = en_path.read_text(encoding="utf-8")
     heldout["en"] = en[-100_000:]
     en_train = en[:-100_000]

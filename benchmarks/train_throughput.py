@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from lmstack.model import ModelConfig, Transformer  # noqa: E402
-from lmstack.model.hf import _llama_state, llama_config_dict  # noqa: E402
+from lmstack.model import ModelConfig, Transformer
+from lmstack.model.hf import _llama_state, llama_config_dict
 
 
 def gemm_peak_flops(dtype: torch.dtype, seconds: float, sizes=(512, 1024, 2048)) -> float:

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 from lmstack.config import (ConfigError, apply_override, config_from_dict, config_to_dict,
                             load_toml, parse_override)
+from lmstack import REPO_ROOT
 from lmstack.runs import RunDir, atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = "recipes/cpu-speedrun.toml"
 
 

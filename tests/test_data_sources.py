@@ -5,20 +5,18 @@ from pathlib import Path
 
 import pytest
 
+from lmstack import DATA_DIR
 from lmstack.data.sources import (DataError, ReadStats, SourceConfig, iter_source, read_jsonl, read_stdlib,
                                   stdlib_files)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} not available")
     return path
 
 
 def test_nested_json_paragraphs_tang300():
-    path = need(DATA / "zh" / "tang300_original.json")
+    path = DATA_DIR / "zh" / "tang300_original.json"
     stats = ReadStats()
     docs = list(iter_source(SourceConfig(kind="json", path=str(path), field="paragraphs"), stats))
     raw = json.loads(path.read_text(encoding="utf-8"))
@@ -40,7 +38,7 @@ def test_nested_records_and_dotted_field(tmp_path):
 
 
 def test_jsonl_poetry_streams_with_cap():
-    path = need(DATA / "zh" / "poetry.jsonl")
+    path = DATA_DIR / "zh" / "poetry.jsonl"
     stats = ReadStats()
     docs = list(iter_source(SourceConfig(kind="jsonl", path=str(path), max_docs=500, name="poems"), stats))
     assert len(docs) == 500 and docs[0]["source"] == "poems"
@@ -48,7 +46,7 @@ def test_jsonl_poetry_streams_with_cap():
 
 
 def test_txt_blank_line_blocks_and_whole_file(tmp_path):
-    path = need(DATA / "en" / "tinyshakespeare.txt")
+    path = DATA_DIR / "en" / "tinyshakespeare.txt"
     docs = list(iter_source(SourceConfig(kind="txt", path=str(path), max_docs=50), ReadStats()))
     assert len(docs) == 50 and docs[0]["text"].startswith("First Citizen:")
     assert all("\n\n" not in d["text"] for d in docs)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmstack import DATA_DIR
 from lmstack.config import ConfigError, config_from_dict
 from lmstack.data import stage as data_stage
 from lmstack.data.mix import MixConfig, copies, is_val, plan_mix
@@ -16,7 +17,6 @@ from lmstack.data.world import WorldConfig, build_world
 from lmstack.pipeline import StageContext
 from lmstack.runs import RunDir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL_WORLD = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=6, bios_per_person=4, n_stories=10,
                    n_geo_docs=5, n_quiz_docs=5, n_arith_docs=10, n_parallel_docs=10, n_sft_train=30, n_sft_eval=10,
                    n_prefs_train=20, n_prefs_eval=10, n_unknown_people=4, n_unknown_cities=4)
@@ -164,9 +164,7 @@ def test_mix_split_weights_and_order():
 
 @pytest.fixture(scope="module")
 def clean_texts():
-    shakespeare = DATA / "en" / "tinyshakespeare.txt"
-    if not shakespeare.exists():
-        pytest.skip("tinyshakespeare not available")
+    shakespeare = DATA_DIR / "en" / "tinyshakespeare.txt"
     blocks = [b for b in shakespeare.read_text(encoding="utf-8").split("\n\n") if len(b) > 200][:400]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     code = [(stdlib / f).read_text()[:3000] for f in ("textwrap.py", "glob.py", "fnmatch.py", "shlex.py",

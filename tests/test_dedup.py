@@ -3,22 +3,20 @@ union-find clusters, span (line) dedup and decontamination."""
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lmstack import DATA_DIR
 from lmstack.data.dedup import (DecontamConfig, Decontaminator, ExactDeduplicator, MinHashConfig,
                                 MinHashDeduplicator, MinHasher, MinHashLSH, SpanDedupConfig, SpanDeduplicator,
                                 UnionFind, jaccard, shingle_hashes, shingle_strings, text_hash)
 
-POETRY = Path(__file__).resolve().parents[2] / "shared" / "data" / "zh" / "poetry.jsonl"
+POETRY = DATA_DIR / "zh" / "poetry.jsonl"
 
 
 @pytest.fixture(scope="module")
 def poems():
-    if not POETRY.exists():
-        pytest.skip(f"{POETRY} not available")
     with open(POETRY, encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]
 

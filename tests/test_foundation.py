@@ -176,3 +176,20 @@ def test_failed_stage_is_recorded(fake_registry, tmp_path, monkeypatch):
         pipeline.run_pipeline(pipeline.Recipe.load(recipe), tmp_path / "run")
     entry = RunDir(tmp_path / "run").stage("count")
     assert entry["status"] == "failed" and "bad thing" in entry["error"]
+
+
+def test_shipped_data_matches_its_readme():
+    """Every file under data/ is listed in data/README.md with the size and sha256 it really has."""
+    import hashlib
+    import re
+
+    from lmstack import DATA_DIR
+
+    rows = re.findall(r"^\| `([^`]+)` \|.*\| (\d+) \| `([0-9a-f]{64})` \|$",
+                      (DATA_DIR / "README.md").read_text(encoding="utf-8"), re.M)
+    listed = {name: (int(size), digest) for name, size, digest in rows}
+    shipped = {p.relative_to(DATA_DIR).as_posix() for p in DATA_DIR.rglob("*") if p.is_file() and p.name != "README.md"}
+    assert shipped and set(listed) == shipped
+    for name, (size, digest) in listed.items():
+        blob = (DATA_DIR / name).read_bytes()
+        assert len(blob) == size and hashlib.sha256(blob).hexdigest() == digest, name

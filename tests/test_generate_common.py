@@ -2,22 +2,20 @@
 
 import functools
 import json
-from pathlib import Path
 
-import pytest
 import torch
 
+from lmstack import DATA_DIR
 from lmstack.model import ModelConfig, Transformer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @functools.lru_cache(maxsize=1)
 def small_tokenizer():
     from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
-    en = (DATA / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30000]
-    zh = [json.loads(line)["text"] for line in (DATA / "zh" / "poetry.jsonl").read_text(encoding="utf-8").splitlines()[:80]]
+    en = (DATA_DIR / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30000]
+    zh = [json.loads(line)["text"] for line in (DATA_DIR / "zh" / "poetry.jsonl").read_text(encoding="utf-8").splitlines()[:80]]
     return train_tokenizer([en, *zh], 512, mode="byte", special_tokens=list(SPECIAL_TOKENS), progress=False)
 
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lmstack import DATA_DIR
 from lmstack.ngram import (BOS, EOS, METHODS, UNK, Vocab, count_ngrams, count_padded, count_token_stream, fit,
                            pad_sentences, read_arpa,
                            write_arpa)
 from lmstack.ngram.counts import split_units
 from lmstack.ngram.models import kn_discounts, simple_good_turing
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "en" / "tinyshakespeare.txt"
+SHAKESPEARE = DATA_DIR / "en" / "tinyshakespeare.txt"
 NORMALISED = [m for m in METHODS if m != "stupid_backoff"]
 
 
@@ -41,8 +41,6 @@ def _brute_counts(lines, order):
 
 @pytest.fixture(scope="module")
 def shakespeare_lines():
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"{SHAKESPEARE} not available")
     lines = SHAKESPEARE.read_text(encoding="utf-8").split("\n")
     return lines[:4000], lines[4000:4300]
 
@@ -307,8 +305,6 @@ def _fake_run(tmp_path, n_chars=60_000):
 
 
 def test_ngram_stage_end_to_end(tmp_path):
-    if not SHAKESPEARE.exists():
-        pytest.skip("tinyshakespeare not available")
     kenlm = pytest.importorskip("kenlm")
     from lmstack.ngram.stage import Config, run
     from lmstack.pipeline import StageContext

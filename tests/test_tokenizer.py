@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmstack import DATA_DIR
 from lmstack.tokenizer import (ASSISTANT, BOS, END, SPECIAL_TOKENS, SYSTEM, USER, Tokenizer, build_pattern,
                                export_hf, export_tiktoken, load_tiktoken, train_tokenizer)
 from lmstack.tokenizer.pretokenize import PATTERN_NAMES, split_text
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HYPO = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -23,10 +23,10 @@ def corpus_samples() -> dict[str, str]:
     """English, Chinese and code samples; the stdlib is always there, the shared corpora may not be."""
     out = {"code": Path(json.__file__).with_name("decoder.py").read_text(encoding="utf-8")
            + Path(random.__file__).read_text(encoding="utf-8")[:20_000]}
-    en = SHARED / "en" / "tinyshakespeare.txt"
+    en = DATA_DIR / "en" / "tinyshakespeare.txt"
     if en.exists():
         out["en"] = en.read_text(encoding="utf-8")[:60_000]
-    zh = SHARED / "zh" / "poetry.jsonl"
+    zh = DATA_DIR / "zh" / "poetry.jsonl"
     if zh.exists():
         with zh.open(encoding="utf-8") as f:
             out["zh"] = "\n".join(json.loads(next(f))["text"] for _ in range(300))
@@ -37,10 +37,10 @@ def heldout_samples() -> dict[str, str]:
     out = {"code": Path(json.__file__).with_name("encoder.py").read_text(encoding="utf-8"),
            "mixed": "def f(x_1, y):  # 中文注释 with English, 12345678 + 0.5\n\treturn x_1**2 \r\n\n  é ü ß 😀 \x00 ",
            }
-    en = SHARED / "en" / "tinyshakespeare.txt"
+    en = DATA_DIR / "en" / "tinyshakespeare.txt"
     if en.exists():
         out["en"] = en.read_text(encoding="utf-8")[-20_000:]
-    zh = SHARED / "zh" / "poetry.jsonl"
+    zh = DATA_DIR / "zh" / "poetry.jsonl"
     if zh.exists():
         lines = zh.read_text(encoding="utf-8").splitlines()[-200:]
         out["zh"] = "\n".join(json.loads(line)["text"] for line in lines)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from lmstack import DATA_DIR
 from lmstack.tokenizer import build_pattern, count_chunks, learn_merges, train_bpe, train_tokenizer
 from lmstack.tokenizer.train import byte_level_words
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def naive_merge_word(word, pair, new):
@@ -53,8 +53,8 @@ def naive_merges(words, freqs, token_bytes, n_merges):
 
 def _sample_text():
     parts = []
-    en = SHARED / "en" / "tinyshakespeare.txt"
-    zh = SHARED / "zh" / "poetry.jsonl"
+    en = DATA_DIR / "en" / "tinyshakespeare.txt"
+    zh = DATA_DIR / "zh" / "poetry.jsonl"
     if en.exists():
         parts.append(en.read_text(encoding="utf-8")[:12_000])
     if zh.exists():

@@ -21,6 +21,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
+from lmstack import DATA_DIR
 from lmstack.runs import iter_jsonl
 from lmstack.tokenizer.core import Tokenizer
 from lmstack.tokenizer.pretokenize import PATTERN_NAMES, build_pattern
@@ -36,7 +37,7 @@ class Config:
     max_train_bytes: int = 4_000_000   # training sample cap (documents sampled uniformly when train.jsonl is larger)
     num_workers: int = 2               # processes for chunk counting / threads for encoding
     eval_chars: int = 100_000          # size of each held-out sample (English, Chinese, code) in the report
-    eval_data_dir: str = ""            # held-out corpora dir; "" = ../shared/data next to the repository
+    eval_data_dir: str = ""            # held-out corpora dir; "" = the repository's data/
     export_hf: bool = True             # also write tokenizer/hf/tokenizer.json
 
 
@@ -98,10 +99,8 @@ def encode_file(tok: Tokenizer, path: Path, num_workers: int, batch_docs: int = 
 
 # ---------------------------------------------------------------- held-out evaluation samples
 
-def _shared_dir(cfg: Config) -> Path:
-    if cfg.eval_data_dir:
-        return Path(cfg.eval_data_dir)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+def _eval_data_dir(cfg: Config) -> Path:
+    return Path(cfg.eval_data_dir) if cfg.eval_data_dir else DATA_DIR
 
 
 def heldout_samples(cfg: Config) -> tuple[dict[str, str], list[str]]:
@@ -110,7 +109,7 @@ def heldout_samples(cfg: Config) -> tuple[dict[str, str], list[str]]:
     samples: dict[str, str] = {}
     notes: list[str] = []
     n = cfg.eval_chars
-    root = _shared_dir(cfg)
+    root = _eval_data_dir(cfg)
     en = root / "en" / "tinyshakespeare.txt"
     if en.exists():
         samples["en"] = en.read_text(encoding="utf-8")[-n:]
