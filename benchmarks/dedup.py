@@ -22,6 +22,7 @@ import numpy as np
 
 
 from lmstack import DATA_DIR
+from lmstack.machine import run_benchmark
 from lmstack.data.clean import FiltersConfig, annotate, apply_filters, build_filters, normalize_text
 from lmstack.data.dedup import MinHasher, MinHashLSH, shingle_strings
 from lmstack.data.pii import PIIMasker
@@ -159,4 +160,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_benchmark(main))

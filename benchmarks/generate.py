@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 
+from lmstack.machine import run_benchmark
 from lmstack.generate import GenerationConfig, generate
 from lmstack.model import ModelConfig, Transformer
 
@@ -238,4 +239,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_benchmark(main))

@@ -29,6 +29,7 @@ import numpy as np
 
 
 from lmstack import DATA_DIR
+from lmstack.machine import run_benchmark
 from lmstack.ngram import Vocab, count_padded, fit, write_arpa
 from lmstack.ngram.counts import split_units
 
@@ -186,4 +187,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_benchmark(main))

@@ -33,11 +33,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 from lmstack import DATA_DIR
-from lmstack.model import ModelConfig, Transformer
+from lmstack.machine import measure, run_benchmark
+from lmstack.model import ModelConfig, Transformer, flops_per_token
 from lmstack.train.loader import eval_windows
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
-from lmstack.train.trainer import TrainConfig, Trainer, measure_peak_flops
+from lmstack.train.trainer import TrainConfig, Trainer
 
 DATA = DATA_DIR / "en" / "tinyshakespeare.txt"
 ANCHOR_SECONDS, ANCHOR_VAL = 116.0, 1.886
@@ -140,9 +141,8 @@ def run(name, recipe, train, val, vocab, steps, seed, budget=None, curve_points=
     steps = trainer.step
     final = full_val_loss(model, val, cfg.seq_len)
     print(f"  {name}: final val loss over all {len(val):,} val characters: {final:.4f}", flush=True)
-    from lmstack.train.trainer import model_flops_per_token
     return {"name": name, "steps": steps, "seconds": train_seconds, "val": final, "curve": curve,
-            "pflop": model_flops_per_token(model, cfg.seq_len) * steps * cfg.batch_size * cfg.seq_len / 1e15,
+            "pflop": flops_per_token(model, cfg.seq_len) * steps * cfg.batch_size * cfg.seq_len / 1e15,
             "params": model.num_params(), "tokens": steps * cfg.batch_size * cfg.seq_len}
 
 
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     train, val, chars = load_data()
-    PEAK[0] = measure_peak_flops("cpu", seconds=0.5)
+    PEAK[0] = measure("cpu", budget=0.5).fp32_flops
     print(f"tinyshakespeare: {len(train):,} train / {len(val):,} val characters, vocab {len(chars)}; "
           f"{args.threads} threads, fp32 GEMM peak {PEAK[0] / 1e9:.1f} GFLOP/s")
     budget = 15.0 if args.quick else ANCHOR_SECONDS
@@ -236,4 +236,4 @@ def _plot(results, budget):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_benchmark(main))

@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from lmstack import DATA_DIR
+from lmstack.machine import run_benchmark
 from lmstack.tokenizer import SPECIAL_TOKENS, build_pattern, export_hf, train_tokenizer
 
 
@@ -212,4 +213,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_benchmark(main))

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from lmstack.model import ModelConfig, Transformer
+from lmstack.machine import run_benchmark
+from lmstack.model import ModelConfig, Transformer, flops_per_token
 from lmstack.model.hf import _llama_state, llama_config_dict
 
 
@@ -33,15 +34,6 @@ def gemm_peak_flops(dtype: torch.dtype, seconds: float, sizes=(512, 1024, 2048))
             reps += 1
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
     return best
-
-
-def train_flops_per_step(cfg: ModelConfig, batch: int, seq: int) -> float:
-    """6 * N * tokens for the matmul parameters (lm_head included, embedding lookup excluded) plus
-    causal attention scores and values: 6 * L * T * d_attn per token (PaLM appendix B, halved for causality)."""
-    d_attn = cfg.n_heads * cfg.head_dim
-    n_matmul = Transformer(cfg).num_params(exclude_embeddings=True) + cfg.vocab_size * cfg.d_model
-    per_token = 6 * n_matmul + 6 * cfg.n_layers * seq * d_attn
-    return per_token * batch * seq
 
 
 def time_shares(fn) -> dict[str, float]:
@@ -140,7 +132,7 @@ def main(argv=None) -> int:
             times[key].append((time.perf_counter() - t0) / steps)
     load = os.getloadavg()[0]
 
-    flops = train_flops_per_step(cfg, args.batch, args.seq)
+    flops = flops_per_token(Transformer(cfg), args.seq) * args.batch * args.seq  # the one FLOP count
     tokens = args.batch * args.seq
     print(f"config: llama-style d={cfg.d_model} L={cfg.n_layers} heads={cfg.n_heads}/{cfg.n_kv_heads} "
           f"vocab={cfg.vocab_size} params={cfg.num_params():,} | batch={args.batch} seq={args.seq} | "
@@ -183,4 +175,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_benchmark(main))

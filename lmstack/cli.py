@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lmstack import __version__
 from lmstack.config import ConfigError
-from lmstack.pipeline import DEFAULT_RECIPE, STAGES, Recipe, is_main_process, run_pipeline, run_stage
+from lmstack.pipeline import (DEFAULT_RECIPE, STAGES, Recipe, is_main_process, run_pipeline, run_stage,
+                              summary_table)
 from lmstack.runs import RunDir
 
 # Commands implemented in other packages: name -> (module, function, one-line help).
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"--stages: {bad[0]!r} is not a stage of this recipe; "
                                       f"valid: {', '.join(recipe.configs)}")
             run = run_pipeline(recipe, Path(args.run_dir) if args.run_dir else None, only)
-            print(f"report: {run.path / 'report.md'}")
+            if is_main_process():
+                print(summary_table(run))
+                print(f"report: {run.path / 'report.md'}")
         elif args.command == "report":
             from lmstack.report import render_report
             run_dir = Path(args.run_dir)

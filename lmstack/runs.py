@@ -7,6 +7,7 @@ file where a later stage (or a resume) would read it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -80,6 +81,30 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> 
             yield lineno, value
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """Size and sha256 of a file, or of every file under a directory (by relative path; hidden
+    names, such as half-written ``.tmp-*`` files, are left out)."""
+    path = Path(path)
+    if path.is_file():
+        return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    h, total = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        total += f.stat().st_size
+        h.update(f"{rel.as_posix()}\0{file_sha256(f)}\n".encode())
+    return {"bytes": total, "sha256": h.hexdigest()}
+
+
 class RunDir:
     """A run directory ``runs/<name>/`` and its ``manifest.json``.
 
@@ -126,9 +151,26 @@ class RunDir:
 
     def mark_finished(self, name: str, *, seconds: float, metrics: dict, artifacts: dict) -> None:
         entry = self.manifest["stages"][name]
+        checks = {key: fingerprint(self.path / rel) for key, rel in artifacts.items() if (self.path / rel).exists()}
         entry.update(status="done", ended=_now(), seconds=round(seconds, 3),
-                     metrics=metrics, artifacts=artifacts)
+                     metrics=metrics, artifacts=artifacts, checks=checks)
         self.save_manifest()
+
+    def verify_stage(self, name: str) -> list[str]:
+        """What no longer matches the artifacts a finished stage recorded (empty: all intact)."""
+        entry = self.stage(name)
+        problems = []
+        for key, expected in entry.get("checks", {}).items():
+            rel = entry["artifacts"][key]
+            path = self.path / rel
+            if not path.exists():
+                problems.append(f"{rel} is missing")
+                continue
+            now = fingerprint(path)
+            if now != expected:
+                problems.append(f"{rel} changed ({now['bytes']:,} bytes, expected {expected['bytes']:,}; sha256 differs)"
+                                if now["sha256"] != expected["sha256"] else f"{rel} changed")
+        return problems
 
     def mark_failed(self, name: str, *, seconds: float, error: str) -> None:
         entry = self.manifest["stages"].setdefault(name, {})

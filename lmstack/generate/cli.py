@@ -18,6 +18,7 @@ from typing import Optional, TextIO
 import torch
 
 from lmstack.config import ConfigError
+from lmstack.model.io import CheckpointError
 
 from .config import STRATEGIES, GenerationConfig, set_field
 from .engine import Engine, chat_prompt_ids, model_max_len
@@ -26,8 +27,15 @@ STAGE_PREFERENCE = ("ppo", "dpo", "sft", "pretrain")
 STREAMABLE = ("greedy", "sample")
 
 
-class CheckpointError(ValueError):
-    pass
+def rate_summary(n_tokens: int, t_start: float, t_first: float | None, t_end: float) -> str:
+    """Time to first token and the decode rate after it, reported apart: a short answer's overall
+    rate is dominated by the prompt's prefill and would look many times slower than decoding is."""
+    if not n_tokens or t_first is None:
+        return f"{n_tokens} tokens in {t_end - t_start:.2f} s"
+    text = f"{n_tokens} tokens, first after {t_first - t_start:.2f} s"
+    if n_tokens > 1 and t_end > t_first:
+        text += f", then {(n_tokens - 1) / (t_end - t_first):.1f} tok/s"
+    return text
 
 
 def resolve_checkpoint(path: str | Path, stage: Optional[str] = None) -> tuple[Path, Path]:
@@ -193,13 +201,14 @@ class ChatSession:
         self.messages.append({"role": "user", "content": user_text})
         ids = self._fit_context()
         cfg = self.engine.cfg
-        t0 = time.perf_counter()
+        t0, t_first = time.perf_counter(), None
         n_tokens, finish = 0, "length"
         if cfg.strategy in STREAMABLE:
             parts = []
             for chunk in self.engine.stream([ids]):
                 if chunk.token_id is not None:
                     n_tokens += 1
+                    t_first = t_first or time.perf_counter()
                 if chunk.text:
                     parts.append(chunk.text)
                     self.out.write(chunk.text)
@@ -211,10 +220,9 @@ class ChatSession:
             gen = self.engine.generate([ids])[0]
             text, n_tokens, finish = gen.text, len(gen.token_ids), gen.finish_reason
             self.out.write(text)
-        dt = time.perf_counter() - t0
-        rate = n_tokens / dt if dt > 0 else 0.0
         self.out.write("\n")
-        print(f"[{n_tokens} tokens, {rate:.1f} tok/s, {cfg.strategy}, finish={finish}]", file=self.err)
+        print(f"[{rate_summary(n_tokens, t0, t_first, time.perf_counter())}, {cfg.strategy}, finish={finish}]",
+              file=self.err)
         self.err.flush()
         self.messages.append({"role": "assistant", "content": text})
         return text
@@ -283,14 +291,16 @@ def generate_main(argv: list[str]) -> int:
     try:
         if args.stream and not args.json and cfg.strategy in STREAMABLE:
             for prompt in prompts:
-                t0, n = time.perf_counter(), 0
+                t0, t_first, n = time.perf_counter(), None, 0
                 sys.stdout.write(prompt)
                 for chunk in engine.stream(prompt):
-                    n += chunk.token_id is not None
+                    if chunk.token_id is not None:
+                        n += 1
+                        t_first = t_first or time.perf_counter()
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
                 sys.stdout.write("\n")
-                print(f"[{n} tokens, {n / max(time.perf_counter() - t0, 1e-9):.1f} tok/s]", file=sys.stderr)
+                print(f"[{rate_summary(n, t0, t_first, time.perf_counter())}]", file=sys.stderr)
             return 0
         gens = engine.generate(prompts)
     except ValueError as e:

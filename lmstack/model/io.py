@@ -13,6 +13,22 @@ from lmstack.runs import atomic_write_bytes, atomic_write_json, read_json
 from .config import ModelConfig
 from .transformer import Transformer
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt, or for another model."""
+
+
+def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors.load_file`` with one clear line for a damaged file instead of a Rust traceback."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: file missing")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # SafetensorError is not a subclass of anything more specific
+        raise CheckpointError(f"{path}: unreadable safetensors file, truncated or corrupt "
+                              f"({path.stat().st_size:,} bytes; {e}); re-run the stage that wrote it") from None
+
+
 FORMAT = "lmstack-transformer"
 FORMAT_VERSION = 1
 
@@ -55,8 +71,8 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     cfg = load_config(directory)
     weights = directory / "model.safetensors"
     if not weights.exists():
-        raise FileNotFoundError(f"{weights}: weights file missing (config.json is there)")
-    state = load_file(str(weights), device=str(device))
+        raise CheckpointError(f"{weights}: weights file missing (config.json is there)")
+    state = read_safetensors(weights, device)
     model = Transformer(cfg)
     if cfg.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed.weight"))

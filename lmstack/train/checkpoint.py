@@ -15,7 +15,6 @@ Only the newest ``keep`` checkpoints are kept.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import random
 import re
@@ -25,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from lmstack.runs import _fsync_dir, atomic_write_json
+from lmstack.model.io import CheckpointError, read_safetensors
+from lmstack.runs import _fsync_dir, atomic_write_json, file_sha256, read_json
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -144,7 +144,7 @@ def _dedup_shared(sd: dict) -> dict:
 
 
 def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
-    sd = load_file(str(directory / "model.safetensors"))
+    sd = read_safetensors(directory / "model.safetensors")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # Missing keys are acceptable only when they are tied aliases of a stored tensor.
     own = model.state_dict()
@@ -176,6 +176,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, *, step: int, model: torch.nn.M
         state["optimizer"] = meta
     state["step"] = step
     state["rng"] = rng_state()
+    # Checksums of the tensor files, so that a resume can tell a damaged checkpoint from a good one.
+    state["files"] = {f.name: file_sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
     atomic_write_json(tmp / "trainer_state.json", state)
     for f in tmp.iterdir():  # make every file durable before the directory becomes visible
         with open(f, "rb") as fh:
@@ -207,15 +209,34 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """The trainer state of a checkpoint whose files all match the checksums it recorded;
+    otherwise a :class:`CheckpointError` that names the file and what is wrong."""
+    path = Path(path)
+    try:
+        state = read_json(path / "trainer_state.json")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/trainer_state.json: unreadable ({e})") from None
+    for name, digest in state.get("files", {}).items():
+        f = path / name
+        if not f.exists():
+            raise CheckpointError(f"{f}: missing")
+        if file_sha256(f) != digest:
+            raise CheckpointError(f"{f}: sha256 does not match the one recorded when it was written "
+                                  f"({f.stat().st_size:,} bytes now): truncated or corrupt")
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer | None, restore_rng: bool = True) -> dict:
-    """Restore model and optimizer in place; return the trainer state (RNG restored if asked)."""
+    """Restore model and optimizer in place; return the trainer state (RNG restored if asked).
+    Every file is verified before anything is changed."""
     path = Path(path)
-    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    state = verify_checkpoint(path)
     if model is not None:
         load_model_weights(model, path)
     if optimizer is not None and "optimizer" in state:
-        tensors = load_file(str(path / "optimizer.safetensors"))
+        tensors = read_safetensors(path / "optimizer.safetensors")
         optimizer.load_state_dict(optimizer_state_from_flat(tensors, state["optimizer"]))
     if restore_rng and "rng" in state:
         set_rng_state(state["rng"])

@@ -166,6 +166,12 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     log(f"max_seconds={cfg.max_seconds:.0f}: {per_step:.3f}s/step -> {trainer.cfg.steps} steps (cap {cap})")
 
 
+def _dtype_reason(device: str) -> str:
+    from lmstack.machine import probe
+    p = probe(device)
+    return f"fp32 {p.fp32_flops / 1e9:.0f} GFLOP/s, bf16 {p.bf16_flops / 1e9:.0f} GFLOP/s"
+
+
 def _load_full(ckpt_dir: Path, device: str):
     from lmstack.model import load_pretrained
     return load_pretrained(ckpt_dir, device=device)
@@ -183,13 +189,17 @@ def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, m
         "val_loss": round(summary.val_loss, 4) if summary.val_loss is not None else None,
         "val_bpb": round(summary.val_bpb, 4) if summary.val_bpb is not None else None,
         "tok_per_s": round(summary.tok_per_s, 1), "mfu": round(summary.mfu, 4),
+        "dtype": summary.dtype, "peak_gflops": round(summary.peak_flops / 1e9, 1),
         "train_seconds": round(train_seconds, 1),
         "skipped_steps": summary.skipped_steps, "rollbacks": summary.rollbacks,
     }
     report = [f"Model: `{cfg.model.get('preset', 'llama-style')}` with {metrics['params_M']}M parameters "
               f"(d_model={model_cfg.d_model}, layers={model_cfg.n_layers}, heads={model_cfg.n_heads}/"
               f"{model_cfg.n_kv_heads} kv, vocab={model_cfg.vocab_size}, context={cfg.seq_len}); "
-              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {cfg.dtype}.", ""]
+              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {summary.dtype}"
+              + (" (chosen by the machine probe: " + _dtype_reason(ctx.device) + ")" if cfg.dtype == "auto" else "")
+              + f". MFU {summary.mfu:.1%} against a measured {summary.peak_flops / 1e9:.0f} GFLOP/s "
+              f"{summary.dtype} GEMM; FLOPs counted by `lmstack.model.flops_per_token` (tied lm_head included).", ""]
     if summary.resumed_from is not None:
         report.append(f"Resumed from the checkpoint at step {summary.resumed_from}.\n")
 

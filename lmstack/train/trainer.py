@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmstack.machine import probe, resolve_dtype
+from lmstack.model.flops import flops_per_token
+from lmstack.model.io import read_safetensors
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, current, wrap_model
@@ -38,7 +41,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float = 1.0          # 0 = no clipping
-    dtype: str = "fp32"             # fp32 | bf16 (autocast; on CPU too)
+    dtype: str = "auto"             # auto | fp32 | bf16 (autocast; on CPU too); auto = the faster on this machine
     compile: bool = False           # torch.compile the model
     distributed: str = "ddp"        # ddp | fsdp (used when launched by torchrun with >1 process)
     eval_every: int = 100           # 0 = only at the end
@@ -47,7 +50,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
-    peak_flops: float = 0.0         # FLOP/s for MFU; 0 = measure with a GEMM microbenchmark
+    peak_flops: float = 0.0         # FLOP/s for MFU; 0 = the machine probe's GEMM rate (lmstack.machine)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len"):
@@ -55,8 +58,8 @@ class TrainConfig:
                 raise ValueError(f"train config {name}={getattr(self, name)} must be positive")
         if self.loader not in LOADER_MODES:
             raise ValueError(f"train config loader={self.loader!r}: choose one of {', '.join(LOADER_MODES)}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"train config dtype={self.dtype!r}: choose fp32 or bf16")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train config dtype={self.dtype!r}: choose auto, fp32 or bf16")
 
 
 @dataclass
@@ -73,33 +76,8 @@ class TrainSummary:
     mfu: float
     events: list[dict]
     resumed_from: int | None
-
-
-def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N (non-embedding params) + 12 L d T attention
-    (Kaplan et al. 2020; PaLM appendix B)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "wte" not in name and "wpe" not in name)
-    cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
-    layers = getattr(cfg, "n_layers", 0)
-    width = getattr(cfg, "n_heads", 0) * getattr(cfg, "head_dim", 0)
-    return 6.0 * n + 12.0 * layers * width * seq_len
-
-
-def measure_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
-    """Achievable matmul FLOP/s on this device: the MFU denominator (a GEMM microbenchmark)."""
-    n = 1024 if device == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    iters, t0 = 0, time.perf_counter()
-    while True:
-        a @ b
-        iters += 1
-        if device != "cpu":
-            torch.cuda.synchronize()
-        if time.perf_counter() - t0 > seconds:
-            break
-    return 2.0 * n ** 3 * iters / (time.perf_counter() - t0)
+    dtype: str = "fp32"             # what the run computed in ("auto" resolved)
+    peak_flops: float = 0.0         # the MFU denominator
 
 
 class Trainer:
@@ -132,14 +110,16 @@ class Trainer:
         self.rollbacks = 0
         self.events: list[dict] = []
         self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.dist.world_size
-        self.flops_per_token = model_flops_per_token(self.raw_model, cfg.seq_len)
+        self.flops_per_token = flops_per_token(self.raw_model, cfg.seq_len)
+        # "auto" becomes the faster of fp32 and bf16 on this machine, measured (lmstack.machine).
+        self.dtype, self.machine = resolve_dtype(cfg.dtype, device)
         self._peak = cfg.peak_flops
         self.last_eval: dict | None = None
         self.resumed_from: int | None = None
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
-        if self.cfg.dtype == "bf16":
+        if self.dtype == "bf16":
             return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -155,7 +135,7 @@ class Trainer:
 
     def peak_flops(self) -> float:
         if not self._peak:
-            self._peak = measure_peak_flops(self.device, torch.bfloat16 if self.cfg.dtype == "bf16" else torch.float32)
+            self._peak = (self.machine or probe(self.device)).peak_flops(self.dtype)
         return self._peak
 
     def trainer_state(self) -> dict:
@@ -188,23 +168,35 @@ class Trainer:
 
     def load(self, path: Path, *, restore_rng: bool = True) -> dict:
         if self.fsdp:
-            from safetensors.torch import load_file
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
             state = ckpt.load_checkpoint(path, model=None, optimizer=None, restore_rng=restore_rng)
-            model_sd = load_file(str(path / "model.safetensors"))
-            optim_sd = ckpt.optimizer_state_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+            model_sd = read_safetensors(path / "model.safetensors")
+            optim_sd = ckpt.optimizer_state_from_flat(read_safetensors(path / "optimizer.safetensors"), state["optimizer"])
             set_state_dict(self.model, self.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                            options=StateDictOptions(full_state_dict=True, strict=False))
         else:
             state = ckpt.load_checkpoint(path, model=self.raw_model, optimizer=self.optimizer, restore_rng=restore_rng)
         return state
 
+    def _load_newest_good(self, *, restore_rng: bool = True) -> tuple[Path, dict] | None:
+        """Load the newest checkpoint that reads back whole; a damaged one (a truncated file after
+        a crash or a full disk) is reported and the next older one is tried."""
+        candidates = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir is not None else []
+        for path in reversed(candidates):
+            try:
+                return path, self.load(path, restore_rng=restore_rng)
+            except (ValueError, KeyError, OSError) as e:
+                self.log(f"checkpoint {path} is damaged ({e}); falling back to an older one")
+        if candidates:
+            self.log(f"no readable checkpoint in {self.ckpt_dir}: starting from scratch")
+        return None
+
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in ``ckpt_dir``, if any."""
-        path = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
-        if path is None:
+        found = self._load_newest_good()
+        if found is None:
             return False
-        state = self.load(path)
+        path, state = found
         if state.get("total_steps") not in (None, self.cfg.steps):
             self.log(f"note: checkpoint was made for {state['total_steps']} steps, now training for {self.cfg.steps}")
         self.step = int(state["step"])
@@ -225,10 +217,11 @@ class Trainer:
             raise RuntimeError(f"training diverged: {self.rollbacks - 1} rollbacks did not help "
                                f"(step {self.step}); lower optim.lr or raise anomaly.spike_std")
         data_step = self.loader.data_step
-        path = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        found = self._load_newest_good(restore_rng=False)
         from_step = self.step
-        if path is not None:
-            state = self.load(path, restore_rng=False)
+        path = found[0] if found else None
+        if found is not None:
+            state = found[1]
             self.step = int(state["step"])
             self.guard.load_state_dict(state.get("guard", {}))
         self.guard.consecutive = 0
@@ -372,4 +365,5 @@ class Trainer:
                             val_bpb=ev.get("val_bpb"), tokens=tokens, seconds=seconds,
                             skipped_steps=self.skipped, rollbacks=self.rollbacks,
                             tok_per_s=tokens / seconds if seconds > 0 else 0.0, mfu=mfu,
-                            events=list(self.events), resumed_from=self.resumed_from)
+                            events=list(self.events), resumed_from=self.resumed_from,
+                            dtype=self.dtype, peak_flops=self._peak)
