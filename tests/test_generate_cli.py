@@ -55,7 +55,7 @@ def test_chat_multi_turn_with_slash_commands(run_dir, monkeypatch, capsys):
     assert "error: " in out and "top_p" in out  # a bad value is refused with the reason
     assert "unknown setting 'nonsense'" in out
     assert out.count("assistant> ") == 3
-    assert err.count("tok/s") == 3 and "finish=length" in err
+    assert err.count("finish=") == 3 and "finish=length" in err
     assert "(conversation cleared)" in out
     assert "never read" not in out
 

@@ -25,7 +25,8 @@ def make_model():
 def make_cfg(batch_size: int, strategy: str, optim: str = "adamw", ckpt_every: int = 0) -> TrainConfig:
     return TrainConfig(steps=STEPS, batch_size=batch_size, grad_accum=2, seq_len=16, loader="random",
                        optim=OptimConfig(name=optim, lr=3e-3), schedule=ScheduleConfig(warmup_steps=2), log_every=100,
-                       eval_every=0, ckpt_every=ckpt_every, eval_batches=2, distributed=strategy, peak_flops=1e9)
+                       eval_every=0, ckpt_every=ckpt_every, eval_batches=2, distributed=strategy, peak_flops=1e9,
+                       dtype="fp32")  # exact comparisons: not bf16 even where the machine probe would pick it
 
 
 def train(batch_size: int, strategy: str, tmp=None, optim: str = "adamw", interrupt_at: int = 0) -> dict:

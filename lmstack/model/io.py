@@ -71,7 +71,7 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     cfg = load_config(directory)
     weights = directory / "model.safetensors"
     if not weights.exists():
-        raise CheckpointError(f"{weights}: weights file missing (config.json is there)")
+        raise FileNotFoundError(f"{weights}: weights file missing (config.json is there)")
     state = read_safetensors(weights, device)
     model = Transformer(cfg)
     if cfg.tie_embeddings:
