@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .fused_ce import linear_cross_entropy
 from .kv_cache import KVCache
 from .positions import PositionalEncoding, RotaryEmbedding, alibi_slopes, apply_rotary
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor | None  # [B, T, V]; None when the loss was computed fused (fused_loss=True)
     loss: torch.Tensor | None = None  # mean CE over targets != -100 (targets are NOT shifted here)
     hidden: torch.Tensor | None = None  # final normed hidden states [B, T, D] (return_hidden=True)
     aux_loss: torch.Tensor | None = None  # weighted MoE load-balance + z-loss; 0 for dense models
@@ -332,8 +333,13 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, *, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, return_hidden: bool = False) -> ModelOutput:
+                kv_cache: KVCache | None = None, return_hidden: bool = False,
+                fused_loss: bool = False) -> ModelOutput:
         """input_ids [B, T]. targets [B, T] are the next tokens (already shifted; -100 = ignore).
+
+        fused_loss: with targets, compute the loss chunk by chunk without the [B, T, V] logits
+        (lmstack.model.fused_ce; ``out.logits`` is then None). Training uses it; it saves the
+        logits' memory traffic, which dominates small models.
 
         attention_mask: 1 = real token, 0 = padding (left padding supported). Its shape is [B, T]
         (this call's tokens) or [B, cached + T] (HF style); with a KV cache the padding of earlier
@@ -411,19 +417,26 @@ class Transformer(nn.Module):
             kv_cache.advance(t, new_valid, position_ids)
 
         hidden = self.norm(x)
-        logits = self.lm_head(hidden)
-        if cfg.logit_softcap > 0:
-            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        if targets is not None and targets.shape != (b, t):
+            raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(b, t)}")
+        fused = fused_loss and targets is not None and type(self.lm_head) is nn.Linear
+        logits = None
+        if not fused:
+            logits = self.lm_head(hidden)
+            if cfg.logit_softcap > 0:
+                logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
 
         loss = None
         if targets is not None:
-            if targets.shape != (b, t):
-                raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(b, t)}")
             flat_targets = targets.reshape(-1)
             # sum / count instead of reduction="mean": no host sync (torch.compile friendly), and a
             # batch with nothing to predict gives 0 (with a graph) instead of NaN.
-            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
-                                    ignore_index=-100, reduction="sum")
+            if fused:
+                total = linear_cross_entropy(hidden.reshape(b * t, -1), self.lm_head.weight, flat_targets,
+                                             softcap=cfg.logit_softcap)
+            else:
+                total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
+                                        ignore_index=-100, reduction="sum")
             loss = total / (flat_targets != -100).sum().clamp(min=1)
         if aux_total is None:
             aux_total = torch.zeros((), device=device)

@@ -23,6 +23,7 @@ from torch import nn
 from lmstack.machine import probe, resolve_dtype
 from lmstack.model.flops import flops_per_token
 from lmstack.model.io import read_safetensors
+from lmstack.model.transformer import Transformer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, current, wrap_model
@@ -43,6 +44,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # 0 = no clipping
     dtype: str = "auto"             # auto | fp32 | bf16 (autocast; on CPU too); auto = the faster on this machine
     compile: bool = False           # torch.compile the model
+    fused_loss: bool = True         # lm_head + cross-entropy in chunks, never the whole logits (Transformer)
     distributed: str = "ddp"        # ddp | fsdp (used when launched by torchrun with >1 process)
     eval_every: int = 100           # 0 = only at the end
     eval_batches: int = 8
@@ -113,6 +115,9 @@ class Trainer:
         self.flops_per_token = flops_per_token(self.raw_model, cfg.seq_len)
         # "auto" becomes the faster of fp32 and bf16 on this machine, measured (lmstack.machine).
         self.dtype, self.machine = resolve_dtype(cfg.dtype, device)
+        # The fused linear + cross-entropy (lmstack.model.fused_ce) is a Transformer option; other
+        # models (and tests' toy models) take only (inputs, targets).
+        self._loss_kwargs = {"fused_loss": True} if cfg.fused_loss and isinstance(self.raw_model, Transformer) else {}
         self._peak = cfg.peak_flops
         self.last_eval: dict | None = None
         self.resumed_from: int | None = None
@@ -275,7 +280,7 @@ class Trainer:
                 self.model.set_requires_gradient_sync(sync)
             with ctx:
                 with self.autocast():
-                    out = self.forward_model(x, targets=y)
+                    out = self.forward_model(x, targets=y, **self._loss_kwargs)
                     loss = out.loss
                     aux = getattr(out, "aux_loss", None)
                     if aux is not None and torch.is_tensor(aux):
