@@ -228,7 +228,7 @@ def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], m
                  batch_size: int = 32) -> list[str | None]:
     """Greedy answers through lmstack.generate (the same path the chat CLI and server use).
     A conversation whose prompt alone fills the model's context gets None (callers skip and count it)."""
-    from lmstack.generate.engine import chat
+    from lmstack.generate import chat
 
     limit = model_max_len(model)
     keep = [i for i, c in enumerate(conversations)
@@ -244,7 +244,7 @@ def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], m
 
 def text_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, stop: list[str],
                  batch_size: int = 32) -> list[str | None]:
-    from lmstack.generate.engine import generate
+    from lmstack.generate import generate
 
     limit = model_max_len(model)
     keep = [i for i, p in enumerate(prompts) if len(tokenizer.encode(p)) + 1 < limit - 1]

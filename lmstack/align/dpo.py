@@ -18,7 +18,7 @@ from lmstack.align import common, evals
 from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl
 from lmstack.align.losses import DPO_LOSS_TYPES, dpo_loss
 from lmstack.align.lora import LoRAConfig
-from lmstack.align.reward import _tokenize_pairs
+from lmstack.align.reward import tokenize_pairs
 
 
 @dataclass
@@ -138,9 +138,9 @@ def run(ctx, cfg: Config):
 
     train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = _tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
+    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
                                            max_len, ctx.log, train_path.name)
-    eval_pairs, eval_dropped = _tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, ctx.log, eval_path.name)
+    eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, ctx.log, eval_path.name)
 
     probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
     before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}

@@ -133,7 +133,7 @@ def policy_forward(policy: PolicyWithValueHead, ids: torch.Tensor, comp: torch.T
 
 @torch.no_grad()
 def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]], cfg: Config, device: str, seed: int) -> Rollout:
-    from lmstack.generate.engine import generate
+    from lmstack.generate import generate
 
     policy.eval()
     prompt_ids = [list(tokenizer.encode_chat(p, add_generation_prompt=True)[0]) for p in prompts]

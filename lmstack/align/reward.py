@@ -94,7 +94,7 @@ class Config:
     log_every: int = 10
 
 
-def _tokenize_pairs(pairs, tokenizer, max_len, log, what):
+def tokenize_pairs(pairs, tokenizer, max_len, log, what):
     out, dropped = [], 0
     for p in pairs:
         t = tokenize_pair(tokenizer, p, max_len)
@@ -137,9 +137,9 @@ def run(ctx, cfg: Config):
 
     train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = _tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer, max_len, ctx.log, train_path.name)
+    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer, max_len, ctx.log, train_path.name)
     eval_raw = load_preferences_jsonl(eval_path)
-    eval_pairs, eval_dropped = _tokenize_pairs(eval_raw if not cfg.eval_pairs else eval_raw[: cfg.eval_pairs], tokenizer, max_len, ctx.log, eval_path.name)
+    eval_pairs, eval_dropped = tokenize_pairs(eval_raw if not cfg.eval_pairs else eval_raw[: cfg.eval_pairs], tokenizer, max_len, ctx.log, eval_path.name)
 
     c0, r0 = score_pairs(rm, eval_pairs, tokenizer.pad_id, ctx.device)
     acc_before = float((c0 > r0).float().mean())

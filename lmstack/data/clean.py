@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import regex
 
-from lmstack.data.dedup import _POSITION_MULT, _token_hashes
+from lmstack.data.dedup import POSITION_MULT, token_hashes
 from lmstack.data.text import (CONTROL_RE, NO_LETTER_WORD_RE, NON_CJK_WORD_RE, char_counts, detect_kind,
                                detect_script, split_sentences, words)
 
@@ -262,14 +262,14 @@ def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
     """One uint64 per word n-gram, combined from the word hashes (collisions ~2^-64)."""
     m = len(ids) - n + 1
     with np.errstate(over="ignore"):
-        acc = ids[:m] * _POSITION_MULT[0]
+        acc = ids[:m] * POSITION_MULT[0]
         for j in range(1, n):
-            acc = acc + ids[j:j + m] * _POSITION_MULT[j]
+            acc = acc + ids[j:j + m] * POSITION_MULT[j]
     return acc
 
 
 def _word_arrays(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return _token_hashes(ws), np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
+    return token_hashes(ws), np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
 
 
 def top_ngram_char_fraction(ws: list[str], n: int, arrays=None) -> float:

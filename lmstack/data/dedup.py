@@ -50,13 +50,13 @@ def text_hash(text: str) -> int:
     return stable_hash64(" ".join(text.split()))
 
 
-def _token_hashes(tokens: list[str]) -> np.ndarray:
+def token_hashes(tokens: list[str]) -> np.ndarray:
     if len(_TOKEN_CACHE) > _TOKEN_CACHE_MAX:
         _TOKEN_CACHE.clear()
     return np.fromiter(map(_TOKEN_CACHE.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser (Steele et al. 2014): spreads every input bit over the 64 output bits."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
@@ -66,7 +66,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 # Odd multipliers, one per position inside an n-gram (so "a b" and "b a" differ).
-_POSITION_MULT = _mix64(np.arange(1, 65, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+POSITION_MULT = mix64(np.arange(1, 65, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
 
 
 SHINGLE_UNITS = ("word", "char")
@@ -88,14 +88,14 @@ def shingle_hashes(text: str, ngram: int = 5, tokens: list[str] | None = None, u
     toks = shingle_units(text, unit) if tokens is None else tokens
     if not toks:
         return np.zeros(0, dtype=np.uint64)
-    th = _token_hashes(toks)
+    th = token_hashes(toks)
     n = min(ngram, len(th))
     m = len(th) - n + 1
     with np.errstate(over="ignore"):
-        acc = th[:m] * _POSITION_MULT[0]
+        acc = th[:m] * POSITION_MULT[0]
         for j in range(1, n):
-            acc = acc + th[j:j + m] * _POSITION_MULT[j]
-        return np.unique(_mix64(acc))
+            acc = acc + th[j:j + m] * POSITION_MULT[j]
+        return np.unique(mix64(acc))
 
 
 def shingle_strings(text: str, ngram: int = 5, unit: str = "word") -> list[str]:
@@ -164,7 +164,7 @@ class MinHasher:
         batch_ids: list[int] = []
         budget = 0
         for i, t in enumerate(texts):
-            th = _token_hashes(shingle_units(t, self.unit))
+            th = token_hashes(shingle_units(t, self.unit))
             if len(th) == 0:
                 continue
             batch_tokens.append(th)
@@ -192,10 +192,10 @@ class MinHasher:
         with np.errstate(over="ignore"):
             acc = np.zeros(len(pos), dtype=np.uint64)
             for j in range(n):
-                term = padded[pos + j] * _POSITION_MULT[j]
+                term = padded[pos + j] * POSITION_MULT[j]
                 term[pos + j >= end] = 0  # short documents: a single shingle of all their tokens
                 acc += term
-            shingles = _mix64(acc)
+            shingles = mix64(acc)
         return self._min_hash(shingles, sh_first)
 
     def _min_hash(self, shingles: np.ndarray, doc_starts: np.ndarray) -> np.ndarray:
@@ -269,7 +269,7 @@ class MinHashLSH:
                              f"{self.bands}*{self.rows} = {self.bands * self.rows}")
         s = sigs[:, : self.bands * self.rows].astype(np.uint64).reshape(len(sigs), self.bands, self.rows)
         with np.errstate(over="ignore"):
-            return _mix64((s * self._mult[None, None, :]).sum(axis=2, dtype=np.uint64))
+            return mix64((s * self._mult[None, None, :]).sum(axis=2, dtype=np.uint64))
 
     def buckets(self, sigs: np.ndarray, valid: np.ndarray | None = None) -> Iterable[np.ndarray]:
         """Yield the member indices (ascending) of every bucket with >= 2 documents, band by band."""

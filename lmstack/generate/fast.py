@@ -146,7 +146,7 @@ class FastDecoder:
         return self
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, cache, return_hidden: bool = False, all_positions: bool = False):
+    def step(self, tokens: torch.Tensor, cache, all_positions: bool = False):
         """Feed ``tokens [B, T]`` after the cached ones. Returns the last position's logits [B, V]
         (or every position's, [B, T, V], with ``all_positions``). T > 1 (a speculative verify pass)
         needs a cache without padding. Call ``refresh()`` first whenever the weights may have
@@ -208,7 +208,7 @@ class FastDecoder:
         logits = self._lm_head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        return (logits, hidden) if return_hidden else logits
+        return logits
 
 
 ENABLED = True  # set False to always decode through model.forward (e.g. to compare)

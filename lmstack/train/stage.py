@@ -118,11 +118,11 @@ def run(ctx, cfg: Config):
     if trainer.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from lmstack.train.checkpoint import _save_model
+        from lmstack.train.checkpoint import save_model_weights
         # Collective: every rank takes part in gathering the shards; rank 0 writes.
         full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if info.is_main:
-            _save_model(model, ckpt_dir, full)
+            save_model_weights(model, ckpt_dir, full)
     elif info.is_main:
         save_pretrained(model, ckpt_dir)
     if info.is_main:
@@ -156,7 +156,7 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     trainer.train(stop_at=1)  # first step pays one-off costs (allocator, thread pool, compile)
     t0 = time.perf_counter()
     trainer.train(stop_at=probe)
-    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist, trainer._reduce_device())
+    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist, trainer.reduce_device())
     evals = (cfg.steps // cfg.eval_every) if cfg.eval_every else 0
     # Budget for ~1 eval's worth of time per eval_every (an eval is eval_batches forward passes).
     eval_share = evals * cfg.eval_batches * per_step / max(3 * cfg.grad_accum, 1)

@@ -252,7 +252,7 @@ class Trainer:
             n = batch.targets.numel()
             loss_sum += out.loss.float().item() * n
             count += n
-        loss_sum, count = all_reduce_sum([loss_sum, count], self.dist, self._reduce_device())
+        loss_sum, count = all_reduce_sum([loss_sum, count], self.dist, self.reduce_device())
         self.model.train()
         val_loss = loss_sum / max(count, 1)
         result = {"val_loss": val_loss}
@@ -263,7 +263,7 @@ class Trainer:
         self._emit({"step": self.step, **result})
         return result
 
-    def _reduce_device(self) -> str:
+    def reduce_device(self) -> str:
         return self.device if self.device.startswith("cuda") else "cpu"
 
     # ------------------------------------------------------------------- train
@@ -289,7 +289,7 @@ class Trainer:
                         loss = loss + aux  # the model already weights its MoE auxiliary losses
                 (loss / cfg.grad_accum).backward()
             loss_total += out.loss.detach().float().item()
-        loss_value = all_reduce_mean(loss_total / cfg.grad_accum, self.dist, self._reduce_device())
+        loss_value = all_reduce_mean(loss_total / cfg.grad_accum, self.dist, self.reduce_device())
         params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
