@@ -4,10 +4,10 @@ a small optimisation loop, checkpoint writing, generation-based evaluation and p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora, save_adapter
 from lmstack.runs import atomic_write_json, iter_jsonl
+from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
+from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
 
 # ----------------------------------------------------------------------------- run-dir inputs
 
@@ -90,7 +92,7 @@ def model_max_len(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- LoRA per stage
 
 
-def attach_lora(model: nn.Module, cfg: LoRAConfig, log: Callable[[str], None]) -> dict:
+def attach_lora(model: nn.Module, cfg: LoRAAdapterConfig, log: Callable[[str], None]) -> dict:
     """Apply LoRA (or QLoRA) per the stage's ``lora`` table; returns parameter-count metrics."""
     if not cfg.enabled:
         trainable, total = count_parameters(model)
@@ -102,7 +104,7 @@ def attach_lora(model: nn.Module, cfg: LoRAConfig, log: Callable[[str], None]) -
     return {"trainable_params": trainable, "total_params": total, "lora_modules": len(targets)}
 
 
-def save_finetuned(model: nn.Module, out_dir: Path, lora_cfg: LoRAConfig | None, extra_state: dict,
+def save_finetuned(model: nn.Module, out_dir: Path, lora_cfg: LoRAAdapterConfig | None, extra_state: dict,
                    base_checkpoint: str) -> dict[str, str]:
     """Write ``out_dir/model.safetensors + config.json`` (a plain, merged model any later stage can
     load) and, for LoRA, the adapter alone in ``out_dir/adapter``. Returns artifact paths."""
@@ -159,41 +161,34 @@ def sft_loss(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -
 # ----------------------------------------------------------------------------- optimisation
 
 
-@dataclass
-class OptimSettings:
-    """Optimizer and schedule knobs shared by the fine-tuning stages."""
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    schedule: str = "cosine"      # cosine | linear | wsd | constant
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+def finetune_optim(lr: float) -> OptimConfig:
+    """The alignment stages' default optimizer: AdamW without weight decay."""
+    return OptimConfig(name="adamw", lr=lr, weight_decay=0.0)
 
 
-def build_optimizer_for(model: nn.Module, opt: OptimSettings, lr: float | None = None):
-    from lmstack.train.optim import OptimConfig, build_optimizer
+def finetune_schedule(warmup_steps: int = 10, kind: str = "cosine") -> ScheduleConfig:
+    return ScheduleConfig(kind=kind, warmup_steps=warmup_steps, min_lr_ratio=0.1)
 
+
+def build_optimizer_for(model: nn.Module, optim: OptimConfig, lr: float | None = None):
+    """The stage's optimizer over the trainable parameters; ``lr`` (LoRA's own rate) overrides optim.lr."""
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no trainable parameters (LoRA matched nothing, or everything is frozen)")
-    return build_optimizer(model, OptimConfig(name="adamw", lr=lr or opt.lr, weight_decay=opt.weight_decay,
-                                              betas=list(opt.betas)))
+    return build_optimizer(model, dataclasses.replace(optim, lr=lr or optim.lr))
 
 
-def lr_multiplier(step: int, total: int, opt: OptimSettings) -> float:
-    from lmstack.train.schedule import lr_lambda
+def lr_multiplier(step: int, total: int, schedule: ScheduleConfig) -> float:
+    # a short run may be shorter than the warmup: warm up over all but its last step
+    warmup = min(schedule.warmup_steps, max(0, total - 1))
+    return schedule_multiplier(step, total, dataclasses.replace(schedule, warmup_steps=warmup))
 
-    return lr_lambda(step, total_steps=total, kind=opt.schedule, warmup_steps=min(opt.warmup_steps, max(0, total - 1)),
-                     min_lr_ratio=opt.min_lr_ratio)
 
-
-def optimizer_step(model: nn.Module, optimizer, step: int, total: int, opt: OptimSettings) -> float:
+def optimizer_step(model: nn.Module, optimizer, step: int, total: int, schedule: ScheduleConfig,
+                   grad_clip: float) -> float:
     """Clip, set the scheduled LR, step, zero grads. Returns the pre-clip gradient norm."""
-    from lmstack.train.optim import set_lr
-
     params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, opt.grad_clip if opt.grad_clip > 0 else float("inf"))
-    set_lr(optimizer, lr_multiplier(step, total, opt))
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    set_lr(optimizer, lr_multiplier(step, total, schedule))
     if torch.isfinite(norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

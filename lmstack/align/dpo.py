@@ -16,9 +16,11 @@ import torch
 
 from lmstack.align import common, evals
 from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl
-from lmstack.align.losses import DPO_LOSS_TYPES, dpo_loss
-from lmstack.align.lora import LoRAConfig
+from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
+from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.align.reward import tokenize_pairs
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
 
 
 @dataclass
@@ -26,7 +28,7 @@ class Config:
     init_from: str = "sft"           # policy init and (frozen) reference
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
-    loss_type: str = "sigmoid"       # sigmoid (DPO) | ipo | hinge | robust
+    loss_type: DPOLossType = "sigmoid"  # sigmoid is the DPO loss
     beta: float = 0.1
     label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
@@ -34,8 +36,10 @@ class Config:
     batch_size: int = 16             # pairs per step
     max_len: int = 0
     max_train_pairs: int = 0
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=1e-4, warmup_steps=10))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=1e-4))
+    schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     behaviour_examples: int = 80     # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
     max_new_tokens: int = 32
     log_every: int = 10
@@ -176,7 +180,7 @@ def run(ctx, cfg: Config):
         out = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                        chosen_lengths=lc, rejected_lengths=lr)
         out.loss.backward()
-        grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.optim)
+        grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         hist["loss"].append(float(out.loss.detach()))
         hist["acc"].append(float(out.accuracy))
         hist["margin"].append(float(out.margin))

@@ -7,11 +7,13 @@ checked against TRL on identical tensors (tests/test_align_losses.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+DPO_LOSS_TYPES = get_args(DPOLossType)
 
 
 @dataclass

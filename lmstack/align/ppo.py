@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -22,13 +23,15 @@ from lmstack.align import common
 from lmstack.align.data import chunks, load_preferences_jsonl
 from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_loss, ppo_rewards, ppo_value_loss,
                                   whiten)
-from lmstack.align.lora import LoRAConfig
+from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.align.reward import load_reward_model
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
 
 
 @dataclass
 class Config:
-    algo: str = "ppo"                # ppo | grpo
+    algo: Literal["ppo", "grpo"] = "ppo"
     init_from: str = "sft"           # policy init = frozen reference
     reward_from: str = "reward"      # reward model checkpoint
     prompt_file: str = ""            # "" = prompts of data/world/prefs_train.jsonl
@@ -46,12 +49,13 @@ class Config:
     gamma: float = 1.0
     lam: float = 0.95
     kl_coef: float = 0.05            # PPO: per-token KL penalty in the reward; GRPO: KL loss weight
-    kl_estimator: str = "k1"         # PPO reward penalty estimator: k1 | k3
+    kl_estimator: Literal["k1", "k3"] = "k1"  # PPO reward penalty estimator
     whiten_advantages: bool = True
     missing_end_penalty: float = 1.0  # subtracted from the score of a response cut off without <|end|>
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-5, warmup_steps=0,
-                                                                                      schedule="constant"))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-5))
+    schedule: ScheduleConfig = field(default_factory=lambda: common.finetune_schedule(warmup_steps=0, kind="constant"))
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     eval_prompts: int = 48           # held-out prompts scored greedily before/after (0 = skip)
 
     def __post_init__(self):
@@ -180,7 +184,7 @@ def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total:
         vloss, _ = ppo_value_loss(values, roll.values[idx], returns[idx], mask, cfg.value_clip)
         loss = pol.loss + cfg.vf_coef * vloss
         loss.backward()
-        common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+        common.optimizer_step(policy, optimizer, step0, total, cfg.schedule, cfg.grad_clip)
         stats["policy_loss"].append(float(pol.loss.detach()))
         stats["value_loss"].append(float(vloss.detach()))
         stats["clip_frac"].append(float(pol.clip_fraction))
@@ -199,7 +203,7 @@ def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total
         loss, pol, mean_kl = grpo_loss(logprobs, roll.logprobs[idx], roll.ref_logprobs[idx], advantages[idx].to(logprobs.device),
                                        mask, cfg.clip_eps, cfg.kl_coef)
         loss.backward()
-        common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+        common.optimizer_step(policy, optimizer, step0, total, cfg.schedule, cfg.grad_clip)
         stats["policy_loss"].append(float(pol.loss.detach()))
         stats["clip_frac"].append(float(pol.clip_fraction))
         stats["approx_kl"].append(float(pol.approx_kl))

@@ -20,7 +20,9 @@ from torch import nn
 from lmstack.align import common
 from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pair
 from lmstack.align.losses import reward_loss
-from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora
+from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -89,8 +91,10 @@ class Config:
     center_coef: float = 0.0         # + c * mean((r_w + r_l)^2) keeps rewards centred
     max_train_pairs: int = 0
     eval_pairs: int = 0              # 0 = all
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-4, warmup_steps=10))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-4))
+    schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     log_every: int = 10
 
 
@@ -158,7 +162,7 @@ def run(ctx, cfg: Config):
         margins = torch.tensor([float(p.meta.get("margin", cfg.margin)) for p in part], device=ctx.device)
         loss = reward_loss(chosen, rejected, margins if bool(margins.any()) else None, cfg.center_coef)
         loss.backward()
-        grad_norm = common.optimizer_step(rm, optimizer, step, cfg.steps, cfg.optim)
+        grad_norm = common.optimizer_step(rm, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         history.append(float(loss.detach()))
         accs.append(float((chosen > rejected).float().mean()))
         if step % cfg.log_every == 0 or step == cfg.steps - 1:

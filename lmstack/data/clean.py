@@ -20,6 +20,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import regex
@@ -519,7 +520,7 @@ class MetadataConfig:
     # e.g. {"likes": 10, "comments": 2}: keep a document only if every listed numeric field is >= its value
     # (the notes list engagement as a quality signal, as Reddit karma is for WebText: Radford et al. 2019).
     min_values: dict[str, float] = field(default_factory=dict)
-    missing: str = "keep"         # a document without the field: "keep" or "drop"
+    missing: Literal["keep", "drop"] = "keep"  # what happens to a document without the field
 
     def __post_init__(self):
         if self.missing not in ("keep", "drop"):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -69,7 +69,8 @@ def mix64(x: np.ndarray) -> np.ndarray:
 POSITION_MULT = mix64(np.arange(1, 65, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
 
 
-SHINGLE_UNITS = ("word", "char")
+ShingleUnit = Literal["word", "char"]
+SHINGLE_UNITS = get_args(ShingleUnit)
 
 
 def shingle_units(text: str, unit: str = "word") -> list[str]:
@@ -314,7 +315,7 @@ class MinHashLSH:
 class MinHashConfig:
     enabled: bool = True
     ngram: int = 5              # FineWeb: word 5-grams
-    unit: str = "word"          # shingle unit: "word" (CJK character = word) or "char"
+    unit: ShingleUnit = "word"  # shingle unit; a CJK character counts as a word
     num_perm: int = 112         # FineWeb: 14 bands x 8 rows
     bands: int = 14
     rows: int = 8
@@ -383,7 +384,7 @@ class ExactDeduplicator:
 @dataclass
 class SpanDedupConfig:
     enabled: bool = True
-    unit: str = "line"          # line | sentence | paragraph (sentence mode re-joins kept sentences with a
+    unit: Literal["line", "sentence", "paragraph"] = "line"  # (sentence mode re-joins kept sentences with a
                                 # space, none for Chinese, so line breaks inside a document are not kept)
     min_chars: int = 40         # shorter spans ("Thanks!", "}") repeat legitimately
     kinds: list[str] = field(default_factory=lambda: ["prose"])  # code lines are never removed by default

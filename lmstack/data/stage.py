@@ -34,6 +34,7 @@ from lmstack.data.mix import MixConfig, mix_table, plan_mix
 from lmstack.data.pii import PIIConfig, PIIMasker
 from lmstack.data.quality import QualityConfig, train_quality_classifier
 from lmstack.data.sources import ReadStats, SourceConfig, iter_source
+from lmstack.data.world import WorldConfig, build_world
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -46,7 +47,7 @@ def _default_sources() -> list[SourceConfig]:
 class Config:
     """The ``[data]`` table. Sources are ``[[data.sources]]`` entries (see SourceConfig)."""
     sources: list[SourceConfig] = field(default_factory=_default_sources)
-    world: dict[str, Any] = field(default_factory=dict)   # WorldConfig fields (lmstack.data.world), e.g. n_people
+    world: WorldConfig = field(default_factory=WorldConfig)  # sizes of the synthetic world, e.g. n_people
     workers: int = 2                 # processes for the per-shard map step (1 = in-process)
     shard_docs: int = 256            # documents per map shard
     strict: bool = False             # true: any bad input line in any source is fatal
@@ -254,13 +255,6 @@ def world_references(world) -> list[str]:
     return [r for r in refs if r.strip()]
 
 
-def build_world_from_config(world_cfg: dict, seed: int):
-    from lmstack.config import config_from_dict
-    from lmstack.data.world import WorldConfig, build_world
-
-    return build_world(config_from_dict(WorldConfig, dict(world_cfg), "data.world"), seed)
-
-
 def _snippet(text: str, n: int = 160) -> str:
     return text[:n].replace("\n", " ⏎ ").replace("|", "\\|")
 
@@ -280,7 +274,7 @@ def run(ctx, cfg: Config):
 
     # World: built once, its SFT / preference / eval sets written for later stages.
     t = time.time()
-    world = build_world_from_config(cfg.world, ctx.seed)
+    world = build_world(cfg.world, ctx.seed)
     world.write(data_dir / "world")
     refs = world_references(world) if cfg.decontam.enabled else []
     timings["world"] = time.time() - t

@@ -14,16 +14,22 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 
+from lmstack.config import OverridesOf
+from lmstack.model.config import PRESETS, ModelConfig
 from lmstack.runs import atomic_write_json
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 from lmstack.train.trainer import TrainConfig, Trainer
 
 STAGE = "pretrain"
+
+# [pretrain.model]: a preset name and the ModelConfig fields that differ from it (vocab_size and
+# max_seq_len come from the tokenizer and seq_len); every key is checked against ModelConfig at load
+ModelTable = Annotated[dict[str, Any], OverridesOf(ModelConfig, extra={"preset": Literal[tuple(PRESETS)]})]
 
 
 def _default_model() -> dict[str, Any]:
@@ -35,7 +41,7 @@ def _default_model() -> dict[str, Any]:
 @dataclass
 class Config(TrainConfig):
     """The ``[pretrain]`` recipe table: the TrainConfig fields plus the model and eval settings."""
-    model: dict[str, Any] = field(default_factory=_default_model)  # preset + ModelConfig overrides
+    model: ModelTable = field(default_factory=_default_model)
     steps: int = 2000
     batch_size: int = 16
     seq_len: int = 256
@@ -55,9 +61,7 @@ class Config(TrainConfig):
     sample_tokens: int = 48
 
 
-def build_model_config(cfg: Config, vocab_size: int):
-    from lmstack.model import ModelConfig
-
+def build_model_config(cfg: Config, vocab_size: int) -> ModelConfig:
     overrides = dict(cfg.model)
     preset = overrides.pop("preset", "llama-style")
     if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:

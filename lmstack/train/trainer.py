@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, current, wrap_model
-from lmstack.train.loader import LOADER_MODES, TokenLoader, eval_windows
+from lmstack.train.loader import LOADER_MODES, LoaderMode, TokenLoader, eval_windows
 from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
 from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
 
@@ -34,13 +34,13 @@ class TrainConfig:
     batch_size: int = 16            # sequences per micro-batch per rank
     grad_accum: int = 1             # micro-batches per update
     seq_len: int = 256
-    loader: str = "bos"             # random | bos (windows start at a document's BOS)
+    loader: LoaderMode = "bos"      # bos: windows start at a document's BOS
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float = 1.0          # 0 = no clipping
-    dtype: str = "fp32"             # fp32 | bf16 (autocast; on CPU too)
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, on CPU too
     compile: bool = False           # torch.compile the model
-    distributed: str = "ddp"        # ddp | fsdp (used when launched by torchrun with >1 process)
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with >1 process
     eval_every: int = 100           # 0 = only at the end
     eval_batches: int = 8
     ckpt_every: int = 100           # 0 = only at the end
