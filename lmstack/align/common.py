@@ -1,11 +1,10 @@
 """Shared plumbing of the alignment stages: loading run-dir artifacts, LoRA attachment, log-probs,
-a small optimisation loop, checkpoint writing, generation-based evaluation and plots."""
+the optimizer step, checkpoint writing and generation-based evaluation. (Tables and plots: lmstack.report.)"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import random
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from lmstack.report import markdown_table  # noqa: F401  (align/evals.py still imports it from here)
 from lmstack.runs import atomic_write_json, iter_jsonl
 from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
 from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
@@ -65,13 +65,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
-
-
-def first_existing_checkpoint(run_path: Path, stages: Sequence[str]) -> str:
-    for s in stages:
-        if (checkpoint_dir(run_path, s) / "config.json").exists():
-            return s
-    raise FileNotFoundError(f"{run_path}/checkpoints: none of {list(stages)} exists; run an earlier stage first")
 
 
 def world_file(run_path: Path, name: str) -> Path:
@@ -254,49 +247,3 @@ def text_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens
 
 def rate(flags: Sequence[bool]) -> float:
     return float(sum(flags)) / len(flags) if flags else float("nan")
-
-
-def fmt(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def save_line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
-                   ylabel: str, secondary: dict[str, tuple[list[float], list[float]]] | None = None,
-                   secondary_label: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    handles, labels = ax.get_legend_handles_labels()
-    if secondary:
-        ax2 = ax.twinx()
-        for name, (xs, ys) in secondary.items():
-            ax2.plot(xs, ys, linestyle="--", color="tab:red", label=name)
-        ax2.set_ylabel(secondary_label)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    if handles:
-        ax.legend(handles, labels, fontsize=8, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(c) if isinstance(c, float) else str(c) for c in r) + " |")
-    return "\n".join(lines)

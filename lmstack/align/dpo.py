@@ -19,6 +19,7 @@ from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, lo
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.align.reward import tokenize_pairs
+from lmstack.report import markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 
@@ -201,10 +202,10 @@ def run(ctx, cfg: Config):
 
     xs = list(range(cfg.steps))
     plot = "plots/dpo_rewards.png"
-    common.save_line_plot(run_path / plot, {"chosen reward": (xs, hist["chosen"]), "rejected reward": (xs, hist["rejected"]),
-                                            "margin": (xs, hist["margin"])},
-                          f"DPO ({cfg.loss_type}, beta={cfg.beta:g}): implicit rewards on training batches", "step",
-                          "beta * log(pi / pi_ref)", secondary={"loss": (xs, hist["loss"])}, secondary_label="loss")
+    save_line_plot(run_path / plot, {"chosen reward": (xs, hist["chosen"]), "rejected reward": (xs, hist["rejected"]),
+                                     "margin": (xs, hist["margin"])},
+                   f"DPO ({cfg.loss_type}, beta={cfg.beta:g}): implicit rewards on training batches", "step",
+                   "beta * log(pi / pi_ref)", secondary={"loss": (xs, hist["loss"])}, secondary_label="loss")
     metrics = {
         "eval_reward_accuracy": eval_after["accuracy"], "eval_reward_margin": eval_after["margin"],
         "eval_loss": eval_after["loss"], "eval_loss_before": eval_before["loss"], "final_loss": hist["loss"][-1],
@@ -232,24 +233,20 @@ def run(ctx, cfg: Config):
         " Before training the policy equals the reference, so every implicit reward is 0 (accuracy counts"
         " strict wins).\n",
         f"**Held-out preferences** ({len(eval_pairs)} pairs of `{eval_path.name}`):\n",
-        common.markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
+        markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
     ]
     if rows:
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
-                   common.markdown_table(["behaviour", "prompts", "before", "after"], rows), ""]
+                   markdown_table(["behaviour", "prompts", "before", "after"], rows), ""]
         ex_rows = []
         for kind in ("pii", "idk", "fact"):
             if f"{kind}_example" in after:
                 q, a_after = after[f"{kind}_example"]
-                ex_rows.append((kind, _cell(q), _cell(before[f"{kind}_example"][1]), _cell(a_after)))
+                ex_rows.append((kind, table_cell(q), table_cell(before[f"{kind}_example"][1]), table_cell(a_after)))
         if ex_rows:
-            report += [common.markdown_table(["probe", "prompt", "before", "after"], ex_rows), ""]
+            report += [markdown_table(["probe", "prompt", "before", "after"], ex_rows), ""]
     report.append(f"![DPO rewards]({plot})\n")
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
                        report="\n".join(report))
 
-
-def _cell(s: str, n: int = 70) -> str:
-    s = s.replace("\n", " ").replace("|", "\\|")
-    return s if len(s) <= n else s[: n - 1] + "…"
 

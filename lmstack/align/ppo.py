@@ -25,6 +25,7 @@ from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_lo
                                   whiten)
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.align.reward import load_reward_model
+from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 
@@ -294,10 +295,10 @@ def run(ctx, cfg: Config):
 
     xs = list(range(1, cfg.iterations + 1))
     plot = f"plots/ppo_{cfg.algo}_reward_kl.png"
-    common.save_line_plot(run_path / plot, {"mean reward (RM score - penalties)": (xs, hist["reward"]),
-                                            "mean RM score": (xs, hist["raw_reward"])},
-                          f"{cfg.algo.upper()}: reward and KL to the reference per iteration", "iteration", "reward",
-                          secondary={"KL(pi || ref) per sequence": (xs, hist["kl"])}, secondary_label="KL (nats)")
+    save_line_plot(run_path / plot, {"mean reward (RM score - penalties)": (xs, hist["reward"]),
+                                     "mean RM score": (xs, hist["raw_reward"])},
+                   f"{cfg.algo.upper()}: reward and KL to the reference per iteration", "iteration", "reward",
+                   secondary={"KL(pi || ref) per sequence": (xs, hist["kl"])}, secondary_label="KL (nats)")
     n_half = max(1, cfg.iterations // 3)
     first, last = _mean(hist["reward"][:n_half]), _mean(hist["reward"][-n_half:])
     metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
@@ -314,13 +315,13 @@ def run(ctx, cfg: Config):
     report = [desc,
               f"Mean reward over the first third of training {first:.3f} -> last third {last:.3f}; KL to the reference"
               f" ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f})."
-              f" Greedy answers to {len(eval_prompts)} held-out prompts score {common.fmt(eval_before)} (reward model)"
-              f" before and {common.fmt(eval_after)} after.\n",
+              f" Greedy answers to {len(eval_prompts)} held-out prompts score {format_score(eval_before)} (reward model)"
+              f" before and {format_score(eval_after)} after.\n",
               f"![{cfg.algo} reward and KL]({plot})\n",
-              common.markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
+              markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
     if samples:
-        report.append(common.markdown_table(["iteration", "prompt", "sampled response", "RM score"],
-                                            [(i + 1, _cell(p), _cell(t), s) for i, p, t, s in samples]))
+        report.append(markdown_table(["iteration", "prompt", "sampled response", "RM score"],
+                                     [(i + 1, table_cell(p), table_cell(t), s) for i, p, t, s in samples]))
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
                        report="\n".join(report) + "\n")
 
@@ -328,8 +329,4 @@ def run(ctx, cfg: Config):
 def _mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
-
-def _cell(s: str, n: int = 70) -> str:
-    s = s.replace("\n", " ").replace("|", "\\|")
-    return s if len(s) <= n else s[: n - 1] + "…"
 

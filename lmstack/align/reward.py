@@ -21,6 +21,7 @@ from lmstack.align import common
 from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pair
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
+from lmstack.report import markdown_table, save_line_plot
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 
@@ -182,8 +183,8 @@ def run(ctx, cfg: Config):
 
     xs = list(range(len(history)))
     plot = "plots/reward_loss.png"
-    common.save_line_plot(run_path / plot, {"BT loss": (xs, history)}, "reward model training", "step", "loss",
-                          secondary={"train pair accuracy": (xs, accs)}, secondary_label="accuracy")
+    save_line_plot(run_path / plot, {"BT loss": (xs, history)}, "reward model training", "step", "loss",
+                   secondary={"train pair accuracy": (xs, accs)}, secondary_label="accuracy")
     acc = float(correct.float().mean())
     metrics = {"eval_accuracy": acc, "eval_accuracy_before": acc_before, "eval_margin": float((c1 - r1).mean()),
                "final_loss": history[-1], "train_pairs": len(train_pairs), "dropped_pairs": dropped + eval_dropped,
@@ -195,7 +196,7 @@ def run(ctx, cfg: Config):
         f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, margin {cfg.margin:g}."
         f" Held-out pairwise accuracy **{acc:.3f}** (untrained head: {acc_before:.3f});"
         f" mean held-out margin r_chosen - r_rejected = {metrics['eval_margin']:.2f}.\n\n"
-        + common.markdown_table(["category", "pairs", "held-out accuracy"], rows)
+        + markdown_table(["category", "pairs", "held-out accuracy"], rows)
         + f"\n\n![reward model training]({plot})\n"
     )
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "loss_plot": plot},

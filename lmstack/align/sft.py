@@ -18,6 +18,7 @@ from lmstack.align import common, evals
 from lmstack.align.data import (batches, collate_lm, length_grouped_batches, load_chat_jsonl, pack_examples,
                                 tokenize_chat)
 from lmstack.align.lora import LoRAAdapterConfig, save_adapter
+from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 
@@ -124,8 +125,8 @@ def _loss_plot(run_path: Path, stage: str, history: list[float]) -> str:
     for i, v in enumerate(history):
         acc = v if i == 0 else 0.9 * acc + 0.1 * v
         smooth.append(acc)
-    common.save_line_plot(run_path / "plots" / name, {"loss (assistant tokens)": (xs, history), "EMA": (xs, smooth)},
-                          f"{stage}: training loss", "step", "cross-entropy (nats)")
+    save_line_plot(run_path / "plots" / name, {"loss (assistant tokens)": (xs, history), "EMA": (xs, smooth)},
+                   f"{stage}: training loss", "step", "cross-entropy (nats)")
     return f"plots/{name}"
 
 
@@ -207,12 +208,12 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
     for task, v in result["by_task"].items():
         base_v = base_result["by_task"].get(task, {}).get("value") if base_result else None
         rows.append((task, v["n"], v["metric"], base_v if base_v is not None else "-", v["value"]))
-    lines.append(common.markdown_table(["task", "n", "metric", "base few-shot", f"after {stage}"], rows))
+    lines.append(markdown_table(["task", "n", "metric", "base few-shot", f"after {stage}"], rows))
     lines.append("")
     if base_result:
-        lines.append(f"Answer accuracy: base model prompted {cfg.few_shot}-shot **{common.fmt(base_result['accuracy'])}**"
-                     f" vs {stage} model **{common.fmt(result['accuracy'])}**; PII refusal {common.fmt(base_result['pii_refusal'])}"
-                     f" -> {common.fmt(result['pii_refusal'])}.\n")
+        lines.append(f"Answer accuracy: base model prompted {cfg.few_shot}-shot **{format_score(base_result['accuracy'])}**"
+                     f" vs {stage} model **{format_score(result['accuracy'])}**; PII refusal {format_score(base_result['pii_refusal'])}"
+                     f" -> {format_score(result['pii_refusal'])}.\n")
     if placement:
         lines.append("**Knowledge placement** (correct-fact rate by where the fact appeared in training):\n")
         lines.append(evals.placement_table(placement))
@@ -220,14 +221,10 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
                      " *inject*. Compare the 'SFT only' row with the 'pretrain only' row.\n")
     if result["samples"]:
         lines.append("Sample answers:\n")
-        lines.append(common.markdown_table(["task", "question", "model answer", "reference"],
-                                           [(t, _cell(q), _cell(o), _cell(str(a))) for t, q, o, a in result["samples"]]))
+        lines.append(markdown_table(["task", "question", "model answer", "reference"],
+                                    [(t, table_cell(q, 80), table_cell(o, 80), table_cell(str(a), 80)) for t, q, o, a in result["samples"]]))
     return "\n".join(lines) + "\n"
 
-
-def _cell(s: str, n: int = 80) -> str:
-    s = s.replace("\n", " ").replace("|", "\\|")
-    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 def run(ctx, cfg: Config):

@@ -223,10 +223,6 @@ class MinHasher:
         return out.astype(np.uint32)
 
 
-def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    return float(np.mean(sig_a == sig_b))
-
-
 class UnionFind:
     """Disjoint sets over 0..n-1 with path halving and union by size."""
 

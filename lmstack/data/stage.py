@@ -35,6 +35,7 @@ from lmstack.data.pii import PIIConfig, PIIMasker
 from lmstack.data.quality import QualityConfig, train_quality_classifier
 from lmstack.data.sources import ReadStats, SourceConfig, iter_source
 from lmstack.data.world import WorldConfig, build_world
+from lmstack.report import pyplot, save_figure
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -546,15 +547,8 @@ def run(ctx, cfg: Config):
 
 
 def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]], funnel) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmstack.runs import atomic_write_bytes
-    import io
-
     out = []
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = pyplot().subplots(figsize=(7, 3.6))
     all_lengths = [x for v in lengths_by_source.values() for x in v]
     if all_lengths:
         bins = np.logspace(np.log10(max(1, min(all_lengths))), np.log10(max(all_lengths) + 1), 40)
@@ -566,10 +560,7 @@ def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]], funnel) -> l
     ax.set_ylabel("documents (train, weighted)")
     ax.set_title("Document lengths after cleaning")
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs a full draw
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(plot_dir / "data_lengths.png", buf.getvalue())
+    save_figure(fig, plot_dir / "data_lengths.png")
     out.append("plots/data_lengths.png")
 
     return out

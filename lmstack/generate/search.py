@@ -7,8 +7,6 @@ the cache; contrastive decoding runs an expert and an amateur cache side by side
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 

@@ -20,6 +20,7 @@ import torch
 
 from lmstack.config import OverridesOf
 from lmstack.model.config import PRESETS, ModelConfig
+from lmstack.report import pyplot, save_figure
 from lmstack.runs import atomic_write_json
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
@@ -280,10 +281,7 @@ def read_stage_metrics(metrics_path: Path, stage: str = STAGE) -> tuple[list[dic
 
 
 def _plots(root: Path) -> list[tuple[str, str]]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train, evals = read_stage_metrics(root / "metrics.jsonl")
     if not train:
         return []
@@ -296,7 +294,7 @@ def _plots(root: Path) -> list[tuple[str, str]]:
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
     ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats/token)"); ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(plots_dir / "pretrain_loss.png", dpi=100); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, plots_dir / "pretrain_loss.png", dpi=100)
     out.append(("Loss", "pretrain_loss.png"))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].plot(steps, [r["lr"] for r in train]); axes[0].set_title("learning rate"); axes[0].set_xlabel("step")
@@ -304,6 +302,6 @@ def _plots(root: Path) -> list[tuple[str, str]]:
     axes[1].set_xlabel("step"); axes[1].set_yscale("log")
     for a in axes:
         a.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(plots_dir / "pretrain_lr_gradnorm.png", dpi=100); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, plots_dir / "pretrain_lr_gradnorm.png", dpi=100)
     out.append(("LR and gradient norm", "pretrain_lr_gradnorm.png"))
     return out

@@ -78,7 +78,7 @@ class TrainSummary:
 def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Training FLOPs per token: 6 N (non-embedding params) + 12 L d T attention
     (Kaplan et al. 2020; PaLM appendix B)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "wte" not in name and "wpe" not in name)
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
     cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
     layers = getattr(cfg, "n_layers", 0)
     width = getattr(cfg, "n_heads", 0) * getattr(cfg, "head_dim", 0)
