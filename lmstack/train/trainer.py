@@ -38,7 +38,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float = 1.0          # 0 = no clipping
-    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, on CPU too
+    dtype: str = "fp32"             # fp32 | bf16 (autocast; on CPU too)
     compile: bool = False           # torch.compile the model
     distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with >1 process
     eval_every: int = 100           # 0 = only at the end
@@ -78,7 +78,7 @@ class TrainSummary:
 def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Training FLOPs per token: 6 N (non-embedding params) + 12 L d T attention
     (Kaplan et al. 2020; PaLM appendix B)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "wte" not in name and "wpe" not in name)
     cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
     layers = getattr(cfg, "n_layers", 0)
     width = getattr(cfg, "n_heads", 0) * getattr(cfg, "head_dim", 0)
