@@ -554,8 +554,9 @@ class FiltersConfig:
     """The ``[data.filters]`` table: one sub-table per filter; ``enabled`` lists the chain in order."""
     enabled: list[str] = field(default_factory=lambda: [
         "length", "language", "metadata", "code", "gopher_quality", "gopher_repetition", "stop_words", "c4"])
-    # "fineweb" is available but off by default: its short-line and newline rules remove ~11% of the
-    # synthetic world (its Question/Answer quiz pages), which carry facts the later stages are tested on.
+    # "fineweb" is available but off by default: its short-line and newline rules remove the synthetic
+    # world's Question/Answer quiz pages (see removal_reasons in data/stats.json with it enabled), which
+    # carry facts the later stages are tested on.
     length: LengthConfig = field(default_factory=LengthConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)

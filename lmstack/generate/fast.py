@@ -53,10 +53,9 @@ def supports_fast_decode(model) -> bool:
 class _Weight:
     """A linear weight laid out for decoding a few rows at a time on a CPU: ``w(x [M, in]) -> [M, out]``.
 
-    One row times a weight matrix is memory-bound, and two things decide its speed here (measured
-    on the 2-core CI machine, benchmarks/generate.py): (1) the layout: a contiguous [in, out] copy
-    streams about 2x faster than the [out, in] parameter when out >= in, and the other way round
-    when out < in; (2) threads: torch runs a one-row matmul on one core, so the weight is split
+    One row times a weight matrix is memory-bound, and two things decide its speed here
+    (benchmarks/generate.py measures both): (1) the layout: a contiguous [in, out] copy streams
+    faster than the [out, in] parameter when out >= in, and the other way round when out < in; (2) threads: torch runs a one-row matmul on one core, so the weight is split
     into ``parts`` slices (columns when out >= in, else rows of [in, out], whose partial products
     are summed) that one batched matmul spreads over the cores. ``parts=1`` (GPU) is a plain matmul.
     """
