@@ -1,7 +1,7 @@
 """Alignment losses on plain tensors: DPO family, Bradley-Terry reward loss, PPO and GRPO pieces.
 
 Everything here is a pure function of log-probabilities / scores / masks, so each formula can be
-checked against TRL on identical tensors (tests/test_align_losses.py).
+checked against TRL on identical tensors (tests/align/test_align_losses.py).
 """
 
 from __future__ import annotations

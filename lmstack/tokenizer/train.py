@@ -10,7 +10,7 @@ three structures up to date instead of recounting the corpus after each merge:
 
 A merge only visits the chunks listed under its pair, rewrites them, and applies the
 difference between their old and new pairs. Ties between equally frequent pairs go to the
-smallest (left id, right id), so training is deterministic; ``tests/test_tokenizer_train.py``
+smallest (left id, right id), so training is deterministic; ``tests/tokenizer/test_tokenizer_train.py``
 checks the result against a naive implementation that recounts everything every step.
 """
 

@@ -12,7 +12,7 @@ from lmstack.generate.cli import CheckpointError, chat_main, generate_main, reso
 from lmstack.model import save_pretrained
 from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
