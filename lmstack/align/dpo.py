@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from lmstack.align import common, evals
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl
+from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
-from lmstack.align.reward import tokenize_pairs
 from lmstack.report import markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig

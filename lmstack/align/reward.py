@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmstack.align import common
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pair
+from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
 from lmstack.report import markdown_table, save_line_plot
@@ -97,21 +97,6 @@ class Config:
     grad_clip: float = 1.0           # 0 = no clipping
     lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     log_every: int = 10
-
-
-def tokenize_pairs(pairs, tokenizer, max_len, log, what):
-    out, dropped = [], 0
-    for p in pairs:
-        t = tokenize_pair(tokenizer, p, max_len)
-        if t is None:
-            dropped += 1
-        else:
-            out.append(t)
-    if dropped:
-        log(f"{what}: {dropped} pairs dropped (prompt longer than max_len={max_len})")
-    if not out:
-        raise ValueError(f"{what}: no usable preference pairs")
-    return out, dropped
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmstack.align import common, evals
 from lmstack.align.data import (batches, collate_lm, length_grouped_batches, load_chat_jsonl, pack_examples,
-                                tokenize_chat)
+                                tokenize_chats)
 from lmstack.align.lora import LoRAAdapterConfig, save_adapter
 from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
@@ -61,28 +61,13 @@ class LoRAStageConfig(Config):
     few_shot: int = 0                # the sft stage already reports the base-model baseline
 
 
-def _tokenize_all(examples, tokenizer, max_len: int, log) -> tuple[list, int]:
-    out, dropped = [], 0
-    for ex in examples:
-        t = tokenize_chat(tokenizer, ex.messages, max_len)
-        if t is None:
-            dropped += 1
-        else:
-            out.append(t)
-    if dropped:
-        log(f"{dropped} conversations dropped: no assistant token left within max_len={max_len}")
-    if not out:
-        raise ValueError(f"no usable SFT examples (all {dropped} were too long for max_len={max_len})")
-    return out, dropped
-
-
 def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) -> dict:
     """The SFT optimisation loop; returns summary metrics and the loss history."""
     max_len = cfg.max_len or common.model_max_len(model)
     if max_len > common.model_max_len(model):
         raise ValueError(f"{stage}.max_len={max_len} exceeds the model's max_seq_len={common.model_max_len(model)}")
     raw = load_chat_jsonl(train_path, limit=cfg.max_train_examples or None)
-    examples, dropped = _tokenize_all(raw, tokenizer, max_len, ctx.log)
+    examples, dropped = tokenize_chats(raw, tokenizer, max_len, ctx.log)
     n_examples = len(examples)
     if cfg.packing:
         examples = pack_examples(examples, max_len, tokenizer.pad_id)
