@@ -64,7 +64,7 @@ def _build_and_step(mode: str, cfg, device: str, batch: int, seq: int, steps: in
 
     import torch
 
-    from lmstack.align.lora import LoRAConfig, apply_lora
+    from lmstack.align.lora import LoRAAdapterConfig, apply_lora
     from lmstack.model import Transformer
 
     model = Transformer(cfg)
@@ -81,7 +81,7 @@ def _build_and_step(mode: str, cfg, device: str, batch: int, seq: int, steps: in
         forward = lambda ids: model(input_ids=ids).logits  # noqa: E731
     else:
         if mode != "full":
-            apply_lora(model, LoRAConfig(r=8, alpha=16, qlora=(mode == "qlora")))
+            apply_lora(model, LoRAAdapterConfig(r=8, alpha=16, qlora=(mode == "qlora")))
         forward = lambda ids: model(ids).logits  # noqa: E731
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -96,7 +96,7 @@ def _build_and_step(mode: str, cfg, device: str, batch: int, seq: int, steps: in
 def run_mode(mode: str, quick: bool, device: str, steps: int) -> dict:
     import torch
 
-    from lmstack.align.lora import LoRAConfig, apply_lora, lora_modules
+    from lmstack.align.lora import LoRAAdapterConfig, apply_lora, lora_modules
     from lmstack.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def run_mode(mode: str, quick: bool, device: str, steps: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     rss0 = _rss_bytes()
     base_alloc = torch.cuda.memory_allocated() if device == "cuda" else 0
-    lora_cfg = LoRAConfig(r=8, alpha=16, target_modules=["all-linear"], qlora=(mode == "qlora"))
+    lora_cfg = LoRAAdapterConfig(r=8, alpha=16, target_modules=["all-linear"], qlora=(mode == "qlora"))
     model = Transformer(cfg)
     n_total = sum(p.numel() for p in model.parameters())
     if mode == "peft-lora":

@@ -3,7 +3,9 @@
 Every stage declares a ``@dataclass Config``. A recipe is a TOML file with a ``[run]`` table
 and one table per stage. ``config_from_dict`` checks every key and every value's type against
 the dataclass annotations, so a typo fails at once with the list of valid keys instead of
-being silently ignored.
+being silently ignored. Fields with a fixed set of choices are ``Literal``; a table of overrides
+for another dataclass (``[pretrain.model]``: a preset plus ModelConfig fields) is typed with
+``Annotated[dict, OverridesOf(ModelConfig, ...)]`` and checked key by key the same way.
 """
 
 from __future__ import annotations
@@ -11,11 +13,31 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import types
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
     """A recipe, config table or ``--set`` override is invalid."""
+
+
+@dataclass(frozen=True)
+class OverridesOf:
+    """``Annotated[dict[str, Any], OverridesOf(SomeConfig, extra={...})]``: a table that overrides some
+    fields of dataclass ``target`` (plus the ``extra`` keys, name -> type), kept as a dict so that the
+    code using it can tell which fields were given. Every key and value is checked at load."""
+    target: type
+    extra: dict = field(default_factory=dict)
+
+    def check(self, value: Any, where: str, table: str) -> dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        hints = {f.name: get_type_hints(self.target)[f.name] for f in dataclasses.fields(self.target) if f.init}
+        hints.update(self.extra)
+        unknown = sorted(set(value) - set(hints))
+        if unknown:
+            raise ConfigError(f"[{table}]: unknown key {unknown[0]!r}; valid keys are: {', '.join(sorted(hints))}")
+        return {k: _coerce(v, hints[k], f"[{table}] {k}", f"{table}.{k}") for k, v in value.items()}
 
 
 def _type_name(tp: Any) -> str:
@@ -30,6 +52,10 @@ def _coerce(value: Any, tp: Any, where: str, table: str) -> Any:
     if tp is Any:
         return value
     origin = get_origin(tp)
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        overrides = next((m for m in marks if isinstance(m, OverridesOf)), None)
+        return overrides.check(value, where, table) if overrides else _coerce(value, base, where, table)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -92,7 +118,7 @@ def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}]: expected a table, got {data!r}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -102,6 +128,8 @@ def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
     kwargs = {k: _coerce(v, hints[k], f"[{where}] {k}", f"{where}.{k}") for k, v in data.items()}
     try:
         obj = cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[{where}]: {e}") from None
     return obj

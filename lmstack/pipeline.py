@@ -50,7 +50,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("ngram", "lmstack.ngram.stage", "fit n-gram baselines (MLE, add-k, Good-Turing, backoff, Kneser-Ney) and score them"),
     StageSpec("pretrain", "lmstack.train.stage", "pretrain a decoder-only transformer on the token shards"),
     StageSpec("sft", "lmstack.align.sft", "supervised fine-tuning on chat data (assistant-only loss)"),
-    StageSpec("lora", "lmstack.align.sft", "fine-tune with LoRA/QLoRA adapters and save the adapter alone", "LoraConfig", "run_lora"),
+    StageSpec("lora", "lmstack.align.sft", "fine-tune with LoRA/QLoRA adapters and save the adapter alone", "LoRAStageConfig", "run_lora"),
     StageSpec("reward", "lmstack.align.reward", "train a Bradley-Terry reward model on preference pairs"),
     StageSpec("dpo", "lmstack.align.dpo", "direct preference optimisation (DPO / IPO / hinge) against a frozen reference"),
     StageSpec("ppo", "lmstack.align.ppo", "RLHF with PPO (or GRPO) against the reward model"),
@@ -62,7 +62,7 @@ class RunConfig:
     """The ``[run]`` table of a recipe."""
     name: str = "speedrun"
     seed: int = 1337
-    device: str = "auto"          # auto | cpu | cuda
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     runs_dir: str = "runs"
 

@@ -1,15 +1,88 @@
 """report.md: one section per stage (what ran, how long, metrics, plots, samples), plus the
-hardware and software the run used, rendered from manifest.json and the stages' fragments."""
+hardware and software the run used, rendered from manifest.json and the stages' fragments.
+
+Also the helpers every stage writes its fragment with: markdown tables and cells, number
+formatting, and PNG plots (matplotlib on the Agg backend, written atomically).
+"""
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from lmstack.runs import RunDir, atomic_write_text
+from lmstack.runs import RunDir, atomic_write_bytes, atomic_write_text
+
+# ---------------------------------------------------------------- fragment helpers
+
+
+def table_cell(text: str, width: int = 70) -> str:
+    """``text`` on one line, safe inside a markdown table cell, cut to ``width`` characters."""
+    text = text.replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_score(x: float | None) -> str:
+    """Three decimals; "n/a" for a missing or NaN value."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(format_score(c) if isinstance(c, float) else str(c) for c in r) + " |")
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: stages plot without a display, from any thread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write ``fig`` to ``path`` as PNG (atomically: a crash leaves the old plot or none) and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
+                   ylabel: str, secondary: dict[str, tuple[list[float], list[float]]] | None = None,
+                   secondary_label: str = "") -> None:
+    """Curves on one axis, plus optional dashed ``secondary`` curves on a right-hand axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        ax2 = ax.twinx()
+        for name, (xs, ys) in secondary.items():
+            ax2.plot(xs, ys, linestyle="--", color="tab:red", label=name)
+        ax2.set_ylabel(secondary_label)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- report.md
 
 
 def environment() -> dict[str, str]:

@@ -75,7 +75,7 @@ class Terminal:
 def test_chat_on_the_default_sft_model_through_a_pty(default_run):
     from lmstack.generate import GenerationConfig, generate
     from lmstack.generate.cli import load_engine
-    from lmstack.generate.engine import chat_prompt_ids
+    from lmstack.generate import chat_prompt_ids
 
     items = [json.loads(line) for line in (default_run / "data" / "world" / "sft_eval.jsonl").read_text("utf-8").splitlines()]
     questions = [it["messages"][1]["content"] for it in items if it["task"] == "fact_qa"][:4]

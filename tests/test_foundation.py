@@ -13,6 +13,7 @@ import pytest
 import fake_stages
 from lmstack import cli, pipeline
 from lmstack.config import ConfigError, config_from_dict, parse_override
+from lmstack.pipeline import Recipe, run_pipeline, summary_table
 from lmstack.runs import RunDir, atomic_write_text
 
 TESTS = Path(__file__).resolve().parent
@@ -193,3 +194,27 @@ def test_shipped_data_matches_its_readme():
     for name, (size, digest) in listed.items():
         blob = (DATA_DIR / name).read_bytes()
         assert len(blob) == size and hashlib.sha256(blob).hexdigest() == digest, name
+
+
+def test_done_stage_whose_artifact_changed_is_rerun(tmp_path, capsys, monkeypatch):
+    stages = dict(pipeline.STAGES)
+    fake_stages.register(stages)
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    recipe = Recipe.load(None, [], raw={"run": {"stages": ["first"]}})
+    run = run_pipeline(recipe, tmp_path / "run")  # the fake "first" stage writes first/out.json
+    checks = run.manifest["stages"]["first"]["checks"]
+    assert checks["out"]["bytes"] > 0 and len(checks["out"]["sha256"]) == 64
+    assert "| first | done |" in summary_table(run)
+
+    capsys.readouterr()
+    run_pipeline(recipe, tmp_path / "run")
+    assert "already done, skipping" in capsys.readouterr().err
+    artifact = tmp_path / "run" / "first" / "out.json"
+    artifact.write_text(artifact.read_text() + "tampered")
+    run = run_pipeline(recipe, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "artifacts no longer match: first/out.json changed" in err and "sha256 differs" in err
+    assert run.manifest["stages"]["first"]["attempts"] == 2
+    assert run.verify_stage("first") == []
+    artifact.unlink()
+    assert run.verify_stage("first") == ["first/out.json is missing"]

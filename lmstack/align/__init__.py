@@ -8,8 +8,8 @@ reward_loss, gae, ppo/grpo losses) and ``data`` (chat / preference loading and t
 """
 
 from lmstack.align.losses import dpo_loss, gae, grpo_advantages, ppo_policy_loss, ppo_value_loss, reward_loss
-from lmstack.align.lora import LoRAConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from lmstack.align.lora import LoRAAdapterConfig, LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
 from lmstack.align.nf4 import NF4Linear, quantize_nf4
 
-__all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "merge_lora", "save_adapter", "load_adapter", "NF4Linear",
+__all__ = ["LoRAAdapterConfig", "LoRALinear", "apply_lora", "merge_lora", "save_adapter", "load_adapter", "NF4Linear",
            "quantize_nf4", "dpo_loss", "reward_loss", "gae", "ppo_policy_loss", "ppo_value_loss", "grpo_advantages"]

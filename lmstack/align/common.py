@@ -1,13 +1,12 @@
 """Shared plumbing of the alignment stages: loading run-dir artifacts, LoRA attachment, log-probs,
-a small optimisation loop, checkpoint writing, generation-based evaluation and plots."""
+the optimizer step, checkpoint writing and generation-based evaluation. (Tables and plots: lmstack.report.)"""
 
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,8 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from lmstack.report import markdown_table  # noqa: F401  (align/evals.py still imports it from here)
 from lmstack.runs import atomic_write_json, iter_jsonl
+from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
+from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
 
 # ----------------------------------------------------------------------------- run-dir inputs
 
@@ -65,13 +67,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def first_existing_checkpoint(run_path: Path, stages: Sequence[str]) -> str:
-    for s in stages:
-        if (checkpoint_dir(run_path, s) / "config.json").exists():
-            return s
-    raise FileNotFoundError(f"{run_path}/checkpoints: none of {list(stages)} exists; run an earlier stage first")
-
-
 def world_file(run_path: Path, name: str) -> Path:
     p = run_path / "data" / "world" / name
     if not p.exists():
@@ -90,7 +85,7 @@ def model_max_len(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- LoRA per stage
 
 
-def attach_lora(model: nn.Module, cfg: LoRAConfig, log: Callable[[str], None]) -> dict:
+def attach_lora(model: nn.Module, cfg: LoRAAdapterConfig, log: Callable[[str], None]) -> dict:
     """Apply LoRA (or QLoRA) per the stage's ``lora`` table; returns parameter-count metrics."""
     if not cfg.enabled:
         trainable, total = count_parameters(model)
@@ -102,7 +97,7 @@ def attach_lora(model: nn.Module, cfg: LoRAConfig, log: Callable[[str], None]) -
     return {"trainable_params": trainable, "total_params": total, "lora_modules": len(targets)}
 
 
-def save_finetuned(model: nn.Module, out_dir: Path, lora_cfg: LoRAConfig | None, extra_state: dict,
+def save_finetuned(model: nn.Module, out_dir: Path, lora_cfg: LoRAAdapterConfig | None, extra_state: dict,
                    base_checkpoint: str) -> dict[str, str]:
     """Write ``out_dir/model.safetensors + config.json`` (a plain, merged model any later stage can
     load) and, for LoRA, the adapter alone in ``out_dir/adapter``. Returns artifact paths."""
@@ -159,41 +154,34 @@ def sft_loss(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -
 # ----------------------------------------------------------------------------- optimisation
 
 
-@dataclass
-class OptimSettings:
-    """Optimizer and schedule knobs shared by the fine-tuning stages."""
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    schedule: str = "cosine"      # cosine | linear | wsd | constant
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+def finetune_optim(lr: float) -> OptimConfig:
+    """The alignment stages' default optimizer: AdamW without weight decay."""
+    return OptimConfig(name="adamw", lr=lr, weight_decay=0.0)
 
 
-def build_optimizer_for(model: nn.Module, opt: OptimSettings, lr: float | None = None):
-    from lmstack.train.optim import OptimConfig, build_optimizer
+def finetune_schedule(warmup_steps: int = 10, kind: str = "cosine") -> ScheduleConfig:
+    return ScheduleConfig(kind=kind, warmup_steps=warmup_steps, min_lr_ratio=0.1)
 
+
+def build_optimizer_for(model: nn.Module, optim: OptimConfig, lr: float | None = None):
+    """The stage's optimizer over the trainable parameters; ``lr`` (LoRA's own rate) overrides optim.lr."""
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no trainable parameters (LoRA matched nothing, or everything is frozen)")
-    return build_optimizer(model, OptimConfig(name="adamw", lr=lr or opt.lr, weight_decay=opt.weight_decay,
-                                              betas=list(opt.betas)))
+    return build_optimizer(model, dataclasses.replace(optim, lr=lr or optim.lr))
 
 
-def lr_multiplier(step: int, total: int, opt: OptimSettings) -> float:
-    from lmstack.train.schedule import lr_lambda
+def lr_multiplier(step: int, total: int, schedule: ScheduleConfig) -> float:
+    # a short run may be shorter than the warmup: warm up over all but its last step
+    warmup = min(schedule.warmup_steps, max(0, total - 1))
+    return schedule_multiplier(step, total, dataclasses.replace(schedule, warmup_steps=warmup))
 
-    return lr_lambda(step, total_steps=total, kind=opt.schedule, warmup_steps=min(opt.warmup_steps, max(0, total - 1)),
-                     min_lr_ratio=opt.min_lr_ratio)
 
-
-def optimizer_step(model: nn.Module, optimizer, step: int, total: int, opt: OptimSettings) -> float:
+def optimizer_step(model: nn.Module, optimizer, step: int, total: int, schedule: ScheduleConfig,
+                   grad_clip: float) -> float:
     """Clip, set the scheduled LR, step, zero grads. Returns the pre-clip gradient norm."""
-    from lmstack.train.optim import set_lr
-
     params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, opt.grad_clip if opt.grad_clip > 0 else float("inf"))
-    set_lr(optimizer, lr_multiplier(step, total, opt))
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    set_lr(optimizer, lr_multiplier(step, total, schedule))
     if torch.isfinite(norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -228,7 +216,7 @@ def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], m
                  batch_size: int = 32) -> list[str | None]:
     """Greedy answers through lmstack.generate (the same path the chat CLI and server use).
     A conversation whose prompt alone fills the model's context gets None (callers skip and count it)."""
-    from lmstack.generate.engine import chat
+    from lmstack.generate import chat
 
     limit = model_max_len(model)
     keep = [i for i, c in enumerate(conversations)
@@ -244,7 +232,7 @@ def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], m
 
 def text_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, stop: list[str],
                  batch_size: int = 32) -> list[str | None]:
-    from lmstack.generate.engine import generate
+    from lmstack.generate import generate
 
     limit = model_max_len(model)
     keep = [i for i, p in enumerate(prompts) if len(tokenizer.encode(p)) + 1 < limit - 1]
@@ -259,49 +247,3 @@ def text_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens
 
 def rate(flags: Sequence[bool]) -> float:
     return float(sum(flags)) / len(flags) if flags else float("nan")
-
-
-def fmt(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def save_line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
-                   ylabel: str, secondary: dict[str, tuple[list[float], list[float]]] | None = None,
-                   secondary_label: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    handles, labels = ax.get_legend_handles_labels()
-    if secondary:
-        ax2 = ax.twinx()
-        for name, (xs, ys) in secondary.items():
-            ax2.plot(xs, ys, linestyle="--", color="tab:red", label=name)
-        ax2.set_ylabel(secondary_label)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    if handles:
-        ax.legend(handles, labels, fontsize=8, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(c) if isinstance(c, float) else str(c) for c in r) + " |")
-    return "\n".join(lines)

@@ -280,6 +280,30 @@ def tokenize_pair(tokenizer, pair: PreferencePair, max_len: int) -> TokenizedPai
     return TokenizedPair(p1, chosen[:max_len], rejected[:max_len], pair.meta)
 
 
+def fitting(tokenized: list) -> tuple[list, int]:
+    """The items that fit (the tokenize functions return None for one that does not) and how many did not."""
+    out = [t for t in tokenized if t is not None]
+    return out, len(tokenized) - len(out)
+
+
+def tokenize_chats(examples: list[ChatExample], tokenizer, max_len: int, log) -> tuple[list[TokenizedChat], int]:
+    out, dropped = fitting([tokenize_chat(tokenizer, ex.messages, max_len) for ex in examples])
+    if dropped:
+        log(f"{dropped} conversations dropped: no assistant token left within max_len={max_len}")
+    if not out:
+        raise ValueError(f"no usable SFT examples (all {dropped} were too long for max_len={max_len})")
+    return out, dropped
+
+
+def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_len: int, log, what: str) -> tuple[list[TokenizedPair], int]:
+    out, dropped = fitting([tokenize_pair(tokenizer, p, max_len) for p in pairs])
+    if dropped:
+        log(f"{what}: {dropped} pairs dropped (prompt longer than max_len={max_len})")
+    if not out:
+        raise ValueError(f"{what}: no usable preference pairs")
+    return out, dropped
+
+
 def collate_pairs(batch: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Stack [chosen_0..chosen_{B-1}, rejected_0..] into one right-padded batch [2B, T].
 

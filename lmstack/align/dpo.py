@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from lmstack.align import common, evals
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl
-from lmstack.align.losses import DPO_LOSS_TYPES, dpo_loss
-from lmstack.align.lora import LoRAConfig
-from lmstack.align.reward import _tokenize_pairs
+from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
+from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
+from lmstack.align.lora import LoRAAdapterConfig
+from lmstack.report import markdown_table, save_line_plot, table_cell
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
 
 
 @dataclass
@@ -26,7 +28,7 @@ class Config:
     init_from: str = "sft"           # policy init and (frozen) reference
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
-    loss_type: str = "sigmoid"       # sigmoid (DPO) | ipo | hinge | robust
+    loss_type: DPOLossType = "sigmoid"  # sigmoid is the DPO loss
     beta: float = 0.1
     label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
@@ -34,8 +36,10 @@ class Config:
     batch_size: int = 16             # pairs per step
     max_len: int = 0
     max_train_pairs: int = 0
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=1e-4, warmup_steps=10))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=1e-4))
+    schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     behaviour_examples: int = 80     # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
     max_new_tokens: int = 32
     log_every: int = 10
@@ -127,33 +131,19 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
     return out
 
 
-def run(ctx, cfg: Config):
-    from lmstack.pipeline import StageResult
-
-    run_path = ctx.run.path
-    tokenizer, policy = common.start_stage(ctx, cfg, "dpo")
-    max_len = cfg.max_len or common.model_max_len(policy)
-    ref_model = common.frozen_copy(policy)
-    param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
-
+def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
+    """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file)."""
     train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = _tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
-                                           max_len, ctx.log, train_path.name)
-    eval_pairs, eval_dropped = _tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, ctx.log, eval_path.name)
+    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
+                                          max_len, log, train_path.name)
+    eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
+    return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
 
-    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
-    before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
 
-    ref_train = ref_eval = None
-    if cfg.precompute_ref:
-        ctx.log(f"precomputing reference log-probs for {len(train_pairs)} + {len(eval_pairs)} pairs")
-        ref_train = precompute_reference(ref_model, train_pairs, tokenizer.pad_id, ctx.device)
-        ref_eval = precompute_reference(ref_model, eval_pairs, tokenizer.pad_id, ctx.device)
-    eval_before = evaluate_preferences(policy, ref_model, ref_eval, eval_pairs, tokenizer.pad_id, cfg, ctx.device)
-    if cfg.precompute_ref:
-        ref_model = None  # only the cached numbers are needed from here on
-
+def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_id: int) -> tuple[dict, float]:
+    """The DPO loop over length-grouped batches of pairs; the reference's log-probs come from
+    ``ref_train`` when precomputed, else from ``ref_model``. Returns (per-step history, seconds)."""
     optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
     index_stream = length_grouped_batches(list(range(len(train_pairs))),
                                           [max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs],
@@ -163,8 +153,7 @@ def run(ctx, cfg: Config):
     policy.train()
     for step in common.progress(range(cfg.steps), cfg.steps, "dpo"):
         idx = next(index_stream)
-        part = [train_pairs[i] for i in idx]
-        b = collate_pairs(part, tokenizer.pad_id)
+        b = collate_pairs([train_pairs[i] for i in idx], pad_id)
         pc, pr, lengths = pair_logps(policy, b, ctx.device)
         if ref_train is not None:
             ref = torch.tensor([ref_train[i] for i in idx], device=ctx.device)
@@ -176,7 +165,7 @@ def run(ctx, cfg: Config):
         out = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                        chosen_lengths=lc, rejected_lengths=lr)
         out.loss.backward()
-        grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.optim)
+        grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         hist["loss"].append(float(out.loss.detach()))
         hist["acc"].append(float(out.accuracy))
         hist["margin"].append(float(out.margin))
@@ -185,8 +174,32 @@ def run(ctx, cfg: Config):
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             ctx.run.append_metrics({"stage": "dpo", "step": step, "loss": hist["loss"][-1], "reward_acc": hist["acc"][-1],
                                     "reward_margin": hist["margin"][-1], "grad_norm": grad_norm})
-    seconds = timer.seconds
     policy.eval()
+    return hist, timer.seconds
+
+
+def run(ctx, cfg: Config):
+    from lmstack.pipeline import StageResult
+
+    run_path = ctx.run.path
+    tokenizer, policy = common.start_stage(ctx, cfg, "dpo")
+    max_len = cfg.max_len or common.model_max_len(policy)
+    ref_model = common.frozen_copy(policy)
+    param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
+    train_pairs, eval_pairs, dropped, eval_path = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log)
+
+    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
+    before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
+    ref_train = ref_eval = None
+    if cfg.precompute_ref:
+        ctx.log(f"precomputing reference log-probs for {len(train_pairs)} + {len(eval_pairs)} pairs")
+        ref_train = precompute_reference(ref_model, train_pairs, tokenizer.pad_id, ctx.device)
+        ref_eval = precompute_reference(ref_model, eval_pairs, tokenizer.pad_id, ctx.device)
+    eval_before = evaluate_preferences(policy, ref_model, ref_eval, eval_pairs, tokenizer.pad_id, cfg, ctx.device)
+    if cfg.precompute_ref:
+        ref_model = None  # only the cached numbers are needed from here on
+
+    hist, seconds = train_dpo(policy, ref_model, ref_train, train_pairs, cfg, ctx, tokenizer.pad_id)
     eval_after = evaluate_preferences(policy, ref_model, ref_eval, eval_pairs, tokenizer.pad_id, cfg, ctx.device)
     after = measure_behaviour(policy, tokenizer, probes, cfg.max_new_tokens) if probes else {}
 
@@ -194,58 +207,70 @@ def run(ctx, cfg: Config):
     common.save_finetuned(policy, out_dir, cfg.lora, {"stage": "dpo", "steps": cfg.steps, "init_from": cfg.init_from,
                                                       "loss_type": cfg.loss_type, "beta": cfg.beta},
                           str(common.checkpoint_dir(run_path, cfg.init_from)))
-
-    xs = list(range(cfg.steps))
-    plot = "plots/dpo_rewards.png"
-    common.save_line_plot(run_path / plot, {"chosen reward": (xs, hist["chosen"]), "rejected reward": (xs, hist["rejected"]),
-                                            "margin": (xs, hist["margin"])},
-                          f"DPO ({cfg.loss_type}, beta={cfg.beta:g}): implicit rewards on training batches", "step",
-                          "beta * log(pi / pi_ref)", secondary={"loss": (xs, hist["loss"])}, secondary_label="loss")
+    plot = _plot_rewards(run_path, cfg, hist)
     metrics = {
         "eval_reward_accuracy": eval_after["accuracy"], "eval_reward_margin": eval_after["margin"],
         "eval_loss": eval_after["loss"], "eval_loss_before": eval_before["loss"], "final_loss": hist["loss"][-1],
-        "train_pairs": len(train_pairs), "dropped_pairs": dropped + eval_dropped, "train_seconds": round(seconds, 1),
+        "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
         **param_metrics,
     }
+    behaviour_rows = _behaviour_rows(probes, before, after, metrics)
+    report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,
+                     behaviour_rows, before, after, plot)
+    return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
+                       report=report)
+
+
+def _plot_rewards(run_path: Path, cfg: Config, hist: dict) -> str:
+    xs = list(range(cfg.steps))
+    plot = "plots/dpo_rewards.png"
+    save_line_plot(run_path / plot, {"chosen reward": (xs, hist["chosen"]), "rejected reward": (xs, hist["rejected"]),
+                                     "margin": (xs, hist["margin"])},
+                   f"DPO ({cfg.loss_type}, beta={cfg.beta:g}): implicit rewards on training batches", "step",
+                   "beta * log(pi / pi_ref)", secondary={"loss": (xs, hist["loss"])}, secondary_label="loss")
+    return plot
+
+
+BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
+              "idk_rate": ("idk", "\"I don't know\" on non-existent entities (honest)"),
+              "fact_correct": ("fact", "correct answer on real facts (helpful)")}
+
+
+def _behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
+    """Rows of the before/after behaviour table; adds the ``<key>_before/_after`` metrics."""
     rows = []
-    names = {"pii_refusal": "refusal rate on PII requests (harmless)",
-             "idk_rate": "\"I don't know\" on non-existent entities (honest)",
-             "fact_correct": "correct answer on real facts (helpful)"}
-    for key, label in names.items():
+    for key, (kind, label) in BEHAVIOURS.items():
         if key in before or key in after:
             metrics[f"{key}_before"] = before.get(key)
             metrics[f"{key}_after"] = after.get(key)
-            rows.append((label, len(probes.get({'pii_refusal': 'pii', 'idk_rate': 'idk', 'fact_correct': 'fact'}[key], [])),
-                         before.get(key, float("nan")), after.get(key, float("nan"))))
+            rows.append((label, len(probes.get(kind, [])), before.get(key, float("nan")), after.get(key, float("nan"))))
+    return rows
+
+
+def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: float, eval_before: dict,
+            eval_after: dict, behaviour_rows: list[tuple], before: dict, after: dict, plot: str) -> str:
     rows_pref = [("implicit-reward accuracy", eval_before["accuracy"], eval_after["accuracy"]),
                  ("mean implicit-reward margin", eval_before["margin"], eval_after["margin"]),
                  (f"{cfg.loss_type} loss", eval_before["loss"], eval_after["loss"])]
     report = [
         f"{cfg.loss_type} loss, beta={cfg.beta:g}, label smoothing {cfg.label_smoothing:g}, reference = frozen"
         f" `checkpoints/{cfg.init_from}` ({'precomputed log-probs' if cfg.precompute_ref else 'live forward'}),"
-        f" {len(train_pairs)} training pairs, {cfg.steps} steps x {cfg.batch_size} pairs"
+        f" {n_train} training pairs, {cfg.steps} steps x {cfg.batch_size} pairs"
         f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, {seconds:.1f}s of training."
         " Before training the policy equals the reference, so every implicit reward is 0 (accuracy counts"
         " strict wins).\n",
-        f"**Held-out preferences** ({len(eval_pairs)} pairs of `{eval_path.name}`):\n",
-        common.markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
+        f"**Held-out preferences** ({n_eval} pairs of `{eval_path.name}`):\n",
+        markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
     ]
-    if rows:
+    if behaviour_rows:
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
-                   common.markdown_table(["behaviour", "prompts", "before", "after"], rows), ""]
+                   markdown_table(["behaviour", "prompts", "before", "after"], behaviour_rows), ""]
         ex_rows = []
         for kind in ("pii", "idk", "fact"):
             if f"{kind}_example" in after:
                 q, a_after = after[f"{kind}_example"]
-                ex_rows.append((kind, _cell(q), _cell(before[f"{kind}_example"][1]), _cell(a_after)))
+                ex_rows.append((kind, table_cell(q), table_cell(before[f"{kind}_example"][1]), table_cell(a_after)))
         if ex_rows:
-            report += [common.markdown_table(["probe", "prompt", "before", "after"], ex_rows), ""]
+            report += [markdown_table(["probe", "prompt", "before", "after"], ex_rows), ""]
     report.append(f"![DPO rewards]({plot})\n")
-    return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
-                       report="\n".join(report))
-
-
-def _cell(s: str, n: int = 70) -> str:
-    s = s.replace("\n", " ").replace("|", "\\|")
-    return s if len(s) <= n else s[: n - 1] + "…"
-
+    return "\n".join(report)

@@ -28,7 +28,7 @@ _NEVER_TARGET_BY_DEFAULT = re.compile(r"(^|\.)(lm_head|head|output|wte|wpe|embed
 
 
 @dataclass
-class LoRAConfig:
+class LoRAAdapterConfig:
     """The ``[<stage>.lora]`` table. ``r = 0`` means LoRA is off (full fine-tuning)."""
 
     r: int = 0
@@ -182,7 +182,7 @@ def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return parent, parts[-1]
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig, *, quantize: Callable[[nn.Linear], nn.Module] | None = None) -> list[str]:
+def apply_lora(model: nn.Module, cfg: LoRAAdapterConfig, *, quantize: Callable[[nn.Linear], nn.Module] | None = None) -> list[str]:
     """Swap the targeted linears for ``LoRALinear`` in place, freeze everything else.
 
     Returns the names of the adapted modules. Raises if no module matches, listing the linear
@@ -309,7 +309,7 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_
 
     from lmstack.runs import atomic_write_bytes, atomic_write_json
 
-    cfg: LoRAConfig | None = getattr(model, "lora_config", None)
+    cfg: LoRAAdapterConfig | None = getattr(model, "lora_config", None)
     modules = lora_modules(model)
     if cfg is None or not modules:
         raise ValueError("model has no LoRA adapters to save (call apply_lora first)")
@@ -346,7 +346,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> list[str]:
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: missing (this adapter was not saved by lmstack.align.lora.save_adapter)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    cfg = LoRAConfig(**meta["lora"])
+    cfg = LoRAAdapterConfig(**meta["lora"])
     cfg.target_modules = [re.escape(n) for n in meta["modules"]]
     names = apply_lora(model, cfg)
     state = load_file(str(directory / ADAPTER_WEIGHTS))

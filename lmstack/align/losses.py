@@ -1,17 +1,19 @@
 """Alignment losses on plain tensors: DPO family, Bradley-Terry reward loss, PPO and GRPO pieces.
 
 Everything here is a pure function of log-probabilities / scores / masks, so each formula can be
-checked against TRL on identical tensors (tests/test_align_losses.py).
+checked against TRL on identical tensors (tests/align/test_align_losses.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+DPO_LOSS_TYPES = get_args(DPOLossType)
 
 
 @dataclass

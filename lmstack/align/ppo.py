@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -22,13 +23,16 @@ from lmstack.align import common
 from lmstack.align.data import chunks, load_preferences_jsonl
 from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_loss, ppo_rewards, ppo_value_loss,
                                   whiten)
-from lmstack.align.lora import LoRAConfig
+from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.align.reward import load_reward_model
+from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
 
 
 @dataclass
 class Config:
-    algo: str = "ppo"                # ppo | grpo
+    algo: Literal["ppo", "grpo"] = "ppo"
     init_from: str = "sft"           # policy init = frozen reference
     reward_from: str = "reward"      # reward model checkpoint
     prompt_file: str = ""            # "" = prompts of data/world/prefs_train.jsonl
@@ -46,12 +50,13 @@ class Config:
     gamma: float = 1.0
     lam: float = 0.95
     kl_coef: float = 0.05            # PPO: per-token KL penalty in the reward; GRPO: KL loss weight
-    kl_estimator: str = "k1"         # PPO reward penalty estimator: k1 | k3
+    kl_estimator: Literal["k1", "k3"] = "k1"  # PPO reward penalty estimator
     whiten_advantages: bool = True
     missing_end_penalty: float = 1.0  # subtracted from the score of a response cut off without <|end|>
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-5, warmup_steps=0,
-                                                                                      schedule="constant"))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-5))
+    schedule: ScheduleConfig = field(default_factory=lambda: common.finetune_schedule(warmup_steps=0, kind="constant"))
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     eval_prompts: int = 48           # held-out prompts scored greedily before/after (0 = skip)
 
     def __post_init__(self):
@@ -133,7 +138,7 @@ def policy_forward(policy: PolicyWithValueHead, ids: torch.Tensor, comp: torch.T
 
 @torch.no_grad()
 def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]], cfg: Config, device: str, seed: int) -> Rollout:
-    from lmstack.generate.engine import generate
+    from lmstack.generate import generate
 
     policy.eval()
     prompt_ids = [list(tokenizer.encode_chat(p, add_generation_prompt=True)[0]) for p in prompts]
@@ -180,7 +185,7 @@ def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total:
         vloss, _ = ppo_value_loss(values, roll.values[idx], returns[idx], mask, cfg.value_clip)
         loss = pol.loss + cfg.vf_coef * vloss
         loss.backward()
-        common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+        common.optimizer_step(policy, optimizer, step0, total, cfg.schedule, cfg.grad_clip)
         stats["policy_loss"].append(float(pol.loss.detach()))
         stats["value_loss"].append(float(vloss.detach()))
         stats["clip_frac"].append(float(pol.clip_fraction))
@@ -199,7 +204,7 @@ def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total
         loss, pol, mean_kl = grpo_loss(logprobs, roll.logprobs[idx], roll.ref_logprobs[idx], advantages[idx].to(logprobs.device),
                                        mask, cfg.clip_eps, cfg.kl_coef)
         loss.backward()
-        common.optimizer_step(policy, optimizer, step0, total, cfg.optim)
+        common.optimizer_step(policy, optimizer, step0, total, cfg.schedule, cfg.grad_clip)
         stats["policy_loss"].append(float(pol.loss.detach()))
         stats["clip_frac"].append(float(pol.clip_fraction))
         stats["approx_kl"].append(float(pol.approx_kl))
@@ -290,10 +295,10 @@ def run(ctx, cfg: Config):
 
     xs = list(range(1, cfg.iterations + 1))
     plot = f"plots/ppo_{cfg.algo}_reward_kl.png"
-    common.save_line_plot(run_path / plot, {"mean reward (RM score - penalties)": (xs, hist["reward"]),
-                                            "mean RM score": (xs, hist["raw_reward"])},
-                          f"{cfg.algo.upper()}: reward and KL to the reference per iteration", "iteration", "reward",
-                          secondary={"KL(pi || ref) per sequence": (xs, hist["kl"])}, secondary_label="KL (nats)")
+    save_line_plot(run_path / plot, {"mean reward (RM score - penalties)": (xs, hist["reward"]),
+                                     "mean RM score": (xs, hist["raw_reward"])},
+                   f"{cfg.algo.upper()}: reward and KL to the reference per iteration", "iteration", "reward",
+                   secondary={"KL(pi || ref) per sequence": (xs, hist["kl"])}, secondary_label="KL (nats)")
     n_half = max(1, cfg.iterations // 3)
     first, last = _mean(hist["reward"][:n_half]), _mean(hist["reward"][-n_half:])
     metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
@@ -310,13 +315,13 @@ def run(ctx, cfg: Config):
     report = [desc,
               f"Mean reward over the first third of training {first:.3f} -> last third {last:.3f}; KL to the reference"
               f" ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f})."
-              f" Greedy answers to {len(eval_prompts)} held-out prompts score {common.fmt(eval_before)} (reward model)"
-              f" before and {common.fmt(eval_after)} after.\n",
+              f" Greedy answers to {len(eval_prompts)} held-out prompts score {format_score(eval_before)} (reward model)"
+              f" before and {format_score(eval_after)} after.\n",
               f"![{cfg.algo} reward and KL]({plot})\n",
-              common.markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
+              markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
     if samples:
-        report.append(common.markdown_table(["iteration", "prompt", "sampled response", "RM score"],
-                                            [(i + 1, _cell(p), _cell(t), s) for i, p, t, s in samples]))
+        report.append(markdown_table(["iteration", "prompt", "sampled response", "RM score"],
+                                     [(i + 1, table_cell(p), table_cell(t), s) for i, p, t, s in samples]))
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
                        report="\n".join(report) + "\n")
 
@@ -324,8 +329,4 @@ def run(ctx, cfg: Config):
 def _mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
-
-def _cell(s: str, n: int = 70) -> str:
-    s = s.replace("\n", " ").replace("|", "\\|")
-    return s if len(s) <= n else s[: n - 1] + "…"
 

@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from lmstack.align import common
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pair
+from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
 from lmstack.align.losses import reward_loss
-from lmstack.align.lora import LoRAConfig, apply_lora, count_parameters, merge_lora
+from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
+from lmstack.report import markdown_table, save_line_plot
+from lmstack.train.optim import OptimConfig
+from lmstack.train.schedule import ScheduleConfig
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -89,24 +92,11 @@ class Config:
     center_coef: float = 0.0         # + c * mean((r_w + r_l)^2) keeps rewards centred
     max_train_pairs: int = 0
     eval_pairs: int = 0              # 0 = all
-    optim: common.OptimSettings = field(default_factory=lambda: common.OptimSettings(lr=3e-4, warmup_steps=10))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-4))
+    schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     log_every: int = 10
-
-
-def _tokenize_pairs(pairs, tokenizer, max_len, log, what):
-    out, dropped = [], 0
-    for p in pairs:
-        t = tokenize_pair(tokenizer, p, max_len)
-        if t is None:
-            dropped += 1
-        else:
-            out.append(t)
-    if dropped:
-        log(f"{what}: {dropped} pairs dropped (prompt longer than max_len={max_len})")
-    if not out:
-        raise ValueError(f"{what}: no usable preference pairs")
-    return out, dropped
 
 
 @torch.no_grad()
@@ -137,9 +127,9 @@ def run(ctx, cfg: Config):
 
     train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = _tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer, max_len, ctx.log, train_path.name)
+    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer, max_len, ctx.log, train_path.name)
     eval_raw = load_preferences_jsonl(eval_path)
-    eval_pairs, eval_dropped = _tokenize_pairs(eval_raw if not cfg.eval_pairs else eval_raw[: cfg.eval_pairs], tokenizer, max_len, ctx.log, eval_path.name)
+    eval_pairs, eval_dropped = tokenize_pairs(eval_raw if not cfg.eval_pairs else eval_raw[: cfg.eval_pairs], tokenizer, max_len, ctx.log, eval_path.name)
 
     c0, r0 = score_pairs(rm, eval_pairs, tokenizer.pad_id, ctx.device)
     acc_before = float((c0 > r0).float().mean())
@@ -158,7 +148,7 @@ def run(ctx, cfg: Config):
         margins = torch.tensor([float(p.meta.get("margin", cfg.margin)) for p in part], device=ctx.device)
         loss = reward_loss(chosen, rejected, margins if bool(margins.any()) else None, cfg.center_coef)
         loss.backward()
-        grad_norm = common.optimizer_step(rm, optimizer, step, cfg.steps, cfg.optim)
+        grad_norm = common.optimizer_step(rm, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         history.append(float(loss.detach()))
         accs.append(float((chosen > rejected).float().mean()))
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
@@ -178,8 +168,8 @@ def run(ctx, cfg: Config):
 
     xs = list(range(len(history)))
     plot = "plots/reward_loss.png"
-    common.save_line_plot(run_path / plot, {"BT loss": (xs, history)}, "reward model training", "step", "loss",
-                          secondary={"train pair accuracy": (xs, accs)}, secondary_label="accuracy")
+    save_line_plot(run_path / plot, {"BT loss": (xs, history)}, "reward model training", "step", "loss",
+                   secondary={"train pair accuracy": (xs, accs)}, secondary_label="accuracy")
     acc = float(correct.float().mean())
     metrics = {"eval_accuracy": acc, "eval_accuracy_before": acc_before, "eval_margin": float((c1 - r1).mean()),
                "final_loss": history[-1], "train_pairs": len(train_pairs), "dropped_pairs": dropped + eval_dropped,
@@ -191,7 +181,7 @@ def run(ctx, cfg: Config):
         f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, margin {cfg.margin:g}."
         f" Held-out pairwise accuracy **{acc:.3f}** (untrained head: {acc_before:.3f});"
         f" mean held-out margin r_chosen - r_rejected = {metrics['eval_margin']:.2f}.\n\n"
-        + common.markdown_table(["category", "pairs", "held-out accuracy"], rows)
+        + markdown_table(["category", "pairs", "held-out accuracy"], rows)
         + f"\n\n![reward model training]({plot})\n"
     )
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "loss_plot": plot},

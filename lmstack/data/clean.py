@@ -20,11 +20,12 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import regex
 
-from lmstack.data.dedup import _POSITION_MULT, _token_hashes
+from lmstack.data.dedup import POSITION_MULT, token_hashes
 from lmstack.data.text import (CONTROL_RE, NO_LETTER_WORD_RE, NON_CJK_WORD_RE, char_counts, detect_kind,
                                detect_script, split_sentences, words)
 
@@ -262,14 +263,14 @@ def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
     """One uint64 per word n-gram, combined from the word hashes (collisions ~2^-64)."""
     m = len(ids) - n + 1
     with np.errstate(over="ignore"):
-        acc = ids[:m] * _POSITION_MULT[0]
+        acc = ids[:m] * POSITION_MULT[0]
         for j in range(1, n):
-            acc = acc + ids[j:j + m] * _POSITION_MULT[j]
+            acc = acc + ids[j:j + m] * POSITION_MULT[j]
     return acc
 
 
 def _word_arrays(ws: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return _token_hashes(ws), np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
+    return token_hashes(ws), np.fromiter(map(len, ws), dtype=np.int64, count=len(ws))
 
 
 def top_ngram_char_fraction(ws: list[str], n: int, arrays=None) -> float:
@@ -519,7 +520,7 @@ class MetadataConfig:
     # e.g. {"likes": 10, "comments": 2}: keep a document only if every listed numeric field is >= its value
     # (the notes list engagement as a quality signal, as Reddit karma is for WebText: Radford et al. 2019).
     min_values: dict[str, float] = field(default_factory=dict)
-    missing: str = "keep"         # a document without the field: "keep" or "drop"
+    missing: Literal["keep", "drop"] = "keep"  # what happens to a document without the field
 
     def __post_init__(self):
         if self.missing not in ("keep", "drop"):
@@ -553,8 +554,9 @@ class FiltersConfig:
     """The ``[data.filters]`` table: one sub-table per filter; ``enabled`` lists the chain in order."""
     enabled: list[str] = field(default_factory=lambda: [
         "length", "language", "metadata", "code", "gopher_quality", "gopher_repetition", "stop_words", "c4"])
-    # "fineweb" is available but off by default: its short-line and newline rules remove ~11% of the
-    # synthetic world (its Question/Answer quiz pages), which carry facts the later stages are tested on.
+    # "fineweb" is available but off by default: its short-line and newline rules remove the synthetic
+    # world's Question/Answer quiz pages (see removal_reasons in data/stats.json with it enabled), which
+    # carry facts the later stages are tested on.
     length: LengthConfig = field(default_factory=LengthConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)

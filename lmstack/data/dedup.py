@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -50,13 +50,13 @@ def text_hash(text: str) -> int:
     return stable_hash64(" ".join(text.split()))
 
 
-def _token_hashes(tokens: list[str]) -> np.ndarray:
+def token_hashes(tokens: list[str]) -> np.ndarray:
     if len(_TOKEN_CACHE) > _TOKEN_CACHE_MAX:
         _TOKEN_CACHE.clear()
     return np.fromiter(map(_TOKEN_CACHE.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser (Steele et al. 2014): spreads every input bit over the 64 output bits."""
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
@@ -66,10 +66,11 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 # Odd multipliers, one per position inside an n-gram (so "a b" and "b a" differ).
-_POSITION_MULT = _mix64(np.arange(1, 65, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+POSITION_MULT = mix64(np.arange(1, 65, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
 
 
-SHINGLE_UNITS = ("word", "char")
+ShingleUnit = Literal["word", "char"]
+SHINGLE_UNITS = get_args(ShingleUnit)
 
 
 def shingle_units(text: str, unit: str = "word") -> list[str]:
@@ -88,14 +89,14 @@ def shingle_hashes(text: str, ngram: int = 5, tokens: list[str] | None = None, u
     toks = shingle_units(text, unit) if tokens is None else tokens
     if not toks:
         return np.zeros(0, dtype=np.uint64)
-    th = _token_hashes(toks)
+    th = token_hashes(toks)
     n = min(ngram, len(th))
     m = len(th) - n + 1
     with np.errstate(over="ignore"):
-        acc = th[:m] * _POSITION_MULT[0]
+        acc = th[:m] * POSITION_MULT[0]
         for j in range(1, n):
-            acc = acc + th[j:j + m] * _POSITION_MULT[j]
-        return np.unique(_mix64(acc))
+            acc = acc + th[j:j + m] * POSITION_MULT[j]
+        return np.unique(mix64(acc))
 
 
 def shingle_strings(text: str, ngram: int = 5, unit: str = "word") -> list[str]:
@@ -164,7 +165,7 @@ class MinHasher:
         batch_ids: list[int] = []
         budget = 0
         for i, t in enumerate(texts):
-            th = _token_hashes(shingle_units(t, self.unit))
+            th = token_hashes(shingle_units(t, self.unit))
             if len(th) == 0:
                 continue
             batch_tokens.append(th)
@@ -192,10 +193,10 @@ class MinHasher:
         with np.errstate(over="ignore"):
             acc = np.zeros(len(pos), dtype=np.uint64)
             for j in range(n):
-                term = padded[pos + j] * _POSITION_MULT[j]
+                term = padded[pos + j] * POSITION_MULT[j]
                 term[pos + j >= end] = 0  # short documents: a single shingle of all their tokens
                 acc += term
-            shingles = _mix64(acc)
+            shingles = mix64(acc)
         return self._min_hash(shingles, sh_first)
 
     def _min_hash(self, shingles: np.ndarray, doc_starts: np.ndarray) -> np.ndarray:
@@ -220,10 +221,6 @@ class MinHasher:
             out[d:e] = np.minimum.reduceat(hv, bounds[d:e] - lo, axis=0)
             d = e
         return out.astype(np.uint32)
-
-
-def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    return float(np.mean(sig_a == sig_b))
 
 
 class UnionFind:
@@ -269,7 +266,7 @@ class MinHashLSH:
                              f"{self.bands}*{self.rows} = {self.bands * self.rows}")
         s = sigs[:, : self.bands * self.rows].astype(np.uint64).reshape(len(sigs), self.bands, self.rows)
         with np.errstate(over="ignore"):
-            return _mix64((s * self._mult[None, None, :]).sum(axis=2, dtype=np.uint64))
+            return mix64((s * self._mult[None, None, :]).sum(axis=2, dtype=np.uint64))
 
     def buckets(self, sigs: np.ndarray, valid: np.ndarray | None = None) -> Iterable[np.ndarray]:
         """Yield the member indices (ascending) of every bucket with >= 2 documents, band by band."""
@@ -314,7 +311,7 @@ class MinHashLSH:
 class MinHashConfig:
     enabled: bool = True
     ngram: int = 5              # FineWeb: word 5-grams
-    unit: str = "word"          # shingle unit: "word" (CJK character = word) or "char"
+    unit: ShingleUnit = "word"  # shingle unit; a CJK character counts as a word
     num_perm: int = 112         # FineWeb: 14 bands x 8 rows
     bands: int = 14
     rows: int = 8
@@ -383,7 +380,7 @@ class ExactDeduplicator:
 @dataclass
 class SpanDedupConfig:
     enabled: bool = True
-    unit: str = "line"          # line | sentence | paragraph (sentence mode re-joins kept sentences with a
+    unit: Literal["line", "sentence", "paragraph"] = "line"  # (sentence mode re-joins kept sentences with a
                                 # space, none for Chinese, so line breaks inside a document are not kept)
     min_chars: int = 40         # shorter spans ("Thanks!", "}") repeat legitimately
     kinds: list[str] = field(default_factory=lambda: ["prose"])  # code lines are never removed by default

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
 from lmstack.data.dedup import stable_hash64
 
-ORDERS = ("shuffled", "short_to_long", "long_to_short", "score", "none")
+MixOrder = Literal["shuffled", "short_to_long", "long_to_short", "score", "none"]
+ORDERS = get_args(MixOrder)
 
 
 @dataclass
 class MixConfig:
     val_fraction: float = 0.05      # share of documents (per source) held out for validation
-    order: str = "shuffled"         # shuffled | short_to_long | long_to_short | score (best first) | none (input order)
+    order: MixOrder = "shuffled"    # score: best first; none: input order
     weights: dict[str, float] = field(default_factory=dict)   # per source name; overrides the source's own weight
     min_val_docs: int = 1           # every source with >= 2 documents gets at least this many val docs
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmstack.data.dedup import _POSITION_MULT, _mix64, _token_hashes
+from lmstack.data.dedup import POSITION_MULT, mix64, token_hashes
 from lmstack.data.text import words
 from lmstack.runs import iter_jsonl
 
@@ -102,22 +102,22 @@ def featurize(text: str, num_buckets: int, max_chars: int = 3000) -> np.ndarray:
     """Bucket ids of the hashed word 1-2-grams and character 3-grams of ``text``."""
     text = text[:max_chars]
     ws = words(text)
-    th = _token_hashes([w.lower() for w in ws])
+    th = token_hashes([w.lower() for w in ws])
     parts = [th]
     # Word-shape n-grams ("Aa.", "a", "0"...) generalise beyond the vocabulary: shuffled text puts
     # capitalised and sentence-final words in the wrong places even when every word is common.
-    shapes = _token_hashes(["\x02" + _shape(w) for w in ws])
+    shapes = token_hashes(["\x02" + _shape(w) for w in ws])
     with np.errstate(over="ignore"):
         if len(th) >= 2:
-            parts.append(th[:-1] * _POSITION_MULT[0] + th[1:] * _POSITION_MULT[1])
+            parts.append(th[:-1] * POSITION_MULT[0] + th[1:] * POSITION_MULT[1])
         if len(shapes) >= 3:
-            parts.append(shapes[:-1] * _POSITION_MULT[5] + shapes[1:] * _POSITION_MULT[6])
-            parts.append(shapes[:-2] * _POSITION_MULT[7] + shapes[1:-1] * _POSITION_MULT[8] + shapes[2:] * _POSITION_MULT[9])
+            parts.append(shapes[:-1] * POSITION_MULT[5] + shapes[1:] * POSITION_MULT[6])
+            parts.append(shapes[:-2] * POSITION_MULT[7] + shapes[1:-1] * POSITION_MULT[8] + shapes[2:] * POSITION_MULT[9])
         cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         if len(cps) >= 3:
-            parts.append(cps[:-2] * _POSITION_MULT[2] + cps[1:-1] * _POSITION_MULT[3] + cps[2:] * _POSITION_MULT[4]
+            parts.append(cps[:-2] * POSITION_MULT[2] + cps[1:-1] * POSITION_MULT[3] + cps[2:] * POSITION_MULT[4]
                          + np.uint64(0x5151))
-    feats = _mix64(np.concatenate(parts)) % np.uint64(num_buckets)
+    feats = mix64(np.concatenate(parts)) % np.uint64(num_buckets)
     if len(feats) == 0:
         feats = np.zeros(1, dtype=np.uint64)
     return feats.astype(np.int64)

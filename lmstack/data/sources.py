@@ -17,9 +17,10 @@ import sysconfig
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
-KINDS = ("txt", "jsonl", "parquet", "json", "stdlib", "world")
+SourceKind = Literal["txt", "jsonl", "parquet", "json", "stdlib", "world"]
+KINDS = get_args(SourceKind)
 MAX_EXAMPLES = 5
 
 
@@ -30,13 +31,13 @@ class DataError(ValueError):
 @dataclass
 class SourceConfig:
     """One ``[[data.sources]]`` entry of a recipe."""
-    kind: str = "jsonl"             # txt | jsonl | parquet | json | stdlib | world
+    kind: SourceKind = "jsonl"
     path: str = ""                  # file, directory or glob (txt/jsonl/parquet/json); relative to the cwd, else the repo
     name: str = ""                  # source name in the stats and the mix table (default: kind, or the file stem)
     field: str = "text"             # jsonl/json: the text field of each record, dotted for nested objects ("body.text");
                                     # a list of strings (e.g. "paragraphs") is joined by newlines; parquet: the column
     records: str = ""               # json: dotted path to the list of records inside the document ("" = top level)
-    txt_split: str = "blank_line"   # txt: "blank_line" (one doc per blank-line-separated block) or "file" (one doc per file)
+    txt_split: Literal["blank_line", "file"] = "blank_line"  # txt: "blank_line" (one doc per blank-line-separated block) or "file" (one doc per file)
     weight: float = 1.0             # mixing weight: 0.5 keeps half the docs, 2.0 repeats every doc twice (epochs)
     strict: bool = False            # true: the first bad line raises instead of being counted and skipped
     max_docs: int = 0               # 0 = no cap

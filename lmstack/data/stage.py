@@ -34,6 +34,8 @@ from lmstack.data.mix import MixConfig, mix_table, plan_mix
 from lmstack.data.pii import PIIConfig, PIIMasker
 from lmstack.data.quality import QualityConfig, train_quality_classifier
 from lmstack.data.sources import ReadStats, SourceConfig, iter_source
+from lmstack.data.world import WorldConfig, build_world
+from lmstack.report import pyplot, save_figure
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -46,7 +48,7 @@ def _default_sources() -> list[SourceConfig]:
 class Config:
     """The ``[data]`` table. Sources are ``[[data.sources]]`` entries (see SourceConfig)."""
     sources: list[SourceConfig] = field(default_factory=_default_sources)
-    world: dict[str, Any] = field(default_factory=dict)   # WorldConfig fields (lmstack.data.world), e.g. n_people
+    world: WorldConfig = field(default_factory=WorldConfig)  # sizes of the synthetic world, e.g. n_people
     workers: int = 2                 # processes for the per-shard map step (1 = in-process)
     shard_docs: int = 256            # documents per map shard
     strict: bool = False             # true: any bad input line in any source is fatal
@@ -254,45 +256,166 @@ def world_references(world) -> list[str]:
     return [r for r in refs if r.strip()]
 
 
-def build_world_from_config(world_cfg: dict, seed: int):
-    from lmstack.config import config_from_dict
-    from lmstack.data.world import WorldConfig, build_world
-
-    return build_world(config_from_dict(WorldConfig, dict(world_cfg), "data.world"), seed)
-
-
 def _snippet(text: str, n: int = 160) -> str:
     return text[:n].replace("\n", " ⏎ ").replace("|", "\\|")
 
 
-# --- the stage ------------------------------------------------------------------------------------
+# --- the reduce steps ------------------------------------------------------------------------------
 
-def run(ctx, cfg: Config):
-    from lmstack.pipeline import StageResult
+@dataclass
+class Doc:
+    """One kept document: where its JSON line is stored, and what the reduce steps use without loading it."""
+    path: str
+    offset: int
+    source: str
+    id: str
+    kind: str
+    nbytes: int
+    chars: int = 0
 
-    t_start = time.time()
-    data_dir = ctx.run.sub("data")
-    work = data_dir / "_work"
-    if work.exists():
-        shutil.rmtree(work)  # leftovers of an interrupted run: restart cleanly
-    work.mkdir(parents=True)
-    timings: dict[str, float] = {}
+    @property
+    def label(self) -> str:
+        return f"{self.source}:{self.id}"
 
-    # World: built once, its SFT / preference / eval sets written for later stages.
+    def load(self, store: DocStore) -> dict:
+        return store.get(self.path, self.offset)
+
+
+@dataclass
+class MappedCorpus:
+    """The map step's output for the whole corpus: one Doc per document that passed the filters and,
+    row-aligned with them, the arrays the vectorised reduce steps work on."""
+    docs: list[Doc]
+    hashes: np.ndarray       # exact-dedup text hash
+    sigs: np.ndarray         # MinHash signatures [n, num_perm]
+    contam_ref: np.ndarray   # index of the evaluation item a document contains, -1 for none
+    contam_frac: np.ndarray  # share of that item's shingles found in the document
+    nbytes: np.ndarray
+
+    @classmethod
+    def gather(cls, results: list[dict], num_perm: int) -> "MappedCorpus":
+        def cat(key: str, empty: np.ndarray) -> np.ndarray:
+            return np.concatenate([r[key] for r in results]) if results else empty
+
+        docs = [Doc(r["path"], int(offset), source, doc_id, kind, int(nbytes))
+                for r in results
+                for offset, source, doc_id, kind, nbytes in zip(r["offsets"], r["sources"], r["ids"], r["kinds"], r["nbytes"])]
+        return cls(docs, cat("hashes", np.zeros(0, np.uint64)), cat("sigs", np.zeros((0, num_perm), np.uint32)),
+                   cat("contam_ref", np.zeros(0, np.int64)), cat("contam_frac", np.zeros(0)),
+                   cat("nbytes", np.zeros(0, np.int64)))
+
+
+@dataclass
+class DataStats:
+    """What stats.json, the metrics and the report say about one run of the stage, filled step by step."""
+    read_stats: dict[str, ReadStats] = field(default_factory=dict)
+    n_references: int = 0
+    n_in: int = 0
+    bytes_in: int = 0
+    n_filtered: int = 0
+    filter_stats: dict[str, dict] = field(default_factory=dict)
+    pii_counts: Counter = field(default_factory=Counter)
+    docs_with_pii: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    langs: Counter = field(default_factory=Counter)
+    funnel: list[tuple[str, int, int]] = field(default_factory=list)  # (step, docs out, bytes out)
+    removed_exact: int = 0
+    removed_decontam: int = 0
+    decontam_examples: list[tuple] = field(default_factory=list)
+    removed_near: int = 0
+    n_clusters: int = 0
+    cluster_sizes: Counter = field(default_factory=Counter)
+    cluster_examples: list[tuple] = field(default_factory=list)
+    removed_spans: int = 0
+    removed_span_chars: int = 0
+    span_examples: Counter = field(default_factory=Counter)
+    emptied: int = 0
+    removed_quality: int = 0
+    quality_trained: bool = False
+    quality_pr: dict[str, Any] = field(default_factory=dict)
+    quality_examples: list[tuple] = field(default_factory=list)
+    mix_table: list[dict] = field(default_factory=list)
+    train_docs: int = 0
+    val_docs: int = 0
+    train_bytes: int = 0
+    val_bytes: int = 0
+    lengths_by_source: dict[str, list[int]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def step(self, name: str, docs: int, nbytes: int) -> None:
+        self.funnel.append((name, int(docs), int(nbytes)))
+
+    def removal_reasons(self, cfg: Config) -> Counter:
+        reasons: Counter = Counter()
+        for st in self.filter_stats.values():
+            reasons.update(st["removed"])
+        for key, n in (("exact_dedup", self.removed_exact), ("decontamination", self.removed_decontam),
+                       ("near_dedup", self.removed_near), (f"{cfg.span_dedup.unit}_dedup:emptied", self.emptied),
+                       ("quality_classifier", self.removed_quality)):
+            if n:
+                reasons[key] = n
+        return reasons
+
+    def to_json(self, cfg: Config) -> dict:
+        return {
+            "funnel": [{"step": s, "docs": d, "bytes": b} for s, d, b in self.funnel],
+            "sources": {name: {"totals": st.totals(), "examples": st.examples} for name, st in self.read_stats.items()},
+            "filters": self.filter_stats,
+            "removal_reasons": dict(self.removal_reasons(cfg).most_common()),
+            "pii": {"counts": dict(self.pii_counts), "docs_with_pii": self.docs_with_pii},
+            "exact_dedup": {"removed": self.removed_exact},
+            "decontamination": {"references": self.n_references, "removed": self.removed_decontam},
+            "near_dedup": {"removed": self.removed_near, "clusters": self.n_clusters,
+                           "cluster_sizes": {str(k): v for k, v in sorted(self.cluster_sizes.items())}},
+            "span_dedup": {"unit": cfg.span_dedup.unit, "removed_spans": self.removed_spans,
+                           "removed_chars": self.removed_span_chars, "emptied_docs": self.emptied},
+            "quality": {"removed": self.removed_quality, **self.quality_pr},
+            "kinds_after_filters": dict(self.kinds), "langs_after_filters": dict(self.langs),
+            "mix": self.mix_table,
+            "train": {"docs": self.train_docs, "bytes": self.train_bytes},
+            "val": {"docs": self.val_docs, "bytes": self.val_bytes},
+            "seconds": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+    def metrics(self) -> dict:
+        bad_lines = sum(st.totals()["bad_utf8"] + st.totals()["bad_json"] + st.totals()["missing_field"]
+                        for st in self.read_stats.values())
+        metrics = {
+            "docs_in": self.n_in, "bytes_in": self.bytes_in,
+            "docs_train": self.train_docs, "bytes_train": self.train_bytes,
+            "docs_val": self.val_docs, "bytes_val": self.val_bytes,
+            "removed_filters": self.n_in - self.n_filtered, "removed_exact_dup": self.removed_exact,
+            "removed_near_dup": self.removed_near, "removed_decontam": self.removed_decontam,
+            "removed_quality": self.removed_quality, "lines_deduped": self.removed_spans,
+            "pii_masked": int(sum(self.pii_counts.values())),
+            "bad_input_lines": int(bad_lines),
+        }
+        if self.quality_pr:
+            metrics["quality_precision"] = round(self.quality_pr["precision_clean"], 4)
+            metrics["quality_recall"] = round(self.quality_pr["recall_clean"], 4)
+        return metrics
+
+
+def build_world_step(cfg: Config, ctx, data_dir: Path, stats: DataStats):
+    """Build the synthetic world, write its SFT / preference / eval sets for later stages, and return it
+    with the texts training data must not contain."""
     t = time.time()
-    world = build_world_from_config(cfg.world, ctx.seed)
+    world = build_world(cfg.world, ctx.seed)
     world.write(data_dir / "world")
     refs = world_references(world) if cfg.decontam.enabled else []
-    timings["world"] = time.time() - t
+    stats.n_references = len(refs)
+    stats.timings["world"] = time.time() - t
     ctx.log(f"world written to {data_dir / 'world'}; {len(refs)} decontamination references")
+    return world, refs
 
-    # Map.
+
+def read_and_map(cfg: Config, ctx, world, refs: list[str], work: Path, stats: DataStats) -> MappedCorpus:
+    """Read every source and run the map step (normalise, filter, mask PII, fingerprint) over it."""
     t = time.time()
-    read_stats: dict[str, ReadStats] = {}
 
     def docs() -> Iterator[dict]:
         for spec in cfg.sources:
-            st = read_stats.setdefault(spec.label, ReadStats(strict=cfg.strict or spec.strict))
+            st = stats.read_stats.setdefault(spec.label, ReadStats(strict=cfg.strict or spec.strict))
             yield from iter_source(spec, st, seed=ctx.seed, world=world)
 
     from tqdm import tqdm
@@ -300,267 +423,234 @@ def run(ctx, cfg: Config):
     results = run_map(cfg, docs(), refs, work, progress=bar.update)
     bar.close()
     results.sort(key=lambda r: r["index"])
-    timings["map"] = time.time() - t
+    stats.timings["map"] = time.time() - t
 
-    n_in = sum(r["n_in"] for r in results)
-    bytes_in = sum(r["bytes_in"] for r in results)
-    filter_stats: dict[str, dict] = {}
+    stats.n_in = sum(r["n_in"] for r in results)
+    stats.bytes_in = sum(r["bytes_in"] for r in results)
     for r in results:
         for name, st in r["filters"].items():
-            filter_stats[name] = Filter.merge_stats(filter_stats[name], st) if name in filter_stats else st
-    pii_counts = Counter()
-    for r in results:
-        pii_counts.update(r["pii"])
-    docs_with_pii = sum(r["docs_with_pii"] for r in results)
+            stats.filter_stats[name] = Filter.merge_stats(stats.filter_stats[name], st) if name in stats.filter_stats else st
+        stats.pii_counts.update(r["pii"])
+    stats.docs_with_pii = sum(r["docs_with_pii"] for r in results)
+    stats.kinds = Counter(k for r in results for k in r["kinds"])
+    stats.langs = Counter(lang for r in results for lang in r["langs"])
+    corpus = MappedCorpus.gather(results, cfg.minhash.num_perm)
+    stats.n_filtered = len(corpus.docs)
+    stats.step("read", stats.n_in, stats.bytes_in)
+    stats.step("filters", stats.n_filtered, corpus.nbytes.sum())
+    return corpus
 
-    paths = [r["path"] for r in results for _ in range(len(r["offsets"]))]
-    offsets = np.concatenate([r["offsets"] for r in results]) if results else np.zeros(0, np.int64)
-    hashes = np.concatenate([r["hashes"] for r in results]) if results else np.zeros(0, np.uint64)
-    sigs = np.concatenate([r["sigs"] for r in results]) if results else np.zeros((0, cfg.minhash.num_perm), np.uint32)
-    contam_ref = np.concatenate([r["contam_ref"] for r in results]) if results else np.zeros(0, np.int64)
-    contam_frac = np.concatenate([r["contam_frac"] for r in results]) if results else np.zeros(0)
-    nbytes = np.concatenate([r["nbytes"] for r in results]) if results else np.zeros(0, np.int64)
-    sources = [s for r in results for s in r["sources"]]
-    ids = [s for r in results for s in r["ids"]]
-    kinds = [s for r in results for s in r["kinds"]]
-    langs = [s for r in results for s in r["langs"]]
-    n_filtered = len(sources)
-    store = DocStore()
 
-    funnel = [("read", n_in, bytes_in)]
-    funnel.append(("filters", n_filtered, int(nbytes.sum())))
+def exact_dedup(cfg: Config, corpus: MappedCorpus, alive: np.ndarray, stats: DataStats) -> None:
+    """Drop documents whose text hash was seen before (the first occurrence wins)."""
+    n = len(corpus.docs)
+    if cfg.exact_dedup and n:
+        _, first = np.unique(corpus.hashes, return_index=True)
+        keep = np.zeros(n, dtype=bool)
+        keep[first] = True
+        alive &= keep
+    stats.removed_exact = int(n - alive.sum())
+    stats.step("exact dedup", alive.sum(), corpus.nbytes[alive].sum())
 
-    # Reduce 1: exact document dedup (first occurrence wins).
-    alive = np.ones(n_filtered, dtype=bool)
-    if cfg.exact_dedup and n_filtered:
-        _, first = np.unique(hashes, return_index=True)
-        exact_keep = np.zeros(n_filtered, dtype=bool)
-        exact_keep[first] = True
-        alive &= exact_keep
-    removed_exact = int(n_filtered - alive.sum())
-    funnel.append(("exact dedup", int(alive.sum()), int(nbytes[alive].sum())))
 
-    # Reduce 2: decontamination against the eval sets.
-    contaminated = alive & (contam_ref >= 0)
-    decontam_examples = []
+def decontaminate(corpus: MappedCorpus, alive: np.ndarray, refs: list[str], store: DocStore, stats: DataStats) -> None:
+    """Drop documents that contain an evaluation item (found by the map step)."""
+    contaminated = alive & (corpus.contam_ref >= 0)
     for i in np.nonzero(contaminated)[0][:3]:
-        doc = store.get(paths[i], offsets[i])
-        decontam_examples.append((sources[i], ids[i], _snippet(doc["text"]), _snippet(refs[contam_ref[i]]), float(contam_frac[i])))
+        d = corpus.docs[i]
+        stats.decontam_examples.append((d.source, d.id, _snippet(d.load(store)["text"]),
+                                        _snippet(refs[corpus.contam_ref[i]]), float(corpus.contam_frac[i])))
     alive &= ~contaminated
-    removed_decontam = int(contaminated.sum())
-    funnel.append(("decontamination", int(alive.sum()), int(nbytes[alive].sum())))
+    stats.removed_decontam = int(contaminated.sum())
+    stats.step("decontamination", alive.sum(), corpus.nbytes[alive].sum())
 
-    # Reduce 3: MinHash-LSH near-duplicate clusters over the survivors.
+
+def near_dedup(cfg: Config, corpus: MappedCorpus, alive: np.ndarray, store: DocStore, stats: DataStats) -> None:
+    """MinHash-LSH near-duplicate clusters over the survivors; one document of each cluster stays."""
     t = time.time()
-    clusters_report: list[tuple[int, list[int]]] = []
-    removed_near = 0
-    cluster_sizes: Counter = Counter()
+    clusters: list[list[int]] = []
     if cfg.minhash.enabled and alive.any():
         survivors = np.nonzero(alive)[0]
-        dedup = MinHashDeduplicator(cfg.minhash)
-        keep_local, clusters = dedup.find_duplicates(sigs[survivors])
-        for rep, members in clusters.items():
-            cluster_sizes[len(members)] += 1
-            clusters_report.append((int(survivors[rep]), [int(survivors[m]) for m in members]))
-        removed_near = int((~keep_local).sum())
+        keep_local, found = MinHashDeduplicator(cfg.minhash).find_duplicates(corpus.sigs[survivors])
+        for members in found.values():
+            stats.cluster_sizes[len(members)] += 1
+            clusters.append([int(survivors[m]) for m in members])
+        stats.removed_near = int((~keep_local).sum())
         alive[survivors[~keep_local]] = False
-    clusters_report.sort(key=lambda c: -len(c[1]))
-    cluster_examples = []
-    for rep, members in clusters_report[:3]:
-        a = store.get(paths[members[0]], offsets[members[0]])["text"]
-        b = store.get(paths[members[1]], offsets[members[1]])["text"]
-        sa = shingle_hashes(a, cfg.minhash.ngram, unit=cfg.minhash.unit)
-        sb = shingle_hashes(b, cfg.minhash.ngram, unit=cfg.minhash.unit)
-        inter = len(np.intersect1d(sa, sb))
-        jac = inter / max(1, len(sa) + len(sb) - inter)
-        cluster_examples.append((len(members), [f"{sources[m]}:{ids[m]}" for m in members[:4]], _snippet(a, 100), _snippet(b, 100), jac))
-    timings["minhash_lsh"] = time.time() - t
-    funnel.append(("near dedup (MinHash-LSH)", int(alive.sum()), int(nbytes[alive].sum())))
+    clusters.sort(key=lambda c: -len(c))
+    stats.n_clusters = len(clusters)
+    stats.cluster_examples = [_cluster_example(cfg, corpus, members, store) for members in clusters[:3]]
+    stats.timings["minhash_lsh"] = time.time() - t
+    stats.step("near dedup (MinHash-LSH)", alive.sum(), corpus.nbytes[alive].sum())
 
-    # Reduce 4 (streaming): line-level dedup across the corpus, written to stage2.
+
+def _cluster_example(cfg: Config, corpus: MappedCorpus, members: list[int], store: DocStore) -> tuple:
+    a = corpus.docs[members[0]].load(store)["text"]
+    b = corpus.docs[members[1]].load(store)["text"]
+    sa = shingle_hashes(a, cfg.minhash.ngram, unit=cfg.minhash.unit)
+    sb = shingle_hashes(b, cfg.minhash.ngram, unit=cfg.minhash.unit)
+    inter = len(np.intersect1d(sa, sb))
+    jaccard = inter / max(1, len(sa) + len(sb) - inter)
+    return (len(members), [corpus.docs[m].label for m in members[:4]], _snippet(a, 100), _snippet(b, 100), jaccard)
+
+
+def line_dedup(cfg: Config, corpus: MappedCorpus, alive: np.ndarray, store: DocStore, out_path: Path,
+               stats: DataStats) -> list[Doc]:
+    """Streaming pass over the survivors: remove lines (sentences, paragraphs) seen earlier in the corpus
+    and write what is left to ``out_path``. Returns the documents written there."""
     t = time.time()
     span = SpanDeduplicator(cfg.span_dedup)
-    stage2 = AtomicJsonlWriter(work / "stage2.jsonl")
-    s2_src, s2_ids, s2_len, s2_bytes, s2_kind = [], [], [], [], []
-    emptied = 0
+    writer = AtomicJsonlWriter(out_path)
+    kept: list[Doc] = []
     for i in np.nonzero(alive)[0]:
-        doc = store.get(paths[i], offsets[i])
+        doc = corpus.docs[i].load(store)
         if cfg.span_dedup.enabled and doc.get("kind", "prose") in cfg.span_dedup.kinds:
             new_text = span.process(doc["text"])
             if len(new_text.strip()) < cfg.filters.length.min_chars:
-                emptied += 1
+                stats.emptied += 1
                 continue
             doc["text"] = new_text
-        stage2.write(doc)
-        s2_src.append(doc["source"])
-        s2_ids.append(str(doc.get("id", "")))
-        s2_len.append(len(doc["text"]))
-        s2_bytes.append(len(doc["text"].encode("utf-8")))
-        s2_kind.append(doc.get("kind", "prose"))
-    stage2.commit()
+        writer.write(doc)
+        kept.append(Doc(str(writer.path), writer.offsets[-1], doc["source"], str(doc.get("id", "")),
+                        doc.get("kind", "prose"), len(doc["text"].encode("utf-8")), len(doc["text"])))
+    writer.commit()
+    stats.removed_spans, stats.removed_span_chars, stats.span_examples = span.removed_spans, span.removed_chars, span.examples
+    stats.timings["span_dedup"] = time.time() - t
+    stats.step(f"{cfg.span_dedup.unit} dedup", len(kept), sum(d.nbytes for d in kept))
+    return kept
+
+
+def quality_filter(cfg: Config, ctx, docs: list[Doc], data_dir: Path, stats: DataStats) -> tuple[list[Doc], np.ndarray]:
+    """Train the quality classifier on clean documents vs generated noise, score every document, drop the
+    low scores. Returns the kept documents and their scores (all 1 when the classifier is off)."""
+    t = time.time()
+    scores = np.ones(len(docs))
+    if cfg.quality.enabled and docs:
+        scores = _quality_scores(cfg, ctx, docs, data_dir, stats)
+    keep = scores >= cfg.quality.min_score if cfg.quality.enabled else np.ones(len(docs), dtype=bool)
+    stats.removed_quality = int((~keep).sum())
+    stats.timings["quality"] = time.time() - t
+    kept = [d for d, k in zip(docs, keep) if k]
+    stats.step("quality classifier", len(kept), sum(d.nbytes for d in kept))
+    return kept, scores[keep]
+
+
+def _quality_scores(cfg: Config, ctx, docs: list[Doc], data_dir: Path, stats: DataStats) -> np.ndarray:
+    rng = random.Random(ctx.seed)
+    sample = sorted(rng.sample(range(len(docs)), min(len(docs), cfg.quality.max_train_docs)))
+    store = DocStore()
+    clf, stats.quality_pr = train_quality_classifier([docs[i].load(store)["text"] for i in sample], cfg.quality,
+                                                     seed=ctx.seed, log=ctx.log)
+    clf.save(data_dir / "quality_classifier.safetensors")
+    stats.quality_trained = True
+    batch: list[str] = []
+    out_scores = []
+    with open(docs[0].path, "rb") as f:  # the line-dedup output: every document, in order
+        for line in f:
+            batch.append(json.loads(line)["text"])
+            if len(batch) >= 256:
+                out_scores.append(clf.score(batch))
+                batch = []
+    if batch:
+        out_scores.append(clf.score(batch))
+    scores = np.concatenate(out_scores)
+    for i in np.argsort(scores)[:3]:
+        if scores[i] < cfg.quality.min_score:
+            stats.quality_examples.append((docs[i].source, docs[i].id, float(scores[i]), _snippet(docs[i].load(store)["text"])))
     store.close()
-    s2_offsets = stage2.offsets
-    s2_path = str(stage2.path)
-    timings["span_dedup"] = time.time() - t
-    funnel.append((f"{cfg.span_dedup.unit} dedup", len(s2_src), int(sum(s2_bytes))))
+    return scores
 
-    # Quality classifier: train on clean docs vs generated noise, score everything, drop low scores.
-    t = time.time()
-    n2 = len(s2_src)
-    scores = np.ones(n2)
-    quality_pr: dict[str, Any] = {}
-    quality_examples = []
-    if cfg.quality.enabled and n2:
-        rng = random.Random(ctx.seed)
-        sample = sorted(rng.sample(range(n2), min(n2, cfg.quality.max_train_docs)))
-        store2 = DocStore()
-        clean_texts = [store2.get(s2_path, s2_offsets[i])["text"] for i in sample]
-        clf, quality_pr = train_quality_classifier(clean_texts, cfg.quality, seed=ctx.seed, log=ctx.log)
-        clf.save(data_dir / "quality_classifier.safetensors")
-        batch: list[str] = []
-        out_scores = []
-        with open(s2_path, "rb") as f:
-            for line in f:
-                batch.append(json.loads(line)["text"])
-                if len(batch) >= 256:
-                    out_scores.append(clf.score(batch))
-                    batch = []
-        if batch:
-            out_scores.append(clf.score(batch))
-        scores = np.concatenate(out_scores)
-        for i in np.argsort(scores)[:3]:
-            if scores[i] < cfg.quality.min_score:
-                quality_examples.append((s2_src[i], s2_ids[i], float(scores[i]),
-                                         _snippet(store2.get(s2_path, s2_offsets[i])["text"])))
-        store2.close()
-    keep_q = scores >= cfg.quality.min_score if cfg.quality.enabled else np.ones(n2, dtype=bool)
-    removed_quality = int((~keep_q).sum())
-    timings["quality"] = time.time() - t
-    final_idx = np.nonzero(keep_q)[0]
-    funnel.append(("quality classifier", len(final_idx), int(sum(s2_bytes[i] for i in final_idx))))
 
-    # Mix and write train / val.
+def mix_and_write(cfg: Config, ctx, docs: list[Doc], scores: np.ndarray, data_dir: Path, stats: DataStats) -> None:
+    """Plan the weighted mix of the sources and write data/train.jsonl and data/val.jsonl."""
     t = time.time()
-    f_src = [s2_src[i] for i in final_idx]
-    f_ids = [s2_ids[i] for i in final_idx]
-    f_len = np.array([s2_len[i] for i in final_idx])
-    f_bytes = np.array([s2_bytes[i] for i in final_idx])
-    f_scores = scores[final_idx]
+    sources = [d.source for d in docs]
+    nbytes = np.array([d.nbytes for d in docs])
     weights = {s.label: s.weight for s in cfg.sources}
     weights.update(cfg.mix.weights)
-    train_order, val_order = plan_mix(f_src, f_ids, f_len, f_scores, weights, cfg.mix, ctx.seed)
+    train_order, val_order = plan_mix(sources, [d.id for d in docs], np.array([d.chars for d in docs]), scores,
+                                      weights, cfg.mix, ctx.seed)
     if not train_order:
         top = Counter()
-        for st in filter_stats.values():
+        for st in stats.filter_stats.values():
             top.update(st["removed"])
-        raise ValueError(f"the data stage kept no training documents: {n_in} read, {n_filtered} passed the filters, "
-                         f"{len(final_idx)} survived dedup and the quality classifier; top filter reasons: "
+        raise ValueError(f"the data stage kept no training documents: {stats.n_in} read, {stats.n_filtered} passed the "
+                         f"filters, {len(docs)} survived dedup and the quality classifier; top filter reasons: "
                          f"{dict(top.most_common(3))}. Relax [data.filters] / [data.quality] min_score or add sources.")
     available: dict[str, list[int]] = {s.label: [0, 0] for s in cfg.sources}
-    for s, b in zip(f_src, f_bytes):
-        available[s][0] += 1
-        available[s][1] += int(b)
-    table = mix_table(train_order, val_order, f_src, f_bytes, {k: tuple(v) for k, v in available.items()}, weights)
-    store3 = DocStore()
-    lengths_by_source: dict[str, list[int]] = {}
-    for name, order in (("train", train_order), ("val", val_order)):
-        w = AtomicJsonlWriter(data_dir / f"{name}.jsonl")
-        try:
-            for k in order:
-                doc = store3.get(s2_path, s2_offsets[final_idx[k]])
-                w.write({"text": doc["text"], "source": doc["source"], "id": doc.get("id", ""),
-                         "kind": doc.get("kind", "prose"), "lang": doc.get("lang", "other")})
-                if name == "train":
-                    lengths_by_source.setdefault(doc["source"], []).append(len(doc["text"]))
-        except BaseException:
-            w.abort()
-            raise
-        w.commit()
-    store3.close()
-    timings["mix_write"] = time.time() - t
-    train_bytes = sum(r["train_bytes"] for r in table)
-    val_bytes = sum(r["val_bytes"] for r in table)
-    funnel.append(("mix: train (weighted)", len(train_order), train_bytes))
-    funnel.append(("mix: val", len(val_order), val_bytes))
+    for d in docs:
+        available[d.source][0] += 1
+        available[d.source][1] += d.nbytes
+    stats.mix_table = mix_table(train_order, val_order, sources, nbytes, {k: tuple(v) for k, v in available.items()}, weights)
+    store = DocStore()
+    _write_split(data_dir / "train.jsonl", [docs[k] for k in train_order], store, stats.lengths_by_source)
+    _write_split(data_dir / "val.jsonl", [docs[k] for k in val_order], store, None)
+    store.close()
+    stats.timings["mix_write"] = time.time() - t
+    stats.train_docs, stats.val_docs = len(train_order), len(val_order)
+    stats.train_bytes = sum(r["train_bytes"] for r in stats.mix_table)
+    stats.val_bytes = sum(r["val_bytes"] for r in stats.mix_table)
+    stats.step("mix: train (weighted)", stats.train_docs, stats.train_bytes)
+    stats.step("mix: val", stats.val_docs, stats.val_bytes)
 
-    # Stats, plots, report.
-    reasons: Counter = Counter()
-    for st in filter_stats.values():
-        reasons.update(st["removed"])
-    if removed_exact:
-        reasons["exact_dedup"] = removed_exact
-    if removed_decontam:
-        reasons["decontamination"] = removed_decontam
-    if removed_near:
-        reasons["near_dedup"] = removed_near
-    if emptied:
-        reasons[f"{cfg.span_dedup.unit}_dedup:emptied"] = emptied
-    if removed_quality:
-        reasons["quality_classifier"] = removed_quality
-    kind_counts = Counter(kinds)
-    lang_counts = Counter(langs)
-    src_stats = {name: {"totals": st.totals(), "examples": st.examples} for name, st in read_stats.items()}
-    stats = {
-        "funnel": [{"step": s, "docs": d, "bytes": b} for s, d, b in funnel],
-        "sources": src_stats,
-        "filters": filter_stats,
-        "removal_reasons": dict(reasons.most_common()),
-        "pii": {"counts": dict(pii_counts), "docs_with_pii": docs_with_pii},
-        "exact_dedup": {"removed": removed_exact},
-        "decontamination": {"references": len(refs), "removed": removed_decontam},
-        "near_dedup": {"removed": removed_near, "clusters": len(clusters_report),
-                       "cluster_sizes": {str(k): v for k, v in sorted(cluster_sizes.items())}},
-        "span_dedup": {"unit": cfg.span_dedup.unit, "removed_spans": span.removed_spans,
-                       "removed_chars": span.removed_chars, "emptied_docs": emptied},
-        "quality": {"removed": removed_quality, **quality_pr},
-        "kinds_after_filters": dict(kind_counts), "langs_after_filters": dict(lang_counts),
-        "mix": table,
-        "train": {"docs": len(train_order), "bytes": train_bytes},
-        "val": {"docs": len(val_order), "bytes": val_bytes},
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-    }
+
+def _write_split(path: Path, docs: list[Doc], store: DocStore, lengths_by_source: dict[str, list[int]] | None) -> None:
+    w = AtomicJsonlWriter(path)
+    try:
+        for d in docs:
+            doc = d.load(store)
+            w.write({"text": doc["text"], "source": doc["source"], "id": doc.get("id", ""),
+                     "kind": doc.get("kind", "prose"), "lang": doc.get("lang", "other")})
+            if lengths_by_source is not None:
+                lengths_by_source.setdefault(doc["source"], []).append(len(doc["text"]))
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+def run(ctx, cfg: Config):
+    from lmstack.pipeline import StageResult
     from lmstack.runs import atomic_write_json
-    atomic_write_json(data_dir / "stats.json", stats)
-    plots = _plots(ctx.run.sub("plots"), lengths_by_source, funnel)
+
+    t_start = time.time()
+    data_dir = ctx.run.sub("data")
+    work = data_dir / "_work"
+    if work.exists():
+        shutil.rmtree(work)  # leftovers of an interrupted run: restart cleanly
+    work.mkdir(parents=True)
+    stats = DataStats()
+
+    world, refs = build_world_step(cfg, ctx, data_dir, stats)
+    corpus = read_and_map(cfg, ctx, world, refs, work, stats)
+    alive = np.ones(len(corpus.docs), dtype=bool)
+    store = DocStore()
+    exact_dedup(cfg, corpus, alive, stats)
+    decontaminate(corpus, alive, refs, store, stats)
+    near_dedup(cfg, corpus, alive, store, stats)
+    deduped = line_dedup(cfg, corpus, alive, store, work / "stage2.jsonl", stats)
+    store.close()
+    final, scores = quality_filter(cfg, ctx, deduped, data_dir, stats)
+    mix_and_write(cfg, ctx, final, scores, data_dir, stats)
+
+    atomic_write_json(data_dir / "stats.json", stats.to_json(cfg))
+    plots = _plots(ctx.run.sub("plots"), stats.lengths_by_source)
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
-
-    metrics = {
-        "docs_in": n_in, "bytes_in": bytes_in,
-        "docs_train": len(train_order), "bytes_train": train_bytes,
-        "docs_val": len(val_order), "bytes_val": val_bytes,
-        "removed_filters": n_in - n_filtered, "removed_exact_dup": removed_exact,
-        "removed_near_dup": removed_near, "removed_decontam": removed_decontam,
-        "removed_quality": removed_quality, "lines_deduped": span.removed_spans,
-        "pii_masked": int(sum(pii_counts.values())),
-        "bad_input_lines": int(sum(st.totals()["bad_utf8"] + st.totals()["bad_json"] + st.totals()["missing_field"]
-                                   for st in read_stats.values())),
-    }
-    if quality_pr:
-        metrics["quality_precision"] = round(quality_pr["precision_clean"], 4)
-        metrics["quality_recall"] = round(quality_pr["recall_clean"], 4)
-    report = _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii, cluster_examples,
-                     cluster_sizes, span, decontam_examples, refs, quality_pr, quality_examples, table, plots,
-                     read_stats, time.time() - t_start)
     artifacts = {"train": "data/train.jsonl", "val": "data/val.jsonl", "stats": "data/stats.json",
                  "world": "data/world"}
-    if cfg.quality.enabled and n2:
+    if stats.quality_trained:
         artifacts["quality_classifier"] = "data/quality_classifier.safetensors"
     for p in plots:
         artifacts[Path(p).stem] = p
-    return StageResult(metrics=metrics, artifacts=artifacts, report=report)
+    report = _report(cfg, stats, plots, time.time() - t_start)
+    return StageResult(metrics=stats.metrics(), artifacts=artifacts, report=report)
 
 
-def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]], funnel) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmstack.runs import atomic_write_bytes
-    import io
-
-    out = []
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]]) -> list[str]:
+    fig, ax = pyplot().subplots(figsize=(7, 3.6))
     all_lengths = [x for v in lengths_by_source.values() for x in v]
     if all_lengths:
         bins = np.logspace(np.log10(max(1, min(all_lengths))), np.log10(max(all_lengths) + 1), 40)
@@ -572,121 +662,118 @@ def _plots(plot_dir: Path, lengths_by_source: dict[str, list[int]], funnel) -> l
     ax.set_ylabel("documents (train, weighted)")
     ax.set_title("Document lengths after cleaning")
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs a full draw
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(plot_dir / "data_lengths.png", buf.getvalue())
-    out.append("plots/data_lengths.png")
-
-    return out
+    save_figure(fig, plot_dir / "data_lengths.png")
+    return ["plots/data_lengths.png"]
 
 
-def _report(cfg, stats, funnel, filter_stats, reasons, pii_counts, docs_with_pii, cluster_examples, cluster_sizes,
-            span, decontam_examples, refs, quality_pr, quality_examples, table, plots, read_stats, seconds) -> str:
-    L = []
-    L.append(f"Sources: {', '.join(f'{s.label} ({s.kind}, weight {cfg.mix.weights.get(s.label, s.weight):g})' for s in cfg.sources)}. "
-             f"Map step over shards of {cfg.shard_docs} documents with {cfg.workers} worker(s); total {seconds:.1f} s.")
-    L.append("")
-    L.append("### Sources read")
-    L.append("| source | files | docs | MB | invalid UTF-8 | malformed JSON | missing field | empty |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, st in read_stats.items():
+# --- the report -----------------------------------------------------------------------------------
+
+def _report(cfg: Config, stats: DataStats, plots: list[str], seconds: float) -> str:
+    L = [f"Sources: {', '.join(f'{s.label} ({s.kind}, weight {cfg.mix.weights.get(s.label, s.weight):g})' for s in cfg.sources)}. "
+         f"Map step over shards of {cfg.shard_docs} documents with {cfg.workers} worker(s); total {seconds:.1f} s.", ""]
+    L += _report_sources(stats)
+    L += _report_funnel(stats, stats.removal_reasons(cfg))
+    L += _report_filters(stats)
+    L += _report_dedup(cfg, stats)
+    L += _report_quality(cfg, stats)
+    L += _report_mix(cfg, stats, plots)
+    return "\n".join(L) + "\n"
+
+
+def _report_sources(stats: DataStats) -> list[str]:
+    L = ["### Sources read",
+         "| source | files | docs | MB | invalid UTF-8 | malformed JSON | missing field | empty |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, st in stats.read_stats.items():
         t = st.totals()
         L.append(f"| {name} | {t['files']} | {t['docs']} | {t['bytes'] / 1e6:.2f} | {t['bad_utf8']} | {t['bad_json']} | "
                  f"{t['missing_field']} | {t['empty']} |")
-    problems = [e for st in read_stats.values() for e in st.examples]
+    problems = [e for st in stats.read_stats.values() for e in st.examples]
     if problems:
-        L.append("")
-        L.append("First bad-input lines (skipped and counted):")
+        L += ["", "First bad-input lines (skipped and counted):"]
         L += [f"- `{e}`" for e in problems[:5]]
-    L.append("")
-    L.append("### Funnel")
-    L.append("| step | docs out | MB out | removed docs |")
-    L.append("|---|---:|---:|---:|")
+    return L + [""]
+
+
+def _report_funnel(stats: DataStats, reasons: Counter) -> list[str]:
+    L = ["### Funnel", "| step | docs out | MB out | removed docs |", "|---|---:|---:|---:|"]
     prev = None
-    for step, d, b in funnel:
+    for step, d, b in stats.funnel:
         removed = "" if prev is None or step.startswith("mix") else str(prev - d)
         L.append(f"| {step} | {d} | {b / 1e6:.2f} | {removed} |")
         if not step.startswith("mix"):
             prev = d
-    L.append("")
-    L.append("### Removal reasons")
+    L += ["", "### Removal reasons"]
     total_removed = sum(reasons.values()) or 1
-    L.append("| reason | docs | share of removals |")
-    L.append("|---|---:|---:|")
+    L += ["| reason | docs | share of removals |", "|---|---:|---:|"]
     for r, n in reasons.most_common():
         L.append(f"| {r} | {n} | {n / total_removed:.1%} |")
-    L.append("")
-    L.append("Filters (applied in order; code documents skip prose-only rules and get the code rules, "
-             "see `lmstack/data/clean.py`):")
-    L.append("")
-    L.append("| filter | seen | kept | not applicable (other kind) | removed |")
-    L.append("|---|---:|---:|---:|---:|")
-    for name, st in filter_stats.items():
+    return L + [""]
+
+
+def _report_filters(stats: DataStats) -> list[str]:
+    L = ["Filters (applied in order; code documents skip prose-only rules and get the code rules, "
+         "see `lmstack/data/clean.py`):", "",
+         "| filter | seen | kept | not applicable (other kind) | removed |", "|---|---:|---:|---:|---:|"]
+    for name, st in stats.filter_stats.items():
         L.append(f"| {name} | {st['seen']} | {st['kept']} | {st['skipped']} | {sum(st['removed'].values())} |")
-    L.append("")
-    L.append(f"Documents after the filters by kind: {dict(stats['kinds_after_filters'])}; by script: "
-             f"{dict(stats['langs_after_filters'])}.")
-    L.append("")
-    examples = [(r, e) for st in filter_stats.values() for r, ex in st["examples"].items() for e in ex[:1]]
+    L += ["", f"Documents after the filters by kind: {dict(stats.kinds)}; by script: {dict(stats.langs)}.", ""]
+    examples = [(r, e) for st in stats.filter_stats.values() for r, ex in st["examples"].items() for e in ex[:1]]
     if examples:
-        L.append("Removed examples (one per reason):")
-        L.append("")
-        L.append("| reason | example |")
-        L.append("|---|---|")
-        for r, e in examples[:20]:
-            L.append(f"| {r} | {_snippet(e, 140)} |")
+        L += ["Removed examples (one per reason):", "", "| reason | example |", "|---|---|"]
+        L += [f"| {r} | {_snippet(e, 140)} |" for r, e in examples[:20]]
         L.append("")
     L.append("### PII masking")
-    L.append(f"{docs_with_pii} documents contained PII; placeholders inserted: "
-             + (", ".join(f"`<|{k}|>` x {v}" for k, v in sorted(pii_counts.items())) or "none") + ".")
-    L.append("")
-    L.append("### Dedup")
-    nd = stats["near_dedup"]
-    L.append(f"- Exact (document hash): {stats['exact_dedup']['removed']} removed.")
-    L.append(f"- Decontamination against {len(refs)} evaluation items (>= {cfg.decontam.containment_threshold:.0%} of an item's "
-             f"{cfg.decontam.ngram}-gram shingles inside a training doc): {stats['decontamination']['removed']} removed.")
-    for src, did, doc, ref, frac in decontam_examples:
+    L.append(f"{stats.docs_with_pii} documents contained PII; placeholders inserted: "
+             + (", ".join(f"`<|{k}|>` x {v}" for k, v in sorted(stats.pii_counts.items())) or "none") + ".")
+    return L + [""]
+
+
+def _report_dedup(cfg: Config, stats: DataStats) -> list[str]:
+    mh, span = cfg.minhash, cfg.span_dedup
+    L = ["### Dedup", f"- Exact (document hash): {stats.removed_exact} removed."]
+    L.append(f"- Decontamination against {stats.n_references} evaluation items (>= {cfg.decontam.containment_threshold:.0%} "
+             f"of an item's {cfg.decontam.ngram}-gram shingles inside a training doc): {stats.removed_decontam} removed.")
+    for src, did, doc, ref, frac in stats.decontam_examples:
         L.append(f"  - `{src}:{did}` contains {frac:.0%} of eval item \"{ref}\": \"{doc}\"")
-    L.append(f"- Near-duplicate (MinHash-LSH, {cfg.minhash.unit} {cfg.minhash.ngram}-gram shingles, {cfg.minhash.bands} bands x "
-             f"{cfg.minhash.rows} rows): {nd['clusters']} clusters, {nd['removed']} removed (one kept per cluster). "
-             f"Cluster sizes: " + (", ".join(f"{k} docs x {v}" for k, v in sorted(cluster_sizes.items())) or "none") + ".")
-    if cluster_examples:
-        L.append("")
-        L.append("| cluster size | members | first doc | second doc | exact Jaccard |")
-        L.append("|---:|---|---|---|---:|")
-        for size, members, a, b, jac in cluster_examples:
+    L.append(f"- Near-duplicate (MinHash-LSH, {mh.unit} {mh.ngram}-gram shingles, {mh.bands} bands x "
+             f"{mh.rows} rows): {stats.n_clusters} clusters, {stats.removed_near} removed (one kept per cluster). "
+             f"Cluster sizes: " + (", ".join(f"{k} docs x {v}" for k, v in sorted(stats.cluster_sizes.items())) or "none") + ".")
+    if stats.cluster_examples:
+        L += ["", "| cluster size | members | first doc | second doc | exact Jaccard |", "|---:|---|---|---|---:|"]
+        for size, members, a, b, jac in stats.cluster_examples:
             L.append(f"| {size} | {', '.join(members)} | {a} | {b} | {jac:.2f} |")
     L.append("")
-    L.append(f"- {cfg.span_dedup.unit.capitalize()}-level (>= {cfg.span_dedup.min_chars} chars, kinds {cfg.span_dedup.kinds}): "
-             f"{span.removed_spans} repeated {cfg.span_dedup.unit}s removed ({span.removed_chars} chars); "
-             f"{stats['span_dedup']['emptied_docs']} documents emptied.")
-    for line, n in span.examples.most_common(3):
+    L.append(f"- {span.unit.capitalize()}-level (>= {span.min_chars} chars, kinds {span.kinds}): "
+             f"{stats.removed_spans} repeated {span.unit}s removed ({stats.removed_span_chars} chars); "
+             f"{stats.emptied} documents emptied.")
+    for line, n in stats.span_examples.most_common(3):
         L.append(f"  - repeated {n} more times: \"{_snippet(line, 100)}\"")
-    L.append("")
-    if quality_pr:
-        L.append("### Quality classifier (fastText-style: hashed word 1-2-grams, word-shape 2-3-grams, char 3-grams)")
-        L.append(f"Trained on {quality_pr['train_examples']} examples (clean documents vs generated noisy variants: "
-                 f"shuffled words, random characters, boilerplate, keyword spam); held-out {quality_pr['heldout_examples']}.")
-        L.append("")
-        L.append("| held-out metric | value |")
-        L.append("|---|---:|")
-        for k in ("precision_clean", "recall_clean", "precision_noisy", "recall_noisy", "accuracy"):
-            L.append(f"| {k} | {quality_pr[k]:.3f} |")
-        L.append("")
-        L.append(f"{stats['quality']['removed']} documents scored below P(clean) = {cfg.quality.min_score} and were removed.")
-        for src, did, score, snip in quality_examples:
-            L.append(f"- `{src}:{did}` P(clean)={score:.2f}: \"{snip}\"")
-        L.append("")
-    L.append("### Mix")
-    L.append(f"Order: {cfg.mix.order}; validation: {cfg.mix.val_fraction:.0%} of documents per source (document-level split).")
-    L.append("")
-    L.append("| source | weight | docs available | train docs | train MB | share | epochs | val docs |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in table:
+    return L + [""]
+
+
+def _report_quality(cfg: Config, stats: DataStats) -> list[str]:
+    pr = stats.quality_pr
+    if not pr:
+        return []
+    L = ["### Quality classifier (fastText-style: hashed word 1-2-grams, word-shape 2-3-grams, char 3-grams)",
+         f"Trained on {pr['train_examples']} examples (clean documents vs generated noisy variants: "
+         f"shuffled words, random characters, boilerplate, keyword spam); held-out {pr['heldout_examples']}.",
+         "", "| held-out metric | value |", "|---|---:|"]
+    for k in ("precision_clean", "recall_clean", "precision_noisy", "recall_noisy", "accuracy"):
+        L.append(f"| {k} | {pr[k]:.3f} |")
+    L += ["", f"{stats.removed_quality} documents scored below P(clean) = {cfg.quality.min_score} and were removed."]
+    for src, did, score, snip in stats.quality_examples:
+        L.append(f"- `{src}:{did}` P(clean)={score:.2f}: \"{snip}\"")
+    return L + [""]
+
+
+def _report_mix(cfg: Config, stats: DataStats, plots: list[str]) -> list[str]:
+    L = ["### Mix",
+         f"Order: {cfg.mix.order}; validation: {cfg.mix.val_fraction:.0%} of documents per source (document-level split).",
+         "", "| source | weight | docs available | train docs | train MB | share | epochs | val docs |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in stats.mix_table:
         L.append(f"| {r['source']} | {r['weight']:g} | {r['available_docs']} | {r['train_docs']} | {r['train_bytes'] / 1e6:.2f} | "
                  f"{r['share']:.1%} | {r['epochs']:.2f} | {r['val_docs']} |")
-    L.append("")
-    L.append(f"![Document lengths]({plots[0]})")
-    return "\n".join(L) + "\n"
-
+    return L + ["", f"![Document lengths]({plots[0]})"]

@@ -25,7 +25,6 @@ NON_CJK_WORD_RE = regex.compile(rf"[^\s{CJK_CLASS}{CJK_PUNCT}]+")
 NO_LETTER_WORD_RE = regex.compile(rf"(?<![^\s{CJK_CLASS}{CJK_PUNCT}])[^\s{CJK_CLASS}{CJK_PUNCT}\p{{L}}]+(?![^\s{CJK_CLASS}{CJK_PUNCT}])")
 # For dedup shingles: punctuation and case do not make two texts different.
 SHINGLE_TOKEN_RE = regex.compile(rf"[{CJK_CLASS}]|[\p{{L}}\p{{N}}_]+")
-CJK_CHAR_RE = regex.compile(rf"[{CJK_CLASS}]")
 LATIN_RE = regex.compile(r"\p{Latin}")
 CJK_LETTER_RE = regex.compile(rf"[{CJK_CLASS}&&\p{{L}}]", regex.V1)
 CONTROL_RE = regex.compile(r"[^\P{Cc}\n\t]")
@@ -44,18 +43,6 @@ def words(text: str) -> list[str]:
 def shingle_tokens(text: str) -> list[str]:
     """Lower-cased word tokens without punctuation, used to build dedup shingles."""
     return SHINGLE_TOKEN_RE.findall(text.lower())
-
-
-def is_cjk_word(w: str) -> bool:
-    return len(w) == 1 and CJK_CHAR_RE.match(w) is not None
-
-
-def cjk_fraction(text: str) -> float:
-    """Share of the letters that are CJK characters (0 for text without letters)."""
-    letters = len(ALPHA_RE.findall(text))
-    if letters == 0:
-        return 0.0
-    return len(CJK_CHAR_RE.findall(text)) / letters
 
 
 def split_sentences(text: str) -> list[str]:

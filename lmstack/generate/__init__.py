@@ -21,14 +21,21 @@ One API for the chat CLI, the evals, the alignment rollouts and the server::
 Each returns ``Generation(text, token_ids, finish_reason, logprobs, score, prompt_tokens, extra)``.
 ``cfg`` may also be a list with one GenerationConfig per prompt (per-request parameters).
 Processor order and defaults: see ``lmstack.generate.processors``.
+
+Modules, each importing only those above it: ``config`` (GenerationConfig), ``processors``,
+``text`` (incremental detokenizing, stop strings), ``fast`` (lean decode step) -> ``sequence``
+(result types, one output in progress, token budget, model helpers) -> ``batched`` (the batched
+greedy/sampling loop) -> ``search``, ``speculative``, ``rerank`` (strategies) -> ``engine`` (the
+public API and the dispatch) -> ``cli``.
 """
 
 from .config import STRATEGIES, GenerationConfig
-from .engine import Engine, Generation, StreamChunk, chat, chat_prompt_ids, generate, stream
+from .engine import Engine, chat, generate, stream
 from .processors import (BadWords, MinNewTokens, MinP, NoRepeatNGram, PresenceFrequencyPenalty, ProcessorList,
                          RepetitionPenalty, Temperature, TopK, TopP, build_processors)
 from .rerank import best_of_n, extract_answer, self_consistency
 from .search import beam_search, contrastive_decoding, contrastive_search
+from .sequence import Generation, StreamChunk, chat_prompt_ids
 from .speculative import accept_drafts, speculative_generate
 
 __all__ = [

@@ -21,7 +21,8 @@ from lmstack.config import ConfigError
 from lmstack.model.io import CheckpointError
 
 from .config import STRATEGIES, GenerationConfig, set_field
-from .engine import Engine, chat_prompt_ids, model_max_len
+from .engine import Engine
+from .sequence import chat_prompt_ids, model_max_len
 
 STAGE_PREFERENCE = ("ppo", "dpo", "sft", "pretrain")
 STREAMABLE = ("greedy", "sample")

@@ -53,10 +53,9 @@ def supports_fast_decode(model) -> bool:
 class _Weight:
     """A linear weight laid out for decoding a few rows at a time on a CPU: ``w(x [M, in]) -> [M, out]``.
 
-    One row times a weight matrix is memory-bound, and two things decide its speed here (measured
-    on the 2-core CI machine, benchmarks/generate.py): (1) the layout: a contiguous [in, out] copy
-    streams about 2x faster than the [out, in] parameter when out >= in, and the other way round
-    when out < in; (2) threads: torch runs a one-row matmul on one core, so the weight is split
+    One row times a weight matrix is memory-bound, and two things decide its speed here
+    (benchmarks/generate.py measures both): (1) the layout: a contiguous [in, out] copy streams
+    faster than the [out, in] parameter when out >= in, and the other way round when out < in; (2) threads: torch runs a one-row matmul on one core, so the weight is split
     into ``parts`` slices (columns when out >= in, else rows of [in, out], whose partial products
     are summed) that one batched matmul spreads over the cores. ``parts=1`` (GPU) is a plain matmul.
     """
@@ -146,7 +145,7 @@ class FastDecoder:
         return self
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, cache, return_hidden: bool = False, all_positions: bool = False):
+    def step(self, tokens: torch.Tensor, cache, all_positions: bool = False):
         """Feed ``tokens [B, T]`` after the cached ones. Returns the last position's logits [B, V]
         (or every position's, [B, T, V], with ``all_positions``). T > 1 (a speculative verify pass)
         needs a cache without padding. Call ``refresh()`` first whenever the weights may have
@@ -208,7 +207,7 @@ class FastDecoder:
         logits = self._lm_head(hidden.reshape(-1, hidden.shape[-1])).view(*hidden.shape[:-1], -1)
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        return (logits, hidden) if return_hidden else logits
+        return logits
 
 
 ENABLED = True  # set False to always decode through model.forward (e.g. to compare)

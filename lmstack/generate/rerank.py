@@ -13,8 +13,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .batched import run_batched
 from .config import GenerationConfig
-from .engine import Generation, _batched_steps
+from .sequence import Generation
 
 
 def _samples(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) -> list[Generation]:
@@ -23,21 +24,7 @@ def _samples(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) -> 
         sample_cfg = sample_cfg.replace(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     # row i draws with seed + i: distinct samples, reproducible from the one seed
     cfgs = [sample_cfg.replace(seed=sample_cfg.seed + i) for i in range(cfg.n)]
-    gens: dict[int, Generation] = {i: Generation("", [], "length", logprobs=[], prompt_tokens=len(prompt_ids))
-                                   for i in range(cfg.n)}
-    texts: dict[int, list[str]] = {i: [] for i in range(cfg.n)}
-    for chunks in _batched_steps(model, tokenizer, [prompt_ids] * cfg.n, cfgs):
-        for ch in chunks:
-            g = gens[ch.index]
-            if ch.token_id is not None:
-                g.token_ids.append(ch.token_id)
-                g.logprobs.append(ch.logprob)
-            texts[ch.index].append(ch.text)
-            if ch.finish_reason:
-                g.finish_reason = ch.finish_reason
-    for i, g in gens.items():
-        g.text = "".join(texts[i])
-    return [gens[i] for i in range(cfg.n)]
+    return run_batched(model, tokenizer, [prompt_ids] * cfg.n, cfgs)
 
 
 def mean_logprob(gen: Generation) -> float:

@@ -7,14 +7,12 @@ the cache; contrastive decoding runs an expert and an amateur cache side by side
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
 from .config import GenerationConfig
-from .engine import (Generation, _check_room, _processors, _Sequence, decode_stepper, forward, model_device,
-                     stop_token_ids_for)
+from .sequence import (Generation, SequenceState, decode_stepper, forward, model_device, processors_for,
+                       stop_token_ids_for, token_budget)
 from .text import TextTracker
 
 DEAD = -1.0e9  # HF's "impossible" score: finite so that sums and sorts stay well defined
@@ -46,9 +44,9 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) 
     device = model_device(model)
     K = cfg.num_beams
     prompt_len = len(prompt_ids)
-    budget = _check_room(model, prompt_len, cfg.max_new_tokens, "beam search")
+    budget = token_budget(model, prompt_len, cfg.max_new_tokens, "beam search")
     stop_ids = sorted(set(stop_token_ids_for(tokenizer, cfg)))
-    procs = _processors(tokenizer, cfg, stop_ids)
+    procs = processors_for(tokenizer, cfg, stop_ids)
     if budget == 0:
         return Generation("", [], "length", prompt_tokens=prompt_len, score=0.0, extra={"beams": []})
     max_len = prompt_len + budget
@@ -144,9 +142,9 @@ def contrastive_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationC
     device = model_device(model)
     k, alpha = cfg.contrastive_k, cfg.penalty_alpha
     prompt_len = len(prompt_ids)
-    budget = _check_room(model, prompt_len, cfg.max_new_tokens, "contrastive search")
-    seq = _Sequence(tokenizer, cfg, budget)
-    procs = _processors(tokenizer, cfg, seq.stop_ids)
+    budget = token_budget(model, prompt_len, cfg.max_new_tokens, "contrastive search")
+    seq = SequenceState(tokenizer, cfg, budget)
+    procs = processors_for(tokenizer, cfg, seq.stop_ids)
     if budget == 0:
         return seq.result(prompt_len, cfg)
     ids = torch.tensor([prompt_ids], device=device)
@@ -190,10 +188,10 @@ def contrastive_decoding(expert, amateur, tokenizer, prompt_ids: list[int], cfg:
     logits are divided by ``amateur_temperature`` first."""
     device = model_device(expert)
     prompt_len = len(prompt_ids)
-    budget = _check_room(expert, prompt_len, cfg.max_new_tokens, "contrastive decoding")
-    budget = _check_room(amateur, prompt_len, budget, "contrastive decoding (amateur)")
-    seq = _Sequence(tokenizer, cfg, budget)
-    procs = _processors(tokenizer, cfg, seq.stop_ids)
+    budget = token_budget(expert, prompt_len, cfg.max_new_tokens, "contrastive decoding")
+    budget = token_budget(amateur, prompt_len, budget, "contrastive decoding (amateur)")
+    seq = SequenceState(tokenizer, cfg, budget)
+    procs = processors_for(tokenizer, cfg, seq.stop_ids)
     if budget == 0:
         return seq.result(prompt_len, cfg)
     ids = torch.tensor([prompt_ids], device=device)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .config import GenerationConfig
-from .engine import Generation, _check_room, _processors, _Sequence, decode_stepper, model_device
+from .sequence import Generation, SequenceState, decode_stepper, model_device, processors_for, token_budget
 from .processors import MinP, Temperature, TopK, TopP
 
 
@@ -53,11 +53,11 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
     gamma = cfg.num_draft_tokens
     greedy = not cfg.do_sample
     prompt_len = len(prompt_ids)
-    budget = _check_room(target, prompt_len, cfg.max_new_tokens, "speculative decoding (target)")
+    budget = token_budget(target, prompt_len, cfg.max_new_tokens, "speculative decoding (target)")
     # the draft may look gamma tokens ahead of the committed sequence
-    budget = _check_room(draft, prompt_len, budget, "speculative decoding (draft)")
-    seq = _Sequence(tokenizer, cfg, budget)
-    procs = _processors(tokenizer, cfg, seq.stop_ids, warpers=not greedy)
+    budget = token_budget(draft, prompt_len, budget, "speculative decoding (draft)")
+    seq = SequenceState(tokenizer, cfg, budget)
+    procs = processors_for(tokenizer, cfg, seq.stop_ids, warpers=not greedy)
     generator = torch.Generator().manual_seed(int(cfg.seed)) if (cfg.seed is not None and not greedy) else None
     stats = {"rounds": 0, "drafted": 0, "accepted": 0, "target_forwards": 0, "draft_forwards": 0}
     if budget == 0:
@@ -66,7 +66,7 @@ def speculative_generate(target, draft, tokenizer, prompt_ids: list[int], cfg: G
     cache_t = target.new_kv_cache(1, cap, device=device)
     cache_d = draft.new_kv_cache(1, cap, device=draft_device)
     draft_step = decode_stepper(draft)
-    target_step = decode_stepper(target)  # scores all drafts in one call (~1.5 single-token steps on a CPU)
+    target_step = decode_stepper(target)  # scores all drafts in one call (cost: benchmarks/generate.py)
     plain_greedy = greedy and not procs
     # temperature/top-k/top-p/min-p do not look at the history, so all positions can be processed at once
     history_free = not greedy and all(isinstance(pr, (Temperature, TopK, TopP, MinP)) for pr in procs)

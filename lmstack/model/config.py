@@ -10,13 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-FFN_TYPES = ("relu", "gelu", "gelu_tanh", "swiglu", "relu2")
-NORM_TYPES = ("layernorm", "rmsnorm")
-POSITION_TYPES = ("learned", "sinusoidal", "rope", "alibi", "none")
-ROPE_SCALING_TYPES = ("none", "linear", "ntk", "yarn")
-ATTENTION_TYPES = ("full", "sliding", "local_global")
+FFNType = Literal["relu", "gelu", "gelu_tanh", "swiglu", "relu2"]
+NormType = Literal["layernorm", "rmsnorm"]
+PositionType = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+RopeScaling = Literal["none", "linear", "ntk", "yarn"]
+AttentionType = Literal["full", "sliding", "local_global"]
+FFN_TYPES = get_args(FFNType)
+NORM_TYPES = get_args(NormType)
+POSITION_TYPES = get_args(PositionType)
+ROPE_SCALING_TYPES = get_args(RopeScaling)
+ATTENTION_TYPES = get_args(AttentionType)
 
 
 @dataclass
@@ -31,22 +36,22 @@ class ModelConfig:
     head_dim: int = 0  # 0 = d_model // n_heads
     max_seq_len: int = 256  # learned/sinusoidal table size and the RoPE cache's initial length
     # feed-forward
-    ffn_type: str = "swiglu"
+    ffn_type: FFNType = "swiglu"
     ffn_hidden: int = 0  # 0 = 4*d_model (2/3 of that, rounded up to 64, for swiglu)
     # normalisation (always pre-norm)
-    norm_type: str = "rmsnorm"
+    norm_type: NormType = "rmsnorm"
     norm_eps: float = 1e-5
     # positions
-    position_type: str = "rope"
+    position_type: PositionType = "rope"
     rope_theta: float = 10000.0
-    rope_scaling: str = "none"
+    rope_scaling: RopeScaling = "none"
     rope_scaling_factor: float = 1.0
     rope_original_max_len: int = 0  # context the model was trained at; 0 = max_seq_len
     yarn_beta_fast: float = 32.0
     yarn_beta_slow: float = 1.0
     # attention pattern: one entry per layer, or a shorter list that repeats over the layers,
     # e.g. ["sliding", "sliding", "full"] interleaves local and global layers (Gemma-2 style).
-    attention_pattern: list[str] = field(default_factory=lambda: ["full"])
+    attention_pattern: list[AttentionType] = field(default_factory=lambda: ["full"])
     sliding_window: int = 128  # keys visible to a query, itself included, in sliding/local layers
     n_global_tokens: int = 4  # "local_global": the first tokens stay visible to every query
     qk_norm: bool = False  # RMSNorm on each head's q and k before RoPE (OLMo-2 / Qwen-3)

@@ -19,6 +19,7 @@ import numpy as np
 
 from lmstack.ngram.counts import Vocab, count_token_stream, token_stream_to_padded
 from lmstack.ngram.models import METHODS, fit
+from lmstack.report import pyplot, save_figure
 
 EXPORTABLE = ("modified_kneser_ney", "kneser_ney", "katz")
 
@@ -186,14 +187,9 @@ def run(ctx, cfg: Config):
 
 def _plot(ctx, rows, cfg) -> str | None:
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
+        plt = pyplot()
+    except ImportError:
         return None
-    from lmstack.runs import atomic_write_bytes
-    import io
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in cfg.methods:
         pts = [(r["order"], r["val_bpb"]) for r in rows if r["method"] == method and math.isfinite(r["val_bpb"])]
@@ -208,13 +204,9 @@ def _plot(ctx, rows, cfg) -> str | None:
     ax.set_title("n-gram baselines")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    rel = "plots/ngram_bpb.png"
-    atomic_write_bytes(ctx.run.sub("plots") / "ngram_bpb.png", buf.getvalue())
-    return rel
+    save_figure(fig, ctx.run.sub("plots") / "ngram_bpb.png")
+    return "plots/ngram_bpb.png"
 
 
 def _report(rows, best, counts, count_s, val_bytes, arpa_note, samples, tok_note, plot, cfg) -> str:

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import regex
 
 from lmstack.runs import read_json
-from lmstack.tokenizer.pretokenize import build_pattern, compiled
+from lmstack.tokenizer.pretokenize import compiled
 
 FORMAT_NAME = "lmstack-tokenizer"
 FORMAT_VERSION = 1

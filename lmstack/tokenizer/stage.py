@@ -22,6 +22,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from lmstack import DATA_DIR
+from lmstack.report import pyplot, save_figure
 from lmstack.runs import iter_jsonl
 from lmstack.tokenizer.core import Tokenizer
 from lmstack.tokenizer.pretokenize import PATTERN_NAMES, build_pattern
@@ -163,13 +164,7 @@ def _plot_merges(tok: Tokenizer, path: Path) -> bool:
     counts = tok.metadata.get("merge_counts")
     if not counts:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmstack.runs import atomic_write_bytes
-    import io
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(10, 3.6))
     ax1.loglog(np.arange(1, len(counts) + 1), counts)
     ax1.set_xlabel("merge rank")
     ax1.set_ylabel("pair frequency when merged")
@@ -180,10 +175,7 @@ def _plot_merges(tok: Tokenizer, path: Path) -> bool:
     ax2.set_ylabel("tokens")
     ax2.set_title("vocabulary token lengths")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return True
 
 
@@ -196,50 +188,37 @@ def _train_signature(cfg: Config, train_path: Path, seed: int) -> dict:
             "train_file_bytes": st.st_size, "train_file_mtime_ns": st.st_mtime_ns, "seed": seed}
 
 
-def run(ctx, cfg: Config):
-    from lmstack.data.shards import write_tokens
-    from lmstack.pipeline import StageResult
-    from lmstack.runs import atomic_write_json
-    from lmstack.tokenizer.interop import export_hf, export_tiktoken
+def _load_or_train(cfg: Config, ctx, train_path: Path, tok_path: Path) -> tuple[Tokenizer, bool]:
+    """The tokenizer of an earlier run with the same config and training file, else a new one.
+    Returns (tokenizer, trained now)."""
     from lmstack.tokenizer.train import train_tokenizer
 
-    if cfg.pattern not in PATTERN_NAMES and len(cfg.pattern) < 8:
-        raise ValueError(f"[tokenizer] pattern: {cfg.pattern!r} is not one of {', '.join(PATTERN_NAMES)} (or a regex)")
-    data_dir = ctx.run.path / "data"
-    train_path, val_path = data_dir / "train.jsonl", data_dir / "val.jsonl"
-    for p in (train_path, val_path):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found: run the data stage first (lmstack data)")
-    tok_dir = ctx.run.sub("tokenizer")
-    tok_path = tok_dir / "tokenizer.json"
     signature = _train_signature(cfg, train_path, ctx.seed)
-
-    tok = None
     if tok_path.exists():
         try:
             previous = Tokenizer.load(tok_path)
             if previous.metadata.get("signature") == signature:
-                tok = previous
                 ctx.log(f"reusing {tok_path} (same config and training file)")
+                return previous, False
         except ValueError:
             pass
-    trained_now = tok is None
-    if tok is None:
-        ctx.log(f"training {cfg.mode}-level BPE, vocab {cfg.vocab_size}, on up to {cfg.max_train_bytes:,} bytes of {train_path.name}")
-        tok = train_tokenizer(training_sample(train_path, cfg.max_train_bytes, ctx.seed), cfg.vocab_size,
-                              mode=cfg.mode, pattern=cfg.pattern, max_digits=cfg.max_digits,
-                              char_coverage=cfg.char_coverage, processes=max(1, cfg.num_workers))
-        if not tok.metadata.get("train_chars"):
-            raise ValueError(f"{train_path}: no text to train the tokenizer on (every document is empty)")
-        if tok.vocab_size < cfg.vocab_size:
-            ctx.log(f"warning: the training sample ran out of pairs to merge; vocabulary is {tok.vocab_size}, "
-                    f"not the requested {cfg.vocab_size} (shards/meta.json records the real size)")
-        tok.metadata["signature"] = signature
-        tok.save(tok_path)
-    meta = tok.metadata
-    ctx.log(f"tokenizer: {tok!r}")
+    ctx.log(f"training {cfg.mode}-level BPE, vocab {cfg.vocab_size}, on up to {cfg.max_train_bytes:,} bytes of {train_path.name}")
+    tok = train_tokenizer(training_sample(train_path, cfg.max_train_bytes, ctx.seed), cfg.vocab_size,
+                          mode=cfg.mode, pattern=cfg.pattern, max_digits=cfg.max_digits,
+                          char_coverage=cfg.char_coverage, processes=max(1, cfg.num_workers))
+    if not tok.metadata.get("train_chars"):
+        raise ValueError(f"{train_path}: no text to train the tokenizer on (every document is empty)")
+    if tok.vocab_size < cfg.vocab_size:
+        ctx.log(f"warning: the training sample ran out of pairs to merge; vocabulary is {tok.vocab_size}, "
+                f"not the requested {cfg.vocab_size} (shards/meta.json records the real size)")
+    tok.metadata["signature"] = signature
+    tok.save(tok_path)
+    return tok, True
 
-    artifacts = {"tokenizer": "tokenizer/tokenizer.json"}
+
+def _export(cfg: Config, tok: Tokenizer, tok_dir: Path, artifacts: dict) -> None:
+    from lmstack.tokenizer.interop import export_hf, export_tiktoken
+
     if cfg.export_hf:
         export_hf(tok, tok_dir / "hf")
         artifacts["tokenizer_hf"] = "tokenizer/hf/tokenizer.json"
@@ -247,10 +226,17 @@ def run(ctx, cfg: Config):
         export_tiktoken(tok, tok_dir / "ranks.tiktoken")
         artifacts["tokenizer_tiktoken"] = "tokenizer/ranks.tiktoken"
 
+
+def _write_shards(cfg: Config, ctx, tok: Tokenizer, splits: dict[str, Path], artifacts: dict) -> tuple[dict, float]:
+    """Encode each split into ``shards/<split>.bin`` and write ``shards/meta.json``.
+    Returns (the meta, seconds spent encoding)."""
+    from lmstack.data.shards import write_tokens
+    from lmstack.runs import atomic_write_json
+
     t0 = time.perf_counter()
     shards_dir = ctx.run.sub("shards")
     shard_meta: dict = {}
-    for split, path in (("train", train_path), ("val", val_path)):
+    for split, path in splits.items():
         tokens, stats = encode_file(tok, path, cfg.num_workers)
         write_tokens(shards_dir / f"{split}.bin", tokens)
         shard_meta[split] = stats
@@ -262,14 +248,12 @@ def run(ctx, cfg: Config):
     artifacts["shard_meta"] = "shards/meta.json"
     ctx.log(f"shards: train {shard_meta['train']['tokens']:,} tokens, val {shard_meta['val']['tokens']:,} tokens "
             f"({encode_seconds:.1f}s, backend {tok.backend})")
+    return shard_meta, encode_seconds
 
-    metrics: dict = {
-        "vocab_size": tok.vocab_size, "mode": tok.mode, "merges": len(tok.merges),
-        "train_seconds": meta.get("train_seconds", 0.0), "train_chars": meta.get("train_chars", 0),
-        "merges_per_second": meta.get("merges_per_second", 0.0), "encode_seconds": round(encode_seconds, 3),
-        "train_tokens": shard_meta["train"]["tokens"], "val_tokens": shard_meta["val"]["tokens"],
-        "backend": tok.backend,
-    }
+
+def _compression_rows(cfg: Config, tok: Tokenizer, shard_meta: dict, metrics: dict) -> tuple[list[tuple], list[str]]:
+    """Bytes per token and tokens per character on the validation split and the held-out samples
+    (added to ``metrics``). Returns the report rows and the notes on missing samples."""
     rows = []
     val_tokens_no_bos = shard_meta["val"]["tokens"] - shard_meta["val"]["docs"]
     if val_tokens_no_bos > 0:
@@ -285,15 +269,26 @@ def run(ctx, cfg: Config):
         label = {"en": "English (end of tinyshakespeare)", "zh": "Chinese (last poems of poetry.jsonl)",
                  "code": "code (stdlib idlelib)"}[name]
         rows.append((label, len(text.encode("utf-8")), c["tokens"], c["bytes_per_token"], c["tokens_per_char"]))
+    return rows, notes
 
+
+def _longest_tokens_table(tok: Tokenizer) -> list[str]:
     # Whitespace runs (code indentation) are usually the longest tokens; list the others.
     visible = [i for i in range(tok.n_regular) if tok.token_bytes(i).strip()]
     longest = sorted(visible, key=lambda i: (-len(tok.token_bytes(i)), i))[:15]
     longest_ws = max((len(tok.token_bytes(i)) for i in range(tok.n_regular) if not tok.token_bytes(i).strip()), default=0)
-    plot_ok = _plot_merges(tok, ctx.run.sub("plots") / "tokenizer_merges.png")
-    if plot_ok:
-        artifacts["plot_merges"] = "plots/tokenizer_merges.png"
+    lines = [f"Longest tokens learned (the longest whitespace-only token is {longest_ws} bytes; spaces shown as ␣):", "",
+             "| id | bytes | token |", "|---:|---:|---|"]
+    for i in longest:
+        shown = tok.id_to_token(i).replace(" ", "␣").replace("|", "\\|").replace("\n", "\\n").replace("\t", "\\t")
+        code = f"`` {shown} ``" if "`" in shown else f"`{shown}`"
+        lines.append(f"| {i} | {len(tok.token_bytes(i))} | {code} |")
+    return lines
 
+
+def _report(tok: Tokenizer, trained_now: bool, shard_meta: dict, encode_seconds: float, rows: list[tuple],
+            notes: list[str], plot_ok: bool) -> str:
+    meta = tok.metadata
     lines = [
         f"{tok.mode}-level BPE, vocabulary {tok.vocab_size} ({len(tok.merges)} merges + base symbols + "
         f"{len(tok.special_tokens)} special tokens), pattern `{meta.get('pattern_name', 'custom')}` "
@@ -310,12 +305,39 @@ def run(ctx, cfg: Config):
     ]
     for name, nb, nt, bpt, tpc in rows:
         lines.append(f"| {name} | {nb:,} | {nt:,} | {bpt:.3f} | {tpc:.3f} |")
-    lines += [f"", *[f"_{n}_" for n in notes], "", f"Longest tokens learned (the longest whitespace-only token is {longest_ws} bytes; spaces shown as ␣):", "",
-              "| id | bytes | token |", "|---:|---:|---|"]
-    for i in longest:
-        shown = tok.id_to_token(i).replace(" ", "␣").replace("|", "\\|").replace("\n", "\\n").replace("\t", "\\t")
-        code = f"`` {shown} ``" if "`" in shown else f"`{shown}`"
-        lines.append(f"| {i} | {len(tok.token_bytes(i))} | {code} |")
+    lines += ["", *[f"_{n}_" for n in notes], "", *_longest_tokens_table(tok)]
     if plot_ok:
         lines += ["", "![BPE merges](plots/tokenizer_merges.png)"]
-    return StageResult(metrics=metrics, artifacts=artifacts, report="\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def run(ctx, cfg: Config):
+    from lmstack.pipeline import StageResult
+
+    if cfg.pattern not in PATTERN_NAMES and len(cfg.pattern) < 8:
+        raise ValueError(f"[tokenizer] pattern: {cfg.pattern!r} is not one of {', '.join(PATTERN_NAMES)} (or a regex)")
+    data_dir = ctx.run.path / "data"
+    splits = {"train": data_dir / "train.jsonl", "val": data_dir / "val.jsonl"}
+    for p in splits.values():
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: run the data stage first (lmstack data)")
+    tok_dir = ctx.run.sub("tokenizer")
+    tok, trained_now = _load_or_train(cfg, ctx, splits["train"], tok_dir / "tokenizer.json")
+    ctx.log(f"tokenizer: {tok!r}")
+    artifacts = {"tokenizer": "tokenizer/tokenizer.json"}
+    _export(cfg, tok, tok_dir, artifacts)
+    shard_meta, encode_seconds = _write_shards(cfg, ctx, tok, splits, artifacts)
+    meta = tok.metadata
+    metrics: dict = {
+        "vocab_size": tok.vocab_size, "mode": tok.mode, "merges": len(tok.merges),
+        "train_seconds": meta.get("train_seconds", 0.0), "train_chars": meta.get("train_chars", 0),
+        "merges_per_second": meta.get("merges_per_second", 0.0), "encode_seconds": round(encode_seconds, 3),
+        "train_tokens": shard_meta["train"]["tokens"], "val_tokens": shard_meta["val"]["tokens"],
+        "backend": tok.backend,
+    }
+    rows, notes = _compression_rows(cfg, tok, shard_meta, metrics)
+    plot_ok = _plot_merges(tok, ctx.run.sub("plots") / "tokenizer_merges.png")
+    if plot_ok:
+        artifacts["plot_merges"] = "plots/tokenizer_merges.png"
+    report = _report(tok, trained_now, shard_meta, encode_seconds, rows, notes, plot_ok)
+    return StageResult(metrics=metrics, artifacts=artifacts, report=report)

@@ -10,7 +10,7 @@ three structures up to date instead of recounting the corpus after each merge:
 
 A merge only visits the chunks listed under its pair, rewrites them, and applies the
 difference between their old and new pairs. Ties between equally frequent pairs go to the
-smallest (left id, right id), so training is deterministic; ``tests/test_tokenizer_train.py``
+smallest (left id, right id), so training is deterministic; ``tests/tokenizer/test_tokenizer_train.py``
 checks the result against a naive implementation that recounts everything every step.
 """
 
@@ -36,6 +36,110 @@ class MergeResult:
     seconds: float = 0.0
 
 
+def _index_pairs(words: list[list[int]], freqs: list[int]):
+    """Weighted count of every adjacent pair, the chunks each pair occurs in, and a max-heap of the counts."""
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for wi, (w, f) in enumerate(zip(words, freqs)):
+        if len(w) < 2:
+            continue
+        for pair in zip(w, w[1:]):
+            pair_counts[pair] += f
+            where[pair].add(wi)
+    heap = [(-c, p[0], p[1]) for p, c in pair_counts.items()]
+    heapq.heapify(heap)
+    return dict(pair_counts), where, heap
+
+
+def _merge_once(w: list[int], i: int, pair: tuple[int, int], new_id: int, f: int, wi: int,
+                delta: dict, where: dict) -> None:
+    """Chunk ``w`` holds ``pair`` once, at ``i``: rewrite it in place. Only pairs touching the merged
+    position change: (x, a), (a, b), (b, y) -> (x, c), (c, y)."""
+    a, b = pair
+    n = len(w)
+    delta[pair] = delta.get(pair, 0) - f
+    if i > 0:
+        x = w[i - 1]
+        p = (x, a)
+        delta[p] = delta.get(p, 0) - f
+        p = (x, new_id)
+        delta[p] = delta.get(p, 0) + f
+        where[p].add(wi)
+    if i + 2 < n:
+        y = w[i + 2]
+        p = (b, y)
+        delta[p] = delta.get(p, 0) - f
+        p = (new_id, y)
+        delta[p] = delta.get(p, 0) + f
+        where[p].add(wi)
+    w[i:i + 2] = (new_id,)
+
+
+def _merge_all(w: list[int], pair: tuple[int, int], k: int, new_id: int, f: int, wi: int,
+               delta: dict, where: dict) -> list[int] | None:
+    """Chunk ``w`` holds the left symbol ``k`` times: merge every non-overlapping occurrence of ``pair``,
+    left to right. Returns the new chunk, or None when the pair does not occur."""
+    a, b = pair
+    n = len(w)
+    starts = []
+    i = 0
+    while k > 0:
+        i = w.index(a, i)
+        k -= 1
+        if i + 1 < n and w[i + 1] == b:
+            starts.append(i)
+            i += 2
+            if a == b:
+                k -= 1
+        else:
+            i += 1
+    if not starts:
+        return None
+    prev_b = -2
+    out: list[int] = []
+    new_positions = []
+    last = 0
+    for s0 in starts:
+        if s0 > 0 and s0 - 1 != prev_b:  # (b, a) between two matches is removed once, below
+            p = (w[s0 - 1], a)
+            delta[p] = delta.get(p, 0) - f
+        delta[pair] = delta.get(pair, 0) - f
+        if s0 + 2 < n:
+            p = (b, w[s0 + 2])
+            delta[p] = delta.get(p, 0) - f
+        prev_b = s0 + 1
+        out.extend(w[last:s0])
+        new_positions.append(len(out))
+        out.append(new_id)
+        last = s0 + 2
+    out.extend(w[last:])
+    m = len(out)
+    for j, k in enumerate(new_positions):
+        if k > 0:
+            p = (out[k - 1], new_id)
+            delta[p] = delta.get(p, 0) + f
+            where[p].add(wi)
+        if k + 1 < m and not (j + 1 < len(new_positions) and new_positions[j + 1] == k + 1):
+            p = (new_id, out[k + 1])
+            delta[p] = delta.get(p, 0) + f
+            where[p].add(wi)
+    return out
+
+
+def _apply_delta(delta: dict, pair_counts: dict, heap: list) -> None:
+    """Update the pair counts; a count that went up gets a fresh heap entry (decreases are found lazily)."""
+    for p, d in delta.items():
+        if d == 0:
+            continue
+        c = pair_counts.get(p, 0) + d
+        if c > 0:
+            pair_counts[p] = c
+            if d > 0:
+                heapq.heappush(heap, (-c, p[0], p[1]))
+        else:
+            del pair_counts[p]
+
+
 def learn_merges(words: list[list[int]], freqs: list[int], token_bytes: list[bytes], n_merges: int,
                  *, progress: bool = True, desc: str = "bpe merges") -> MergeResult:
     """Learn up to ``n_merges`` new tokens from ``words`` (symbol-id sequences with counts).
@@ -49,17 +153,7 @@ def learn_merges(words: list[list[int]], freqs: list[int], token_bytes: list[byt
     token_bytes = list(token_bytes)
     bytes_to_id = {b: i for i, b in enumerate(token_bytes)}
     words = [list(w) for w in words]
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for wi, (w, f) in enumerate(zip(words, freqs)):
-        if len(w) < 2:
-            continue
-        for pair in zip(w, w[1:]):
-            pair_counts[pair] += f
-            where[pair].add(wi)
-    pair_counts = dict(pair_counts)
-    heap = [(-c, p[0], p[1]) for p, c in pair_counts.items()]
-    heapq.heapify(heap)
+    pair_counts, where, heap = _index_pairs(words, freqs)
 
     merges: list[tuple[int, int, int]] = []
     merge_counts: list[int] = []
@@ -85,89 +179,20 @@ def learn_merges(words: list[list[int]], freqs: list[int], token_bytes: list[byt
         merge_counts.append(current)
 
         delta: dict[tuple[int, int], int] = {}
-        same = a == b
         for wi in where.pop(pair, ()):
             w = words[wi]
             k = w.count(a)  # C-level scans; most chunks hold the pair once
             if not k:
                 continue  # the index entry outlived the pair in this chunk
-            n = len(w)
-            f = freqs[wi]
             if k == 1:
                 i = w.index(a)
-                if i + 1 >= n or w[i + 1] != b:
-                    continue
-                # Only pairs touching the merged position change: (x, a), (a, b), (b, y) -> (x, c), (c, y).
-                delta[pair] = delta.get(pair, 0) - f
-                if i > 0:
-                    x = w[i - 1]
-                    p = (x, a)
-                    delta[p] = delta.get(p, 0) - f
-                    p = (x, new_id)
-                    delta[p] = delta.get(p, 0) + f
-                    where[p].add(wi)
-                if i + 2 < n:
-                    y = w[i + 2]
-                    p = (b, y)
-                    delta[p] = delta.get(p, 0) - f
-                    p = (new_id, y)
-                    delta[p] = delta.get(p, 0) + f
-                    where[p].add(wi)
-                w[i:i + 2] = (new_id,)
+                if i + 1 < len(w) and w[i + 1] == b:
+                    _merge_once(w, i, pair, new_id, freqs[wi], wi, delta, where)
                 continue
-            starts = []
-            i = 0
-            while k > 0:
-                i = w.index(a, i)
-                k -= 1
-                if i + 1 < n and w[i + 1] == b:
-                    starts.append(i)
-                    i += 2
-                    if same:
-                        k -= 1
-                else:
-                    i += 1
-            if not starts:
-                continue
-            prev_b = -2
-            out: list[int] = []
-            new_positions = []
-            last = 0
-            for s0 in starts:
-                if s0 > 0 and s0 - 1 != prev_b:  # (b, a) between two matches is removed once, below
-                    p = (w[s0 - 1], a)
-                    delta[p] = delta.get(p, 0) - f
-                delta[pair] = delta.get(pair, 0) - f
-                if s0 + 2 < n:
-                    p = (b, w[s0 + 2])
-                    delta[p] = delta.get(p, 0) - f
-                prev_b = s0 + 1
-                out.extend(w[last:s0])
-                new_positions.append(len(out))
-                out.append(new_id)
-                last = s0 + 2
-            out.extend(w[last:])
-            m = len(out)
-            for j, k in enumerate(new_positions):
-                if k > 0:
-                    p = (out[k - 1], new_id)
-                    delta[p] = delta.get(p, 0) + f
-                    where[p].add(wi)
-                if k + 1 < m and not (j + 1 < len(new_positions) and new_positions[j + 1] == k + 1):
-                    p = (new_id, out[k + 1])
-                    delta[p] = delta.get(p, 0) + f
-                    where[p].add(wi)
-            words[wi] = out
-        for p, d in delta.items():
-            if d == 0:
-                continue
-            c = pair_counts.get(p, 0) + d
-            if c > 0:
-                pair_counts[p] = c
-                if d > 0:
-                    heapq.heappush(heap, (-c, p[0], p[1]))
-            else:
-                del pair_counts[p]
+            out = _merge_all(w, pair, k, new_id, freqs[wi], wi, delta, where)
+            if out is not None:
+                words[wi] = out
+        _apply_delta(delta, pair_counts, heap)
         pair_counts.pop(pair, None)
         bar.update(1)
     bar.close()

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmstack.model.io import CheckpointError, read_safetensors
-from lmstack.runs import _fsync_dir, atomic_write_json, file_sha256, read_json
+from lmstack.runs import atomic_write_json, file_sha256, fsync_dir, read_json
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -108,7 +108,7 @@ def optimizer_state_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> d
 
 
 # ------------------------------------------------------------------------------ model I/O
-def _save_model(model: torch.nn.Module, directory: Path, state_dict: dict | None = None) -> None:
+def save_model_weights(model: torch.nn.Module, directory: Path, state_dict: dict | None = None) -> None:
     try:
         from lmstack.model import Transformer, save_pretrained
     except ImportError:
@@ -167,7 +167,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, *, step: int, model: torch.nn.M
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _save_model(model, tmp, model_state_dict)
+    save_model_weights(model, tmp, model_state_dict)
     state = dict(trainer_state)
     if optimizer is not None or optimizer_state_dict is not None:
         osd = optimizer_state_dict if optimizer_state_dict is not None else optimizer.state_dict()
@@ -185,7 +185,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, *, step: int, model: torch.nn.M
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

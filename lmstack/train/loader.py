@@ -16,11 +16,13 @@ Modes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-LOADER_MODES = ("random", "bos")
+LoaderMode = Literal["random", "bos"]
+LOADER_MODES = get_args(LoaderMode)
 
 
 @dataclass

@@ -11,16 +11,18 @@ the output head and all vectors stay on AdamW, as the Muon authors recommend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adamw", "muon")
+OptimizerName = Literal["adamw", "muon"]
+OPTIMIZERS = get_args(OptimizerName)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"               # adamw | muon (Muon for hidden matrices + AdamW for the rest)
+    name: OptimizerName = "adamw"     # muon: Muon for hidden matrices + AdamW for the rest
     lr: float = 3e-3                  # AdamW learning rate (peak)
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-SCHEDULES = ("cosine", "wsd", "linear", "constant")
+ScheduleKind = Literal["cosine", "wsd", "linear", "constant"]
+SCHEDULES = get_args(ScheduleKind)
 
 
 @dataclass
 class ScheduleConfig:
-    kind: str = "cosine"          # cosine | wsd | linear | constant
+    kind: ScheduleKind = "cosine"
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1     # final LR = base LR * min_lr_ratio
     decay_frac: float = 0.2       # WSD: fraction of the run spent in the final decay phase

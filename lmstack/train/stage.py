@@ -14,16 +14,23 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 
+from lmstack.config import OverridesOf
+from lmstack.model.config import PRESETS, ModelConfig
+from lmstack.report import pyplot, save_figure
 from lmstack.runs import atomic_write_json
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 from lmstack.train.trainer import TrainConfig, Trainer
 
 STAGE = "pretrain"
+
+# [pretrain.model]: a preset name and the ModelConfig fields that differ from it (vocab_size and
+# max_seq_len come from the tokenizer and seq_len); every key is checked against ModelConfig at load
+ModelTable = Annotated[dict[str, Any], OverridesOf(ModelConfig, extra={"preset": Literal[tuple(PRESETS)]})]
 
 
 def _default_model() -> dict[str, Any]:
@@ -35,7 +42,7 @@ def _default_model() -> dict[str, Any]:
 @dataclass
 class Config(TrainConfig):
     """The ``[pretrain]`` recipe table: the TrainConfig fields plus the model and eval settings."""
-    model: dict[str, Any] = field(default_factory=_default_model)  # preset + ModelConfig overrides
+    model: ModelTable = field(default_factory=_default_model)
     steps: int = 2000
     batch_size: int = 16
     seq_len: int = 256
@@ -55,9 +62,7 @@ class Config(TrainConfig):
     sample_tokens: int = 48
 
 
-def build_model_config(cfg: Config, vocab_size: int):
-    from lmstack.model import ModelConfig
-
+def build_model_config(cfg: Config, vocab_size: int) -> ModelConfig:
     overrides = dict(cfg.model)
     preset = overrides.pop("preset", "llama-style")
     if "vocab_size" in overrides and overrides["vocab_size"] != vocab_size:
@@ -118,11 +123,11 @@ def run(ctx, cfg: Config):
     if trainer.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from lmstack.train.checkpoint import _save_model
+        from lmstack.train.checkpoint import save_model_weights
         # Collective: every rank takes part in gathering the shards; rank 0 writes.
         full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if info.is_main:
-            _save_model(model, ckpt_dir, full)
+            save_model_weights(model, ckpt_dir, full)
     elif info.is_main:
         save_pretrained(model, ckpt_dir)
     if info.is_main:
@@ -156,7 +161,7 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     trainer.train(stop_at=1)  # first step pays one-off costs (allocator, thread pool, compile)
     t0 = time.perf_counter()
     trainer.train(stop_at=probe)
-    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist, trainer._reduce_device())
+    per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist, trainer.reduce_device())
     evals = (cfg.steps // cfg.eval_every) if cfg.eval_every else 0
     # Budget for ~1 eval's worth of time per eval_every (an eval is eval_batches forward passes).
     eval_share = evals * cfg.eval_batches * per_step / max(3 * cfg.grad_accum, 1)
@@ -286,10 +291,7 @@ def read_stage_metrics(metrics_path: Path, stage: str = STAGE) -> tuple[list[dic
 
 
 def _plots(root: Path) -> list[tuple[str, str]]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train, evals = read_stage_metrics(root / "metrics.jsonl")
     if not train:
         return []
@@ -302,7 +304,7 @@ def _plots(root: Path) -> list[tuple[str, str]]:
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
     ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats/token)"); ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(plots_dir / "pretrain_loss.png", dpi=100); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, plots_dir / "pretrain_loss.png", dpi=100)
     out.append(("Loss", "pretrain_loss.png"))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].plot(steps, [r["lr"] for r in train]); axes[0].set_title("learning rate"); axes[0].set_xlabel("step")
@@ -310,6 +312,6 @@ def _plots(root: Path) -> list[tuple[str, str]]:
     axes[1].set_xlabel("step"); axes[1].set_yscale("log")
     for a in axes:
         a.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(plots_dir / "pretrain_lr_gradnorm.png", dpi=100); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, plots_dir / "pretrain_lr_gradnorm.png", dpi=100)
     out.append(("LR and gradient norm", "pretrain_lr_gradnorm.png"))
     return out

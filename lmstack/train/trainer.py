@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from lmstack.model.transformer import Transformer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, current, wrap_model
-from lmstack.train.loader import LOADER_MODES, TokenLoader, eval_windows
+from lmstack.train.loader import LOADER_MODES, LoaderMode, TokenLoader, eval_windows
 from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
 from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
 
@@ -38,14 +38,14 @@ class TrainConfig:
     batch_size: int = 16            # sequences per micro-batch per rank
     grad_accum: int = 1             # micro-batches per update
     seq_len: int = 256
-    loader: str = "bos"             # random | bos (windows start at a document's BOS)
+    loader: LoaderMode = "bos"      # bos: windows start at a document's BOS
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float = 1.0          # 0 = no clipping
-    dtype: str = "auto"             # auto | fp32 | bf16 (autocast; on CPU too); auto = the faster on this machine
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # autocast dtype (on CPU too); auto = the faster here
     compile: bool = False           # torch.compile the model
     fused_loss: bool = True         # lm_head + cross-entropy in chunks, never the whole logits (Transformer)
-    distributed: str = "ddp"        # ddp | fsdp (used when launched by torchrun with >1 process)
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with >1 process
     eval_every: int = 100           # 0 = only at the end
     eval_batches: int = 8
     ckpt_every: int = 100           # 0 = only at the end
@@ -250,7 +250,7 @@ class Trainer:
             n = batch.targets.numel()
             loss_sum += out.loss.float().item() * n
             count += n
-        loss_sum, count = all_reduce_sum([loss_sum, count], self.dist, self._reduce_device())
+        loss_sum, count = all_reduce_sum([loss_sum, count], self.dist, self.reduce_device())
         self.model.train()
         val_loss = loss_sum / max(count, 1)
         result = {"val_loss": val_loss}
@@ -261,7 +261,7 @@ class Trainer:
         self._emit({"step": self.step, **result})
         return result
 
-    def _reduce_device(self) -> str:
+    def reduce_device(self) -> str:
         return self.device if self.device.startswith("cuda") else "cpu"
 
     # ------------------------------------------------------------------- train
@@ -287,7 +287,7 @@ class Trainer:
                         loss = loss + aux  # the model already weights its MoE auxiliary losses
                 (loss / cfg.grad_accum).backward()
             loss_total += out.loss.detach().float().item()
-        loss_value = all_reduce_mean(loss_total / cfg.grad_accum, self.dist, self._reduce_device())
+        loss_value = all_reduce_mean(loss_total / cfg.grad_accum, self.dist, self.reduce_device())
         params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

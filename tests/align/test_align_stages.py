@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmstack.align import dpo, ppo, reward, sft
-from lmstack.align.lora import LoRAConfig
+from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.config import config_from_dict
 from lmstack.pipeline import StageContext
 from lmstack.runs import RunDir
@@ -55,7 +55,7 @@ def small(cls, **kw):
 
 def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):
     cfg = small(sft.Config, steps=15, batch_size=4, eval_examples=12, facts_examples=8, few_shot=1, max_new_tokens=6,
-                optim={"lr": 3e-3, "warmup_steps": 2})
+                optim={"lr": 3e-3}, schedule={"warmup_steps": 2})
     result = sft.run(ctx_for(run_dir, "sft"), cfg)
     m = result.metrics
     assert (run_dir / "checkpoints" / "sft" / "model.safetensors").exists()
@@ -83,7 +83,7 @@ def test_sft_with_packing_and_lora(run_dir, tmp_path):
 
 
 def test_lora_stage_qlora_saves_adapter_alone(run_dir):
-    cfg = small(sft.LoraConfig, steps=3, batch_size=4, eval_examples=4, facts_examples=-1, max_new_tokens=4,
+    cfg = small(sft.LoRAStageConfig, steps=3, batch_size=4, eval_examples=4, facts_examples=-1, max_new_tokens=4,
                 lora={"qlora": True})
     assert cfg.lora.r == 8  # the [lora] stage keeps r=8 when only qlora is overridden
     result = sft.run_lora(ctx_for(run_dir, "lora"), cfg)
@@ -95,7 +95,7 @@ def test_lora_stage_qlora_saves_adapter_alone(run_dir):
 
 
 def test_reward_stage(run_dir):
-    cfg = small(reward.Config, init_from="pretrain", steps=12, batch_size=8, optim={"lr": 3e-3, "warmup_steps": 1})
+    cfg = small(reward.Config, init_from="pretrain", steps=12, batch_size=8, optim={"lr": 3e-3}, schedule={"warmup_steps": 1})
     result = reward.run(ctx_for(run_dir, "reward"), cfg)
     m = result.metrics
     assert 0.0 <= m["eval_accuracy"] <= 1.0
@@ -153,7 +153,7 @@ def test_stage_configs_reject_bad_values():
         small(ppo.Config, algo="grpo", group_size=1)
     with pytest.raises(ConfigError, match="unknown key"):
         small(sft.Config, lora={"rank": 8})
-    assert isinstance(small(dpo.Config, lora={"r": 8}).lora, LoRAConfig)
+    assert isinstance(small(dpo.Config, lora={"r": 8}).lora, LoRAAdapterConfig)
 
 
 def test_missing_inputs_name_the_stage_to_run(tmp_path):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lmstack.generate.cli import CheckpointError, chat_main, generate_main, resolve_checkpoint
+from lmstack.generate.cli import CheckpointError, chat_main, generate_main, rate_summary, resolve_checkpoint
 from lmstack.model import save_pretrained
 from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,24 @@ def test_lmstack_chat_subprocess_stdin(run_dir):
     assert proc.returncode == 0, proc.stderr
     assert "you> hello" in proc.stdout and "assistant> " in proc.stdout and "tok/s" in proc.stderr
     assert "strategy = 'sample'" in proc.stdout
+
+
+def _truncate(path, keep=0.5):
+    blob = path.read_bytes()
+    path.write_bytes(blob[: int(len(blob) * keep)])
+
+
+def test_chat_on_a_truncated_checkpoint_prints_one_line(run_dir, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    _truncate(copy / "checkpoints" / "sft" / "model.safetensors")
+    assert chat_main([str(copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sft/model.safetensors: unreadable" in err[0] and "Traceback" not in err[0]
+
+
+def test_rate_summary_separates_first_token_latency():
+    assert rate_summary(4, 0.0, 2.0, 2.1) == "4 tokens, first after 2.00 s, then 30.0 tok/s"
+    assert rate_summary(0, 0.0, None, 1.0) == "0 tokens in 1.00 s"
+    assert rate_summary(1, 0.0, 0.5, 0.5) == "1 tokens, first after 0.50 s"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmstack.align.lora import (LoRAConfig, LoRALinear, apply_lora, count_parameters, export_peft_adapter,
+from lmstack.align.lora import (LoRAAdapterConfig, LoRALinear, apply_lora, count_parameters, export_peft_adapter,
                                 find_target_linears, load_adapter, lora_modules, lora_parameters, merge_lora,
                                 save_adapter, unmerge_lora)
 from lmstack.align.nf4 import (NF4_CODE_BOOK, NF4Linear, bits_per_parameter, nf4_error_bound, quantize_nf4)
@@ -52,7 +52,7 @@ def test_lora_linear_init_and_scaling():
 def test_merge_equals_unmerged_forward_and_unmerge_restores():
     model = tiny_model()
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules=["all-linear"]))
+    apply_lora(model, LoRAAdapterConfig(r=4, alpha=8, target_modules=["all-linear"]))
     randomize_lora(model)
     ids = torch.randint(0, 97, (2, 12))
     unmerged = model(ids).logits
@@ -74,26 +74,26 @@ def test_target_modules_patterns_and_freezing():
     assert find_target_linears(model, [r"layers\.1\.ffn\..*"]) == ["layers.1.ffn.gate_proj", "layers.1.ffn.up_proj", "layers.1.ffn.down_proj"]
     all_linear = find_target_linears(model, ["all-linear"])
     assert "lm_head" not in all_linear and len(all_linear) == 2 * 7
-    names = apply_lora(model, LoRAConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    names = apply_lora(model, LoRAAdapterConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
     assert len(names) == 4
     assert find_target_linears(model, ["all-linear"]) == [n for n in all_linear if n not in names]  # no double wrap
     trainable, total = count_parameters(model)
     expected = sum(2 * (m.in_features + m.out_features) for m in lora_modules(model).values())
     assert trainable == expected == sum(p.numel() for p in lora_parameters(model))
     with pytest.raises(ValueError, match="tied"):
-        apply_lora(tiny_model(), LoRAConfig(r=2, target_modules=["lm_head"]))  # lm_head shares the embedding
+        apply_lora(tiny_model(), LoRAAdapterConfig(r=2, target_modules=["lm_head"]))  # lm_head shares the embedding
     with pytest.raises(ValueError, match="matched no linear layer"):
-        apply_lora(tiny_model(), LoRAConfig(r=2, target_modules=["nonexistent_proj"]))
+        apply_lora(tiny_model(), LoRAAdapterConfig(r=2, target_modules=["nonexistent_proj"]))
     with pytest.raises(ValueError, match="r must be >= 0"):
-        LoRAConfig(r=-1).validate()
+        LoRAAdapterConfig(r=-1).validate()
     with pytest.raises(ValueError, match="qlora"):
-        LoRAConfig(r=0, qlora=True).validate()
+        LoRAAdapterConfig(r=0, qlora=True).validate()
 
 
 def test_adapter_saved_alone_and_reloaded(tmp_path):
     model = tiny_model()
     base_state = copy.deepcopy(model.state_dict())
-    apply_lora(model, LoRAConfig(r=4, alpha=16, target_modules=["q_proj", "down_proj"], rslora=True))
+    apply_lora(model, LoRAAdapterConfig(r=4, alpha=16, target_modules=["q_proj", "down_proj"], rslora=True))
     randomize_lora(model)
     save_adapter(model, tmp_path)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -121,7 +121,7 @@ def test_peft_loads_exported_adapter_with_same_logits(tmp_path):
 
     model = tiny_model()
     export_hf(model, tmp_path / "base")
-    apply_lora(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]))
+    apply_lora(model, LoRAAdapterConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]))
     randomize_lora(model)
     export_peft_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
 
@@ -187,7 +187,7 @@ def test_qlora_linear_trains_adapter_only():
     model = tiny_model()
     ids = torch.randint(0, 97, (2, 10))
     ref = model(ids).logits
-    apply_lora(model, LoRAConfig(r=4, alpha=8, qlora=True))
+    apply_lora(model, LoRAAdapterConfig(r=4, alpha=8, qlora=True))
     out = model(ids).logits
     # 4-bit base: close to, not equal to, the float model
     diff = float((out - ref).detach().abs().max())

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from lmstack import machine
 from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
@@ -173,3 +174,40 @@ def test_torch_compile_trains_like_eager():
     eager, compiled = losses(False), losses(True)
     assert len(eager) == 8
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-5)
+
+
+def _train(ckpt_dir, stop_at=None, log=None):
+    torch.manual_seed(0)
+    model = TinyLM(dropout=0.0)
+    cfg = TrainConfig(steps=30, batch_size=4, seq_len=16, loader="random", log_every=5, eval_every=0, ckpt_every=10,
+                      keep_checkpoints=3, eval_batches=2, peak_flops=1e9, dtype="fp32",
+                      optim=OptimConfig(lr=1e-2), schedule=ScheduleConfig(kind="cosine", warmup_steps=5))
+    trainer = Trainer(model, cfg, train_tokens=periodic_tokens(3000), ckpt_dir=ckpt_dir, seed=5, progress=False,
+                      log=log or (lambda m: None))
+    return model, trainer.train(stop_at=stop_at)
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path):
+    full, _ = _train(tmp_path / "full")
+    _train(tmp_path / "cut", stop_at=25)  # checkpoints at steps 10 and 20
+    # A flipped byte in the middle of the newest weights: safetensors still parses it, the checksum does not.
+    newest = tmp_path / "cut" / "step_000020" / "model.safetensors"
+    blob = bytearray(newest.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    newest.write_bytes(bytes(blob))
+    messages = []
+    resumed, summary = _train(tmp_path / "cut", log=messages.append)
+    assert summary.resumed_from == 10 and summary.step == 30
+    assert any("step_000020" in m and "sha256 does not match" in m and "falling back" in m for m in messages)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name  # resuming from step 10 still ends bit-identical
+
+
+def test_trainer_resolves_auto_and_reports_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMSTACK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(machine, "_gemm_flops", lambda dtype, device, n, budget: 50e9 if dtype == torch.float32 else 1e9)
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, loader="random", eval_every=0, ckpt_every=0, log_every=1)
+    trainer = Trainer(TinyLM(dropout=0.0), cfg, train_tokens=periodic_tokens(500), progress=False,
+                      metrics_sink=lambda r: None)
+    summary = trainer.train()
+    assert summary.dtype == "fp32" and summary.peak_flops == 50e9

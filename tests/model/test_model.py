@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from lmstack.config import ConfigError
 from lmstack.model import (PRESETS, ModelConfig, PositionalEncoding, Transformer, alibi_slopes,
                            count_params, load_pretrained, save_pretrained)
+from lmstack.model import flops_per_token, matmul_params
+from lmstack.model.io import CheckpointError
 from lmstack.model.positions import apply_rotary, rope_inverse_frequencies
 
 
@@ -478,3 +480,35 @@ def test_load_errors_are_actionable(tmp_path):
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="weights file missing"):
         load_pretrained(tmp_path / "m")
+
+
+def _truncate(path, keep=0.5):
+    blob = path.read_bytes()
+    path.write_bytes(blob[: int(len(blob) * keep)])
+
+
+def test_truncated_checkpoint_is_one_clear_line(tmp_path, capsys):
+    model = Transformer(ModelConfig.preset("llama-style", vocab_size=64, d_model=32, n_layers=1, n_heads=2,
+                                           n_kv_heads=1, max_seq_len=16))
+    save_pretrained(model, tmp_path)
+    _truncate(tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: unreadable safetensors file, truncated or corrupt"):
+        load_pretrained(tmp_path)
+
+
+def test_flops_count_the_tied_lm_head_and_only_active_experts():
+    cfg = ModelConfig.preset("llama-style", vocab_size=1000, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                             max_seq_len=32)
+    model = Transformer(cfg)
+    assert cfg.tie_embeddings
+    non_embedding = model.num_params(exclude_embeddings=True)
+    norms = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 1)
+    assert matmul_params(model) == non_embedding - norms + 1000 * 64  # the lm_head matmul is counted
+    assert flops_per_token(model, 32) == 6 * matmul_params(model) + 6 * 2 * 32 * 64
+    assert flops_per_token(model, 32, training=False) * 3 == flops_per_token(model, 32)
+
+    moe = Transformer(ModelConfig.preset("moe", vocab_size=1000, d_model=64, n_layers=1, max_seq_len=32))
+    layer = moe.layers[0].ffn
+    expert = sum(p.numel() for p in layer.experts[0].parameters() if p.dim() == 2)
+    every_linear = sum(m.weight.numel() for m in moe.modules() if isinstance(m, torch.nn.Linear))
+    assert matmul_params(moe) == every_linear - (layer.n_experts - layer.top_k) * expert

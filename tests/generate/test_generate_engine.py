@@ -102,7 +102,7 @@ def test_stop_token_ends_generation_and_chat_uses_template(tok):
 
 
 def test_default_stop_tokens_are_eos_and_end(tok):
-    from lmstack.generate.engine import stop_token_ids_for
+    from lmstack.generate.sequence import stop_token_ids_for
 
     assert set(stop_token_ids_for(tok, GenerationConfig())) == {tok.eos_id, tok.special_tokens["<|end|>"]}
     assert stop_token_ids_for(tok, GenerationConfig(ignore_eos=True)) == []
@@ -186,7 +186,7 @@ def _valid_utf8(b):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fast_decode_step_equals_model_forward(tok, dtype):
     from lmstack.generate import fast
-    from lmstack.generate.engine import left_pad
+    from lmstack.generate.sequence import left_pad
 
     m = tiny_model(tok.vocab_size, seed=3, init_std=0.1).to(dtype)
     dec = fast.fast_decoder(m)
