@@ -30,14 +30,16 @@ FORMAT_HINT = ("Error: reply with 'Thought: ...' and then either 'Action: {\"nam
 
 
 def system_prompt(tools: ToolBox, style: str = "compact") -> str:
-    """Tool descriptions for the model: ``json`` lists the OpenAI tool schemas; ``compact`` one line per tool
-    (short enough for a small model's context)."""
+    """Tool descriptions for the model: ``json`` lists the OpenAI tool schemas; ``compact`` one line per tool;
+    ``names`` only the tool names (for models with a context of a few hundred tokens, taught the tools by SFT)."""
+    if style == "names":
+        return "Answer with tools: " + ", ".join(tools.tools) + "."
     if style == "json":
         listing = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.schemas())
     elif style == "compact":
         listing = "\n".join(t.signature() for t in tools.tools.values())
     else:
-        raise ValueError(f"tool prompt style {style!r}: choose 'compact' or 'json'")
+        raise ValueError(f"tool prompt style {style!r}: choose 'names', 'compact' or 'json'")
     return ("Answer with tools. Tools:\n" + listing +
             '\nFormat: Thought, then Action: {"name": ..., "arguments": {...}} or Final Answer: ...')
 
@@ -56,7 +58,7 @@ class AgentResult:
     question: str
     answer: str | None
     steps: list[Step]
-    stop_reason: str                # "final_answer" | "step_limit" | "timeout"
+    stop_reason: str                # "final_answer" | "step_limit" | "timeout" | "context_full"
     seconds: float
     system: str = ""
 
@@ -128,6 +130,10 @@ def parse_turn(text: str) -> Step:
 Policy = Callable[[list[dict]], str]
 
 
+class ContextFull(Exception):
+    """The system prompt and question alone do not leave room for a model turn."""
+
+
 class ReActAgent:
     """Runs the loop with ``policy(messages) -> next assistant turn`` (a model, or a script in tests)."""
 
@@ -146,7 +152,11 @@ class ReActAgent:
             if self.clock() - start > self.timeout_s:
                 result.stop_reason = "timeout"
                 break
-            text = self.policy(result.chat_messages())
+            try:
+                text = self.policy(result.chat_messages())
+            except ContextFull:
+                result.stop_reason = "context_full"
+                break
             step = parse_turn(text)
             result.steps.append(step)
             if step.final is not None:
@@ -193,6 +203,9 @@ def fit_messages(tokenizer, model, messages: list[dict], reserve: int) -> list[d
     if not limit:
         return messages
     msgs = list(messages)
-    while len(msgs) > 3 and len(tokenizer.encode_chat(msgs, add_generation_prompt=True)[0]) + reserve > limit:
+    size = lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])  # noqa: E731
+    while len(msgs) > 3 and size(msgs) + reserve > limit:
         del msgs[2]
+    if size(msgs) + min(reserve, 8) > limit:
+        raise ContextFull(f"the prompt needs {size(msgs)} tokens; the model's context is {limit}")
     return msgs
