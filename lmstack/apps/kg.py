@@ -197,3 +197,19 @@ def world_triples(world) -> tuple[list[Triple], dict]:
 def kg_from_world(world) -> KnowledgeGraph:
     triples, meta = world_triples(world)
     return KnowledgeGraph(triples, meta)
+
+
+def kg_from_world_json(path: str | Path) -> KnowledgeGraph:
+    """The graph from a run's ``data/world/world.json`` entity tables (no need to regenerate the world)."""
+    from types import SimpleNamespace
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (the data stage writes the world; run it first)")
+    data = read_json(path)
+    try:
+        world = SimpleNamespace(**{key: [SimpleNamespace(**row) for row in data[key]]
+                                   for key in ("countries", "cities", "people")})
+        return kg_from_world(world)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: entity tables not in the expected form ({e!r})") from None
