@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from lmstack.cli import main
 from lmstack.data.world import WorldConfig, build_world

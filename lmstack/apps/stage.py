@@ -21,7 +21,7 @@ from pathlib import Path
 from lmstack.align import common
 from lmstack.apps import evaluate as E
 from lmstack.apps.agent import ModelPolicy, ReActAgent
-from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, fact_plan, plan_for
+from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
 from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
