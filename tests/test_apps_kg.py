@@ -113,3 +113,22 @@ def test_fact_questions_splits_are_disjoint_and_passages_state_the_answers(kg):
     passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
     for q in held_out:
         assert q["answer"] in passages[(q["entity"], q["lang"])]
+
+
+def test_triple_extraction_data_parse_and_score(kg):
+    from lmstack.apps.extraction import (extraction_sft_examples, gold_triples, parse_triples, render_triples,
+                                         score_extraction)
+
+    passages = entity_passages(kg)
+    data = extraction_sft_examples(kg, passages)
+    assert len(data) == len(passages)
+    for d, p in zip(data, passages):
+        triples = parse_triples(d["messages"][-1]["content"])
+        assert triples == gold_triples(kg, p["entity"], p["lang"]) and triples
+        for subject, _, value in triples:  # the passage states everything the target extracts
+            assert subject in p["text"] and value in p["text"]
+    gold = gold_triples(kg, kg.entities_of_type("person")[0], "en")
+    assert len(gold) == 4
+    pred = parse_triples(render_triples(gold[:3]) + "\nnot a triple\n" + " | ".join(gold[0]).upper()
+                         + "\nX | hobby | nothing")
+    assert score_extraction(pred, gold) == (3, 4, 4)  # upper-case duplicate counts once; one wrong

@@ -36,9 +36,10 @@ def test_apps_stage_end_to_end(run_dir):
     result = run_stage(RunDir(run_dir), recipe, "apps")
     m = result.metrics
     for key in ("facts_heldout_bm25_recall@1", "facts_heldout_hybrid_recall@5", "world_paraphrases_dense_recall@1",
-                "closed_book", "rag", "cannot_find", "arith_model_alone", "arith_agent", "multihop_heldout_agent"):
+                "closed_book", "rag", "cannot_find", "arith_model_alone", "arith_agent", "multihop_heldout_agent",
+                "extraction_precision", "extraction_recall"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert m["rag_examples"] > 0 and m["agent_examples"] > 0
+    assert m["rag_examples"] > 0 and m["agent_examples"] > 0 and m["extraction_examples"] > 0
     kg = KnowledgeGraph.load(run_dir / "apps" / "kg.json")
     assert len(kg) > 50
     tok = small_tokenizer()

@@ -86,7 +86,8 @@ def rag_main(argv: list[str] | None = None) -> int:
     q.add_argument("--index", help="index directory (default RUN/apps/index)")
     q.add_argument("--checkpoint", default="apps")
     q.add_argument("--k", type=int, default=3)
-    q.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="bm25")
+    q.add_argument("--mode", choices=["auto", "bm25", "dense", "hybrid"], default="auto",
+                   help="auto = hybrid when the index has dense vectors, else bm25")
     q.add_argument("--max-new-tokens", type=int, default=48)
     q.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -129,7 +130,8 @@ def rag_main(argv: list[str] | None = None) -> int:
             tok = _tokenizer(args.run)
             index = Path(args.index) if args.index else Path(args.run) / "apps" / "index"
             store = DocumentStore.load(index, encoder=_encoder_for(index, tok, args.device), tokenizer=tok)
-            pipe = RagPipeline(store, _model(args.run, args.checkpoint, args.device), tok, args.k, args.mode,
+            mode = args.mode if args.mode != "auto" else ("hybrid" if store.index is not None else "bm25")
+            pipe = RagPipeline(store, _model(args.run, args.checkpoint, args.device), tok, args.k, mode,
                                args.max_new_tokens)
             print(pipe.ask(args.question).render())
     except (FileNotFoundError, ValueError, KeyError) as e:

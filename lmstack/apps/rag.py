@@ -102,6 +102,8 @@ class RagAnswer:
     def render(self) -> str:
         lines = [self.text, ""]
         lines += [f"[{i}] {p}" for i, p in enumerate(self.passages, start=1)]
+        if not self.passages:
+            lines.append("(no passage: none was found, or none fits in the model's context with the question)")
         return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from lmstack.apps import evaluate as E
 from lmstack.apps.agent import ModelPolicy, ReActAgent
 from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
 from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
+from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
 from lmstack.apps.store import DocumentStore, StoreConfig
@@ -82,11 +83,13 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
         rows = common.read_jsonl(world_sft)
         n = min(len(rows), int(cfg.replay_fraction * (len(rag) + len(agent))))
         replay = random.Random(seed).sample(rows, n)
-    data = rag + agent + replay
+    extract = extraction_sft_examples(kg, [p for p in entity_passages(kg) if allowed(p["entity"])])
+    data = rag + agent + extract + replay
     random.Random(seed).shuffle(data)
     path = run_path / "apps" / "sft_train.jsonl"
     atomic_write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data))
-    return path, {"rag_examples": len(rag), "agent_examples": len(agent), "replay_examples": len(replay)}
+    return path, {"rag_examples": len(rag), "agent_examples": len(agent), "extraction_examples": len(extract),
+                  "replay_examples": len(replay)}
 
 
 def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> dict[str, list]:
@@ -196,6 +199,13 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path) -> tu
               "question's known plan, the upper bound of the loop):\n",
               common.markdown_table(["questions", "n", "model alone", "agent", "mean steps", "stop reasons",
                                      "plan"], agent_rows), ""]
+    _, held = _split_people(kg)
+    ex = evaluate_extraction(model, tokenizer, kg, common_subsample(
+        [p for p in entity_passages(kg) if p["entity"] in held], cfg.eval_examples, ctx.seed))
+    metrics.update(extraction_precision=round(ex["precision"], 4), extraction_recall=round(ex["recall"], 4))
+    lines += [f"**Triple extraction** from {ex['n']} passages about held-out people (scored against the "
+              "knowledge graph's triples):\n",
+              common.markdown_table(["passages", "precision", "recall"], [(ex["n"], ex["precision"], ex["recall"])]), ""]
     if qa["samples"]:
         lines.append("Sample answers (closed-book / RAG / passages without the answer):\n")
         lines.append(common.markdown_table(["question", "closed-book", "RAG", "no gold passage", "reference"],
