@@ -124,8 +124,13 @@ def run_part(run: Path, quick: bool) -> tuple[str, dict]:
     store = DocumentStore.load(run / "apps" / "index", encoder=encoder)
     kg = KnowledgeGraph.load(run / "apps" / "kg.json")
     model = common.load_model(run, "apps", "cpu", needed_by="benchmarks/rag.py")
+    rerank_dir = run / "checkpoints" / "rerank"
+    reranker = None
+    if (rerank_dir / "rerank.json").exists():
+        from lmstack.apps.rerank import CrossEncoder
+        reranker = CrossEncoder.load(rerank_dir, tok)
     cfg = Config(eval_examples=8 if quick else 0, retrieval_mode="hybrid" if encoder else "bm25")
-    metrics, report = measure(Ctx(), cfg, kg, store, model, tok, run)
+    metrics, report = measure(Ctx(), cfg, kg, store, model, tok, run, reranker)
     return report, metrics
 
 
@@ -146,8 +151,9 @@ def main() -> None:
         print(f"\n## {args.run}: retrieval, RAG and agents\n")
         print(report)
         for key in ("world_paraphrases_bm25_recall@5", "world_paraphrases_dense_recall@5",
-                    "world_paraphrases_hybrid_recall@5", "closed_book", "rag", "cannot_find", "arith_model_alone",
-                    "arith_agent", "multihop_heldout_model_alone", "multihop_heldout_agent"):
+                    "world_paraphrases_hybrid_recall@5", "world_paraphrases_rerank_recall@5", "closed_book", "rag", "cannot_find", "arith_model_alone",
+                    "arith_agent", "multihop_heldout_model_alone", "multihop_heldout_agent", "extraction_precision",
+                    "extraction_recall"):
             if key in metrics:
                 results[key] = metrics[key]
     print()

@@ -31,13 +31,14 @@ def run_dir(tmp_path_factory):
 def test_apps_stage_end_to_end(run_dir):
     overrides = ["run.device=\"cpu\"", "apps.dense.steps=4", "apps.dense.batch_size=4", "apps.steps=3",
                  "apps.batch_size=4", "apps.eval_examples=3", "apps.n_arith_train=6", "apps.max_new_tokens=8",
-                 "apps.agent_max_steps=2", "apps.k=2"]
+                 "apps.agent_max_steps=2", "apps.k=2", "apps.rerank.steps=2",
+                 "apps.rerank.questions_per_batch=2"]
     recipe = Recipe.load(None, overrides, raw={"run": {"name": "t"}, "apps": {}})
     result = run_stage(RunDir(run_dir), recipe, "apps")
     m = result.metrics
     for key in ("facts_heldout_bm25_recall@1", "facts_heldout_hybrid_recall@5", "world_paraphrases_dense_recall@1",
                 "closed_book", "rag", "cannot_find", "arith_model_alone", "arith_agent", "multihop_heldout_agent",
-                "extraction_precision", "extraction_recall"):
+                "extraction_precision", "extraction_recall", "world_paraphrases_rerank_recall@1"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["rag_examples"] > 0 and m["agent_examples"] > 0 and m["extraction_examples"] > 0
     kg = KnowledgeGraph.load(run_dir / "apps" / "kg.json")

@@ -111,10 +111,12 @@ class RagPipeline:
     """Retrieve ``k`` chunks from a DocumentStore, prompt the model with them, return the cited answer.
     Passages are dropped from the end until the prompt fits the model's context."""
 
-    def __init__(self, store, model, tokenizer, k: int = 3, mode: str = "bm25", max_new_tokens: int = 24):
+    def __init__(self, store, model, tokenizer, k: int = 3, mode: str = "bm25", max_new_tokens: int = 24,
+                 reranker=None, rerank_depth: int = 10):
         from lmstack.generate import GenerationConfig
 
         self.store, self.model, self.tokenizer, self.k, self.mode = store, model, tokenizer, k, mode
+        self.reranker, self.rerank_depth = reranker, rerank_depth
         self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
 
     def _fit(self, question: str, passages: list[str]) -> list[dict]:
@@ -129,12 +131,19 @@ class RagPipeline:
     def ask(self, question: str, exclude_docs: Sequence[str] = ()) -> RagAnswer:
         from lmstack.generate import chat
 
-        hits = [h for h in self.store.search(question, self.k + len(exclude_docs), mode=self.mode)
-                if h.doc_id not in set(exclude_docs)][:self.k]
+        hits = self.retrieve(question, exclude_docs)
         passages = [h.text for h in hits]
         msgs = self._fit(question, passages)
         text = chat(self.model, self.tokenizer, [msgs], self.cfg)[0].text.strip()
         return RagAnswer(question, text, passages, [h.doc_id for h in hits[:len(passages)]])
+
+    def retrieve(self, question: str, exclude_docs: Sequence[str] = ()) -> list:
+        """The top ``k`` chunks (``mode`` search, then the cross-encoder over the top ``rerank_depth`` if set)."""
+        depth = max(self.k, self.rerank_depth if self.reranker is not None else 0) + len(exclude_docs)
+        hits = [h for h in self.store.search(question, depth, mode=self.mode) if h.doc_id not in set(exclude_docs)]
+        if self.reranker is not None:
+            hits = self.reranker.rerank(question, hits)
+        return hits[:self.k]
 
     def closed_book(self, question: str) -> str:
         from lmstack.generate import chat

@@ -26,6 +26,7 @@ from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
 from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
+from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools
 from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
@@ -40,6 +41,7 @@ class Config:
     k: int = 3                      # passages per RAG prompt
     retrieval_mode: str = "hybrid"  # bm25 | dense | hybrid (dense and hybrid need dense_steps > 0)
     dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
+    rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
     steps: int = 300                # SFT steps on RAG + agent data
     batch_size: int = 16
     lr: float = 5e-4
@@ -137,6 +139,7 @@ def run(ctx, cfg: Config):
     store = DocumentStore(StoreConfig(), encoder=encoder)
     store.add_documents(entity_passages(kg))
     store.save(run_path / "apps" / "index")
+    reranker = _train_reranker(ctx, cfg, kg, store, tokenizer, run_path) if cfg.rerank.steps > 0 else None
 
     # ------------------------------------------------------------ fine-tuning
     sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed)
@@ -150,16 +153,34 @@ def run(ctx, cfg: Config):
                                                  "final_loss": summary["history"][-1]}, str(out_dir))
 
     # ------------------------------------------------------------ measurements
-    metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path)
+    metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path, reranker)
     metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats)
     if encoder is not None:
         metrics["dense_final_loss"] = round(sum(dense_history[-10:]) / len(dense_history[-10:]), 4)
     return StageResult(metrics=metrics, report=report, artifacts={
         "kg": "apps/kg.json", "index": "apps/index", "sft_data": "apps/sft_train.jsonl",
-        "checkpoint": "checkpoints/apps", **({"dense": "checkpoints/dense"} if encoder is not None else {})})
+        "checkpoint": "checkpoints/apps", **({"dense": "checkpoints/dense"} if encoder is not None else {}),
+        **({"rerank": "checkpoints/rerank"} if reranker is not None else {})})
 
 
-def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path) -> tuple[dict, str]:
+def _train_reranker(ctx, cfg: Config, kg, store, tokenizer, run_path: Path) -> CrossEncoder:
+    """Cross-encoder from the pretrained model; negatives are BM25's top passages about other entities."""
+    train_people, _ = _split_people(kg)
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    examples = []
+    for q in fact_questions(kg, "train"):
+        if kg.objects(q["entity"], "type") == ["person"] and q["entity"] not in train_people:
+            continue
+        negatives = [h.text for h in store.search(q["question"], 12) if not h.doc_id.startswith(q["entity"] + ":")]
+        examples.append((q["question"], passages[(q["entity"], q["lang"])], negatives))
+    base = common.load_model(run_path, "pretrain", ctx.device, needed_by="apps")
+    reranker = CrossEncoder(base, tokenizer, cfg.rerank).to(ctx.device)
+    train_reranker(reranker, examples, cfg.rerank)
+    reranker.save(common.checkpoint_dir(run_path, "rerank"))
+    return reranker
+
+
+def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reranker=None) -> tuple[dict, str]:
     sets = _eval_sets(kg, run_path, cfg, ctx.seed)
     modes = ["bm25"] + (["dense", "hybrid"] if store.encoder is not None else [])
     rows, metrics = [], {}
@@ -169,15 +190,22 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path) -> tu
             rows.append((name, mode, len(sets[name]), r["recall@1"], r["recall@5"]))
             metrics[f"{name}_{mode}_recall@1"] = round(r["recall@1"], 4)
             metrics[f"{name}_{mode}_recall@5"] = round(r["recall@5"], 4)
+        if reranker is not None and name in sets:
+            mode = modes[-1]
+            pipe = RagPipeline(store, None, tokenizer, k=5, mode=mode, reranker=reranker)
+            r = E.retrieval_recall(lambda q, k: pipe.retrieve(q)[:k], sets[name])
+            rows.append((name, f"{mode} + rerank", len(sets[name]), r["recall@1"], r["recall@5"]))
+            metrics[f"{name}_rerank_recall@1"] = round(r["recall@1"], 4)
+            metrics[f"{name}_rerank_recall@5"] = round(r["recall@5"], 4)
     lines = ["**Retrieval** (gold = the passage of the asked entity in the question's language):\n",
              common.markdown_table(["questions", "retriever", "n", "recall@1", "recall@5"], rows), ""]
 
-    pipe = RagPipeline(store, model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens)
+    pipe = RagPipeline(store, model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, reranker)
     qa = E.rag_qa(pipe, sets["facts_heldout"])
     metrics.update(closed_book=round(qa["closed_book"], 4), rag=round(qa["rag"], 4),
                    rag_cited=round(qa["rag_cited"], 4), cannot_find=round(qa["cannot_find"], 4))
     lines += [f"**QA on facts never seen in pretraining** ({qa['n']} questions about held-out people, eval "
-              f"phrasings; RAG with {cfg.retrieval_mode}, k={cfg.k}):\n",
+              f"phrasings; RAG with {cfg.retrieval_mode}{' + rerank' if reranker else ''}, k={cfg.k}):\n",
               common.markdown_table(["closed-book", "RAG", "RAG, citing the gold passage",
                                      "'cannot find' when the passages lack it"],
                                     [(qa["closed_book"], qa["rag"], qa["rag_cited"], qa["cannot_find"])]), ""]
