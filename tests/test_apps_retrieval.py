@@ -193,3 +193,17 @@ def test_read_documents_errors_name_the_line(tmp_path):
         read_documents(tmp_path / "missing")
     with pytest.raises(ValueError, match="dense search needs an encoder"):
         DocumentStore().search("x", mode="dense")
+
+
+def test_store_loaded_without_its_encoder_refuses_to_drop_vectors(tmp_path):
+    store = DocumentStore(encoder=HashEncoder())
+    store.add_documents([{"id": "a", "text": "Lima is in Peru."}])
+    store.save(tmp_path / "idx")
+    plain = DocumentStore.load(tmp_path / "idx")
+    assert plain.search("Peru", 1)[0].doc_id == "a"                      # BM25 still works
+    with pytest.raises(ValueError, match="needs its encoder"):
+        plain.add_documents([{"id": "b", "text": "Oslo is in Norway."}])
+    with pytest.raises(ValueError, match="drop its vectors"):
+        plain.save(tmp_path / "idx")
+    assert (tmp_path / "idx" / "vectors.safetensors").exists()
+    assert json.loads((tmp_path / "idx" / "store.json").read_text())["encoder"] == {"kind": "hash-test"}

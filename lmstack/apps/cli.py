@@ -71,9 +71,11 @@ def rag_main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("add", help="add or update documents in an index (unchanged files are skipped)")
     a.add_argument("index")
     a.add_argument("docs")
+    a.add_argument("--run", help="run directory: tokenizer (token chunking) and dense encoder of the index")
     d = sub.add_parser("delete", help="remove documents by id (a file path, or a jsonl row's id)")
     d.add_argument("index")
     d.add_argument("ids", nargs="+")
+    d.add_argument("--run", help="run directory whose dense encoder built the index (keeps its vectors)")
     s = sub.add_parser("search", help="print the top chunks for a query")
     s.add_argument("index")
     s.add_argument("query")
@@ -110,10 +112,9 @@ def rag_main(argv: list[str] | None = None) -> int:
             tok = _tokenizer(args.run) if getattr(args, "run", None) else None
             encoder = _encoder_for(index, tok, "cpu") if tok is not None else None
             store = DocumentStore.load(index, encoder=encoder, tokenizer=tok)
+            if args.cmd == "delete" and store.has_vectors and store.index is None:
+                return _fail("this index holds dense vectors: pass --run RUN so they are kept up to date")
             if args.cmd == "add":
-                if store.cfg.chunking == "tokens" or (store.index is None and (index / "vectors.safetensors").exists()):
-                    return _fail("this index uses a tokenizer or dense vectors; re-run with a run dir "
-                                 "(`lmstack rag build` again) to add to it")
                 stats = store.add_path(args.docs)
                 store.save(index)
                 print(f"added {stats['added']}, updated {stats['updated']}, unchanged {stats['unchanged']} "

@@ -94,8 +94,6 @@ class DocumentStore:
         self.cfg = cfg or StoreConfig()
         if self.cfg.chunking not in ("sentences", "tokens"):
             raise ValueError(f"chunking {self.cfg.chunking!r}: choose 'sentences' or 'tokens'")
-        if self.cfg.chunking == "tokens" and tokenizer is None:
-            raise ValueError("token chunking needs a tokenizer (pass tokenizer=, or use chunking='sentences')")
         self.encoder, self.tokenizer = encoder, tokenizer
         self.docs: dict[str, dict] = {}     # doc id -> {"source", "hash", "chunks": [chunk ids], "meta"}
         self.chunks: dict[int, dict] = {}   # chunk id -> {"doc", "text"}
@@ -103,11 +101,16 @@ class DocumentStore:
         self._bm25: BM25 | None = None
         self._order: list[int] = []
         self.index = None
+        self.has_vectors = False  # loaded from a store saved with vectors (even if no encoder was given)
+        self.encoder_info = None  # the encoder description a loaded store was saved with
 
     # ------------------------------------------------------------------ building
     def _chunk(self, text: str) -> list[str]:
         c = self.cfg
         if c.chunking == "tokens":
+            if self.tokenizer is None:
+                raise ValueError("this store chunks by tokens: adding documents needs its tokenizer "
+                                 "(pass tokenizer=, or --run RUN on the command line)")
             return chunk_by_tokens(text, self.tokenizer.encode, self.tokenizer.decode, c.chunk_tokens, c.overlap_tokens)
         return chunk_by_sentences(text, c.max_chars, c.overlap_sentences)
 
@@ -139,6 +142,9 @@ class DocumentStore:
             self.docs[doc_id] = {"source": d.get("source", ""), "hash": digest, "chunks": chunk_ids,
                                  "meta": d.get("meta", {})}
         stats["chunks"] = len(new_ids)
+        if new_ids and self.encoder is None and self.has_vectors:
+            raise ValueError("this store holds dense vectors: adding documents needs its encoder "
+                             "(DocumentStore.load(..., encoder=), or --run RUN on the command line)")
         if new_ids and self.encoder is not None:
             vectors = self._ensure_index(self.encoder(new_texts))
             self.index.add(vectors, new_ids)
@@ -209,13 +215,16 @@ class DocumentStore:
         from safetensors.numpy import save
 
         directory = Path(directory)
+        if self.has_vectors and self.index is None:
+            raise ValueError(f"{directory}: this store was loaded without its dense encoder; saving it would drop "
+                             "its vectors (load it with encoder=, or --run RUN on the command line)")
         directory.mkdir(parents=True, exist_ok=True)
         if self.index is not None and len(self.index):
             blob = save({"vectors": np.ascontiguousarray(self.index.vectors), "ids": self.index.ids})
             atomic_write_bytes(directory / "vectors.safetensors", blob)
         elif (directory / "vectors.safetensors").exists():
             (directory / "vectors.safetensors").unlink()
-        encoder_info = getattr(self.encoder, "describe", lambda: None)()
+        encoder_info = getattr(self.encoder, "describe", lambda: None)() or self.encoder_info
         atomic_write_json(directory / "store.json", {
             "format": STORE_FORMAT, "config": asdict(self.cfg), "next_id": self.next_id, "encoder": encoder_info,
             "docs": self.docs, "chunks": {str(k): v for k, v in self.chunks.items()}})
@@ -236,6 +245,8 @@ class DocumentStore:
         store.docs, store.next_id = data["docs"], data["next_id"]
         store.chunks = {int(k): v for k, v in data["chunks"].items()}
         vec_path = directory / "vectors.safetensors"
+        store.has_vectors = vec_path.exists()
+        store.encoder_info = data.get("encoder")
         if encoder is not None and vec_path.exists():
             arrays = load_file(str(vec_path))
             store.index = make_index(arrays["vectors"].shape[1], store.cfg.backend)
