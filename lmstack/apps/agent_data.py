@@ -36,7 +36,8 @@ def arithmetic_questions(n: int, seed: int = 0, langs=("en", "zh")) -> list[dict
         lang = langs[i % len(langs)]
         shown = expr.replace("*", "×")
         q = f"What is {shown}?" if lang == "en" else f"{shown}等于多少？"
-        out.append({"question": q, "expression": expr, "answer": calculate(expr), "lang": lang, "kind": "arith"})
+        # the calculator reads × itself: the model copies the expression as the question shows it
+        out.append({"question": q, "expression": shown, "answer": calculate(expr), "lang": lang, "kind": "arith"})
     return out
 
 
@@ -58,7 +59,9 @@ class PlanPolicy:
         if step[0] == "final":
             return f"Thought: {step[1]}\nFinal Answer: {step[2]}"
         thought, name, args = step
-        return f"Thought: {thought}\nAction: " + json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+        # compact separators: fewer tokens in a small model's context, still plain JSON
+        call = json.dumps({"name": name, "arguments": args}, ensure_ascii=False, separators=(",", ":"))
+        return f"Thought: {thought}\nAction: {call}"
 
 
 def _final(thought: str = "I have the answer.") -> Callable:

@@ -52,7 +52,8 @@ class Config:
     prompt_style: str = "names"     # agent system prompt: names | compact | json
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32        # RAG / closed-book answers
+    agent_max_new_tokens: int = 96  # one ReAct turn (a thought and a JSON action)
 
 
 def _split_people(kg: KnowledgeGraph) -> tuple[set, set]:
@@ -213,7 +214,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
                                     [(qa["closed_book"], qa["rag"], qa["rag_cited"], qa["cannot_find"])]), ""]
 
     tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
-    model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.max_new_tokens), tools,  # noqa: E731
+    model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
                                        cfg.agent_max_steps, prompt_style=cfg.prompt_style)
     plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg)), tools, cfg.agent_max_steps,  # noqa: E731
                                       prompt_style=cfg.prompt_style)
