@@ -111,3 +111,16 @@ def test_memory_evicts_summarises_and_recalls():
     assert "Relevant earlier turns" in prompt[1]["content"] and "Miso" in prompt[1]["content"]
     with pytest.raises(ValueError):
         ConversationMemory(count, budget=0)
+
+
+def test_agent_search_traces_answer_from_passages(kg, store):
+    from lmstack.apps.tools import search_tool
+
+    tools = ToolBox([search_tool(store, k_default=2)])
+    items = [dict(q, kind="fact_search") for q in fact_questions(kg, "train")[:6]]
+    data = agent_sft_examples(items, tools, kg)
+    assert len(data) == 6
+    for d, item in zip(data, items):
+        assert '"name":"search"' in d["messages"][2]["content"]
+        assert d["messages"][3]["content"].startswith("Observation: [1] ")
+        assert d["messages"][-1]["content"].endswith(f"Final Answer: {item['answer']}")

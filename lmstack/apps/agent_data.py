@@ -101,13 +101,22 @@ def fact_plan(item: dict, kg) -> Plan:
     return [lambda _: ("Look it up.", "kg_lookup", {"entity": entity, "relation": item["relation"]}), _final()]
 
 
+def search_plan(item: dict) -> Plan:
+    """Search the documents with the question, then answer from the passages (the answer is known)."""
+    return [lambda _: ("Search the documents.", "search", {"query": item["question"]}),
+            lambda _: ("final", "The passages answer it.", item["answer"])]
+
+
 def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "names",
                        max_steps: int = 6) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
     the plan of each item. Items whose plan does not reach the known answer are skipped."""
     out = []
     for item in items:
-        plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg)
+        if item["kind"] == "fact_search":
+            plan = search_plan(item)
+        else:
+            plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg)
         result = ReActAgent(PlanPolicy(plan), tools, max_steps=max_steps, prompt_style=prompt_style).run(item["question"])
         if result.stop_reason != "final_answer" or (item.get("answer") is not None and result.answer != item["answer"]):
             continue

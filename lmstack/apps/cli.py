@@ -156,8 +156,7 @@ def agent_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--script", help="replay model turns from a file (turns separated by a line '---')")
     ap.add_argument("--tools-json", action="store_true", help="print the tools in OpenAI format and exit")
-    ap.add_argument("--search", action="store_true",
-                    help="add the document-search tool over RUN/apps/index (the apps stage trains without it)")
+    ap.add_argument("--no-search", action="store_true", help="leave out the document-search tool")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     try:
@@ -169,8 +168,8 @@ def agent_main(argv: list[str] | None = None) -> int:
             kg_path, index = Path(args.run) / "apps" / "kg.json", Path(args.run) / "apps" / "index"
             if kg_path.exists():
                 tools += kg_tools(KnowledgeGraph.load(kg_path))
-            if args.search:
-                tools.append(search_tool(DocumentStore.load(index)))
+            if (index / "store.json").exists() and not args.no_search:
+                tools.append(search_tool(DocumentStore.load(index), k_default=2))  # as the apps stage trains
         box = ToolBox(tools)
         if args.tools_json:
             print(json.dumps(box.schemas(), indent=2, ensure_ascii=False))

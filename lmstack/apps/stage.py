@@ -28,7 +28,7 @@ from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
 from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
-from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools
+from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
 from lmstack.runs import atomic_write_text
 
@@ -56,6 +56,11 @@ class Config:
     agent_max_new_tokens: int = 96  # one ReAct turn (a thought and a JSON action)
 
 
+def agent_tools(kg: KnowledgeGraph, store: DocumentStore) -> ToolBox:
+    """The agent's tools, the same in training traces, measurements and ``lmstack agent``."""
+    return ToolBox([calculator_tool(), date_tool()] + kg_tools(kg) + [search_tool(store, k_default=2)])
+
+
 def _split_people(kg: KnowledgeGraph) -> tuple[set, set]:
     people = kg.entities_of_type("person")
     held = {p for p in people if kg.meta.get(p, {}).get("group") == HELD_OUT_GROUP}
@@ -76,9 +81,11 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     fact_qs = [q for q in fact_questions(kg, "train") if allowed(q["entity"])]
     rag = rag_sft_examples(fact_qs, passages, lambda q, n: [h.text for h in store.search(q, n)], cfg.k,
                            cfg.no_answer_rate, seed)
-    tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
+    tools = agent_tools(kg, store)
     multihop = [dict(q) for q in multihop_questions(kg) if _multihop_person(kg, q) in train_people]
-    facts = [dict(q, kind="fact") for q in random.Random(seed).sample(fact_qs, min(len(fact_qs), 200))]
+    # one-hop facts: half answered with a KG lookup, half by searching the documents
+    sample = random.Random(seed).sample(fact_qs, min(len(fact_qs), 300))
+    facts = [dict(q, kind="fact" if i % 2 else "fact_search") for i, q in enumerate(sample)]
     items = arithmetic_questions(cfg.n_arith_train, seed=seed) + multihop + facts
     agent = agent_sft_examples(items, tools, kg, cfg.prompt_style, cfg.agent_max_steps)
     replay = []
@@ -213,7 +220,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
                                      "'cannot find' when the passages lack it"],
                                     [(qa["closed_book"], qa["rag"], qa["rag_cited"], qa["cannot_find"])]), ""]
 
-    tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
+    tools = agent_tools(kg, store)
     model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
                                        cfg.agent_max_steps, prompt_style=cfg.prompt_style)
     plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg)), tools, cfg.agent_max_steps,  # noqa: E731
