@@ -124,3 +124,16 @@ def test_agent_search_traces_answer_from_passages(kg, store):
         assert '"name":"search"' in d["messages"][2]["content"]
         assert d["messages"][3]["content"].startswith("Observation: [1] ")
         assert d["messages"][-1]["content"].endswith(f"Final Answer: {item['answer']}")
+
+
+def test_long_agent_traces_get_a_trimmed_copy_like_inference(kg):
+    tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
+    item = next(q for q in multihop_questions(kg, ["en"]) if q["kind"] == "occ_hobby_country")
+    count = lambda msgs: sum(len(m["content"]) for m in msgs)  # noqa: E731  (characters as "tokens")
+    full = agent_sft_examples([item], tools, kg)[0]["messages"]
+    limit = count(full) - 10
+    data = agent_sft_examples([item], tools, kg, count_tokens=count, max_tokens=limit)
+    assert len(data) == 2 and data[0]["messages"] == full and data[1]["trimmed"]
+    trimmed = data[1]["messages"]
+    assert trimmed[:2] == full[:2] and trimmed[-1] == full[-1] and count(trimmed) <= limit < count(full)
+    assert len(agent_sft_examples([item], tools, kg, count_tokens=count, max_tokens=count(full))) == 1

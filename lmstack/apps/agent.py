@@ -196,16 +196,23 @@ class ModelPolicy:
                                                               self.cfg.max_new_tokens)], self.cfg)[0].text
 
 
+def trim_turns(messages: list[dict], too_long: Callable[[list[dict]], bool]) -> list[dict]:
+    """Drop the oldest messages after the system prompt and question while ``too_long``: how a long ReAct run
+    is cut to fit the context (agent SFT data is cut the same way, so training matches inference)."""
+    msgs = list(messages)
+    while len(msgs) > 3 and too_long(msgs):
+        del msgs[2]
+    return msgs
+
+
 def fit_messages(tokenizer, model, messages: list[dict], reserve: int) -> list[dict]:
     """Drop the oldest turns after the question (keeping system + question) until the prompt leaves ``reserve``
     tokens of room in the model's context."""
     limit = getattr(getattr(model, "config", None), "max_seq_len", None)
     if not limit:
         return messages
-    msgs = list(messages)
     size = lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])  # noqa: E731
-    while len(msgs) > 3 and size(msgs) + reserve > limit:
-        del msgs[2]
+    msgs = trim_turns(messages, lambda m: size(m) + reserve > limit)
     if size(msgs) + min(reserve, 8) > limit:
         raise ContextFull(f"the prompt needs {size(msgs)} tokens; the model's context is {limit}")
     return msgs

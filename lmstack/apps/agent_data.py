@@ -11,7 +11,7 @@ import json
 import random
 from typing import Callable
 
-from lmstack.apps.agent import OBSERVATION, ReActAgent
+from lmstack.apps.agent import OBSERVATION, ReActAgent, trim_turns
 from lmstack.apps.tools import ToolBox, calculate
 
 OPS = {"+": "plus", "-": "minus", "*": "times"}
@@ -108,9 +108,14 @@ def search_plan(item: dict) -> Plan:
 
 
 def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "names",
-                       max_steps: int = 6) -> list[dict]:
+                       max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
+                       max_tokens: int = 0) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
-    the plan of each item. Items whose plan does not reach the known answer are skipped."""
+    the plan of each item. Items whose plan does not reach the known answer are skipped.
+
+    With ``count_tokens`` and ``max_tokens``, a trace longer than ``max_tokens`` also yields a copy whose
+    oldest turns are dropped until it fits (``agent.trim_turns``, as the agent does at inference): otherwise
+    truncation would cut the last steps, and the final answer of long runs would never be trained."""
     out = []
     for item in items:
         if item["kind"] == "fact_search":
@@ -120,6 +125,11 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
         result = ReActAgent(PlanPolicy(plan), tools, max_steps=max_steps, prompt_style=prompt_style).run(item["question"])
         if result.stop_reason != "final_answer" or (item.get("answer") is not None and result.answer != item["answer"]):
             continue
-        out.append({"messages": result.chat_messages(), "task": f"agent_{item['kind']}", "answer": item.get("answer"),
-                    "lang": item["lang"], "facts": []})
+        meta = {"task": f"agent_{item['kind']}", "answer": item.get("answer"), "lang": item["lang"], "facts": []}
+        messages = result.chat_messages()
+        out.append({"messages": messages, **meta})
+        if count_tokens is not None and max_tokens and count_tokens(messages) > max_tokens:
+            trimmed = trim_turns(messages, lambda m: count_tokens(m) > max_tokens)
+            if trimmed[-1]["role"] == "assistant" and count_tokens(trimmed) <= max_tokens:
+                out.append({"messages": trimmed, **meta, "trimmed": True})
     return out

@@ -74,7 +74,8 @@ def _multihop_person(kg: KnowledgeGraph, q: dict) -> str:
     return kg.query([tuple(p) for p in q["patterns"][:2]])[0]["?p"]
 
 
-def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_path: Path, seed: int) -> tuple[Path, dict]:
+def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_path: Path, seed: int,
+                   tokenizer=None, max_len: int = 0) -> tuple[Path, dict]:
     train_people, _ = _split_people(kg)
     allowed = lambda e: not kg.objects(e, "type") == ["person"] or e in train_people  # noqa: E731
     passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
@@ -87,7 +88,8 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     sample = random.Random(seed).sample(fact_qs, min(len(fact_qs), 300))
     facts = [dict(q, kind="fact" if i % 2 else "fact_search") for i, q in enumerate(sample)]
     items = arithmetic_questions(cfg.n_arith_train, seed=seed) + multihop + facts
-    agent = agent_sft_examples(items, tools, kg, cfg.prompt_style, cfg.agent_max_steps)
+    count = (lambda m: len(tokenizer.encode_chat(m)[0])) if tokenizer is not None else None  # noqa: E731
+    agent = agent_sft_examples(items, tools, kg, cfg.prompt_style, cfg.agent_max_steps, count, max_len)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:
@@ -151,9 +153,9 @@ def run(ctx, cfg: Config):
     reranker = _train_reranker(ctx, cfg, kg, store, tokenizer, run_path) if cfg.rerank.steps > 0 else None
 
     # ------------------------------------------------------------ fine-tuning
-    sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed)
-    ctx.log(f"SFT data: {data_stats}")
     model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="apps")
+    sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed, tokenizer, model.config.max_seq_len)
+    ctx.log(f"SFT data: {data_stats}")
     sft_cfg = SftConfig(init_from=cfg.init_from, steps=cfg.steps, batch_size=cfg.batch_size,
                         optim=common.OptimSettings(lr=cfg.lr, warmup_steps=min(10, cfg.steps // 10)))
     summary = train_sft(model, tokenizer, sft_cfg, sft_path, ctx, "apps")
