@@ -1,0 +1,135 @@
+"""Tool-use traces for agent SFT, and the questions the agent is measured on.
+
+Each trace is a real run of ``ReActAgent`` whose policy is a plan written from the question's structure
+(``PlanPolicy``): the tool calls are real, so every observation in the data is what the tool returns.
+The same plans give an upper bound for the agent (the tools and the loop with a perfect policy).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Callable
+
+from lmstack.apps.agent import OBSERVATION, ReActAgent, trim_turns
+from lmstack.apps.tools import ToolBox, calculate
+
+OPS = {"+": "plus", "-": "minus", "*": "times"}
+ZH_OPS = {"+": "加", "-": "减", "*": "乘以"}
+
+
+def arithmetic_questions(n: int, seed: int = 0, langs=("en", "zh")) -> list[dict]:
+    """Mixed-operation problems with 2-4 digit operands: ``a op b`` or ``(a op b) op c``."""
+    rng = random.Random(f"arith:{seed}")
+    out = []
+    for i in range(n):
+        digits = lambda: rng.randint(10, 9999) if rng.random() < 0.5 else rng.randint(10, 999)  # noqa: E731
+        a, b = digits(), digits()
+        op1 = rng.choice("+-*")
+        if op1 == "*":
+            b = rng.randint(2, 99)
+        expr = f"{a} {op1} {b}"
+        if rng.random() < 0.5:
+            op2 = rng.choice("+-*")
+            c = rng.randint(2, 99) if op2 == "*" else digits()
+            expr = f"({expr}) {op2} {c}"
+        lang = langs[i % len(langs)]
+        shown = expr.replace("*", "×")
+        q = f"What is {shown}?" if lang == "en" else f"{shown}等于多少？"
+        # the calculator reads × itself: the model copies the expression as the question shows it
+        out.append({"question": q, "expression": shown, "answer": calculate(expr), "lang": lang, "kind": "arith"})
+    return out
+
+
+Plan = list  # of callables: last observation -> (thought, tool name, arguments) | ("final", thought, answer)
+
+
+class PlanPolicy:
+    """Turns a plan into ReAct turns, reading the latest observation from the conversation."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def __call__(self, messages: list[dict]) -> str:
+        steps_done = sum(1 for m in messages if m["role"] == "assistant")
+        last = ""
+        if messages and messages[-1]["role"] == "user" and messages[-1]["content"].startswith(OBSERVATION):
+            last = messages[-1]["content"][len(OBSERVATION):].strip()
+        step = self.plan[min(steps_done, len(self.plan) - 1)](last)
+        if step[0] == "final":
+            return f"Thought: {step[1]}\nFinal Answer: {step[2]}"
+        thought, name, args = step
+        # compact separators: fewer tokens in a small model's context, still plain JSON
+        call = json.dumps({"name": name, "arguments": args}, ensure_ascii=False, separators=(",", ":"))
+        return f"Thought: {thought}\nAction: {call}"
+
+
+def _final(thought: str = "I have the answer.") -> Callable:
+    return lambda obs: ("final", thought, obs)
+
+
+def plan_for(item: dict, kg=None) -> Plan:
+    """The tool plan that answers an arithmetic, multi-hop or date question."""
+    kind = item["kind"]
+    if kind == "arith":
+        return [lambda _: ("Compute it with the calculator.", "calculator", {"expression": item["expression"]}),
+                _final()]
+    if kind == "date":
+        return [lambda _: ("Check today's date.", "current_date", {}), _final()]
+    lang = item["lang"]
+    ids = {term for p in item["patterns"] for term in (p[0], p[2]) if not term.startswith("?")}
+    name = {i: kg.name(i, lang) for i in ids}
+    pat = [tuple(p) for p in item["patterns"]]
+    lookup = lambda rel, thought: lambda obs: (thought, "kg_lookup", {"entity": obs, "relation": rel})  # noqa: E731
+    if kind in ("occ_hobby_country", "occ_city_year"):
+        conds = [{"relation": p[1], "value": name[p[2]]} for p in pat[:2]]
+        first = [lambda _: ("Find the person.", "kg_find", {"conditions": conds})]
+        rest = ([lookup("birthplace", "Find the birthplace."), lookup("country", "Find its country.")]
+                if kind == "occ_hobby_country" else [lookup("birth_year", "Find the birth year.")])
+        return first + rest + [_final()]
+    person = name[pat[0][0]]
+    steps = [lambda _: ("Find the birthplace.", "kg_lookup", {"entity": person, "relation": "birthplace"}),
+             lookup("country", "Find its country.")]
+    if kind == "person_capital":
+        steps.append(lookup("capital", "Find the capital."))
+    return steps + [_final()]
+
+
+def fact_plan(item: dict, kg) -> Plan:
+    """One lookup for a one-hop fact question (``worldqa.fact_questions``)."""
+    entity = kg.name(item["entity"], item["lang"])
+    return [lambda _: ("Look it up.", "kg_lookup", {"entity": entity, "relation": item["relation"]}), _final()]
+
+
+def search_plan(item: dict) -> Plan:
+    """Search the documents with the question, then answer from the passages (the answer is known)."""
+    return [lambda _: ("Search the documents.", "search", {"query": item["question"]}),
+            lambda _: ("final", "The passages answer it.", item["answer"])]
+
+
+def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "names",
+                       max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
+                       max_tokens: int = 0) -> list[dict]:
+    """SFT conversations (system, question, then alternating assistant turns and observations) from running
+    the plan of each item. Items whose plan does not reach the known answer are skipped.
+
+    With ``count_tokens`` and ``max_tokens``, a trace longer than ``max_tokens`` also yields a copy whose
+    oldest turns are dropped until it fits (``agent.trim_turns``, as the agent does at inference): otherwise
+    truncation would cut the last steps, and the final answer of long runs would never be trained."""
+    out = []
+    for item in items:
+        if item["kind"] == "fact_search":
+            plan = search_plan(item)
+        else:
+            plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg)
+        result = ReActAgent(PlanPolicy(plan), tools, max_steps=max_steps, prompt_style=prompt_style).run(item["question"])
+        if result.stop_reason != "final_answer" or (item.get("answer") is not None and result.answer != item["answer"]):
+            continue
+        meta = {"task": f"agent_{item['kind']}", "answer": item.get("answer"), "lang": item["lang"], "facts": []}
+        messages = result.chat_messages()
+        out.append({"messages": messages, **meta})
+        if count_tokens is not None and max_tokens and count_tokens(messages) > max_tokens:
+            trimmed = trim_turns(messages, lambda m: count_tokens(m) > max_tokens)
+            if trimmed[-1]["role"] == "assistant" and count_tokens(trimmed) <= max_tokens:
+                out.append({"messages": trimmed, **meta, "trimmed": True})
+    return out

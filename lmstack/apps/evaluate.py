@@ -1,0 +1,101 @@
+"""Measurements of the application layer: retrieval recall, closed-book vs RAG QA, "cannot find" rate,
+model alone vs agent with tools. Used by the ``apps`` stage and ``benchmarks/rag.py``."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Callable, Sequence
+
+from lmstack.apps.rag import RagPipeline, is_cannot_find, strip_citations
+from lmstack.data.world import answer_matches, first_answer_span
+
+
+def gold_doc(item: dict) -> str:
+    """The passage id that states the answer of a question about ``item["entity"]`` in its language."""
+    return f"{item['entity']}:{item['lang']}"
+
+
+def retrieval_recall(search: Callable[[str, int], list], questions: Sequence[dict], ks=(1, 5)) -> dict[str, float]:
+    """Share of questions whose gold passage is among the top k (``search(q, k) -> hits with .doc_id``)."""
+    hits = Counter()
+    depth = max(ks)
+    for q in questions:
+        ranked = [h.doc_id for h in search(q["question"], depth)]
+        for k in ks:
+            hits[k] += gold_doc(q) in ranked[:k]
+    n = max(1, len(questions))
+    return {f"recall@{k}": hits[k] / n for k in ks}
+
+
+def facts_eval_questions(rows: Sequence[dict]) -> list[dict]:
+    """The world's held-out facts_eval items as {"question", "answer", "lang", "entity"}: fact ids look like
+    ``person:p003:birthplace``, ``city:c02:country`` or ``country:france:capital``."""
+    out = []
+    for r in rows:
+        parts = str(r.get("fact", "")).split(":")
+        if len(parts) == 3:
+            out.append({"question": r["question"], "answer": r["answer"], "lang": r["lang"], "entity": parts[1],
+                        "group": r.get("group")})
+    return out
+
+
+_INT_RE = re.compile(r"-?\d+")
+
+
+def is_correct(prediction: str, answer: str) -> bool:
+    """``answer_matches`` on the prediction without its [n] citations. Integer answers are compared here, sign
+    included: ``answer_matches`` normalizes the reference's minus sign away, so "-127" never matched -127."""
+    pred = strip_citations(prediction)
+    if _INT_RE.fullmatch(answer.strip()):
+        numbers = _INT_RE.findall(first_answer_span(pred).replace(",", ""))
+        return bool(numbers) and int(numbers[-1]) == int(answer)
+    return answer_matches(pred, answer)
+
+
+def rag_qa(pipeline: RagPipeline, questions: Sequence[dict], progress: bool = True) -> dict:
+    """Closed-book accuracy, RAG accuracy, and the "cannot find" rate with the gold passages removed."""
+    from tqdm import tqdm
+
+    closed = rag = cannot = cited = 0
+    samples = []
+    for q in tqdm(questions, desc="rag eval", disable=not progress, leave=False):
+        book = pipeline.closed_book(q["question"])
+        ans = pipeline.ask(q["question"])
+        gold_ids = [f"{q['entity']}:en", f"{q['entity']}:zh"]
+        missing = pipeline.ask(q["question"], exclude_docs=gold_ids)
+        closed += is_correct(book, q["answer"])
+        ok = is_correct(ans.text, q["answer"])
+        rag += ok
+        cited += ok and any(ans.doc_ids[n - 1] in gold_ids for n in ans.citations)
+        cannot += is_cannot_find(missing.text)
+        if len(samples) < 6:
+            samples.append((q["question"], book, ans.text, missing.text, q["answer"]))
+    n = max(1, len(questions))
+    return {"n": len(questions), "closed_book": closed / n, "rag": rag / n, "rag_cited": cited / n,
+            "cannot_find": cannot / n, "samples": samples}
+
+
+def model_alone(model, tokenizer, questions: Sequence[dict], max_new_tokens: int = 24) -> float:
+    """Accuracy of the model answering each question in one chat turn, without tools or passages."""
+    from lmstack.generate import GenerationConfig, chat
+
+    if not questions:
+        return float("nan")
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+    outs = chat(model, tokenizer, [[{"role": "user", "content": q["question"]}] for q in questions], cfg)
+    return sum(is_correct(o.text, q["answer"]) for o, q in zip(outs, questions)) / len(questions)
+
+
+def agent_accuracy(make_agent: Callable[[dict], object], questions: Sequence[dict], progress: bool = True) -> dict:
+    """Accuracy of ``make_agent(item).run(question)`` answers, mean steps and why runs stopped."""
+    from tqdm import tqdm
+
+    correct, steps, reasons = 0, 0, Counter()
+    for q in tqdm(questions, desc="agent eval", disable=not progress, leave=False):
+        result = make_agent(q).run(q["question"])
+        correct += result.answer is not None and is_correct(result.answer, q["answer"])
+        steps += len(result.steps)
+        reasons[result.stop_reason] += 1
+    n = max(1, len(questions))
+    return {"n": len(questions), "accuracy": correct / n, "mean_steps": steps / n, "stop_reasons": dict(reasons)}

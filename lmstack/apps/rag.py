@@ -1,0 +1,151 @@
+"""Retrieval-augmented generation: a "context + question" chat prompt with numbered passages, answers that
+cite them as [n], and an explicit "cannot find" answer when the passages do not hold the answer.
+
+The prompt is short on purpose (the default model has a context of a few hundred tokens)::
+
+    <|system|>Answer from the passages and cite them as [n]. If they do not contain the answer, say so.<|end|>
+    <|user|>[1] Oscar Nilsson was born in 1996 in Valkabourne. ...
+    [2] ...
+    Question: Where was Oscar Nilsson born?<|end|>
+    <|assistant|>Valkabourne [1]<|end|>
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+SYSTEM = {"en": "Answer from the passages and cite them as [n]. If they do not contain the answer, say so.",
+          "zh": "根据资料回答，并用[n]标注出处。如果资料中没有答案，请直说。"}
+QUESTION = {"en": "Question: {q}", "zh": "问题：{q}"}
+CANNOT_FIND = {"en": "I cannot find the answer in the passages.", "zh": "资料中找不到答案。"}
+_CANNOT_FIND_RE = re.compile(r"cannot find|can't find|could not find|not in the passages|找不到|没有找到|资料中没有")
+_CITATION_RE = re.compile(r"\[(\d+)\]")
+
+
+def lang_of(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def rag_messages(question: str, passages: Sequence[str], lang: str | None = None) -> list[dict]:
+    lang = lang or lang_of(question)
+    context = "\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+    return [{"role": "system", "content": SYSTEM[lang]},
+            {"role": "user", "content": context + "\n" + QUESTION[lang].format(q=question)}]
+
+
+def cited_answer(answer: str, index: int) -> str:
+    return f"{answer} [{index}]"
+
+
+def citations(text: str) -> list[int]:
+    return [int(n) for n in _CITATION_RE.findall(text)]
+
+
+def strip_citations(text: str) -> str:
+    return _CITATION_RE.sub("", text).strip()
+
+
+def is_cannot_find(text: str) -> bool:
+    return bool(_CANNOT_FIND_RE.search(text.lower()))
+
+
+# ------------------------------------------------------------------ SFT data
+
+def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int = 3, no_answer_rate: float = 0.3,
+                     seed: int = 0) -> list[dict]:
+    """Chat examples that teach answering from passages.
+
+    ``questions``: dicts with "question", "answer", "lang", "entity" (``worldqa.fact_questions``);
+    ``passages``: (entity, lang) -> the passage that states the answer;
+    ``retrieve(question, n) -> list[str]``: distractor candidates (e.g. BM25 over the corpus).
+    With probability ``no_answer_rate`` the gold passage is left out and the target is the "cannot find"
+    answer; otherwise it sits at a random position and the target cites it."""
+    rng = random.Random(seed)
+    out = []
+    for q in questions:
+        gold = passages[(q["entity"], q["lang"])]
+        others = [p for p in retrieve(q["question"], k + 2) if p != gold and q["answer"] not in p]
+        answerable = rng.random() >= no_answer_rate
+        if answerable:
+            context = others[:k - 1]
+            pos = rng.randint(0, len(context))
+            context.insert(pos, gold)
+            target = cited_answer(q["answer"], pos + 1)
+        else:
+            context = others[:k]
+            target = CANNOT_FIND[q["lang"]]
+        if not context:
+            continue
+        out.append({"messages": rag_messages(q["question"], context, q["lang"]) +
+                    [{"role": "assistant", "content": target}],
+                    "task": "rag" if answerable else "rag_cannot_find", "answer": q["answer"] if answerable else None,
+                    "lang": q["lang"], "facts": []})
+    return out
+
+
+# ------------------------------------------------------------------ answering
+
+@dataclass
+class RagAnswer:
+    question: str
+    text: str
+    passages: list[str]
+    doc_ids: list[str] = field(default_factory=list)
+
+    @property
+    def citations(self) -> list[int]:
+        return [n for n in citations(self.text) if 1 <= n <= len(self.passages)]
+
+    def render(self) -> str:
+        lines = [self.text, ""]
+        lines += [f"[{i}] {p}" for i, p in enumerate(self.passages, start=1)]
+        if not self.passages:
+            lines.append("(no passage: none was found, or none fits in the model's context with the question)")
+        return "\n".join(lines)
+
+
+class RagPipeline:
+    """Retrieve ``k`` chunks from a DocumentStore, prompt the model with them, return the cited answer.
+    Passages are dropped from the end until the prompt fits the model's context."""
+
+    def __init__(self, store, model, tokenizer, k: int = 3, mode: str = "bm25", max_new_tokens: int = 24,
+                 reranker=None, rerank_depth: int = 10):
+        from lmstack.generate import GenerationConfig
+
+        self.store, self.model, self.tokenizer, self.k, self.mode = store, model, tokenizer, k, mode
+        self.reranker, self.rerank_depth = reranker, rerank_depth
+        self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+
+    def _fit(self, question: str, passages: list[str]) -> list[dict]:
+        limit = getattr(self.model.config, "max_seq_len", None)
+        while True:
+            msgs = rag_messages(question, passages)
+            n = len(self.tokenizer.encode_chat(msgs, add_generation_prompt=True)[0])
+            if not limit or n + self.cfg.max_new_tokens <= limit or not passages:
+                return msgs
+            passages.pop()
+
+    def ask(self, question: str, exclude_docs: Sequence[str] = ()) -> RagAnswer:
+        from lmstack.generate import chat
+
+        hits = self.retrieve(question, exclude_docs)
+        passages = [h.text for h in hits]
+        msgs = self._fit(question, passages)
+        text = chat(self.model, self.tokenizer, [msgs], self.cfg)[0].text.strip()
+        return RagAnswer(question, text, passages, [h.doc_id for h in hits[:len(passages)]])
+
+    def retrieve(self, question: str, exclude_docs: Sequence[str] = ()) -> list:
+        """The top ``k`` chunks (``mode`` search, then the cross-encoder over the top ``rerank_depth`` if set)."""
+        depth = max(self.k, self.rerank_depth if self.reranker is not None else 0) + len(exclude_docs)
+        hits = [h for h in self.store.search(question, depth, mode=self.mode) if h.doc_id not in set(exclude_docs)]
+        if self.reranker is not None:
+            hits = self.reranker.rerank(question, hits)
+        return hits[:self.k]
+
+    def closed_book(self, question: str) -> str:
+        from lmstack.generate import chat
+
+        return chat(self.model, self.tokenizer, [[{"role": "user", "content": question}]], self.cfg)[0].text.strip()

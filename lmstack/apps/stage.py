@@ -1,0 +1,258 @@
+"""Stage ``apps``: build the knowledge graph and the document store of the run's world, train a dense
+retriever, fine-tune the chat model on RAG and tool-use data, and measure it against the model alone.
+
+Held out from everything this stage trains on: the world's ``sft_only`` people (never in pretraining text,
+never in the RAG / agent / retriever training data here) and the EVAL phrasings of questions. Artifacts::
+
+    apps/kg.json                   triples (+ entity groups)
+    apps/index/                    store.json + vectors.safetensors: entity passages, BM25 + dense
+    apps/sft_train.jsonl           RAG + agent + replayed chat conversations
+    checkpoints/dense/             the bi-encoder (model.safetensors, config.json, dense.json)
+    checkpoints/apps/              the fine-tuned chat model
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmstack.align import common
+from lmstack.apps import evaluate as E
+from lmstack.apps.agent import ModelPolicy, ReActAgent
+from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
+from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
+from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
+from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
+from lmstack.apps.rag import RagPipeline, rag_sft_examples
+from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
+from lmstack.apps.store import DocumentStore, StoreConfig
+from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
+from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
+from lmstack.runs import atomic_write_text
+
+HELD_OUT_GROUP = "sft_only"
+
+
+@dataclass
+class Config:
+    init_from: str = "sft"          # chat checkpoint to fine-tune (the dense retriever starts from pretrain)
+    k: int = 3                      # passages per RAG prompt
+    retrieval_mode: str = "hybrid"  # bm25 | dense | hybrid (dense and hybrid need dense_steps > 0)
+    dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
+    rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
+    rag_rerank: bool = False        # RAG retrieves through the reranker (its recall is reported either way)
+    steps: int = 300                # SFT steps on RAG + agent data
+    batch_size: int = 16
+    lr: float = 5e-4
+    no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
+    n_arith_train: int = 300
+    replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
+    prompt_style: str = "names"     # agent system prompt: names | compact | json
+    agent_max_steps: int = 6
+    eval_examples: int = 60         # per measurement (0 = all)
+    max_new_tokens: int = 32        # RAG / closed-book answers
+    agent_max_new_tokens: int = 96  # one ReAct turn (a thought and a JSON action)
+
+
+def agent_tools(kg: KnowledgeGraph, store: DocumentStore) -> ToolBox:
+    """The agent's tools, the same in training traces, measurements and ``lmstack agent``."""
+    return ToolBox([calculator_tool(), date_tool()] + kg_tools(kg) + [search_tool(store, k_default=2)])
+
+
+def _split_people(kg: KnowledgeGraph) -> tuple[set, set]:
+    people = kg.entities_of_type("person")
+    held = {p for p in people if kg.meta.get(p, {}).get("group") == HELD_OUT_GROUP}
+    return set(people) - held, held
+
+
+def _multihop_person(kg: KnowledgeGraph, q: dict) -> str:
+    first = q["patterns"][0]
+    if not first[0].startswith("?"):
+        return first[0]
+    return kg.query([tuple(p) for p in q["patterns"][:2]])[0]["?p"]
+
+
+def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_path: Path, seed: int,
+                   tokenizer=None, max_len: int = 0) -> tuple[Path, dict]:
+    train_people, _ = _split_people(kg)
+    allowed = lambda e: not kg.objects(e, "type") == ["person"] or e in train_people  # noqa: E731
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    fact_qs = [q for q in fact_questions(kg, "train") if allowed(q["entity"])]
+    rag = rag_sft_examples(fact_qs, passages, lambda q, n: [h.text for h in store.search(q, n)], cfg.k,
+                           cfg.no_answer_rate, seed)
+    tools = agent_tools(kg, store)
+    multihop = [dict(q) for q in multihop_questions(kg) if _multihop_person(kg, q) in train_people]
+    # one-hop facts: half answered with a KG lookup, half by searching the documents
+    sample = random.Random(seed).sample(fact_qs, min(len(fact_qs), 300))
+    facts = [dict(q, kind="fact" if i % 2 else "fact_search") for i, q in enumerate(sample)]
+    items = arithmetic_questions(cfg.n_arith_train, seed=seed) + multihop + facts
+    count = (lambda m: len(tokenizer.encode_chat(m)[0])) if tokenizer is not None else None  # noqa: E731
+    agent = agent_sft_examples(items, tools, kg, cfg.prompt_style, cfg.agent_max_steps, count, max_len)
+    replay = []
+    world_sft = run_path / "data" / "world" / "sft_train.jsonl"
+    if world_sft.exists() and cfg.replay_fraction > 0:
+        rows = common.read_jsonl(world_sft)
+        n = min(len(rows), int(cfg.replay_fraction * (len(rag) + len(agent))))
+        replay = random.Random(seed).sample(rows, n)
+    extract = extraction_sft_examples(kg, [p for p in entity_passages(kg) if allowed(p["entity"])])
+    data = rag + agent + extract + replay
+    random.Random(seed).shuffle(data)
+    path = run_path / "apps" / "sft_train.jsonl"
+    atomic_write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data))
+    return path, {"rag_examples": len(rag), "agent_examples": len(agent), "extraction_examples": len(extract),
+                  "replay_examples": len(replay)}
+
+
+def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> dict[str, list]:
+    _, held = _split_people(kg)
+    sub = lambda xs: common_subsample(xs, cfg.eval_examples, seed)  # noqa: E731
+    sets = {"facts_heldout": sub([q for q in fact_questions(kg, "eval") if q["entity"] in held]),
+            "multihop_heldout": sub([q for q in multihop_questions(kg) if _multihop_person(kg, q) in held]),
+            "arith": arithmetic_questions(cfg.eval_examples or 100, seed=seed + 1000)}
+    facts_path = run_path / "data" / "world" / "facts_eval.jsonl"
+    if facts_path.exists():  # the world's own held-out phrasings: paraphrases for the retriever
+        sets["world_paraphrases"] = sub(E.facts_eval_questions(common.read_jsonl(facts_path)))
+    return sets
+
+
+def common_subsample(items: list, n: int, seed: int) -> list:
+    if n <= 0 or n >= len(items):
+        return list(items)
+    return random.Random(seed).sample(items, n)
+
+
+def run(ctx, cfg: Config):
+    from lmstack.align.sft import Config as SftConfig, train_sft
+    from lmstack.pipeline import StageResult
+
+    run_path = ctx.run.path
+    common.set_seed(ctx.seed)
+    kg = kg_from_world_json(run_path / "data" / "world" / "world.json")
+    kg.save(run_path / "apps" / "kg.json")
+    tokenizer = common.load_tokenizer(run_path)
+    ctx.log(f"knowledge graph: {len(kg)} triples")
+
+    # ------------------------------------------------------------ retrievers
+    encoder = None
+    if cfg.dense.steps > 0:
+        base = common.load_model(run_path, "pretrain", ctx.device, needed_by="apps")
+        encoder = DenseEncoder(base, tokenizer, cfg.dense, str(common.checkpoint_dir(run_path, "dense")))
+        train_people, _ = _split_people(kg)
+        passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+        pairs = [(q["question"], passages[(q["entity"], q["lang"])]) for q in fact_questions(kg, "train")
+                 if kg.objects(q["entity"], "type") != ["person"] or q["entity"] in train_people]
+        dense_history = train_dense(encoder, pairs, cfg.dense)
+        encoder.save(common.checkpoint_dir(run_path, "dense"))
+    elif cfg.retrieval_mode != "bm25":
+        raise ValueError(f"apps.retrieval_mode={cfg.retrieval_mode!r} needs a dense retriever: set apps.dense.steps > 0")
+    store = DocumentStore(StoreConfig(), encoder=encoder)
+    store.add_documents(entity_passages(kg))
+    store.save(run_path / "apps" / "index")
+    reranker = _train_reranker(ctx, cfg, kg, store, tokenizer, run_path) if cfg.rerank.steps > 0 else None
+
+    # ------------------------------------------------------------ fine-tuning
+    model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="apps")
+    sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed, tokenizer, model.config.max_seq_len)
+    ctx.log(f"SFT data: {data_stats}")
+    sft_cfg = SftConfig(init_from=cfg.init_from, steps=cfg.steps, batch_size=cfg.batch_size,
+                        optim=common.OptimSettings(lr=cfg.lr, warmup_steps=min(10, cfg.steps // 10)))
+    summary = train_sft(model, tokenizer, sft_cfg, sft_path, ctx, "apps")
+    out_dir = common.checkpoint_dir(run_path, "apps")
+    common.save_finetuned(model, out_dir, None, {"stage": "apps", "steps": cfg.steps, "init_from": cfg.init_from,
+                                                 "final_loss": summary["history"][-1]}, str(out_dir))
+
+    # ------------------------------------------------------------ measurements
+    metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path, reranker)
+    metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats)
+    if encoder is not None:
+        metrics["dense_final_loss"] = round(sum(dense_history[-10:]) / len(dense_history[-10:]), 4)
+    return StageResult(metrics=metrics, report=report, artifacts={
+        "kg": "apps/kg.json", "index": "apps/index", "sft_data": "apps/sft_train.jsonl",
+        "checkpoint": "checkpoints/apps", **({"dense": "checkpoints/dense"} if encoder is not None else {}),
+        **({"rerank": "checkpoints/rerank"} if reranker is not None else {})})
+
+
+def _train_reranker(ctx, cfg: Config, kg, store, tokenizer, run_path: Path) -> CrossEncoder:
+    """Cross-encoder from the pretrained model; negatives are BM25's top passages about other entities."""
+    train_people, _ = _split_people(kg)
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    examples = []
+    for q in fact_questions(kg, "train"):
+        if kg.objects(q["entity"], "type") == ["person"] and q["entity"] not in train_people:
+            continue
+        negatives = [h.text for h in store.search(q["question"], 12) if not h.doc_id.startswith(q["entity"] + ":")]
+        examples.append((q["question"], passages[(q["entity"], q["lang"])], negatives))
+    base = common.load_model(run_path, "pretrain", ctx.device, needed_by="apps")
+    reranker = CrossEncoder(base, tokenizer, cfg.rerank).to(ctx.device)
+    train_reranker(reranker, examples, cfg.rerank)
+    reranker.save(common.checkpoint_dir(run_path, "rerank"))
+    return reranker
+
+
+def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reranker=None) -> tuple[dict, str]:
+    sets = _eval_sets(kg, run_path, cfg, ctx.seed)
+    modes = ["bm25"] + (["dense", "hybrid"] if store.encoder is not None else [])
+    rows, metrics = [], {}
+    for name in ("facts_heldout", "world_paraphrases"):
+        for mode in modes if name in sets else []:
+            r = E.retrieval_recall(lambda q, k: store.search(q, k, mode=mode), sets[name])
+            rows.append((name, mode, len(sets[name]), r["recall@1"], r["recall@5"]))
+            metrics[f"{name}_{mode}_recall@1"] = round(r["recall@1"], 4)
+            metrics[f"{name}_{mode}_recall@5"] = round(r["recall@5"], 4)
+        if reranker is not None and name in sets:
+            mode = modes[-1]
+            pipe = RagPipeline(store, None, tokenizer, k=5, mode=mode, reranker=reranker)
+            r = E.retrieval_recall(lambda q, k: pipe.retrieve(q)[:k], sets[name])
+            rows.append((name, f"{mode} + rerank", len(sets[name]), r["recall@1"], r["recall@5"]))
+            metrics[f"{name}_rerank_recall@1"] = round(r["recall@1"], 4)
+            metrics[f"{name}_rerank_recall@5"] = round(r["recall@5"], 4)
+    lines = ["**Retrieval** (gold = the passage of the asked entity in the question's language):\n",
+             common.markdown_table(["questions", "retriever", "n", "recall@1", "recall@5"], rows), ""]
+
+    rag_reranker = reranker if cfg.rag_rerank else None
+    pipe = RagPipeline(store, model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, rag_reranker)
+    qa = E.rag_qa(pipe, sets["facts_heldout"])
+    metrics.update(closed_book=round(qa["closed_book"], 4), rag=round(qa["rag"], 4),
+                   rag_cited=round(qa["rag_cited"], 4), cannot_find=round(qa["cannot_find"], 4))
+    lines += [f"**QA on facts never seen in pretraining** ({qa['n']} questions about held-out people, eval "
+              f"phrasings; RAG with {cfg.retrieval_mode}{' + rerank' if rag_reranker else ''}, k={cfg.k}):\n",
+              common.markdown_table(["closed-book", "RAG", "RAG, citing the gold passage",
+                                     "'cannot find' when the passages lack it"],
+                                    [(qa["closed_book"], qa["rag"], qa["rag_cited"], qa["cannot_find"])]), ""]
+
+    tools = agent_tools(kg, store)
+    model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
+                                       cfg.agent_max_steps, prompt_style=cfg.prompt_style)
+    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg)), tools, cfg.agent_max_steps,  # noqa: E731
+                                      prompt_style=cfg.prompt_style)
+    agent_rows = []
+    for name in ("arith", "multihop_heldout"):
+        alone = E.model_alone(model, tokenizer, sets[name], cfg.max_new_tokens)
+        agent = E.agent_accuracy(model_agent, sets[name])
+        plan = E.agent_accuracy(plan_agent, sets[name], progress=False)
+        agent_rows.append((name, agent["n"], alone, agent["accuracy"], agent["mean_steps"],
+                           json.dumps(agent["stop_reasons"]), plan["accuracy"]))
+        metrics.update({f"{name}_model_alone": round(alone, 4), f"{name}_agent": round(agent["accuracy"], 4)})
+    lines += ["**Model alone vs agent with tools** (ReAct, greedy; 'plan' = the same tools driven by the "
+              "question's known plan, the upper bound of the loop):\n",
+              common.markdown_table(["questions", "n", "model alone", "agent", "mean steps", "stop reasons",
+                                     "plan"], agent_rows), ""]
+    _, held = _split_people(kg)
+    ex = evaluate_extraction(model, tokenizer, kg, common_subsample(
+        [p for p in entity_passages(kg) if p["entity"] in held], cfg.eval_examples, ctx.seed))
+    metrics.update(extraction_precision=round(ex["precision"], 4), extraction_recall=round(ex["recall"], 4))
+    lines += [f"**Triple extraction** from {ex['n']} passages about held-out people (scored against the "
+              "knowledge graph's triples):\n",
+              common.markdown_table(["passages", "precision", "recall"], [(ex["n"], ex["precision"], ex["recall"])]), ""]
+    if qa["samples"]:
+        lines.append("Sample answers (closed-book / RAG / passages without the answer):\n")
+        lines.append(common.markdown_table(["question", "closed-book", "RAG", "no gold passage", "reference"],
+                                           [tuple(_cell(x) for x in s) for s in qa["samples"]]))
+    return metrics, "\n".join(lines) + "\n"
+
+
+def _cell(s: str, n: int = 60) -> str:
+    s = str(s).replace("\n", " ").replace("|", "\\|")
+    return s if len(s) <= n else s[: n - 1] + "…"

@@ -1,0 +1,191 @@
+"""Questions and passages rendered from the knowledge graph (our own phrasings, not the world's):
+
+- ``fact_questions``: one-hop questions per (entity, relation), in a TRAIN and a disjoint EVAL phrasing family;
+- ``multihop_questions``: two- and three-hop questions ("In which country was the carpenter who likes
+  singing born?") with the conjunctive query that answers them;
+- ``entity_passages``: one short passage per entity and language, the corpus RAG retrieves from;
+- ``answer_with_graph``: parse a multi-hop question of these templates and answer it by graph lookups.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Sequence
+
+from lmstack.apps.kg import KnowledgeGraph
+
+# relation -> lang -> split -> templates; fields: {name} {city} {country}
+FACT_QUESTIONS = {
+    "birth_year": {"en": {"train": ["In what year was {name} born?", "What is the birth year of {name}?"],
+                          "eval": ["{name} was born in which year?"]},
+                   "zh": {"train": ["{name}是哪一年出生的？", "{name}的出生年份是哪一年？"],
+                          "eval": ["{name}出生于哪一年？"]}},
+    "birthplace": {"en": {"train": ["Where was {name} born?", "What is the birthplace of {name}?"],
+                          "eval": ["In which city was {name} born?"]},
+                   "zh": {"train": ["{name}出生在哪里？", "{name}的出生地是哪里？"],
+                          "eval": ["{name}出生在哪座城市？"]}},
+    "occupation": {"en": {"train": ["What does {name} do for a living?", "What is the job of {name}?"],
+                          "eval": ["What is {name}'s profession?"]},
+                   "zh": {"train": ["{name}是做什么工作的？", "{name}的职业是什么？"],
+                          "eval": ["{name}从事什么职业？"]}},
+    "hobby": {"en": {"train": ["What does {name} like to do in free time?", "What is the hobby of {name}?"],
+                     "eval": ["Which pastime does {name} enjoy?"]},
+              "zh": {"train": ["{name}业余时间喜欢做什么？", "{name}的爱好是什么？"],
+                     "eval": ["{name}平时有什么爱好？"]}},
+    "country": {"en": {"train": ["Which country is {name} in?", "In what country is the city of {name}?"],
+                       "eval": ["{name} belongs to which country?"]},
+                "zh": {"train": ["{name}在哪个国家？", "{name}这座城市属于哪个国家？"],
+                       "eval": ["{name}位于哪个国家？"]}},
+    "capital": {"en": {"train": ["What is the capital of {name}?", "Which city is the capital of {name}?"],
+                       "eval": ["Name the capital city of {name}."]},
+                "zh": {"train": ["{name}的首都是哪里？", "{name}的首都是哪座城市？"],
+                       "eval": ["哪座城市是{name}的首都？"]}},
+}
+
+# kind -> lang -> template; the fields say which entities the question names.
+MULTIHOP = {
+    "occ_hobby_country": {"en": "In which country was the {occ} who likes {hobby} born?",
+                          "zh": "喜欢{hobby}的{occ}出生在哪个国家？"},
+    "person_capital": {"en": "What is the capital of the country where {name} was born?",
+                       "zh": "{name}出生的国家的首都是哪里？"},
+    "occ_city_year": {"en": "In which year was the {occ} from {city} born?",
+                      "zh": "来自{city}的{occ}是哪一年出生的？"},
+    "person_country": {"en": "In which country was {name} born?", "zh": "{name}出生在哪个国家？"},
+}
+_MULTIHOP_PATTERNS = {
+    "occ_hobby_country": [("?p", "occupation", "{occ}"), ("?p", "hobby", "{hobby}"), ("?p", "birthplace", "?c"),
+                          ("?c", "country", "?answer")],
+    "person_capital": [("{name}", "birthplace", "?c"), ("?c", "country", "?k"), ("?k", "capital", "?answer")],
+    "occ_city_year": [("?p", "occupation", "{occ}"), ("?p", "birthplace", "{city}"), ("?p", "birth_year", "?answer")],
+    "person_country": [("{name}", "birthplace", "?c"), ("?c", "country", "?answer")],
+}
+SUBJECT_TYPE = {"birth_year": "person", "birthplace": "person", "occupation": "person", "hobby": "person",
+                "country": "city", "capital": "country"}
+
+
+def value_name(kg: KnowledgeGraph, value: str, lang: str) -> str:
+    """An object's display form: a literal as is, an entity by its name."""
+    return kg.name(value, lang) if kg.objects(value, "type") else value
+
+
+def fact_questions(kg: KnowledgeGraph, split: str, langs: Sequence[str] = ("en", "zh"),
+                   entities: Sequence[str] | None = None) -> list[dict]:
+    """Every (entity, relation) fact as a question of the ``split`` phrasing family, in each language."""
+    out = []
+    for relation, by_lang in FACT_QUESTIONS.items():
+        for eid in kg.entities_of_type(SUBJECT_TYPE[relation]):
+            if entities is not None and eid not in entities:
+                continue
+            for value in kg.objects(eid, relation):
+                for lang in langs:
+                    for template in by_lang[lang][split]:
+                        out.append({"question": template.format(name=kg.name(eid, lang)), "lang": lang,
+                                    "entity": eid, "relation": relation, "answer": value_name(kg, value, lang),
+                                    "group": kg.meta.get(eid, {}).get("group", "place")})
+    return out
+
+
+def _fill(patterns, ids: dict) -> list[tuple[str, str, str]]:
+    return [tuple(ids.get(x[1:-1], x) if x.startswith("{") else x for x in pat) for pat in patterns]
+
+
+def multihop_questions(kg: KnowledgeGraph, langs: Sequence[str] = ("en", "zh")) -> list[dict]:
+    """All multi-hop questions of the templates whose answer is unique in the graph."""
+    people = kg.entities_of_type("person")
+    cases = []
+    for p in people:
+        occ, hob, city = kg.objects(p, "occupation")[0], kg.objects(p, "hobby")[0], kg.objects(p, "birthplace")[0]
+        cases += [("occ_hobby_country", {"occ": occ, "hobby": hob}), ("person_capital", {"name": p}),
+                  ("occ_city_year", {"occ": occ, "city": city}), ("person_country", {"name": p})]
+    out, seen = [], set()
+    for kind, ids in cases:
+        key = (kind, tuple(sorted(ids.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        patterns = _fill(_MULTIHOP_PATTERNS[kind], ids)
+        answers = {r["?answer"] for r in kg.query(patterns)}
+        if len(answers) != 1:
+            continue  # ambiguous description (two carpenters who like singing): not a fair question
+        answer = answers.pop()
+        for lang in langs:
+            fields = {k: kg.name(v, lang) for k, v in ids.items()}
+            out.append({"question": MULTIHOP[kind][lang].format(**fields), "lang": lang, "kind": kind,
+                        "patterns": [list(p) for p in patterns], "answer": value_name(kg, answer, lang),
+                        "answer_id": answer, "hops": len(patterns) - (1 if kind.startswith("occ_") else 0)})
+    return out
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"(\{\w+\})", template)
+    body = "".join(f"(?P<{p[1:-1]}>.+?)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(rf"^\s*{body}\s*$", re.IGNORECASE)
+
+
+_PARSERS = [(kind, lang, _template_regex(t)) for kind, by_lang in MULTIHOP.items() for lang, t in by_lang.items()]
+_FIELD_TYPE = {"occ": "occupation", "hobby": "hobby", "city": "city", "name": "person"}
+
+
+def parse_multihop(kg: KnowledgeGraph, question: str) -> tuple[str, str, list] | None:
+    """(kind, lang, patterns) for a question of the MULTIHOP templates whose names resolve in the graph."""
+    for kind, lang, rx in _PARSERS:
+        m = rx.match(question)
+        if not m:
+            continue
+        ids = {}
+        for field, text in m.groupdict().items():
+            found = [e for e in kg.resolve(text) if _FIELD_TYPE[field] in kg.objects(e, "type")]
+            if len(found) != 1:
+                break
+            ids[field] = found[0]
+        else:
+            return kind, lang, _fill(_MULTIHOP_PATTERNS[kind], ids)
+    return None
+
+
+def answer_with_graph(kg: KnowledgeGraph, question: str) -> str | None:
+    """The answer (in the question's language) found by graph lookups, or None if the question is not of a
+    known template, names an unknown entity, or has no unique answer."""
+    parsed = parse_multihop(kg, question)
+    if parsed is None:
+        return None
+    _, lang, patterns = parsed
+    answers = sorted({r["?answer"] for r in kg.query(patterns)})
+    return value_name(kg, answers[0], lang) if len(answers) == 1 else None
+
+
+# ------------------------------------------------------------------ passages
+
+def _person_passage(kg: KnowledgeGraph, p: str, lang: str) -> str:
+    n = lambda rel: kg.name(kg.objects(p, rel)[0], lang)  # noqa: E731
+    name, year = kg.name(p, lang), kg.objects(p, "birth_year")[0]
+    if lang == "en":
+        return (f"{name} was born in {year} in {n('birthplace')}. {name} works as a {n('occupation')} "
+                f"and enjoys {n('hobby')}.")
+    return f"{name}于{year}年出生在{n('birthplace')}。{name}是一名{n('occupation')}，业余时间喜欢{n('hobby')}。"
+
+
+def entity_passages(kg: KnowledgeGraph, langs: Sequence[str] = ("en", "zh")) -> list[dict]:
+    """One passage per person, city and country and language: {"id", "text", "entity", "lang"}."""
+    out = []
+    for lang in langs:
+        for p in kg.entities_of_type("person"):
+            out.append({"id": f"{p}:{lang}", "text": _person_passage(kg, p, lang), "entity": p, "lang": lang})
+        for c in kg.entities_of_type("city"):
+            k = kg.objects(c, "country")[0]
+            text = (f"{kg.name(c, 'en')} is a city in {kg.name(k, 'en')}." if lang == "en"
+                    else f"{kg.name(c, 'zh')}是{kg.name(k, 'zh')}的一座城市。")
+            out.append({"id": f"{c}:{lang}", "text": text, "entity": c, "lang": lang})
+        for k in kg.entities_of_type("country"):
+            cap = kg.objects(k, "capital")[0]
+            text = (f"The capital of {kg.name(k, 'en')} is {kg.name(cap, 'en')}." if lang == "en"
+                    else f"{kg.name(k, 'zh')}的首都是{kg.name(cap, 'zh')}。")
+            out.append({"id": f"{k}:{lang}", "text": text, "entity": k, "lang": lang})
+    return out
+
+
+def shuffled(items: list, seed: int) -> list:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items

@@ -1,0 +1,139 @@
+"""RAG prompts and SFT data, agent SFT traces, conversation memory."""
+
+import json
+
+import pytest
+
+from lmstack.apps.agent_data import agent_sft_examples, arithmetic_questions
+from lmstack.apps.kg import kg_from_world
+from lmstack.apps.memory import ConversationMemory
+from lmstack.apps.rag import (CANNOT_FIND, RagPipeline, citations, is_cannot_find, rag_messages, rag_sft_examples,
+                              strip_citations)
+from lmstack.apps.store import DocumentStore
+from lmstack.apps.tools import ToolBox, calculate, calculator_tool, date_tool, kg_tools
+from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
+from lmstack.data.world import WorldConfig, answer_matches, build_world
+from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def kg():
+    return kg_from_world(build_world(WorldConfig(n_people=10, n_sft_only_people=2, n_cities=4, n_countries=4,
+                                                 n_sft_train=10, n_sft_eval=5, n_prefs_train=4, n_prefs_eval=2,
+                                                 n_stories=2, n_geo_docs=2, n_quiz_docs=2, n_arith_docs=2,
+                                                 n_parallel_docs=2, bios_per_person=1), seed=9))
+
+
+@pytest.fixture(scope="module")
+def store(kg):
+    s = DocumentStore()
+    s.add_documents(entity_passages(kg))
+    return s
+
+
+def test_rag_prompt_and_answer_helpers():
+    msgs = rag_messages("Where was Li Wei born?", ["Li Wei was born in Valmora.", "Paris is in France."])
+    assert msgs[1]["content"] == "[1] Li Wei was born in Valmora.\n[2] Paris is in France.\nQuestion: Where was Li Wei born?"
+    assert rag_messages("李伟出生在哪里？", ["x"])[1]["content"].endswith("问题：李伟出生在哪里？")
+    assert citations("Valmora [1] and [3]") == [1, 3]
+    assert answer_matches(strip_citations("1996 [2]"), "1996")
+    assert is_cannot_find(CANNOT_FIND["en"]) and is_cannot_find(CANNOT_FIND["zh"]) and not is_cannot_find("Paris [1]")
+
+
+def test_rag_sft_data_cites_the_gold_passage_or_says_cannot_find(kg, store):
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    qs = fact_questions(kg, "train")
+    data = rag_sft_examples(qs, passages, lambda q, n: [h.text for h in store.search(q, n)], k=3,
+                            no_answer_rate=0.3, seed=1)
+    assert len(data) == len(qs)
+    kinds = {d["task"] for d in data}
+    assert kinds == {"rag", "rag_cannot_find"}
+    for d, q in zip(data, qs):
+        user, target = d["messages"][1]["content"], d["messages"][2]["content"]
+        numbered = {int(line[1:line.index("]")]): line[line.index("]") + 2:] for line in user.split("\n")[:-1]}
+        gold = passages[(q["entity"], q["lang"])]
+        if d["task"] == "rag":
+            (n,) = citations(target)
+            assert numbered[n] == gold and strip_citations(target) == q["answer"]
+        else:
+            assert target == CANNOT_FIND[q["lang"]] and gold not in numbered.values()
+            assert all(q["answer"] not in p for p in numbered.values())
+
+
+def test_agent_sft_traces_are_real_tool_runs(kg):
+    tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
+    items = arithmetic_questions(6, seed=1) + multihop_questions(kg)[:8]
+    data = agent_sft_examples(items, tools, kg)
+    assert len(data) == len(items)
+    for d, item in zip(data, items):
+        roles = [m["role"] for m in d["messages"]]
+        assert roles[:2] == ["system", "user"] and roles[-1] == "assistant"
+        assert d["messages"][-1]["content"].endswith(f"Final Answer: {item['answer']}")
+        for m in d["messages"][2:]:
+            if m["role"] == "user":
+                assert m["content"].startswith("Observation: ") and "Error" not in m["content"]
+            else:
+                action = m["content"].split("Action: ", 1)
+                if len(action) == 2:
+                    call = json.loads(action[1])
+                    assert set(call) == {"name", "arguments"} and call["name"] in tools.tools
+    for q in arithmetic_questions(50, seed=2):
+        assert q["answer"] == calculate(q["expression"]) and 10 <= abs(int(q["expression"].split()[0].strip("("))) <= 9999
+
+
+def test_rag_pipeline_runs_a_real_model_and_fits_the_context(kg, store):
+    tok = small_tokenizer()
+    model = tiny_model(tok.vocab_size, max_seq_len=256)
+    pipe = RagPipeline(store, model, tok, k=3, max_new_tokens=8)
+    q = fact_questions(kg, "eval", ["en"])[0]
+    ans = pipe.ask(q["question"])
+    assert 1 <= len(ans.passages) <= 3
+    n = len(tok.encode_chat(rag_messages(q["question"], ans.passages), add_generation_prompt=True)[0])
+    assert n + 8 <= 256
+    excluded = pipe.ask(q["question"], exclude_docs=[f"{q['entity']}:en"])
+    assert f"{q['entity']}:en" not in excluded.doc_ids
+    assert "[1]" in ans.render()
+
+
+def test_memory_evicts_summarises_and_recalls():
+    count = lambda msgs: sum(len(m["content"].split()) + 2 for m in msgs)  # noqa: E731
+    mem = ConversationMemory(count, budget=60, system="Be brief.")
+    mem.add("user", "My cat is called Miso. She is orange.")
+    mem.add("assistant", "Miso sounds lovely.")
+    for i in range(6):
+        mem.add("user", f"Tell me fact number {i} about the weather today please.")
+        mem.add("assistant", f"Weather fact {i}: it is sunny.")
+    assert mem.evicted and mem.evicted[0]["content"].startswith("My cat")
+    assert "My cat is called Miso." in mem.summary
+    prompt = mem.messages_for("What is my cat called?")
+    assert count(prompt) <= 60
+    assert prompt[0]["content"] == "Be brief." and prompt[-1]["content"] == "What is my cat called?"
+    assert "Relevant earlier turns" in prompt[1]["content"] and "Miso" in prompt[1]["content"]
+    with pytest.raises(ValueError):
+        ConversationMemory(count, budget=0)
+
+
+def test_agent_search_traces_answer_from_passages(kg, store):
+    from lmstack.apps.tools import search_tool
+
+    tools = ToolBox([search_tool(store, k_default=2)])
+    items = [dict(q, kind="fact_search") for q in fact_questions(kg, "train")[:6]]
+    data = agent_sft_examples(items, tools, kg)
+    assert len(data) == 6
+    for d, item in zip(data, items):
+        assert '"name":"search"' in d["messages"][2]["content"]
+        assert d["messages"][3]["content"].startswith("Observation: [1] ")
+        assert d["messages"][-1]["content"].endswith(f"Final Answer: {item['answer']}")
+
+
+def test_long_agent_traces_get_a_trimmed_copy_like_inference(kg):
+    tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
+    item = next(q for q in multihop_questions(kg, ["en"]) if q["kind"] == "occ_hobby_country")
+    count = lambda msgs: sum(len(m["content"]) for m in msgs)  # noqa: E731  (characters as "tokens")
+    full = agent_sft_examples([item], tools, kg)[0]["messages"]
+    limit = count(full) - 10
+    data = agent_sft_examples([item], tools, kg, count_tokens=count, max_tokens=limit)
+    assert len(data) == 2 and data[0]["messages"] == full and data[1]["trimmed"]
+    trimmed = data[1]["messages"]
+    assert trimmed[:2] == full[:2] and trimmed[-1] == full[-1] and count(trimmed) <= limit < count(full)
+    assert len(agent_sft_examples([item], tools, kg, count_tokens=count, max_tokens=count(full))) == 1
