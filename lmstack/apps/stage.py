@@ -157,7 +157,8 @@ def run(ctx, cfg: Config):
     sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed, tokenizer, model.config.max_seq_len)
     ctx.log(f"SFT data: {data_stats}")
     sft_cfg = SftConfig(init_from=cfg.init_from, steps=cfg.steps, batch_size=cfg.batch_size,
-                        optim=common.OptimSettings(lr=cfg.lr, warmup_steps=min(10, cfg.steps // 10)))
+                        optim=common.finetune_optim(lr=cfg.lr),
+                        schedule=common.finetune_schedule(warmup_steps=min(10, cfg.steps // 10)))
     summary = train_sft(model, tokenizer, sft_cfg, sft_path, ctx, "apps")
     out_dir = common.checkpoint_dir(run_path, "apps")
     common.save_finetuned(model, out_dir, None, {"stage": "apps", "steps": cfg.steps, "init_from": cfg.init_from,
