@@ -1,0 +1,115 @@
+"""One forward pass of lmstack's Transformer over a ragged batch whose keys/values live in a BlockPool.
+
+Continuous batching mixes, in one step, sequences that decode one token and sequences that prefill a
+chunk of their prompt. All their new tokens are flattened into one row of N tokens, so every matmul
+(projections, MLP, LM head) runs once for the whole step. Attention is the only per-sequence part: each
+sequence's queries attend to the keys/values gathered through its block table (the PagedAttention
+idea; here a gather plus SDPA, which is exact and simple rather than a fused kernel). Running attention
+per sequence also keeps a request's numbers independent of what else is in the batch.
+
+The pass walks the model's own modules (embeddings, norms, q/k/v/o projections, FFN or MoE, LM head),
+so LoRA-merged, quantized or MoE models are served unchanged. Layers with sliding-window attention and
+ALiBi positions are not supported here: ``check_paged_support`` says so before a server starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmstack.model.positions import apply_rotary
+
+from .kv_pool import BlockPool
+
+
+@dataclass
+class SeqSlice:
+    """One sequence's part of a step: ``n_new`` tokens starting at ``q_start`` of the flattened batch,
+    attending over ``context_slots`` (every cached position of the sequence, these tokens included)."""
+    q_start: int
+    n_new: int
+    context_slots: torch.Tensor  # [ctx] flat pool slots, position order
+
+
+def check_paged_support(model) -> None:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(model, "layers"):
+        raise ValueError("the server needs an lmstack Transformer (model.config and model.layers)")
+    if cfg.position_type == "alibi":
+        raise NotImplementedError("serving ALiBi models through the paged cache is not implemented; "
+                                  "use lmstack.generate for this model")
+    kinds = {blk.attention_type for blk in model.layers}
+    if kinds - {"full"}:
+        raise NotImplementedError(f"serving attention types {sorted(kinds - {'full'})} (sliding windows) through "
+                                  "the paged cache is not implemented; use lmstack.generate for this model")
+
+
+def _causal_mask(n_new: int, ctx: int, device) -> torch.Tensor:
+    # the chunk's queries sit at positions ctx-n_new .. ctx-1; query i may see keys 0 .. ctx-n_new+i
+    q_pos = torch.arange(ctx - n_new, ctx, device=device)[:, None]
+    return torch.arange(ctx, device=device)[None, :] <= q_pos
+
+
+def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Tensor, seqs: list[SeqSlice]):
+    n = h.shape[1]
+    q = attn.q_proj(h).view(1, n, attn.n_heads, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(1, n, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(1, n, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    keys, values = pool.keys[layer], pool.values[layer]
+    keys[write_slots] = k[0].transpose(0, 1).to(keys.dtype)
+    values[write_slots] = v[0].transpose(0, 1).to(values.dtype)
+    rep = attn.n_heads // attn.n_kv_heads
+    outs = []
+    for s in seqs:
+        qs = q[:, :, s.q_start:s.q_start + s.n_new]
+        ks = keys[s.context_slots].transpose(0, 1)[None].to(q.dtype)  # [1, Hkv, ctx, Dh]
+        vs = values[s.context_slots].transpose(0, 1)[None].to(q.dtype)
+        if rep > 1:
+            ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
+        ctx = ks.shape[2]
+        if s.n_new == 1:
+            y = F.scaled_dot_product_attention(qs, ks, vs)  # the newest token sees every cached one
+        elif s.n_new == ctx:
+            y = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=_causal_mask(s.n_new, ctx, q.device))
+        outs.append(y)
+    y = torch.cat(outs, dim=2).transpose(1, 2).reshape(1, n, attn.n_heads * attn.head_dim)
+    return attn.o_proj(y)
+
+
+@torch.inference_mode()
+def paged_forward(model, pool: BlockPool, tokens: torch.Tensor, positions: torch.Tensor, write_slots: torch.Tensor,
+                  seqs: list[SeqSlice], logit_rows: torch.Tensor) -> torch.Tensor:
+    """tokens/positions/write_slots [N]; returns logits [len(logit_rows), V] for the requested rows."""
+    cfg = model.config
+    n = tokens.shape[0]
+    x = model.embed(tokens[None])
+    if model.pos_embed is not None:
+        if int(positions.max()) >= cfg.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond the learned position table "
+                             f"(max_seq_len={cfg.max_seq_len})")
+        x = x + model.pos_embed(positions[None])
+    elif model.sinusoidal is not None:
+        x = x + model.sinusoidal(positions[None]).to(x.dtype)
+    rope = None
+    if model.rotary is not None:
+        rope = model.rotary.tables(n, positions[None], x.dtype)
+    for layer, block in enumerate(model.layers):
+        x = x + _attention(block.attn, block.attn_norm(x), rope, pool, layer, write_slots, seqs)
+        h = block.ffn(block.ffn_norm(x))
+        if isinstance(h, tuple):  # MoE returns (output, aux loss)
+            h = h[0]
+        x = x + h
+    hidden = model.norm(x[0, logit_rows])
+    logits = model.lm_head(hidden)
+    if cfg.logit_softcap > 0:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits
