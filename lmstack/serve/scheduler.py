@@ -129,6 +129,8 @@ class Scheduler:
         self.preemptions = 0
         self.tokens_generated = 0
         self.prompt_tokens_computed = 0
+        self.last_step_tokens = 0
+        self.max_running_seen = 0
 
     # ------------------------------------------------------------ requests
     def add(self, prompt_ids: list[int], cfg: GenerationConfig, top_logprobs: int = 0) -> int:
@@ -233,6 +235,8 @@ class Scheduler:
     # ------------------------------------------------------------ one step
     def step(self) -> list[TokenEvent]:
         plan = self.schedule()
+        self.last_step_tokens = sum(n for _, n in plan)
+        self.max_running_seen = max(self.max_running_seen, len(self.running))
         if not plan:
             return []
         events: list[TokenEvent] = []
