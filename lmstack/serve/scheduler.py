@@ -133,23 +133,29 @@ class Scheduler:
         self.max_running_seen = 0
 
     # ------------------------------------------------------------ requests
-    def add(self, prompt_ids: list[int], cfg: GenerationConfig, top_logprobs: int = 0) -> int:
-        """Queue one sequence; returns its id. Raises RequestRejected if it can never run."""
+    def admission_check(self, prompt_len: int, cfg: GenerationConfig) -> int:
+        """The token budget of a sequence; raises RequestRejected if it could never run. Reads only
+        fixed settings, so the API may call it from another thread before queueing a request."""
         if cfg.strategy not in ("greedy", "sample"):
             raise RequestRejected(f"the server decodes with strategy 'greedy' or 'sample', not {cfg.strategy!r}")
-        if not prompt_ids:
+        if prompt_len == 0:
             raise RequestRejected("the prompt is empty")
         budget = cfg.max_new_tokens
         if self.max_len is not None:
-            if len(prompt_ids) >= self.max_len:
-                raise RequestRejected(f"the prompt has {len(prompt_ids)} tokens but the model's context is "
+            if prompt_len >= self.max_len:
+                raise RequestRejected(f"the prompt has {prompt_len} tokens but the model's context is "
                                       f"{self.max_len}; shorten the prompt")
-            budget = min(budget, self.max_len - len(prompt_ids))
-        need = self.pool.blocks_for(len(prompt_ids) + budget)
+            budget = min(budget, self.max_len - prompt_len)
+        need = self.pool.blocks_for(prompt_len + budget)
         if need > self.pool.n_blocks:
-            raise RequestRejected(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({budget}) needs {need} KV blocks "
+            raise RequestRejected(f"prompt ({prompt_len} tokens) + max_tokens ({budget}) needs {need} KV blocks "
                                   f"but the pool has {self.pool.n_blocks}; lower max_tokens or start the server "
                                   "with more KV memory")
+        return budget
+
+    def add(self, prompt_ids: list[int], cfg: GenerationConfig, top_logprobs: int = 0) -> int:
+        """Queue one sequence; returns its id. Raises RequestRejected if it can never run."""
+        budget = self.admission_check(len(prompt_ids), cfg)
         seq = Sequence(next(self._ids), prompt_ids, cfg, self.tokenizer, budget, top_logprobs)
         if budget <= 0:
             seq.finish_reason = "length"
