@@ -7,6 +7,7 @@ GET /health, GET /metrics (Prometheus text) and GET / (the web chat page).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -148,17 +149,17 @@ def _sse(obj: Any) -> str:
 # ---------------------------------------------------------------- the app
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="lmstack", description="OpenAI-compatible API over lmstack's paged-KV scheduler",
-                  version="0.1.0")
-    app.state.lmstack = state
-
-    @app.on_event("startup")
-    async def _start() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
         state.engine.start()
+        try:
+            yield
+        finally:
+            state.engine.stop()
 
-    @app.on_event("shutdown")
-    async def _stop() -> None:
-        state.engine.stop()
+    app = FastAPI(title="lmstack", description="OpenAI-compatible API over lmstack's paged-KV scheduler",
+                  version="0.1.0", lifespan=lifespan)
+    app.state.lmstack = state
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -319,25 +320,27 @@ async def submit(state: ServerState, req: ParsedRequest, prompts: list[list[int]
     return Job(prefix + uuid.uuid4().hex, int(time.time()), out, choices, sum(len(p) for p in prompts), echo)
 
 
-async def events(state: ServerState, job: Job, request: Request) -> AsyncIterator[tuple[ChoiceOutput, TokenEvent]]:
-    """Every choice's events until all finished; aborts what is left if the client goes away."""
+async def events(job: Job, request: Request) -> AsyncIterator[tuple[ChoiceOutput, TokenEvent]]:
+    """Every choice's events until all finished, or until the client goes away."""
     pending = set(job.choices)
-    try:
-        while pending:
-            try:
-                ev = await asyncio.wait_for(job.queue.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    return
-                continue
-            if isinstance(ev, EngineFailure):
-                raise APIError(500, str(ev), kind="server_error")
-            choice = job.choices[ev.seq_id]
-            if ev.finish_reason is not None:
-                pending.discard(ev.seq_id)
-            yield choice, ev
-    finally:
-        for seq_id in pending:
+    while pending:
+        try:
+            ev = await asyncio.wait_for(job.queue.get(), timeout=1.0)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                return
+            continue
+        if isinstance(ev, EngineFailure):
+            raise APIError(500, str(ev), kind="server_error")
+        if ev.finish_reason is not None:
+            pending.discard(ev.seq_id)
+        yield job.choices[ev.seq_id], ev
+
+
+def abort_unfinished(state: ServerState, job: Job) -> None:
+    """Cancel what a departed client no longer waits for; its KV blocks go back to the pool."""
+    for seq_id, choice in job.choices.items():
+        if choice.finish is None:
             state.engine.abort(seq_id)
 
 
@@ -355,10 +358,13 @@ async def finalize(state: ServerState, choice: ChoiceOutput, review_msgs: list[d
 
 async def full_response(state: ServerState, req: ParsedRequest, job: Job, review: list[list[dict]], request: Request):
     n_per_prompt = req.n
-    async for choice, ev in events(state, job, request):
-        choice.feed(ev)
-        if choice.finish is not None:
-            await finalize(state, choice, review[choice.index // n_per_prompt])
+    try:
+        async for choice, ev in events(job, request):
+            choice.feed(ev)
+            if choice.finish is not None:
+                await finalize(state, choice, review[choice.index // n_per_prompt])
+    finally:
+        abort_unfinished(state, job)
     tok = state.tokenizer
     ordered = sorted(job.choices.values(), key=lambda c: c.index)
     if req.kind == "chat":
@@ -405,7 +411,7 @@ async def stream_response(state: ServerState, req: ParsedRequest, job: Job, revi
                 yield chunk(c.index, {"role": "assistant", "content": ""})
             elif req.echo:
                 yield chunk(c.index, text=job.echo_texts[c.index // req.n])
-        async for choice, ev in events(state, job, request):
+        async for choice, ev in events(job, request):
             delta, entries = choice.feed(ev)
             if delta or entries:
                 yield chunk(choice.index, {"content": delta} if delta else {}, delta, entries=entries or None)
@@ -425,6 +431,7 @@ async def stream_response(state: ServerState, req: ParsedRequest, job: Job, revi
         yield _sse(e.body())
         yield "data: [DONE]\n\n"
     finally:
+        abort_unfinished(state, job)
         state.in_flight -= 1
 
 
