@@ -206,3 +206,17 @@ def test_abort_frees_blocks_and_requests_that_cannot_fit_are_rejected(model, tok
 def test_max_tokens_zero_finishes_without_running(model, tok):
     s, [out] = run(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=0))
     assert out == ([], "", "length") and s.steps == 1
+
+
+def test_decode_groups_across_padded_lengths_and_alone_equals_batched(model, tok):
+    from lmstack.serve.paged_model import DECODE_PAD
+
+    long_prompt = [tok.bos_id] + tok.encode("First Citizen:\nBefore we proceed any further, hear me speak. " * 3)
+    assert len(long_prompt) > DECODE_PAD  # its decodes attend in another padded group than the short ones
+    prompts = [long_prompt, encode_prompt(tok, "ROMEO:"), encode_prompt(tok, PROMPTS[4]), long_prompt[:DECODE_PAD - 3]]
+    cfg = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+    ref = generate(model, tok, prompts, cfg)
+    s, batch = run(model, tok, prompts, cfg)
+    assert batch == [(r.token_ids, r.text, "length") for r in ref]
+    for p, b in zip(prompts, batch):
+        assert run(model, tok, [p], cfg)[1] == [b]

@@ -4,8 +4,12 @@ Continuous batching mixes, in one step, sequences that decode one token and sequ
 chunk of their prompt. All their new tokens are flattened into one row of N tokens, so every matmul
 (projections, MLP, LM head) runs once for the whole step. Attention is the only per-sequence part: each
 sequence's queries attend to the keys/values gathered through its block table (the PagedAttention
-idea; here a gather plus SDPA, which is exact and simple rather than a fused kernel). Running attention
-per sequence also keeps a request's numbers independent of what else is in the batch.
+idea; here a gather plus SDPA, which is exact and simple rather than a fused kernel). Attention is
+computed per sequence for prompt chunks, and in groups for single-token rows (decodes): rows whose
+contexts round up to the same length (a multiple of ``DECODE_PAD`` tokens) share one SDPA call, each
+row padded to that length and masked. A row's padded length depends only on its own context, so its
+numbers are the same alone or inside any batch (batch invariance), while a decode step still makes a
+handful of attention calls instead of one per sequence.
 
 The pass walks the model's own modules (embeddings, norms, q/k/v/o projections, FFN or MoE, LM head),
 so LoRA-merged, quantized or MoE models are served unchanged. Layers with sliding-window attention and
@@ -24,6 +28,9 @@ from lmstack.model.positions import apply_rotary
 from .kv_pool import BlockPool
 
 
+DECODE_PAD = 64  # single-token rows are padded to a multiple of this many keys
+
+
 @dataclass
 class SeqSlice:
     """One sequence's part of a step: ``n_new`` tokens starting at ``q_start`` of the flattened batch,
@@ -31,6 +38,36 @@ class SeqSlice:
     q_start: int
     n_new: int
     context_slots: torch.Tensor  # [ctx] flat pool slots, position order
+
+
+@dataclass
+class DecodeGroup:
+    """Single-token rows attending over contexts of the same padded length L."""
+    rows: torch.Tensor  # [b] positions in the flattened batch
+    slots: torch.Tensor  # [b, L] pool slots (padding points at slot 0 and is masked)
+    mask: torch.Tensor  # [b, 1, 1, L] True = a real key
+
+
+def group_decodes(slices: list[SeqSlice], device) -> tuple[list[SeqSlice], list[DecodeGroup]]:
+    """Split a step's slices into multi-token chunks (run one by one) and groups of single-token rows."""
+    chunks, buckets = [], {}
+    for s in slices:
+        if s.n_new == 1:
+            ctx = s.context_slots.shape[0]
+            buckets.setdefault(-(-ctx // DECODE_PAD) * DECODE_PAD, []).append(s)
+        else:
+            chunks.append(s)
+    groups = []
+    for length, members in sorted(buckets.items()):
+        slots = torch.zeros(len(members), length, dtype=torch.long, device=device)
+        mask = torch.zeros(len(members), 1, 1, length, dtype=torch.bool, device=device)
+        for i, s in enumerate(members):
+            ctx = s.context_slots.shape[0]
+            slots[i, :ctx] = s.context_slots
+            mask[i, 0, 0, :ctx] = True
+        rows = torch.tensor([s.q_start for s in members], dtype=torch.long, device=device)
+        groups.append(DecodeGroup(rows, slots, mask))
+    return chunks, groups
 
 
 def check_paged_support(model) -> None:
@@ -52,7 +89,8 @@ def _causal_mask(n_new: int, ctx: int, device) -> torch.Tensor:
     return torch.arange(ctx, device=device)[None, :] <= q_pos
 
 
-def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Tensor, seqs: list[SeqSlice]):
+def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Tensor, chunks: list[SeqSlice],
+               groups: list[DecodeGroup]):
     n = h.shape[1]
     q = attn.q_proj(h).view(1, n, attn.n_heads, attn.head_dim).transpose(1, 2)
     k = attn.k_proj(h).view(1, n, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
@@ -66,23 +104,28 @@ def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Te
     keys[write_slots] = k[0].transpose(0, 1).to(keys.dtype)
     values[write_slots] = v[0].transpose(0, 1).to(values.dtype)
     rep = attn.n_heads // attn.n_kv_heads
-    outs = []
-    for s in seqs:
+    out = q.new_empty(n, attn.n_heads, attn.head_dim)
+    for s in chunks:
         qs = q[:, :, s.q_start:s.q_start + s.n_new]
         ks = keys[s.context_slots].transpose(0, 1)[None].to(q.dtype)  # [1, Hkv, ctx, Dh]
         vs = values[s.context_slots].transpose(0, 1)[None].to(q.dtype)
         if rep > 1:
             ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
         ctx = ks.shape[2]
-        if s.n_new == 1:
-            y = F.scaled_dot_product_attention(qs, ks, vs)  # the newest token sees every cached one
-        elif s.n_new == ctx:
+        if s.n_new == ctx:
             y = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=_causal_mask(s.n_new, ctx, q.device))
-        outs.append(y)
-    y = torch.cat(outs, dim=2).transpose(1, 2).reshape(1, n, attn.n_heads * attn.head_dim)
-    return attn.o_proj(y)
+        out[s.q_start:s.q_start + s.n_new] = y[0].transpose(0, 1)
+    for g in groups:
+        b = g.rows.shape[0]
+        # grouped-query attention without copying keys: a kv head's `rep` query heads act as its query axis
+        qg = q[0].index_select(1, g.rows).transpose(0, 1).reshape(b, attn.n_kv_heads, rep, attn.head_dim)
+        kg = keys[g.slots].permute(0, 2, 1, 3).to(q.dtype)  # [b, Hkv, L, Dh]
+        vg = values[g.slots].permute(0, 2, 1, 3).to(q.dtype)
+        y = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask)  # [b, Hkv, rep, Dh]
+        out.index_copy_(0, g.rows, y.reshape(b, attn.n_heads, attn.head_dim))
+    return attn.o_proj(out.reshape(1, n, attn.n_heads * attn.head_dim))
 
 
 @torch.inference_mode()
@@ -102,8 +145,9 @@ def paged_forward(model, pool: BlockPool, tokens: torch.Tensor, positions: torch
     rope = None
     if model.rotary is not None:
         rope = model.rotary.tables(n, positions[None], x.dtype)
+    chunks, groups = group_decodes(seqs, tokens.device)
     for layer, block in enumerate(model.layers):
-        x = x + _attention(block.attn, block.attn_norm(x), rope, pool, layer, write_slots, seqs)
+        x = x + _attention(block.attn, block.attn_norm(x), rope, pool, layer, write_slots, chunks, groups)
         h = block.ffn(block.ffn_norm(x))
         if isinstance(h, tuple):  # MoE returns (output, aux loss)
             h = h[0]
