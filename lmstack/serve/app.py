@@ -25,8 +25,9 @@ from lmstack.generate.engine import encode_prompt
 
 from .async_engine import AsyncEngine, EngineFailure
 from .guardrails import Guardrails, PIIRefused
-from .protocol import (TOOL_OPEN, APIError, Limits, ParsedRequest, forced_tool_prefix, parse_request,
-                       parse_tool_calls, with_tools)
+from .protocol import (TOOL_OPEN, APIError, Limits, ParsedRequest,
+                       chat_request_schema, completion_request_schema, forced_tool_prefix, openapi_body,
+                       parse_request, parse_tool_calls, with_tools)
 from .scheduler import RequestRejected, TokenEvent
 
 STATIC = Path(__file__).parent / "static"
@@ -215,11 +216,11 @@ def create_app(state: ServerState) -> FastAPI:
     async def index():
         return HTMLResponse((STATIC / "chat.html").read_text(encoding="utf-8"))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body(chat_request_schema(state.limits)))
     async def chat_completions(request: Request):
         return await handle(request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_body(completion_request_schema(state.limits)))
     async def completions(request: Request):
         return await handle(request, "completion")
 

@@ -104,7 +104,8 @@ class Reviewer:
         from lmstack.align.data import load_preferences_jsonl
 
         if not prefs_path.exists():
-            raise FileNotFoundError(f"{prefs_path}: missing; pass --review-threshold to set the threshold by hand")
+            raise FileNotFoundError(f"{prefs_path}: missing, so the review threshold cannot be calibrated; "
+                                    "pass --review-threshold VALUE, or --no-review to serve without the review")
         pairs = load_preferences_jsonl(prefs_path, limit=200)
         scores = torch.tensor([self.score(p.prompt, p.chosen) for p in pairs])
         return float(torch.quantile(scores, quantile))

@@ -56,6 +56,8 @@ def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool 
     value = body.get(name, default)
     if value is None:
         return default
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 3.0 is how some clients spell 3
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name,
                        "invalid_type")
@@ -192,7 +194,7 @@ def parse_request(body: Any, kind: str, model_names: set[str], limits: Limits) -
         top = _number(body, "logprobs", None, 0, min(5, limits.max_top_logprobs), integer=True)
         logprobs = top is not None
         top = top or 0
-        max_tokens = body.get("max_tokens", 16)  # the OpenAI completions default
+        max_tokens = body.get("max_tokens", min(16, limits.max_tokens))  # the OpenAI completions default
     max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", limits.max_tokens, 1, limits.max_tokens,
                          integer=True)
     n = _number(body, "n", 1, 1, limits.max_n, integer=True)
@@ -296,3 +298,68 @@ def parse_tool_calls(text: str, tools: list[dict]) -> tuple[Optional[str], list[
         pos = text.find(TOOL_OPEN, end)
     content = text[:start].strip()
     return (content or None), calls
+
+
+# ---------------------------------------------------------------- OpenAPI request schemas
+# Published in /openapi.json (the handlers parse bodies by hand, so FastAPI cannot derive them).
+
+def _sampling_schema(limits: Limits) -> dict:
+    return {
+        "model": {"type": "string"},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_tokens},
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_n},
+        "stop": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"},
+                           {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": limits.max_stop}]},
+        "seed": {"type": ["integer", "null"]},
+        "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "stream": {"type": ["boolean", "null"]},
+        "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
+        "strategy": {"type": "string", "enum": ["greedy", "sample"], "description": "lmstack extra"},
+        "top_k": {"type": "integer", "minimum": 0, "description": "lmstack extra"},
+        "min_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "lmstack extra"},
+        "repetition_penalty": {"type": "number", "minimum": 0.01, "maximum": 10, "description": "lmstack extra"},
+        "ignore_eos": {"type": "boolean", "description": "lmstack extra"},
+    }
+
+
+_TEXT = {"type": "string"}
+_FUNCTION = {"type": "object", "required": ["name"], "properties": {"name": _TEXT}}
+
+
+def chat_request_schema(limits: Limits) -> dict:
+    message = {"type": "object", "required": ["role"], "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [_TEXT, {"type": "null"}, {"type": "array", "items": {
+            "type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": _TEXT}}}]},
+        "tool_calls": {"type": "array", "items": {"type": "object", "required": ["function"], "properties": {
+            "function": dict(_FUNCTION, properties={"name": _TEXT, "arguments": _TEXT})}}},
+        "tool_call_id": _TEXT}}
+    tool = {"type": "object", "required": ["type", "function"], "properties": {
+        "type": {"const": "function"},
+        "function": dict(_FUNCTION, properties={"name": dict(_TEXT, minLength=1), "description": _TEXT,
+                                                "parameters": {"type": "object"}})}}
+    return {"type": "object", "required": ["model", "messages"], "properties": dict(_sampling_schema(limits), **{
+        "messages": {"type": "array", "minItems": 1, "items": message},
+        "logprobs": {"type": ["boolean", "null"]},
+        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": limits.max_top_logprobs},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_tokens},
+        "tools": {"type": "array", "items": tool},
+        "tool_choice": {"anyOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]},
+    })}
+
+
+def completion_request_schema(limits: Limits) -> dict:
+    tokens = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    return {"type": "object", "required": ["model", "prompt"], "properties": dict(_sampling_schema(limits), **{
+        "prompt": {"anyOf": [_TEXT, {"type": "array", "minItems": 1, "items": _TEXT}, tokens,
+                             {"type": "array", "minItems": 1, "items": tokens}]},
+        "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 5},
+        "echo": {"type": ["boolean", "null"]},
+    })}
+
+
+def openapi_body(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
