@@ -118,6 +118,17 @@ def test_greedy_equals_generate_alone_and_in_a_batch_of_16(model, tok):
     s.pool.check_all_free()
 
 
+def test_seeded_sampling_alone_equals_inside_a_batch_of_16(model, tok):
+    prompts = (PROMPTS * 2)[:16]
+    cfgs = [GenerationConfig(strategy="sample", temperature=0.8, top_p=0.95, seed=100 + i, max_new_tokens=12,
+                             ignore_eos=True, presence_penalty=0.3) for i in range(16)]
+    _, batch = run(model, tok, prompts, cfgs)
+    assert len({b[0][0] for b in batch}) > 1
+    for i in (0, 5, 11):
+        assert run(model, tok, [prompts[i]], [cfgs[i]])[1] == [batch[i]]
+    assert batch == [(g.token_ids, g.text, "length") for g in generate(model, tok, prompts, cfgs)]
+
+
 def test_stop_tokens_stop_strings_and_default_config(model, tok):
     base = generate(model, tok, ["ROMEO:"], GenerationConfig(max_new_tokens=30, ignore_eos=True))[0]
     stop = base.text[6:9]

@@ -301,6 +301,8 @@ class Scheduler:
             history = torch.tensor([seq.tokens], dtype=torch.long, device=scores.device)
             scores = seq.processors(history, scores, gen_start=len(seq.prompt_ids))
         if seq.cfg.do_sample:
+            if seq.generator is not None:
+                scores = scores.cpu()  # the seeded generator lives on the CPU (as in lmstack.generate)
             tok = int(sample_from_scores(scores, [seq.generator])[0])
         else:
             tok = int(scores.argmax(dim=-1)[0])
