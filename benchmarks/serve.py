@@ -5,9 +5,11 @@ memory, prefix-cache TTFT, and a soak test with cancellations against the real H
     .venv/bin/python benchmarks/serve.py --quick         # a smoke run
     .venv/bin/python benchmarks/serve.py --run runs/NAME # the run's model and tokenizer
 
-Model: a run's checkpoint (--run), else a random-weight llama-style model at the cpu-speedrun size
-(d=256, 8 layers; --quick: d=64, 2 layers) with max_seq_len 1024 and a BPE trained on tinyshakespeare.
-Every request ignores EOS so its output length is the drawn one.
+Model: a run's checkpoint (--run runs/speedrun for the default run), else a random-weight llama-style
+model of the default run's shape (d=128, 4 layers, GQA 4/2; --quick: d=64, 2 layers) with a BPE
+trained on tinyshakespeare. The context is 1024 tokens so the 512-token prefix fits: a run's RoPE model
+trained at 256 is served past its trained length (its text is then poor, its timing is what counts
+here). Every request ignores EOS so its output length is the drawn one.
 
 Load: Poisson arrivals at rates that are multiples of one request's service rate (measured first),
 prompt and output lengths drawn from clipped log-normal (heavy-tailed) distributions. Time is a
@@ -49,6 +51,9 @@ from lmstack.model import ModelConfig, Transformer
 from lmstack.serve import Scheduler, SchedulerConfig
 
 
+CONTEXT = 1024
+
+
 @dataclass
 class Req:
     arrival: float
@@ -70,12 +75,20 @@ def load_model(args):
         from lmstack.model import load_pretrained
 
         ckpt, tok_path = resolve_checkpoint(args.run)
-        return load_pretrained(ckpt).eval(), Tokenizer.load(tok_path)
+        model = load_pretrained(ckpt).eval()
+        if model.config.max_seq_len < CONTEXT:
+            if model.config.position_type == "learned":
+                raise SystemExit(f"{ckpt}: learned positions stop at {model.config.max_seq_len} tokens; "
+                                 f"this benchmark needs a {CONTEXT}-token context")
+            print(f"note: {ckpt} was trained at {model.config.max_seq_len} tokens; served here at {CONTEXT}")
+            model.config = model.config.replace(max_seq_len=CONTEXT)
+        return model, Tokenizer.load(tok_path)
     text = (DATA_DIR / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100000]
     tok = train_tokenizer([text], 1024, mode="byte", special_tokens=list(SPECIAL_TOKENS), progress=False)
-    size = dict(d_model=64, n_layers=2) if args.quick else dict(d_model=256, n_layers=8)
+    size = dict(d_model=64, n_layers=2) if args.quick else dict(d_model=128, n_layers=4)
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, max_seq_len=1024, init_std=0.05, **size)
+    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, max_seq_len=CONTEXT, init_std=0.05,
+                             n_heads=4, n_kv_heads=2, **size)
     return Transformer(cfg).eval(), tok
 
 
@@ -98,7 +111,7 @@ def run_continuous(model, tok, reqs: list[Req], sched_cfg: SchedulerConfig) -> d
     pending = deque(reqs)
     by_id: dict[int, Req] = {}
     clock, util_paged, util_contig = 0.0, [], []
-    max_len = sched.max_len or 1024
+    max_len = sched.max_len or CONTEXT
     while pending or sched.has_work():
         while pending and pending[0].arrival <= clock:
             r = pending.popleft()
@@ -156,14 +169,14 @@ def summarize(reqs: list[Req], clock: float) -> dict:
 def bench_load(model, tok, args) -> tuple[list[str], dict]:
     rng = random.Random(0)
     vocab = tok.vocab_size
-    probe = workload(random.Random(1), 3, 1.0, vocab, 1024)
+    probe = workload(random.Random(1), 3, 1.0, vocab, CONTEXT)
     t0 = time.perf_counter()
     run_batched(model, tok, probe, 1)
     service = (time.perf_counter() - t0) / len(probe)  # seconds per request, one at a time
     rows, headline = [], {}
     for mult in args.rates:
         rate = mult / service
-        base = workload(rng, args.requests, rate, vocab, 1024)
+        base = workload(rng, args.requests, rate, vocab, CONTEXT)
         results = {}
         for name in ("continuous", "static", "one-at-a-time"):
             reqs = [Req(r.arrival, r.prompt, r.out_len) for r in base]
@@ -180,7 +193,7 @@ def bench_load(model, tok, args) -> tuple[list[str], dict]:
 
 
 def bench_memory(model, tok, args) -> dict:
-    reqs = workload(random.Random(2), args.requests, 1e9, tok.vocab_size, 1024)  # all at once: a full batch
+    reqs = workload(random.Random(2), args.requests, 1e9, tok.vocab_size, CONTEXT)  # all at once: a full batch
     return run_continuous(model, tok, reqs, SchedulerConfig(num_blocks=4096, max_num_seqs=args.max_seqs))
 
 
