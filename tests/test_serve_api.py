@@ -268,3 +268,24 @@ def test_cancelled_streams_give_their_blocks_back(server):
         time.sleep(0.05)
     assert not sched.has_work() and sched.pool.num_used == 0
     assert sched.tokens_generated - aborted_before < 4 * 200  # the answers were cut short, not finished
+
+
+def test_an_engine_failure_is_reported_and_the_server_keeps_serving(client, server, monkeypatch):
+    sched = server.state.engine.scheduler
+    real_step = sched.step
+    calls = []
+
+    def flaky_step():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        return real_step()
+
+    monkeypatch.setattr(sched, "step", flaky_step)
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4)
+    assert "simulated kernel failure" in e.value.body["message"]
+    assert sched.pool.num_used == 0  # the failed request's blocks were released
+    ok = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
+    assert ok.usage.completion_tokens >= 1

@@ -231,3 +231,23 @@ def test_decode_groups_across_padded_lengths_and_alone_equals_batched(model, tok
     assert batch == [(r.token_ids, r.text, "length") for r in ref]
     for p, b in zip(prompts, batch):
         assert run(model, tok, [p], cfg)[1] == [b]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model, tok):
+    s = Scheduler(model, tok, SchedulerConfig(max_batched_tokens=8, block_size=4, num_blocks=128))
+    short = s.add(encode_prompt(tok, "A"), GenerationConfig(max_new_tokens=30, ignore_eos=True))
+    s.step()  # the short request is decoding now
+    long_prompt = [tok.bos_id] + tok.encode("First Citizen:\nBefore we proceed any further, hear me speak. " * 2)
+    assert len(long_prompt) > 4 * 8
+    late = s.add(long_prompt, GenerationConfig(max_new_tokens=3, ignore_eos=True))
+    steps_until_late_token = 0
+    while True:
+        events = s.step()
+        steps_until_late_token += 1
+        assert any(e.seq_id == short and e.token_id is not None for e in events)  # never stalled
+        assert s.last_step_tokens <= 8
+        if any(e.seq_id == late for e in events):
+            break
+    assert steps_until_late_token >= len(long_prompt) // 7  # the prompt really went in several chunks
+    s.run_to_completion()
+    s.pool.check_all_free()
