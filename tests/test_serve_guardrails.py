@@ -85,6 +85,8 @@ def test_build_state_from_a_run_directory(tmp_path):
     state, ckpt = build_state(str(run), review_threshold=0.0)
     assert ckpt == run / "checkpoints" / "sft" and state.model_name == "myrun"
     assert state.guardrails.reviewer is not None and state.guardrails.reviewer.threshold == 0.0
+    direct, _ = build_state(str(run / "checkpoints" / "sft"), review_threshold=0.5)
+    assert direct.guardrails.reviewer.threshold == 0.5  # a checkpoint inside a run finds the run's reward model
     plain, _ = build_state(str(run), review=False, model_name="m")
     assert plain.guardrails.reviewer is None and plain.model_name == "m"
     sched = plain.engine.scheduler

@@ -50,6 +50,8 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
                          f"({tok_path}); they do not belong together")
     reviewer = None
     run_dir = Path(path)
+    if ckpt.parent.name == "checkpoints":  # a checkpoint inside a run: review with that run's reward model
+        run_dir = ckpt.parent.parent
     if review and (run_dir / "checkpoints").is_dir():
         reviewer = Reviewer.from_run(run_dir, tokenizer, review_threshold, device=device)
     guard = Guardrails(pii=pii, reviewer=reviewer)
