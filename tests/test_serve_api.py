@@ -289,3 +289,18 @@ def test_an_engine_failure_is_reported_and_the_server_keeps_serving(client, serv
     assert sched.pool.num_used == 0  # the failed request's blocks were released
     ok = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
     assert ok.usage.completion_tokens >= 1
+
+
+def test_a_stream_never_started_is_released(server):
+    """The job of a streaming response the server never began (client gone) is released on collection."""
+    import gc
+
+    import lmstack.serve.app as app_mod
+
+    state = server.state
+    before = state.in_flight
+    state.in_flight += 1  # as handle() does before answering
+    body = app_mod.streaming_body(state, None, app_mod.Job("x", 0, None, {}, 0, []), [], None)
+    del body
+    gc.collect()
+    assert state.in_flight == before

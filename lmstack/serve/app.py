@@ -12,9 +12,10 @@ import hmac
 import json
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
@@ -244,7 +245,7 @@ def create_app(state: ServerState) -> FastAPI:
             state.in_flight -= 1
             raise
         if req.stream:
-            return StreamingResponse(stream_response(state, req, job, review_msgs, request),
+            return StreamingResponse(streaming_body(state, req, job, review_msgs, request),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             return await full_response(state, req, job, review_msgs, request)
@@ -387,8 +388,23 @@ async def full_response(state: ServerState, req: ParsedRequest, job: Job, review
             "choices": out, "usage": usage(job)}
 
 
+def release_job(state: ServerState, job: Job) -> None:
+    abort_unfinished(state, job)
+    state.in_flight -= 1
+
+
+def streaming_body(state: ServerState, req: ParsedRequest, job: Job, review: list[list[dict]],
+                   request: Request) -> AsyncIterator[str]:
+    """The SSE generator. It releases the job when it ends; if the server never starts it (the client left
+    before the first byte), a finalizer releases the job when the generator is collected."""
+    once: list = []
+    body = stream_response(state, req, job, review, request, lambda: once[0]())
+    once.append(weakref.finalize(body, release_job, state, job))
+    return body
+
+
 async def stream_response(state: ServerState, req: ParsedRequest, job: Job, review: list[list[dict]],
-                          request: Request) -> AsyncIterator[str]:
+                          request: Request, release: Callable[[], None]) -> AsyncIterator[str]:
     tok = state.tokenizer
     chat = req.kind == "chat"
     head = {"id": job.id, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -432,8 +448,7 @@ async def stream_response(state: ServerState, req: ParsedRequest, job: Job, revi
         yield _sse(e.body())
         yield "data: [DONE]\n\n"
     finally:
-        abort_unfinished(state, job)
-        state.in_flight -= 1
+        release()
 
 
 def render_metrics(state: ServerState) -> str:
