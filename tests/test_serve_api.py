@@ -38,6 +38,9 @@ def client(server):
 
 def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 

@@ -202,11 +202,21 @@ def create_app(state: ServerState) -> FastAPI:
     async def health():
         return {"status": "ok", "model": state.model_name}
 
+    def model_card() -> dict:
+        return {"id": state.model_name, "object": "model", "created": int(state.started), "owned_by": "lmstack"}
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [{"id": state.model_name, "object": "model",
-                                            "created": int(state.started), "owned_by": "lmstack"}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request):
+        authorize(request)
+        if model_id != state.model_name:
+            raise APIError(404, f"the model {model_id!r} does not exist; this server serves {state.model_name!r}",
+                           "model", "model_not_found")
+        return model_card()
 
     @app.get("/metrics")
     async def metrics(request: Request):
