@@ -34,37 +34,45 @@ DECODE_PAD = 64  # single-token rows are padded to a multiple of this many keys
 @dataclass
 class SeqSlice:
     """One sequence's part of a step: ``n_new`` tokens starting at ``q_start`` of the flattened batch,
-    attending over ``context_slots`` (every cached position of the sequence, these tokens included)."""
+    attending over the first ``context`` positions of the sequence (these tokens included), which live in
+    the pool blocks listed by ``table``."""
     q_start: int
     n_new: int
-    context_slots: torch.Tensor  # [ctx] flat pool slots, position order
+    context: int
+    table: list[int]
 
 
 @dataclass
 class DecodeGroup:
     """Single-token rows attending over contexts of the same padded length L."""
     rows: torch.Tensor  # [b] positions in the flattened batch
-    slots: torch.Tensor  # [b, L] pool slots (padding points at slot 0 and is masked)
+    slots: torch.Tensor  # [b, L] pool slots (padding points into the row's blocks or block 0, and is masked)
     mask: torch.Tensor  # [b, 1, 1, L] True = a real key
 
 
-def group_decodes(slices: list[SeqSlice], device) -> tuple[list[SeqSlice], list[DecodeGroup]]:
+def table_slots(tables: list[list[int]], length: int, block_size: int, device) -> torch.Tensor:
+    """[len(tables), length] pool slots of positions 0..length-1 through each block table (one tensor op
+    per call, not per sequence)."""
+    n_blocks = -(-length // block_size)
+    padded = [t[:n_blocks] + [0] * (n_blocks - len(t[:n_blocks])) for t in tables]
+    blocks = torch.tensor(padded, dtype=torch.long, device=device)
+    offsets = torch.arange(length, device=device) % block_size
+    return (blocks * block_size).repeat_interleave(block_size, dim=1)[:, :length] + offsets
+
+
+def group_decodes(slices: list[SeqSlice], block_size: int, device) -> tuple[list[SeqSlice], list[DecodeGroup]]:
     """Split a step's slices into multi-token chunks (run one by one) and groups of single-token rows."""
     chunks, buckets = [], {}
     for s in slices:
         if s.n_new == 1:
-            ctx = s.context_slots.shape[0]
-            buckets.setdefault(-(-ctx // DECODE_PAD) * DECODE_PAD, []).append(s)
+            buckets.setdefault(-(-s.context // DECODE_PAD) * DECODE_PAD, []).append(s)
         else:
             chunks.append(s)
     groups = []
     for length, members in sorted(buckets.items()):
-        slots = torch.zeros(len(members), length, dtype=torch.long, device=device)
-        mask = torch.zeros(len(members), 1, 1, length, dtype=torch.bool, device=device)
-        for i, s in enumerate(members):
-            ctx = s.context_slots.shape[0]
-            slots[i, :ctx] = s.context_slots
-            mask[i, 0, 0, :ctx] = True
+        slots = table_slots([s.table for s in members], length, block_size, device)
+        lengths = torch.tensor([s.context for s in members], device=device)
+        mask = (torch.arange(length, device=device)[None, :] < lengths[:, None])[:, None, None, :]
         rows = torch.tensor([s.q_start for s in members], dtype=torch.long, device=device)
         groups.append(DecodeGroup(rows, slots, mask))
     return chunks, groups
@@ -89,7 +97,8 @@ def _causal_mask(n_new: int, ctx: int, device) -> torch.Tensor:
     return torch.arange(ctx, device=device)[None, :] <= q_pos
 
 
-def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Tensor, chunks: list[SeqSlice],
+def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Tensor,
+               chunks: list[tuple[SeqSlice, torch.Tensor]],
                groups: list[DecodeGroup]):
     n = h.shape[1]
     q = attn.q_proj(h).view(1, n, attn.n_heads, attn.head_dim).transpose(1, 2)
@@ -101,14 +110,14 @@ def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Te
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     keys, values = pool.keys[layer], pool.values[layer]
-    keys[write_slots] = k[0].transpose(0, 1).to(keys.dtype)
-    values[write_slots] = v[0].transpose(0, 1).to(values.dtype)
+    keys.index_copy_(0, write_slots, k[0].transpose(0, 1).to(keys.dtype))
+    values.index_copy_(0, write_slots, v[0].transpose(0, 1).to(values.dtype))
     rep = attn.n_heads // attn.n_kv_heads
     out = q.new_empty(n, attn.n_heads, attn.head_dim)
-    for s in chunks:
+    for s, ctx_slots in chunks:
         qs = q[:, :, s.q_start:s.q_start + s.n_new]
-        ks = keys[s.context_slots].transpose(0, 1)[None].to(q.dtype)  # [1, Hkv, ctx, Dh]
-        vs = values[s.context_slots].transpose(0, 1)[None].to(q.dtype)
+        ks = keys.index_select(0, ctx_slots).transpose(0, 1)[None].to(q.dtype)  # [1, Hkv, ctx, Dh]
+        vs = values.index_select(0, ctx_slots).transpose(0, 1)[None].to(q.dtype)
         if rep > 1:
             ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
         ctx = ks.shape[2]
@@ -121,8 +130,9 @@ def _attention(attn, h, rope, pool: BlockPool, layer: int, write_slots: torch.Te
         b = g.rows.shape[0]
         # grouped-query attention without copying keys: a kv head's `rep` query heads act as its query axis
         qg = q[0].index_select(1, g.rows).transpose(0, 1).reshape(b, attn.n_kv_heads, rep, attn.head_dim)
-        kg = keys[g.slots].permute(0, 2, 1, 3).to(q.dtype)  # [b, Hkv, L, Dh]
-        vg = values[g.slots].permute(0, 2, 1, 3).to(q.dtype)
+        flat = g.slots.reshape(-1)
+        kg = keys.index_select(0, flat).view(b, -1, attn.n_kv_heads, attn.head_dim).permute(0, 2, 1, 3).to(q.dtype)
+        vg = values.index_select(0, flat).view(b, -1, attn.n_kv_heads, attn.head_dim).permute(0, 2, 1, 3).to(q.dtype)
         y = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask)  # [b, Hkv, rep, Dh]
         out.index_copy_(0, g.rows, y.reshape(b, attn.n_heads, attn.head_dim))
     return attn.o_proj(out.reshape(1, n, attn.n_heads * attn.head_dim))
@@ -145,7 +155,8 @@ def paged_forward(model, pool: BlockPool, tokens: torch.Tensor, positions: torch
     rope = None
     if model.rotary is not None:
         rope = model.rotary.tables(n, positions[None], x.dtype)
-    chunks, groups = group_decodes(seqs, tokens.device)
+    chunks, groups = group_decodes(seqs, pool.block_size, tokens.device)
+    chunks = [(s, table_slots([s.table], s.context, pool.block_size, tokens.device)[0]) for s in chunks]
     for layer, block in enumerate(model.layers):
         x = x + _attention(block.attn, block.attn_norm(x), rope, pool, layer, write_slots, chunks, groups)
         h = block.ffn(block.ffn_norm(x))

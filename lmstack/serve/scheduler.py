@@ -99,6 +99,15 @@ class Sequence:
         return self.prompt_ids + self.output_ids
 
     @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def reset_cache_state(self) -> None:
+        """Forget everything about the sequence's place in the pool (after its blocks were released)."""
+        self.keys.clear()
+        self.num_computed = 0
+
+    @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
@@ -183,8 +192,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.pool.free_table(seq.block_table)
-        seq.keys.clear()
-        seq.num_computed = 0
+        seq.reset_cache_state()
         seq.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(seq)
@@ -194,6 +202,7 @@ class Scheduler:
         tokens = seq.tokens
         usable = (len(tokens) - 1) // self.pool.block_size
         keys = block_keys(tokens, self.pool.block_size, n_blocks=usable)
+        seq.reset_cache_state()
         seq.block_table = self.pool.match_prefix(keys)
         seq.keys = keys[:len(seq.block_table)]
         seq.num_computed = len(seq.block_table) * self.pool.block_size
@@ -207,7 +216,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(len(seq.tokens) - seq.num_computed, budget)
+            n = min(seq.num_tokens - seq.num_computed, budget)
             while not self.pool.ensure(seq.block_table, seq.num_computed + n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -226,11 +235,10 @@ class Scheduler:
                 plan.append((seq, 0))
                 continue
             self._admit_prefix(seq)
-            n = min(len(seq.tokens) - seq.num_computed, budget)
+            n = min(seq.num_tokens - seq.num_computed, budget)
             if not self.pool.ensure(seq.block_table, seq.num_computed + n):
                 self.pool.free_table(seq.block_table)
-                seq.keys.clear()
-                seq.num_computed = 0
+                seq.reset_cache_state()
                 break
             self.waiting.popleft()
             self.running.append(seq)
@@ -248,7 +256,7 @@ class Scheduler:
         events: list[TokenEvent] = []
         work = [(s, n) for s, n in plan if n > 0]
         logits = self._forward(work) if work else None
-        row = 0
+        ready = []  # sequences whose chunk reached their last token: they get a new token now
         for seq, n in plan:
             if n == 0:
                 events.append(TokenEvent(seq.seq_id, None, "", finish_reason=seq.finish_reason))
@@ -256,35 +264,43 @@ class Scheduler:
                 continue
             seq.num_computed += n
             self._register_full_blocks(seq)
-            if seq.num_computed < len(seq.tokens):
-                continue  # a prompt chunk that does not reach the end yet
-            events.append(self._choose(seq, logits[row]))
-            row += 1
-            if seq.done:
-                self._finish(seq)
+            if seq.num_computed == seq.num_tokens:
+                ready.append(seq)
+        if ready:
+            # whole-batch argmax and log-softmax are row-wise: each row's numbers are its own
+            greedy = logits.argmax(dim=-1).tolist()
+            need_logp = any(seq.cfg.logprobs or seq.top_logprobs for seq in ready)
+            logp = torch.log_softmax(logits.float(), dim=-1) if need_logp else None
+            for row, seq in enumerate(ready):
+                events.append(self._choose(seq, logits[row], greedy[row], None if logp is None else logp[row]))
+                if seq.done:
+                    self._finish(seq)
         self.steps += 1
         return events
 
     def _forward(self, work: list[tuple[Sequence, int]]) -> torch.Tensor:
+        bs = self.pool.block_size
         tokens, positions, slots, slices, logit_rows = [], [], [], [], []
         start = 0
         for seq, n in work:
-            all_tokens = seq.tokens
             lo, hi = seq.num_computed, seq.num_computed + n
-            tokens.extend(all_tokens[lo:hi])
-            positions.append(torch.arange(lo, hi))
-            ctx = self.pool.slots(seq.block_table, 0, hi)
-            slots.append(ctx[lo:hi])
-            slices.append(SeqSlice(start, n, ctx.to(self.device)))
-            if hi == len(all_tokens):
+            tokens.extend(seq.tokens[lo:hi])
+            positions.extend(range(lo, hi))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(lo, hi))
+            slices.append(SeqSlice(start, n, hi, table))
+            if hi == seq.num_tokens:
                 logit_rows.append(start + n - 1)
             start += n
             if lo < len(seq.prompt_ids):
                 self.prompt_tokens_computed += min(hi, len(seq.prompt_ids)) - lo
         dev = self.device
-        return paged_forward(self.model, self.pool, torch.tensor(tokens, dtype=torch.long, device=dev),
-                             torch.cat(positions).to(dev), torch.cat(slots).to(dev), slices,
-                             torch.tensor(logit_rows, dtype=torch.long, device=dev))
+
+        def as_tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
+        return paged_forward(self.model, self.pool, as_tensor(tokens), as_tensor(positions), as_tensor(slots),
+                             slices, as_tensor(logit_rows))
 
     def _register_full_blocks(self, seq: Sequence) -> None:
         full = seq.num_computed // self.pool.block_size
@@ -295,20 +311,23 @@ class Scheduler:
                 self.pool.register(seq.block_table[i], key)
             seq.keys.extend(new)
 
-    def _choose(self, seq: Sequence, logits: torch.Tensor) -> TokenEvent:
-        scores = logits[None].float()
-        if seq.processors:
-            history = torch.tensor([seq.tokens], dtype=torch.long, device=scores.device)
-            scores = seq.processors(history, scores, gen_start=len(seq.prompt_ids))
-        if seq.cfg.do_sample:
-            if seq.generator is not None:
-                scores = scores.cpu()  # the seeded generator lives on the CPU (as in lmstack.generate)
-            tok = int(sample_from_scores(scores, [seq.generator])[0])
+    def _choose(self, seq: Sequence, logits: torch.Tensor, argmax: int, logp: Optional[torch.Tensor]) -> TokenEvent:
+        """The next token of ``seq`` from its logits row (``argmax`` and the raw ``logp`` precomputed)."""
+        if seq.processors or seq.cfg.do_sample:
+            scores = logits[None].float()
+            if seq.processors:
+                history = torch.tensor([seq.tokens], dtype=torch.long, device=scores.device)
+                scores = seq.processors(history, scores, gen_start=len(seq.prompt_ids))
+            if seq.cfg.do_sample:
+                if seq.generator is not None:
+                    scores = scores.cpu()  # the seeded generator lives on the CPU (as in lmstack.generate)
+                tok = int(sample_from_scores(scores, [seq.generator])[0])
+            else:
+                tok = int(scores.argmax(dim=-1)[0])
         else:
-            tok = int(scores.argmax(dim=-1)[0])
+            tok = argmax
         logprob, top = None, None
-        if seq.cfg.logprobs or seq.top_logprobs:
-            logp = torch.log_softmax(logits.float(), dim=-1)
+        if logp is not None and (seq.cfg.logprobs or seq.top_logprobs):
             logprob = float(logp[tok])
             if seq.top_logprobs:
                 vals, idx = logp.topk(min(seq.top_logprobs, logp.shape[-1]))
