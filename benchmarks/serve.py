@@ -296,7 +296,7 @@ def bench_soak(model, tok, clients: int, seconds: float) -> dict:
     return stats
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--run", help="serve this run's model (default: a random-weight cpu-speedrun-size model)")
@@ -337,7 +337,8 @@ def main() -> None:
     print(f"result: soak_errors={soak['errors']}")
     print(f"result: soak_leaked_blocks={soak['leaked_blocks']}")
     print(f"result: soak_rss_growth_mib={soak['rss_growth_mib']:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

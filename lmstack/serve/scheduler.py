@@ -237,6 +237,7 @@ class Scheduler:
             self._admit_prefix(seq)
             n = min(seq.num_tokens - seq.num_computed, budget)
             if not self.pool.ensure(seq.block_table, seq.num_computed + n):
+                self.pool.hits -= len(seq.block_table)  # not admitted: its prefix hits did not count
                 self.pool.free_table(seq.block_table)
                 seq.reset_cache_state()
                 break
