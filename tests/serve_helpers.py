@@ -21,22 +21,32 @@ TOOL_QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
 TOOL_ANSWER = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
 
+PII_QUESTION = [{"role": "user", "content": "What is your phone number?"}]
+PII_ANSWER = "Call 138 1234 5678 now."
+
+
 def tool_calling_model(tok):
-    """A tiny llama-style model trained (a second or so) to answer TOOL_QUESTION with a call to get_weather."""
-    ids = chat_prompt_ids(tok, with_tools(TOOL_QUESTION, [WEATHER_TOOL]))
-    target = tok.encode(TOOL_ANSWER) + [tok.end_id]
+    """A tiny llama-style model trained (a few seconds) to answer TOOL_QUESTION with a call to get_weather
+    and PII_QUESTION with a phone number."""
+    pairs = [(chat_prompt_ids(tok, with_tools(TOOL_QUESTION, [WEATHER_TOOL])), tok.encode(TOOL_ANSWER)),
+             (chat_prompt_ids(tok, PII_QUESTION), tok.encode(PII_ANSWER))]
     model = tiny_model(tok.vocab_size, max_seq_len=512)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    seq = torch.tensor([ids + target])
-    labels = torch.full_like(seq, -100)
-    labels[0, len(ids) - 1:-1] = torch.tensor(target)
-    for _ in range(300):
-        loss = model(seq, targets=labels).loss
+    batches = []
+    for prompt, answer in pairs:
+        target = answer + [tok.end_id]
+        seq = torch.tensor([prompt + target])
+        labels = torch.full_like(seq, -100)
+        labels[0, len(prompt) - 1:-1] = torch.tensor(target)
+        batches.append((seq, labels))
+    for _ in range(400):
+        losses = [model(seq, targets=labels).loss for seq, labels in batches]
+        loss = sum(losses)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if loss.item() < 0.005:
+        if max(x.item() for x in losses) < 0.005:
             break
     return model.eval()
 

@@ -8,8 +8,8 @@ import openai
 import pytest
 
 from lmstack.generate import GenerationConfig, chat, generate
-from serve_helpers import (TOOL_ANSWER, TOOL_QUESTION, WEATHER_TOOL, LiveServer, make_state, small_tokenizer,
-                           tool_calling_model)
+from serve_helpers import (PII_ANSWER, PII_QUESTION, TOOL_ANSWER, TOOL_QUESTION, WEATHER_TOOL, LiveServer, make_state,
+                           small_tokenizer, tool_calling_model)
 
 MODEL = "tiny"
 
@@ -203,6 +203,19 @@ def test_pii_in_requests_is_masked_or_refused(client, server):
         assert e.value.body["code"] == "pii_detected"
     finally:
         guard.pii = "mask"
+
+
+def test_pii_in_answers_is_masked_streaming_or_not(client, server, model, tok):
+    raw = chat(model, tok, [PII_QUESTION], GenerationConfig(max_new_tokens=20))[0].text
+    assert raw == PII_ANSWER  # what the model says without the guardrail
+    before = sum(server.state.guardrails.response_pii.values())
+    r = client.chat.completions.create(model=MODEL, messages=PII_QUESTION, max_tokens=20, temperature=0)
+    assert r.choices[0].message.content == "Call <|phone|> now."
+    chunks = list(client.chat.completions.create(model=MODEL, messages=PII_QUESTION, max_tokens=20, temperature=0,
+                                                 stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == "Call <|phone|> now." and not any(ch.isdigit() for p in pieces for ch in p)
+    assert sum(server.state.guardrails.response_pii.values()) == before + 2
 
 
 class _AlwaysBlocks:
