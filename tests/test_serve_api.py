@@ -128,6 +128,21 @@ def test_logprobs_chat_and_completions(client, model, tok):
     assert len(lp.tokens) == 5 and all(len(t) == 2 for t in lp.top_logprobs)
 
 
+def test_logit_bias_steers_and_unsupported_fields_are_refused(client, tok):
+    base = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    banned = tok.encode(base.choices[0].text)[0]
+    forced = tok.encode(" Juliet")[0]
+    r = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=6, temperature=0, logprobs=1,
+                                  logit_bias={str(banned): -100, str(forced): 100}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text.startswith(tok.decode([forced])) and r.choices[0].text != base.choices[0].text
+    for bad in ({"logit_bias": {"x": 1}}, {"logit_bias": {"5": 500}}, {"logit_bias": {str(10**6): 1}},
+                {"response_format": {"type": "json_object"}}, {"best_of": 3}, {"suffix": "!"}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=2, extra_body=bad)
+        assert e.value.body["param"] == next(iter(bad))
+
+
 def test_tool_calls_with_finish_reason_tool_calls_also_streaming(client):
     kw = dict(model=MODEL, messages=TOOL_QUESTION, tools=[WEATHER_TOOL], max_tokens=80, temperature=0)
     r = client.chat.completions.create(**kw)

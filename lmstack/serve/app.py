@@ -268,6 +268,10 @@ def create_app(state: ServerState) -> FastAPI:
 def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[int]], list[list[dict]], list[str]]:
     """Token ids per prompt (PII guarded), the conversation the reviewer sees, and a forced prefix."""
     tok, guard = state.tokenizer, state.guardrails
+    bad = [t for t in req.logit_bias if t >= tok.vocab_size]
+    if bad:
+        raise APIError(400, f"logit_bias names token ids outside the vocabulary (0..{tok.vocab_size - 1}): {bad[:5]}",
+                       "logit_bias", "invalid_value")
     try:
         if req.kind == "chat":
             msgs = [{"role": m["role"], "content": guard.check_request(m["content"], f"messages[{i}].content")}
@@ -320,7 +324,7 @@ async def submit(state: ServerState, req: ParsedRequest, prompts: list[list[int]
             for j in range(req.n):
                 # like generate(): a seeded request's j-th choice draws with seed + j
                 cfg = req.cfg.replace(seed=req.cfg.seed + j) if seeded and req.n > 1 else req.cfg
-                seq_id = await state.engine.add(ids, cfg, req.top_logprobs, out)
+                seq_id = await state.engine.add(ids, cfg, req.top_logprobs, out, req.logit_bias or None)
                 choices[seq_id] = ChoiceOutput(index, state, req, prefixes[i])
                 index += 1
     except (RequestRejected, ValueError) as e:

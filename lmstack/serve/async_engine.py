@@ -52,10 +52,12 @@ class AsyncEngine:
             self._thread = None
 
     # ------------------------------------------------------------ called from the event loop
-    async def add(self, prompt_ids: list[int], cfg, top_logprobs: int, out: asyncio.Queue) -> int:
+    async def add(self, prompt_ids: list[int], cfg, top_logprobs: int, out: asyncio.Queue,
+                  logit_bias: Optional[dict[int, float]] = None) -> int:
         """Queue a sequence whose TokenEvents will be put on ``out``; returns its id."""
         done: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put(("add", (prompt_ids, cfg, top_logprobs, asyncio.get_running_loop(), out), done))
+        self._commands.put(("add", (prompt_ids, cfg, top_logprobs, logit_bias, asyncio.get_running_loop(), out),
+                            done))
         self._wake.set()
         return await asyncio.wrap_future(done)
 
@@ -71,9 +73,9 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if kind == "add":
-                prompt_ids, cfg, top, loop, out = arg
+                prompt_ids, cfg, top, bias, loop, out = arg
                 try:
-                    seq_id = self.scheduler.add(prompt_ids, cfg, top)
+                    seq_id = self.scheduler.add(prompt_ids, cfg, top, bias)
                 except Exception as e:  # handed back to the request handler
                     done.set_exception(e)
                     continue

@@ -50,6 +50,7 @@ class ParsedRequest:
     tools: list[dict] = field(default_factory=list)
     tool_choice: Any = "auto"
     echo: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool = False):
@@ -87,6 +88,36 @@ def _stop(body: dict, limits: Limits) -> list[str]:
         raise APIError(400, f"'stop' may hold at most {limits.max_stop} strings, got {len(stop)}", "stop",
                        "invalid_value")
     return stop
+
+
+def _logit_bias(body: dict) -> dict[int, float]:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict) or len(bias) > 300:
+        raise APIError(400, "'logit_bias' must map at most 300 token ids to numbers", "logit_bias", "invalid_value")
+    out = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise APIError(400, f"logit_bias key {key!r} is not a token id", "logit_bias", "invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias[{key}] must be a number between -100 and 100", "logit_bias",
+                           "invalid_value")
+        out[int(key)] = float(value)
+    return out
+
+
+def _unsupported(body: dict) -> None:
+    """Refuse, rather than silently ignore, OpenAI fields this server does not implement."""
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise APIError(400, "'response_format' other than {'type': 'text'} is not supported by this server",
+                       "response_format", "unsupported_parameter")
+    for name, hint in (("functions", "; use 'tools'"), ("function_call", "; use 'tool_choice'"), ("suffix", "")):
+        if body.get(name) is not None:
+            raise APIError(400, f"'{name}' is not supported by this server{hint}", name, "unsupported_parameter")
+    if body.get("best_of") not in (None, 1):
+        raise APIError(400, "'best_of' is not supported by this server; use n", "best_of", "unsupported_parameter")
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -225,7 +256,9 @@ def parse_request(body: Any, kind: str, model_names: set[str], limits: Limits) -
     if not isinstance(opts, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options", "invalid_type")
     echo = _bool(body, "echo", False)
+    _unsupported(body)
     return ParsedRequest(kind, prompts, cfg, n=int(n), stream=stream, include_usage=bool(opts.get("include_usage")),
+                         logit_bias=_logit_bias(body),
                          logprobs=logprobs, top_logprobs=int(top), tools=tools, tool_choice=tool_choice, echo=echo)
 
 
@@ -322,6 +355,8 @@ def _sampling_schema(limits: Limits) -> dict:
         "min_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "lmstack extra"},
         "repetition_penalty": {"type": "number", "minimum": 0.01, "maximum": 10, "description": "lmstack extra"},
         "ignore_eos": {"type": "boolean", "description": "lmstack extra"},
+        "logit_bias": {"type": ["object", "null"], "maxProperties": 300,
+                       "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
     }
 
 

@@ -70,13 +70,17 @@ class Sequence:
     """One output being generated: its tokens, its block table and its decoding state."""
 
     def __init__(self, seq_id: int, prompt_ids: list[int], cfg: GenerationConfig, tokenizer, budget: int,
-                 top_logprobs: int = 0):
+                 top_logprobs: int = 0, logit_bias: Optional[dict[int, float]] = None):
         self.seq_id = seq_id
         self.prompt_ids = list(prompt_ids)
         self.output_ids: list[int] = []
         self.cfg = cfg
         self.budget = budget
         self.top_logprobs = top_logprobs
+        self.logit_bias = None
+        if logit_bias:
+            self.logit_bias = (torch.tensor(list(logit_bias), dtype=torch.long),
+                               torch.tensor(list(logit_bias.values()), dtype=torch.float32))
         self.stop_ids = set(stop_token_ids_for(tokenizer, cfg))
         bad = bad_words_to_ids(tokenizer, cfg.bad_words) if cfg.bad_words else []
         self.processors = build_processors(cfg, stop_token_ids=sorted(self.stop_ids), bad_words_ids=bad,
@@ -162,10 +166,11 @@ class Scheduler:
                                   "with more KV memory")
         return budget
 
-    def add(self, prompt_ids: list[int], cfg: GenerationConfig, top_logprobs: int = 0) -> int:
+    def add(self, prompt_ids: list[int], cfg: GenerationConfig, top_logprobs: int = 0,
+            logit_bias: Optional[dict[int, float]] = None) -> int:
         """Queue one sequence; returns its id. Raises RequestRejected if it can never run."""
         budget = self.admission_check(len(prompt_ids), cfg)
-        seq = Sequence(next(self._ids), prompt_ids, cfg, self.tokenizer, budget, top_logprobs)
+        seq = Sequence(next(self._ids), prompt_ids, cfg, self.tokenizer, budget, top_logprobs, logit_bias)
         if budget <= 0:
             seq.finish_reason = "length"
         self.seqs[seq.seq_id] = seq
@@ -314,8 +319,11 @@ class Scheduler:
 
     def _choose(self, seq: Sequence, logits: torch.Tensor, argmax: int, logp: Optional[torch.Tensor]) -> TokenEvent:
         """The next token of ``seq`` from its logits row (``argmax`` and the raw ``logp`` precomputed)."""
-        if seq.processors or seq.cfg.do_sample:
+        if seq.processors or seq.cfg.do_sample or seq.logit_bias is not None:
             scores = logits[None].float()
+            if seq.logit_bias is not None:  # OpenAI's logit_bias: added to the logits before anything else
+                ids, bias = seq.logit_bias
+                scores = scores.index_add(1, ids.to(scores.device), bias.to(scores.device)[None])
             if seq.processors:
                 history = torch.tensor([seq.tokens], dtype=torch.long, device=scores.device)
                 scores = seq.processors(history, scores, gen_start=len(seq.prompt_ids))
