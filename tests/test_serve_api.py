@@ -206,10 +206,13 @@ def test_api_key_is_required_when_set(server):
         server.state.api_key = None
 
 
-def test_pii_in_requests_is_masked_or_refused(client, server):
+def test_pii_in_requests_is_masked_or_refused(client, server, tok):
     prompt = "Call me at 138 1234 5678 tomorrow."
     r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0, echo=True)
-    assert "138 1234 5678" not in r.choices[0].text and "<|phone|>" in r.choices[0].text
+    assert r.choices[0].text.startswith("Call me at <|phone|> tomorrow.")
+    ids = tok.encode(prompt)
+    r = client.completions.create(model=MODEL, prompt=ids, max_tokens=2, temperature=0, echo=True)
+    assert "138 1234 5678" not in r.choices[0].text and "<|phone|>" in r.choices[0].text  # ids are guarded too
     guard = server.state.guardrails
     guard.pii = "refuse"
     try:

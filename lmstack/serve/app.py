@@ -244,16 +244,16 @@ def create_app(state: ServerState) -> FastAPI:
                                     "requests; retry shortly", code="rate_limit_exceeded", kind="rate_limit_error")
             req = parse_request(await read_body(request), kind, {state.model_name}, state.limits)
             prompts, review_msgs, prefixes = prepare_prompts(state, req)
+            state.in_flight += 1
+            try:
+                job = await submit(state, req, prompts, prefixes, [r[-1]["content"] for r in review_msgs])
+            except BaseException:
+                state.in_flight -= 1
+                raise
         except APIError as e:
             state.engine.metrics.count_request(endpoint, e.status)
             raise
         state.engine.metrics.count_request(endpoint, 200)
-        state.in_flight += 1
-        try:
-            job = await submit(state, req, prompts, prefixes)
-        except BaseException:
-            state.in_flight -= 1
-            raise
         if req.stream:
             return StreamingResponse(streaming_body(state, req, job, review_msgs, request),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -290,7 +290,11 @@ def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[i
                 if any(t < 0 or t >= tok.vocab_size for t in p):
                     raise APIError(400, f"prompt[{i}] holds token ids outside the vocabulary (0..{tok.vocab_size - 1})",
                                    "prompt", "invalid_value")
-                reviews.append([{"role": "user", "content": tok.decode(p)}])
+                text = tok.decode(p)
+                masked = guard.check_request(text, f"prompt[{i}]")  # token ids do not get around the PII guard
+                if masked != text:
+                    p = masked
+                reviews.append([{"role": "user", "content": masked}])
             out.append(encode_prompt(tok, p))
         return out, reviews, [""] * len(out)
     except PIIRefused as e:
@@ -307,7 +311,8 @@ class Job:
     echo_texts: list[str]
 
 
-async def submit(state: ServerState, req: ParsedRequest, prompts: list[list[int]], prefixes: list[str]) -> Job:
+async def submit(state: ServerState, req: ParsedRequest, prompts: list[list[int]], prefixes: list[str],
+                 prompt_texts: list[str]) -> Job:
     sched = state.engine.scheduler
     for i, ids in enumerate(prompts):
         try:
@@ -331,7 +336,7 @@ async def submit(state: ServerState, req: ParsedRequest, prompts: list[list[int]
         for seq_id in choices:
             state.engine.abort(seq_id)
         raise APIError(400, str(e)) from None
-    echo = [state.tokenizer.decode(p) if req.echo else "" for p in prompts]
+    echo = [text if req.echo else "" for text in prompt_texts]  # the prompt as the model saw it (PII masked)
     prefix = "chatcmpl-" if req.kind == "chat" else "cmpl-"
     return Job(prefix + uuid.uuid4().hex, int(time.time()), out, choices, sum(len(p) for p in prompts), echo)
 
