@@ -100,6 +100,12 @@ def test_batch_of_prompts_and_n_choices(client, model, tok):
     assert [texts[i] for i in range(3)] == [c.message.content for c in sorted(a.choices, key=lambda c: c.index)]
 
 
+def test_a_vanishing_temperature_is_greedy(client):
+    kw = dict(model=MODEL, prompt="ROMEO:", max_tokens=8, extra_body={"ignore_eos": True})
+    greedy = client.completions.create(temperature=0, **kw).choices[0].text
+    assert client.completions.create(temperature=1e-200, seed=1, **kw).choices[0].text == greedy
+
+
 def test_stop_strings_cut_the_answer(client):
     base = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=30, temperature=0,
                                      extra_body={"ignore_eos": True}).choices[0].text

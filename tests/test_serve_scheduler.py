@@ -114,7 +114,9 @@ def test_greedy_equals_generate_alone_and_in_a_batch_of_16(model, tok):
         assert alone == (r.token_ids, r.text, "length")
     s, batch = run(model, tok, prompts, cfg)
     assert batch == [(r.token_ids, r.text, "length") for r in ref]
-    assert s.steps == 16  # every request joined the first step and decoded in lockstep
+    # 16 tokens each: all decode in lockstep, except that the second copy of a prompt with a full block
+    # waits one step to reuse the first copy's blocks
+    assert s.steps == 17
     s.pool.check_all_free()
 
 
@@ -251,3 +253,16 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model, tok)
     assert steps_until_late_token >= len(long_prompt) // 7  # the prompt really went in several chunks
     s.run_to_completion()
     s.pool.check_all_free()
+
+
+def test_simultaneous_requests_with_one_prompt_prefill_it_once(model, tok):
+    prompt = [tok.bos_id] + tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.")
+    cfg = GenerationConfig(strategy="sample", temperature=0.9, max_new_tokens=6, ignore_eos=True)
+    cfgs = [cfg.replace(seed=i) for i in range(4)]  # like the n choices of one request
+    ref = generate(model, tok, [prompt] * 4, cfgs)
+    for caching, computed in ((True, len(prompt) + 3 * (len(prompt) - (len(prompt) - 1) // 4 * 4)),
+                              (False, 4 * len(prompt))):
+        s, outs = run(model, tok, [prompt] * 4, cfgs, block_size=4, prefix_caching=caching)
+        assert outs == [(g.token_ids, g.text, "length") for g in ref]
+        assert s.prompt_tokens_computed == computed
+        s.pool.check_all_free()

@@ -26,6 +26,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass
 class Limits:
     max_request_bytes: int = 1 << 20
@@ -230,6 +233,8 @@ def parse_request(body: Any, kind: str, model_names: set[str], limits: Limits) -
                          integer=True)
     n = _number(body, "n", 1, 1, limits.max_n, integer=True)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    if temperature < MIN_TEMPERATURE:
+        temperature = 0.0  # logits / 1e-200 overflow to inf and sampling sees NaN: this close to 0 is greedy
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0:
         raise APIError(400, "'top_p' must be greater than 0", "top_p", "invalid_value")

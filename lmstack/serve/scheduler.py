@@ -91,6 +91,7 @@ class Sequence:
         self.tracker = TextTracker(tokenizer, cfg.stop)
         self.block_table: list[int] = []
         self.keys: list[int] = []  # prefix-cache keys of the full blocks registered so far
+        self.prefill_keys: list[int] = []  # keys of the full blocks its current prefill will fill
         self.num_computed = 0  # leading tokens whose keys/values are in the pool
         self.finish_reason: Optional[str] = None
         self.arrival = time.perf_counter()
@@ -109,6 +110,7 @@ class Sequence:
     def reset_cache_state(self) -> None:
         """Forget everything about the sequence's place in the pool (after its blocks were released)."""
         self.keys.clear()
+        self.prefill_keys = []
         self.num_computed = 0
 
     @property
@@ -202,7 +204,10 @@ class Scheduler:
         self.preemptions += 1
         self.waiting.appendleft(seq)
 
-    def _admit_prefix(self, seq: Sequence) -> None:
+    def _admit_prefix(self, seq: Sequence) -> bool:
+        """Map the cached blocks of the sequence's prefix; False when a running sequence is computing the
+        next block of the same prefix right now (then waiting one step turns a prefill into a cache hit:
+        the n choices of one request, or a burst of requests with one system prompt)."""
         # at least the last token must be computed to get the logits of the next one
         tokens = seq.tokens
         usable = (len(tokens) - 1) // self.pool.block_size
@@ -210,8 +215,13 @@ class Scheduler:
         seq.reset_cache_state()
         seq.block_table = self.pool.match_prefix(keys)
         seq.keys = keys[:len(seq.block_table)]
+        seq.prefill_keys = keys
         seq.num_computed = len(seq.block_table) * self.pool.block_size
         seq.cached_tokens = seq.num_computed
+        if self.pool.prefix_caching and len(seq.keys) < len(keys):
+            nxt = keys[len(seq.keys)]
+            return not any(nxt in other.prefill_keys[len(other.keys):] for other in self.running)
+        return True
 
     def schedule(self) -> list[tuple[Sequence, int]]:
         """(sequence, number of its tokens to compute) for the next step."""
@@ -239,10 +249,10 @@ class Scheduler:
                 self.waiting.popleft()
                 plan.append((seq, 0))
                 continue
-            self._admit_prefix(seq)
+            share_later = not self._admit_prefix(seq)
             n = min(seq.num_tokens - seq.num_computed, budget)
-            if not self.pool.ensure(seq.block_table, seq.num_computed + n):
-                self.pool.hits -= len(seq.block_table)  # not admitted: its prefix hits did not count
+            if share_later or not self.pool.ensure(seq.block_table, seq.num_computed + n):
+                self.pool.hits -= len(seq.block_table)  # not admitted now: its prefix hits do not count
                 self.pool.free_table(seq.block_table)
                 seq.reset_cache_state()
                 break
