@@ -12,7 +12,7 @@ from lmstack.serve.async_engine import AsyncEngine
 from lmstack.serve.guardrails import Guardrails
 from lmstack.serve.protocol import Limits, with_tools
 from lmstack.serve.scheduler import Scheduler, SchedulerConfig
-from test_generate_common import small_tokenizer, tiny_model
+from test_generate_common import small_tokenizer, tiny_model  # noqa: F401 (small_tokenizer is re-exported)
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",

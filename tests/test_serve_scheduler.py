@@ -2,7 +2,6 @@
 chunked prefill, preemption by recompute, and outputs equal to lmstack.generate's."""
 
 import pytest
-import torch
 
 from lmstack.generate import GenerationConfig, generate
 from lmstack.generate.engine import encode_prompt
