@@ -25,6 +25,7 @@ DELEGATED = {
     "generate": ("lmstack.generate.cli", "generate_main", "plain text completion from a checkpoint"),
     "hf": ("lmstack.model.hf", "main", "export a checkpoint to / import one from the HF transformers format"),
     "tokenize": ("lmstack.tokenizer.cli", "main", "train / encode / export a tokenizer outside a run (train|encode|export)"),
+    "serve": ("lmstack.serve.cli", "main", "OpenAI-compatible server: continuous batching, paged KV cache, web chat"),
     "world": ("lmstack.data.world", "main", "print or write the synthetic bilingual world (sizes via --set)"),
     "rag": ("lmstack.apps.cli", "rag_main", "document index (BM25 / dense / hybrid) and answers with [n] citations"),
     "agent": ("lmstack.apps.cli", "agent_main", "ReAct agent with calculator, knowledge-graph, search and date tools"),
