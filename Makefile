@@ -32,13 +32,26 @@ $(VENV)/.dev: $(VENV)/.core
 	$(PIPC) --quiet -e ".[dev,serve]"
 	@touch $@
 
+# System packages some tests use as peers: Chromium (the web chat page in a real browser) and
+# espeak-ng (speech synthesis for the speech-to-text data). Installed with apt where we are root;
+# elsewhere those tests skip and say why. Best effort: a failure here never fails `make test`.
+SYSTEM_PACKAGES := chromium espeak-ng
+$(VENV)/.system: | $(PY)
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing (apt)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null 2>&1 \
+	      || echo "could not install$$missing: the tests that need them will be skipped"; fi; \
+	else echo "not root or no apt: $(SYSTEM_PACKAGES) not installed; the tests that need them will be skipped"; fi
+	@touch $@
+
 run: $(VENV)/.core
 	$(VENV)/bin/lmstack run --recipe $(RECIPE)
 
 tiny: $(VENV)/.core
 	$(VENV)/bin/lmstack run --recipe recipes/tiny.toml
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(VENV)/.system
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
