@@ -1,0 +1,68 @@
+"""Quality of a compressed model against its uncompressed original, on the same tokens."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(reference || compressed), in nats (llama.cpp's `perplexity --kl-divergence`)."""
+    ref = F.log_softmax(reference_logits.float(), dim=-1)
+    got = F.log_softmax(logits.float(), dim=-1)
+    return (ref.exp() * (ref - got)).sum(-1).mean()
+
+
+def evaluation_windows(tokens: np.ndarray, seq_len: int, max_windows: int) -> torch.Tensor:
+    """Consecutive non-overlapping windows of ``seq_len + 1`` tokens from the start of a shard."""
+    n = min(max_windows, (len(tokens) - 1) // seq_len)
+    if n <= 0:
+        raise ValueError(f"validation shard has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    return torch.from_numpy(np.stack([np.asarray(tokens[i * seq_len:i * seq_len + seq_len + 1], dtype=np.int64)
+                                      for i in range(n)]))
+
+
+@torch.no_grad()
+def compare_models(model: nn.Module, reference: nn.Module | None, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """Loss / perplexity of ``model`` on ``windows [n, T+1]`` and, with a reference, the mean KL to it."""
+    total_loss = total_kl = 0.0
+    count = 0
+    device = next(iter(model.buffers()), None)
+    for i in range(0, windows.shape[0], batch_size):
+        batch = windows[i:i + batch_size]
+        if device is not None:
+            batch = batch.to(device.device)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits = model(inputs).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+        total_loss += float(loss)
+        if reference is not None:
+            ref_logits = reference(inputs).logits
+            total_kl += float(kl_to_reference(logits, ref_logits)) * targets.numel()
+        count += targets.numel()
+    loss = total_loss / count
+    out = {"loss": loss, "ppl": math.exp(loss)}
+    if reference is not None:
+        out["kl"] = total_kl / count
+    return out
+
+
+def decode_tokens_per_second(model: nn.Module, prompt: list[int], new_tokens: int = 64) -> float:
+    """Greedy batch-1 decoding speed through the public generate API (ignores stop tokens)."""
+    from lmstack.generate import GenerationConfig, generate
+
+    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False)
+    generate(model, [prompt], GenerationConfig(max_new_tokens=4, do_sample=False))  # warm-up
+    t0 = time.perf_counter()
+    out = generate(model, [prompt], cfg)
+    seconds = time.perf_counter() - t0
+    produced = len(out[0]) if isinstance(out, list) else new_tokens
+    return produced / max(seconds, 1e-9)
+
+
+__all__ = ["kl_to_reference", "evaluation_windows", "compare_models", "decode_tokens_per_second"]
