@@ -52,17 +52,15 @@ def compare_models(model: nn.Module, reference: nn.Module | None, windows: torch
     return out
 
 
-def decode_tokens_per_second(model: nn.Module, prompt: list[int], new_tokens: int = 64) -> float:
-    """Greedy batch-1 decoding speed through the public generate API (ignores stop tokens)."""
+def decode_tokens_per_second(model: nn.Module, tokenizer, prompt: list[int], new_tokens: int = 64) -> float:
+    """Greedy batch-1 decoding speed through the public generate API (stop tokens ignored)."""
     from lmstack.generate import GenerationConfig, generate
 
-    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False)
-    generate(model, [prompt], GenerationConfig(max_new_tokens=4, do_sample=False))  # warm-up
+    generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=4, ignore_eos=True))  # warm-up
     t0 = time.perf_counter()
-    out = generate(model, [prompt], cfg)
+    out = generate(model, tokenizer, [prompt], GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True))
     seconds = time.perf_counter() - t0
-    produced = len(out[0]) if isinstance(out, list) else new_tokens
-    return produced / max(seconds, 1e-9)
+    return len(out[0].token_ids) / max(seconds, 1e-9)
 
 
 __all__ = ["kl_to_reference", "evaluation_windows", "compare_models", "decode_tokens_per_second"]
