@@ -95,4 +95,6 @@ def test_prune_model_then_quantize_keeps_zeros(prune):
     assert all(abs(d["sparsity"] - 0.5) < 1e-9 for d in details.values())
     for name, m in model.named_modules():
         if getattr(m, "is_quantized_linear", False):
-            assert abs((m.dense_weight() == 0).float().mean().item() - 0.5) < 1e-9, name
+            # pruned weights stay exactly zero (0 is on every grid); a few kept ones may also round to 0
+            zeros = (m.dense_weight() == 0).float().mean().item()
+            assert 0.5 <= zeros < 0.51, name
