@@ -9,7 +9,8 @@ matrix in the layout that streams fastest for its shape and splits it over the C
 (``_Weight``); (3) rotates q and k together; (4) runs grouped-query attention without copying
 keys, by viewing each kv head's query group as the query-length axis. The copy costs one more
 set of the matrices' memory while generating. Anything this step does not cover (MoE, sliding
-windows, ALiBi, qk-norm, LoRA or quantized linears, biases, learned positions) uses
+windows, ALiBi, qk-norm, LoRA, quantized linears other than int8 weight-only ones (which run
+through ``lmstack.compress.int8``'s kernel), biases, learned positions) uses
 ``model.forward``, as does the batched engine's prefill. Tests check it against the model's own forward and
 against HF generate.
 """
@@ -24,7 +25,30 @@ import torch.nn.functional as F
 
 
 def _plain_linear(m) -> bool:
-    return type(m) is nn.Linear and m.bias is None
+    return (type(m) is nn.Linear and m.bias is None) or _int8_linear(m)
+
+
+def _int8_linear(m) -> bool:
+    # int8 weight-only QuantLinears (lmstack.compress) run through the int8 kernel: a new weight kind
+    if not getattr(m, "is_quantized_linear", False):
+        return False
+    from lmstack.compress.int8 import int8_decodable
+    return int8_decodable(m)
+
+
+def _decode_weight(modules, parts: int):
+    """The decode form of one linear or of several stacked along their outputs (q|k|v, gate|up)."""
+    if all(type(m) is nn.Linear for m in modules):
+        return _Weight(modules[0].weight if len(modules) == 1 else torch.cat([m.weight for m in modules]), parts)
+    if all(_int8_linear(m) for m in modules):
+        from lmstack.compress.int8 import Int8DecodeWeight
+        return Int8DecodeWeight(modules)
+    # a mix: compute with what each layer computes, in float
+    return _Weight(torch.cat([m.weight if type(m) is nn.Linear else m.dense_weight() for m in modules]), parts)
+
+
+def _weight_tensor(m) -> torch.Tensor:
+    return m.weight if type(m) is nn.Linear else m.qweight
 
 
 def supports_fast_decode(model) -> bool:
@@ -119,8 +143,8 @@ class FastDecoder:
     def _params(self):
         for blk in self.model.layers:
             a, f = blk.attn, blk.ffn
-            yield from (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
-                        f.gate_proj.weight, f.up_proj.weight, f.down_proj.weight)
+            yield from (_weight_tensor(m) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                                     f.gate_proj, f.up_proj, f.down_proj))
         yield self.model.lm_head.weight
 
     def refresh(self) -> "FastDecoder":
@@ -134,11 +158,11 @@ class FastDecoder:
         with torch.no_grad():
             for blk in self.model.layers:
                 a, f = blk.attn, blk.ffn
-                qkv = _Weight(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), parts)
-                gate_up = _Weight(torch.cat([f.gate_proj.weight, f.up_proj.weight]), parts)
+                qkv = _decode_weight([a.q_proj, a.k_proj, a.v_proj], parts)
+                gate_up = _decode_weight([f.gate_proj, f.up_proj], parts)
                 # prepared once: the hot loop looks up no submodules, only the norm weights
-                layers.append((_Norm(blk.attn_norm), qkv, _Weight(a.o_proj.weight, parts), _Norm(blk.ffn_norm),
-                               gate_up, _Weight(f.down_proj.weight, parts)))
+                layers.append((_Norm(blk.attn_norm), qkv, _decode_weight([a.o_proj], parts), _Norm(blk.ffn_norm),
+                               gate_up, _decode_weight([f.down_proj], parts)))
             self._final_norm = _Norm(self.model.norm)
             self._lm_head = _Weight(self.model.lm_head.weight, parts)
         self._layers = layers
