@@ -32,11 +32,10 @@ def compare_models(model: nn.Module, reference: nn.Module | None, windows: torch
     """Loss / perplexity of ``model`` on ``windows [n, T+1]`` and, with a reference, the mean KL to it."""
     total_loss = total_kl = 0.0
     count = 0
-    device = next(iter(model.buffers()), None)
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     for i in range(0, windows.shape[0], batch_size):
-        batch = windows[i:i + batch_size]
-        if device is not None:
-            batch = batch.to(device.device)
+        batch = windows[i:i + batch_size].to(device)
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits = model(inputs).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
