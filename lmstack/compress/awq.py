@@ -41,6 +41,7 @@ def awq_search(weight: torch.Tensor, inputs: torch.Tensor, act_abs_mean: torch.T
         alpha = k / grid
         s = mean_abs.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()  # keep scales around 1 (the paper's normalisation)
+        s = s.clamp(1e-4, 1e4).half().float()  # stored in fp16: search with exactly the stored value
         codes, scales, zeros = rtn_quantize(w * s[None, :], spec)
         approx = (x / s[None, :]) @ _dequant(codes, scales, zeros).t()
         err = float((approx - reference).pow(2).mean() / denom)
@@ -64,6 +65,7 @@ def smoothquant_linear(linear: torch.nn.Linear, act_abs_max: torch.Tensor, alpha
     w = linear.weight.detach().float()
     w_max = w.abs().amax(dim=0).clamp_min(1e-5)
     s = act_abs_max.float().clamp_min(1e-5).pow(alpha) / w_max.pow(1 - alpha)
+    s = s.clamp(1e-4, 1e4).half().float()  # stored in fp16
     spec = QuantSpec(bits=8, group_size=0, symmetric=True)
     codes, scales, zeros = rtn_quantize(w * s[None, :], spec)
     q = QuantLinear.from_codes(codes, scales, zeros, spec, bias=linear.bias, input_scale=s, act_bits=8)

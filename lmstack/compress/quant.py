@@ -167,8 +167,10 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, (in_features * spec.bits + 7) // 8, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.float16))
         self.register_buffer("zeros", None if spec.symmetric else torch.zeros(out_features, n_groups, dtype=torch.uint8))
-        self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32) if act_order else None)
-        self.register_buffer("input_scale", torch.ones(in_features) if input_scaled else None)
+        perm_dtype = torch.int16 if in_features <= 32767 else torch.int32
+        self.register_buffer("perm", torch.arange(in_features, dtype=perm_dtype) if act_order else None)
+        # fp16 like the group scales; AWQ/SmoothQuant round their scales to fp16 before using them
+        self.register_buffer("input_scale", torch.ones(in_features, dtype=torch.float16) if input_scaled else None)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._cache: tuple | None = None
 
@@ -188,9 +190,11 @@ class QuantLinear(nn.Module):
         if not spec.symmetric:
             m.zeros.copy_(zeros.round().to(torch.uint8))
         if perm is not None:
-            m.perm.copy_(perm.to(torch.int32))
+            m.perm.copy_(perm.to(m.perm.dtype))
         if input_scale is not None:
-            m.input_scale.copy_(input_scale.float())
+            if not torch.equal(input_scale.to(torch.float16).to(input_scale.dtype), input_scale):
+                raise ValueError("input_scale must be representable in fp16 (round it with .half() before quantizing)")
+            m.input_scale.copy_(input_scale.to(torch.float16))
         if bias is not None:
             m.bias.copy_(bias.detach().float())
         return m.to(codes.device)
@@ -230,7 +234,7 @@ class QuantLinear(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         """The dense matrix ``W`` with ``y = x W^T + b`` (input scaling folded back in)."""
         w = self.dense_weight()
-        return w / self.input_scale[None, :] if self.input_scale is not None else w
+        return w / self.input_scale.float()[None, :] if self.input_scale is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
