@@ -51,7 +51,9 @@ def method_variants(group: int) -> list[str]:
             f"quantize=awq,bits=4,{g}", f"quantize=rtn,bits=3,{g}", f"quantize=gptq,bits=3,{g},act_order=true",
             f"quantize=awq,bits=3,{g}", "quantize=rtn,bits=8,group_size=0,symmetric=true", "quantize=smoothquant",
             "quantize=nf4", "prune=magnitude,sparsity=0.5", "prune=wanda,sparsity=0.5", "prune=sparsegpt,sparsity=0.5",
-            "prune=wanda,n_m=2:4", "prune=sparsegpt,n_m=2:4"]
+            "prune=wanda,n_m=2:4", "prune=sparsegpt,n_m=2:4", "structured=ffn,structured_ratio=0.25",
+            "structured=heads,structured_ratio=0.5", "structured=layers,structured_ratio=0.25",
+            f"structured=ffn,structured_ratio=0.25,quantize=gptq,bits=4,{g}"]
 
 
 def group_for(model) -> int:

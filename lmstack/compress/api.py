@@ -49,6 +49,8 @@ class CompressConfig:
     prune: str = ""                # "" | magnitude | wanda | sparsegpt
     sparsity: float = 0.5
     n_m: str = ""                  # "2:4" / "4:8": N:M pattern instead of unstructured sparsity
+    structured: str = ""           # "" | ffn | heads | layers: remove whole units first (a smaller dense model)
+    structured_ratio: float = 0.25 # fraction of FFN neurons / head groups / blocks removed
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     calib_samples: int = 64        # training-set windows used for calibration
     calib_seq_len: int = 0         # 0 = the model's max_seq_len
@@ -69,18 +71,24 @@ class CompressConfig:
         if self.prune and not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"{where}.sparsity must be in [0, 1), got {self.sparsity}")
         parse_n_m(self.n_m)
+        if self.structured not in ("", "ffn", "heads", "layers"):
+            raise ValueError(f"{where}.structured={self.structured!r}: choose '', 'ffn', 'heads' or 'layers'")
+        if self.structured and not 0.0 <= self.structured_ratio < 1.0:
+            raise ValueError(f"{where}.structured_ratio must be in [0, 1), got {self.structured_ratio}")
         if self.calib_samples <= 0:
             raise ValueError(f"{where}.calib_samples must be positive, got {self.calib_samples}")
 
     @property
     def needs_calibration(self) -> bool:
-        return self.quantize in CALIBRATED or self.prune in CALIBRATED
+        return self.quantize in CALIBRATED or self.prune in CALIBRATED or bool(self.structured)
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.group_size, self.symmetric)
 
     def label(self) -> str:
         parts = []
+        if self.structured:
+            parts.append(f"structured {self.structured} -{self.structured_ratio:.0%}")
         if self.prune:
             parts.append(f"{self.prune} {self.n_m or f'{self.sparsity:.0%}'}")
         if self.quantize == "nf4":
@@ -180,6 +188,26 @@ def compress_model(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | 
     return details
 
 
+def compress(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | None = None,
+             log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+    """Everything ``cfg`` asks for: structured pruning first (it returns a new, smaller model), then
+    unstructured pruning and quantization in place. Returns (model, per-module details)."""
+    details: dict = {}
+    if cfg.structured:
+        from .structured import structured_prune
+        if calib is None:
+            raise ValueError("compress: structured pruning needs calibration tokens")
+        before = sum(p.numel() for p in model.parameters())
+        model, info = structured_prune(model, calib, cfg.structured, cfg.structured_ratio)
+        log(f"structured pruning ({cfg.structured}, {cfg.structured_ratio:.0%}): {before:,} -> "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        details["structured"] = {"kept": [k.tolist() if hasattr(k, "tolist") else k for k in info["kept"]]}
+    if cfg.prune or cfg.quantize:
+        details.update(compress_model(model, cfg, calib=calib, log=log))
+    model.compress_config = cfg
+    return model, details
+
+
 # ----------------------------------------------------------------------------- size accounting
 
 
@@ -277,5 +305,5 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["CompressConfig", "compress_model", "save_compressed", "load_compressed", "dequantize_model",
+__all__ = ["CompressConfig", "compress", "compress_model", "save_compressed", "load_compressed", "dequantize_model",
            "linear_bits_per_weight", "quantized_modules", "target_linears", "QUANT_METHODS", "PRUNE_METHODS"]

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .api import CompressConfig, compress_model, linear_bits_per_weight, save_compressed
+from .api import CompressConfig, compress, linear_bits_per_weight, save_compressed
 from .evaluate import compare_models, decode_tokens_per_second
 
 
@@ -45,7 +45,7 @@ def parse_variant(text: str, base: CompressConfig) -> CompressConfig:
             changes[key] = value
     merged = {**dataclasses.asdict(base), **changes}
     # a variant that names only a pruning method means "prune only" unless it also names quantize
-    if "prune" in changes and "quantize" not in changes:
+    if ("prune" in changes or "structured" in changes) and "quantize" not in changes:
         merged["quantize"] = ""
     return CompressConfig(**merged)
 
@@ -115,7 +115,7 @@ def compare_variants(reference: nn.Module, base: CompressConfig, variants: list,
         cfg = variant if isinstance(variant, CompressConfig) else parse_variant(variant, base)
         model = copy.deepcopy(reference)
         t0 = time.time()
-        compress_model(model, cfg, calib=calib if cfg.needs_calibration else None, log=log)
+        model, _ = compress(model, cfg, calib=calib if cfg.needs_calibration else None, log=log)
         seconds = time.time() - t0
         rows.append(measure(model, reference, windows, bytes_per_token, cfg.label(), tokenizer=tokenizer, facts=facts,
                             speed_tokens=speed_tokens, seconds=seconds))
