@@ -136,9 +136,11 @@ def _rebuild(model, new_cfg, layer_map: list[int], ffn_keep: list[torch.Tensor] 
     return new.eval()
 
 
-def structured_prune(model, calib: torch.Tensor, structure: str, ratio: float) -> tuple[nn.Module, dict]:
+def structured_prune(model, calib: torch.Tensor, structure: str, ratio: float,
+                     multiple_of: int = 32) -> tuple[nn.Module, dict]:
     """Remove ``ratio`` of the FFN neurons / head groups / blocks with the lowest importance.
-    Returns (new smaller model, {"importance": ..., "kept": ...})."""
+    The kept FFN width is rounded to a multiple of ``multiple_of`` (so group-wise quantization
+    still divides it). Returns (new smaller model, {"importance": ..., "kept": ...})."""
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
     if not 0.0 <= ratio < 1.0:
@@ -150,6 +152,8 @@ def structured_prune(model, calib: torch.Tensor, structure: str, ratio: float) -
     if structure == "ffn":
         scores = ffn_neuron_importance(model, calib)
         keep_n = max(1, round(cfg.ffn_hidden * (1 - ratio)))
+        if multiple_of > 1 and cfg.ffn_hidden % multiple_of == 0:
+            keep_n = max(multiple_of, round(keep_n / multiple_of) * multiple_of)
         keep = [torch.sort(torch.topk(s, keep_n).indices).values for s in scores]
         new = _rebuild(model, cfg.replace(ffn_hidden=keep_n, moe_expert_hidden=keep_n), layer_map, keep, None)
         return new, {"importance": scores, "kept": keep}
