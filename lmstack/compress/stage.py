@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import CompressConfig, compress_model, save_compressed
+from .api import CompressConfig, save_compressed
 
 STAGE = "compress"
 _CHECKPOINT_STAGES = ("ppo", "dpo", "sft", "pretrain")
@@ -27,6 +27,8 @@ class Config(CompressConfig):
     init_from: str = ""            # a checkpoint stage of this run, or a checkpoint directory; "" = latest
     compare: list[str] = field(default_factory=list)  # extra variants for the table, e.g. ["quantize=gptq,bits=4"]
     eval_windows: int = 32         # validation windows of calib_seq_len tokens for ppl / KL
+    text_file: str = ""            # outside a run: calibrate (first 90%) and evaluate (last 10%) on this UTF-8 text
+    tokenizer: str = ""            # tokenizer.json for text_file ("" = the run's)
     facts: int = 0                 # fact-QA questions per row (0 = skip; generation is slow)
     speed_tokens: int = 0          # tokens decoded at batch 1 per row for tok/s (0 = skip)
 
@@ -65,14 +67,20 @@ def run(ctx, cfg: Config):
     ckpt = resolve_checkpoint(root, cfg.init_from)
     reference = load_pretrained(ckpt, device=ctx.device).eval()
     seq_len = cfg.calib_seq_len or reference.config.max_seq_len
-    shards = root / "shards"
-    calib = calibration_batch(read_tokens(shards / "train.bin"), cfg.calib_samples, seq_len, seed=ctx.seed)
-    windows = evaluation_windows(read_tokens(shards / "val.bin"), seq_len, cfg.eval_windows)
-    bytes_per_token = bytes_per_token_from_meta(shards / "meta.json", "val")
     tokenizer = facts = None
-    if cfg.facts or cfg.speed_tokens:
-        from lmstack.align.common import load_tokenizer
-        tokenizer = load_tokenizer(root)
+    if cfg.facts or cfg.speed_tokens or cfg.text_file:
+        tokenizer = _load_tokenizer(root, cfg.tokenizer)
+    if cfg.text_file:
+        train_tokens, val_tokens, bytes_per_token = _text_tokens(Path(cfg.text_file), tokenizer)
+    else:
+        shards = root / "shards"
+        if not (shards / "train.bin").exists():
+            raise FileNotFoundError(f"{shards}/train.bin: no token shards in this run dir; run the tokenizer stage, "
+                                    "or set compress.text_file (and compress.tokenizer) to compress a checkpoint alone")
+        train_tokens, val_tokens = read_tokens(shards / "train.bin"), read_tokens(shards / "val.bin")
+        bytes_per_token = bytes_per_token_from_meta(shards / "meta.json", "val")
+    calib = calibration_batch(train_tokens, cfg.calib_samples, seq_len, seed=ctx.seed)
+    windows = evaluation_windows(val_tokens, seq_len, cfg.eval_windows)
     facts_path = root / "data" / "world" / "facts_eval.jsonl"
     if cfg.facts and facts_path.exists():
         from lmstack.eval.facts import read_facts
@@ -104,6 +112,29 @@ def run(ctx, cfg: Config):
         "", rows_markdown(rows), "", f"![quality vs size](plots/{plot.name})", ""])
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(root)),
                                                    "plot": f"plots/{plot.name}"}, report=report)
+
+
+def _load_tokenizer(root: Path, path: str):
+    from lmstack.tokenizer import Tokenizer
+
+    p = Path(path) if path else root / "tokenizer" / "tokenizer.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: tokenizer missing; set compress.tokenizer to a tokenizer.json")
+    return Tokenizer.load(p)
+
+
+def _text_tokens(path: Path, tokenizer):
+    """(calibration tokens, validation tokens, validation bytes per token) from one text file."""
+    import numpy as np
+
+    if not path.exists():
+        raise FileNotFoundError(f"compress.text_file={str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    cut = int(len(text) * 0.9)
+    train, val = text[:cut], text[cut:]
+    train_ids = np.array(tokenizer.encode(train), dtype=np.int64)
+    val_ids = np.array(tokenizer.encode(val), dtype=np.int64)
+    return train_ids, val_ids, len(val.encode("utf-8")) / max(len(val_ids), 1)
 
 
 __all__ = ["Config", "run", "resolve_checkpoint"]
