@@ -207,3 +207,21 @@ def test_calibrated_method_needs_calibration():
         compress_model(_tiny_model(), CompressConfig(quantize="gptq", group_size=32))
     with pytest.raises(ValueError, match="quantize"):
         CompressConfig(quantize="int3")
+
+
+def test_awq_clip_search_reduces_output_error_with_weight_outliers():
+    from lmstack.compress.awq import clip_search
+    torch.manual_seed(6)
+    w = torch.randn(32, 64)
+    w[torch.rand(32, 64) < 0.02] *= 8  # a few outlier weights stretch their groups' ranges
+    x = torch.randn(256, 64)
+    spec = QuantSpec(3, 32)
+    ratios = clip_search(w, x, spec)
+    assert ratios.shape == (32, 2) and (ratios <= 1).all() and (ratios >= 0.5).all() and (ratios < 1).any()
+
+    def out_err(clip):
+        codes, scales, zeros = rtn_quantize(w, spec, clip)
+        dq = QuantLinear.from_codes(codes, scales, zeros, spec).dense_weight()
+        return float((x @ (dq - w).t()).pow(2).mean())
+
+    assert out_err(ratios) < out_err(None)

@@ -44,6 +44,7 @@ class CompressConfig:
     block_size: int = 128          # GPTQ / SparseGPT lazy-batch width
     percdamp: float = 0.01         # GPTQ / SparseGPT: damping, a fraction of mean(diag H)
     awq_grid: int = 20
+    awq_clip: bool = True          # AWQ: also search each group's clipping range
     smooth_alpha: float = 0.5
     nf4_block_size: int = 64
     prune: str = ""                # "" | magnitude | wanda | sparsegpt
@@ -97,7 +98,9 @@ class CompressConfig:
             parts.append("smoothquant w8a8")
         elif self.quantize:
             g = f"g{self.group_size}" if self.group_size else "per-channel"
-            parts.append(f"{self.quantize} w{self.bits} {g}{' sym' if self.symmetric else ''}{' act-order' if self.act_order else ''}")
+            parts.append(f"{self.quantize} w{self.bits} {g}{' sym' if self.symmetric else ''}"
+                         f"{' act-order' if self.act_order and self.quantize == 'gptq' else ''}"
+                         f"{' no-clip' if self.quantize == 'awq' and not self.awq_clip else ''}")
         return " + ".join(parts) or "none"
 
 
@@ -148,7 +151,7 @@ def _quantize_linear(linear: nn.Linear, cfg: CompressConfig, acc, rows) -> tuple
                                                    percdamp=cfg.percdamp, act_order=cfg.act_order)
         return QuantLinear.from_codes(codes, scales, zeros, cfg.spec(), bias=linear.bias, perm=perm), {}
     if cfg.quantize == "awq":
-        return awq_quantize_linear(linear, rows, acc.channel_abs_mean(), cfg.spec(), cfg.awq_grid)
+        return awq_quantize_linear(linear, rows, acc.channel_abs_mean(), cfg.spec(), cfg.awq_grid, cfg.awq_clip)
     if cfg.quantize == "smoothquant":
         return smoothquant_linear(linear, acc.abs_max, cfg.smooth_alpha)
     raise ValueError(f"unknown quantization method {cfg.quantize!r}")

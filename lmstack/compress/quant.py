@@ -53,20 +53,22 @@ class QuantSpec:
         return asdict(self)
 
 
-def group_params(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for each row of ``w [rows, cols]`` (one group): shapes [rows].
 
-    The scale is rounded to fp16 *before* it is used, so the codes are computed against exactly
-    the scale that will be stored.
+    ``clip [rows]`` (in (0, 1]) shrinks the covered range (values beyond it saturate), as AWQ's
+    clipping search chooses. The scale is rounded to fp16 *before* it is used, so the codes are
+    computed against exactly the scale that will be stored.
     """
     w = w if w.is_floating_point() and w.dtype != torch.float16 else w.float()
+    shrink = clip.to(w.dtype) if clip is not None else 1.0
     if spec.symmetric:
-        absmax = w.abs().amax(dim=1)
+        absmax = w.abs().amax(dim=1) * shrink
         scale = absmax / (2 ** (spec.bits - 1) - 1)
         zero = torch.full_like(scale, float(2 ** (spec.bits - 1)))
     else:
-        lo = w.amin(dim=1).clamp(max=0)  # keep 0 on the grid (padding and pruned zeros stay exact)
-        hi = w.amax(dim=1).clamp(min=0)
+        lo = w.amin(dim=1).clamp(max=0) * shrink  # keep 0 on the grid (padding and pruned zeros stay exact)
+        hi = w.amax(dim=1).clamp(min=0) * shrink
         scale = (hi - lo) / spec.max_code
         zero = None
     scale = torch.where(scale > 0, scale, torch.ones_like(scale)).clamp(6.1e-5, 6.5e4)
@@ -93,13 +95,15 @@ def fake_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max_
     return (quantize_codes(w, scale, zero, max_code) - zero) * scale
 
 
-def rtn_quantize(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest. Returns (codes [out, in] int16, scales [out, G], zeros [out, G])."""
+def rtn_quantize(weight: torch.Tensor, spec: QuantSpec,
+                 clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest (``clip [out, G]``: per-group range ratios). Returns (codes [out, in] int16,
+    scales [out, G], zeros [out, G])."""
     out, inp = weight.shape
     n_groups = spec.groups_for(inp)
     g = inp // n_groups
     grouped = weight.detach().float().reshape(out * n_groups, g)
-    scale, zero = group_params(grouped, spec)
+    scale, zero = group_params(grouped, spec, None if clip is None else clip.reshape(-1))
     codes = quantize_codes(grouped, scale, zero, spec.max_code)
     return codes.reshape(out, inp).to(torch.int16), scale.view(out, n_groups), zero.view(out, n_groups)
 
