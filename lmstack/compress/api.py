@@ -171,7 +171,7 @@ def compress_model(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | 
     details: dict[str, dict] = {}
     t0 = time.time()
     groups = layer_groups(model, names)
-    keep_rows = 512 if cfg.quantize == "awq" else 0
+    keep_rows = 2048 if cfg.quantize == "awq" else 0  # AWQ searches its scales on these input rows
     for group in tqdm(groups, desc=f"compress ({cfg.label()})", leave=False):
         stats = collect_inputs(model, group, calib, keep_rows=keep_rows) if cfg.needs_calibration else {}
         for name in group:

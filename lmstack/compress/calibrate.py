@@ -60,12 +60,14 @@ def layer_groups(model: nn.Module, names: Iterable[str]) -> list[list[str]]:
 def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, *, batch_size: int = 8,
                    keep_rows: int = 0) -> dict[str, tuple[HessianAccumulator, torch.Tensor | None]]:
     """Run the calibration tokens through ``model`` until every module in ``names`` has seen its
-    input; returns {name: (accumulator, first ``keep_rows`` input rows or None)}."""
+    input; returns {name: (accumulator, about ``keep_rows`` input rows sampled evenly or None)}."""
     modules = dict(model.named_modules())
     stats: dict[str, HessianAccumulator] = {}
     kept: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     handles = []
     last = names[-1]
+    n_batches = -(-calib.shape[0] // batch_size)
+    per_batch = -(-keep_rows // n_batches) if keep_rows else 0
 
     def hook_for(name: str) -> Callable:
         def hook(module, args, output):
@@ -75,9 +77,10 @@ def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, *, b
                 acc = stats[name] = HessianAccumulator(x.shape[-1], device=x.device)
             acc.add(x)
             if keep_rows:
-                have = sum(t.shape[0] for t in kept[name])
-                if have < keep_rows:
-                    kept[name].append(x.reshape(-1, x.shape[-1])[: keep_rows - have].float().clone())
+                # an even share from every batch, spread over its rows, so the sample covers all sequences
+                rows = x.reshape(-1, x.shape[-1])
+                step = max(1, rows.shape[0] // per_batch)
+                kept[name].append(rows[::step][:per_batch].float().clone())
             if name == last:
                 raise _StopForward
         return hook
