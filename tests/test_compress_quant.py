@@ -53,11 +53,14 @@ def test_more_bits_less_error():
     assert errs[0] > errs[1] > errs[2] > errs[3]
 
 
-def test_bad_group_size_message():
+def test_bad_group_size_message_and_fitting():
     with pytest.raises(ValueError, match="does not divide"):
         QuantLinear.from_linear(nn.Linear(48, 8), QuantSpec(4, 32))
     with pytest.raises(ValueError, match="bits"):
         QuantSpec(5, 32)
+    assert QuantSpec(4, 128).fitted(704).group_size == 64  # the llama-style preset's down_proj
+    assert QuantSpec(4, 128).fitted(256).group_size == 128
+    assert QuantSpec(4, 32).fitted(36).group_size == 0  # nothing >= 8 divides: per-channel
 
 
 # ----------------------------------------------------------------------------- GPTQ oracle
@@ -225,3 +228,11 @@ def test_awq_clip_search_reduces_output_error_with_weight_outliers():
         return float((x @ (dq - w).t()).pow(2).mean())
 
     assert out_err(ratios) < out_err(None)
+
+
+def test_default_group_128_on_the_llama_preset_shapes():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("llama-style", vocab_size=64, n_layers=1, max_seq_len=16)).eval()
+    details = compress_model(model, CompressConfig(quantize="rtn"), log=lambda s: None)
+    assert model.layers[0].ffn.down_proj.spec.group_size == 64 and details["layers.0.ffn.down_proj"]["group_size"] == 64
+    assert model.layers[0].attn.q_proj.spec.group_size == 128

@@ -65,7 +65,7 @@ class CompressConfig:
         if self.prune not in PRUNE_METHODS:
             raise ValueError(f"{where}.prune={self.prune!r}: choose one of {', '.join(repr(m) for m in PRUNE_METHODS)}")
         if self.quantize in ("rtn", "gptq", "awq"):
-            QuantSpec(self.bits, self.group_size, self.symmetric)
+            QuantSpec(self.bits, self.group_size, self.symmetric)  # a group that does not divide a layer shrinks there
         if self.prune and self.quantize == "gptq":
             raise ValueError(f"{where}: prune + gptq is not supported (GPTQ's updates would refill pruned weights); "
                              "use prune with rtn, awq or nf4, or SparseGPT alone")
@@ -141,17 +141,18 @@ def _prune_linear(linear: nn.Linear, cfg: CompressConfig, acc) -> dict:
 
 @torch.no_grad()
 def _quantize_linear(linear: nn.Linear, cfg: CompressConfig, acc, rows) -> tuple[nn.Module, dict]:
+    spec = cfg.spec().fitted(linear.in_features)
     if cfg.quantize == "rtn":
-        return QuantLinear.from_linear(linear, cfg.spec()), {}
+        return QuantLinear.from_linear(linear, spec), {}
     if cfg.quantize == "nf4":
         from lmstack.align.nf4 import NF4Linear
         return NF4Linear.from_linear(linear, block_size=cfg.nf4_block_size), {}
     if cfg.quantize == "gptq":
-        codes, scales, zeros, perm = gptq_quantize(linear.weight, acc.hessian, cfg.spec(), block_size=cfg.block_size,
+        codes, scales, zeros, perm = gptq_quantize(linear.weight, acc.hessian, spec, block_size=cfg.block_size,
                                                    percdamp=cfg.percdamp, act_order=cfg.act_order)
-        return QuantLinear.from_codes(codes, scales, zeros, cfg.spec(), bias=linear.bias, perm=perm), {}
+        return QuantLinear.from_codes(codes, scales, zeros, spec, bias=linear.bias, perm=perm), {}
     if cfg.quantize == "awq":
-        return awq_quantize_linear(linear, rows, acc.channel_abs_mean(), cfg.spec(), cfg.awq_grid, cfg.awq_clip)
+        return awq_quantize_linear(linear, rows, acc.channel_abs_mean(), spec, cfg.awq_grid, cfg.awq_clip)
     if cfg.quantize == "smoothquant":
         return smoothquant_linear(linear, acc.abs_max, cfg.smooth_alpha)
     raise ValueError(f"unknown quantization method {cfg.quantize!r}")
@@ -181,6 +182,12 @@ def compress_model(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | 
             if cfg.prune:
                 info.update(_prune_linear(linear, cfg, acc))
             if cfg.quantize:
+                fitted = cfg.spec().fitted(linear.in_features).group_size
+                if cfg.quantize in ("rtn", "gptq", "awq") and fitted != cfg.group_size:
+                    info["group_size"] = fitted
+                    if not any("group_size" in d for d in details.values()):
+                        log(f"{name}: group_size {cfg.group_size} does not divide its {linear.in_features} inputs; "
+                            f"using {fitted or 'per-channel'} there (and wherever else that happens)")
                 new, qinfo = _quantize_linear(linear, cfg, acc, rows)
                 info.update(qinfo)
                 parent, child = _get_parent(model, name)

@@ -49,6 +49,14 @@ class QuantSpec:
                              f"pick a divisor (or 0 for per-channel)")
         return in_features // g
 
+    def fitted(self, in_features: int) -> "QuantSpec":
+        """This spec, or with the largest halving of ``group_size`` (>= 8) that divides ``in_features``
+        (per-channel if none does): e.g. a SwiGLU down projection with 704 inputs gets groups of 64."""
+        g = self.group_size
+        while g and in_features % g:
+            g = g // 2 if g // 2 >= 8 and g % 2 == 0 else 0
+        return self if g == self.group_size else QuantSpec(self.bits, g, self.symmetric)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
