@@ -168,32 +168,41 @@ def student_config(teacher_cfg: ModelConfig) -> ModelConfig:
 
 
 def part_distill(model, tok, train, val, bpt, args) -> list[str]:
-    from lmstack.compress.distill import DistillConfig, distill, speculative_report
+    from lmstack.compress.distill import DistillConfig, distill, speculative_report, teacher_sequences
 
     seq = min(model.config.max_seq_len, 128)
     steps = args.distill_steps or (20 if args.quick else 400)
     windows = evaluation_windows(val, seq, args.windows)
     rows, students = [], {}
-    for label, alpha in (("student, no teacher", 0.0), ("student, logit KD (forward KL, T=2)", 0.5)):
+    # sequence-level KD data: the teacher continues prompts taken from the training shard
+    n_seqs = 16 if args.quick else 256
+    rng = np.random.default_rng(1)
+    prompts_kd = [[int(t) for t in train[s:s + 16]] for s in rng.integers(0, len(train) - 16, size=n_seqs)]
+    kd_rows = teacher_sequences(model, tok, prompts_kd, max_new_tokens=seq - 15, seq_len=seq, temperature=1.0)
+    for label, alpha, data in (("student, no teacher", 0.0, train), ("student, logit KD (forward KL, T=2)", 0.5, train),
+                               ("student, sequence-level KD (teacher samples)", 0.0, kd_rows)):
         torch.manual_seed(0)
         student = Transformer(student_config(model.config))
-        distill(student, model, train, DistillConfig(steps=steps, batch_size=8, seq_len=seq, alpha=alpha, temperature=2.0),
-                log=lambda s: print(f"  {s}", file=sys.stderr))
+        distill(student, model, data, DistillConfig(steps=steps, batch_size=8, seq_len=seq, alpha=alpha, temperature=2.0),
+                log=lambda s: print(f"  {s}", file=sys.stderr), pad_id=tok.pad_id)
         stats = compare_models(student, model, windows)
         rows.append((label, student.num_params(), stats["ppl"], stats["loss"] / math.log(2) / bpt, stats["kl"]))
-        students[alpha] = student
+        students[label] = student
     teacher_ppl = compare_models(model, None, windows)["ppl"]
     print(f"\n## Distillation ({steps} steps x 8 x {seq} tokens each; teacher ppl {teacher_ppl:.3f})\n")
     print("| model | params | val ppl | bits/byte | KL to teacher |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:,} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.4f} |")
-    lines = [f"result: distill_ppl_gain={rows[0][2] - rows[1][2]:.3f}"]
+    lines = [f"result: logit_kd_ppl_gain={rows[0][2] - rows[1][2]:.3f}",
+             f"result: sequence_kd_ppl_gain={rows[0][2] - rows[2][2]:.3f}"]
     prompts = [[tok.bos_id] + list(map(int, val[i * 40:i * 40 + 24])) for i in range(2 if args.quick else 8)]
     print("\n| draft | acceptance | speed-up (greedy, gamma 4) |\n|---|---|---|")
-    for alpha, label in ((0.0, "undistilled"), (0.5, "distilled")):
-        rep = speculative_report(model, students[alpha], tok, prompts, max_new_tokens=16 if args.quick else 64)
+    for key, (label, _, _, _, _) in zip(("undistilled", "logit_kd", "sequence_kd"), rows):
+        rep = speculative_report(model, students[label], tok, prompts, max_new_tokens=16 if args.quick else 64)
         print(f"| {label} | {rep['acceptance_rate']:.3f} | {rep['speedup']:.2f}x |")
-        lines.append(f"result: draft_{label}_acceptance={rep['acceptance_rate']:.3f}")
+        lines.append(f"result: draft_{key}_acceptance={rep['acceptance_rate']:.3f}")
+        if not args.quick:
+            lines.append(f"result: draft_{key}_speedup={rep['speedup']:.3f}")
     return lines
 
 

@@ -115,11 +115,12 @@ def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def target_linears(model: nn.Module, patterns: list[str]) -> list[str]:
     from lmstack.align.lora import find_target_linears
 
-    names = [n for n in find_target_linears(model, patterns) if type(dict(model.named_modules())[n]) is nn.Linear]
+    modules = dict(model.named_modules())
+    names = [n for n in find_target_linears(model, patterns) if type(modules[n]) is nn.Linear]
     if not names:
         raise ValueError(f"compress.target_modules={patterns} matched no nn.Linear in the model")
     tied = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n == "embed.weight"}
-    bad = [n for n in names if id(dict(model.named_modules())[n].weight) in tied]
+    bad = [n for n in names if id(modules[n].weight) in tied]
     if bad:
         raise ValueError(f"compress: {bad[0]} shares its weight with the embedding; exclude it from target_modules")
     return names

@@ -163,10 +163,13 @@ class QuantLinear(nn.Module):
       ``W diag(s)`` and the input is divided by ``s`` here;
     - ``act_bits = 8``: SmoothQuant W8A8: each input row is quantized to int8 (dynamic, per token,
       symmetric) before the product.
-    The forward pass dequantizes the weight (cached until the buffers change).
+    The forward pass dequantizes the weight (cached until the buffers change; see ``cache_dense``).
     """
 
     is_quantized_linear = True
+    # Keep the dequantized matrix between calls (fast, but as much memory as the fp32 layer while in
+    # use); set False on the class or an instance to dequantize at every call instead.
+    cache_dense = True
 
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False,
                  act_order: bool = False, input_scaled: bool = False, act_bits: int = 0):
@@ -240,7 +243,7 @@ class QuantLinear(nn.Module):
             unpermuted[:, self.perm.long()] = w
             w = unpermuted
         w = w.to(dtype)
-        self._cache = (key, w)
+        self._cache = (key, w) if self.cache_dense else None
         return w
 
     def effective_weight(self) -> torch.Tensor:
