@@ -174,16 +174,40 @@ def tokenizer_fields(tokenizer) -> dict:
     return {"tokens": tokens, "types": types, "merges": merges}
 
 
+def llama_cpp_pre_tokenizer(tokenizer) -> tuple[str, str]:
+    """The llama.cpp pre-tokenizer (``tokenizer.ggml.pre``) closest to the tokenizer's split pattern,
+    and "" when it is exact or a sentence saying where the two differ.
+
+    llama.cpp only knows a fixed list of split rules. lmstack's ``gpt2`` pattern is llama.cpp's
+    "gpt-2"; its ``gpt4`` pattern with 3-digit groups is "llama-bpe" (Llama 3 uses the cl100k rule).
+    The default ``lmstack`` pattern has no exact counterpart: "llama-bpe" differs in that a Han run
+    may take a leading punctuation mark and join adjacent Latin letters, and numbers split into
+    groups of 3 instead of ``max_digits``.
+    """
+    meta = getattr(tokenizer, "metadata", {}) or {}
+    name, digits = meta.get("pattern_name"), meta.get("max_digits")
+    if name == "gpt2":
+        return "gpt-2", ""
+    if name == "gpt4" and digits == 3:
+        return "llama-bpe", ""
+    if name in ("gpt4", "lmstack"):
+        return "llama-bpe", (f"lmstack pattern {name!r} (digit groups of {digits}) has no exact llama.cpp pre-tokenizer; "
+                             "'llama-bpe' splits numbers in groups of 3" + (" and does not cut Han runs from "
+                             "neighbouring letters/punctuation" if name == "lmstack" else "") +
+                             ", so llama.cpp may tokenize such text differently")
+    return "llama-bpe", "unknown split pattern: llama.cpp's 'llama-bpe' rule is a guess"
+
+
 # ----------------------------------------------------------------------------- writing
 
 
 def export_gguf(model, tokenizer, path: str | os.PathLike, file_type: str = "f32", *, name: str = "lmstack",
-                pre_tokenizer: str = "gpt-2") -> Path:
+                pre_tokenizer: str = "auto", warn=None) -> Path:
     """Write ``model`` (a llama-style lmstack Transformer) and its tokenizer as a GGUF file.
 
-    ``pre_tokenizer`` names one of llama.cpp's built-in pre-tokenizers (tokenizer.ggml.pre): llama.cpp
-    cannot read a custom regex, so text whose pre-tokenization differs from lmstack's pattern may be
-    tokenized differently there.
+    ``pre_tokenizer`` names one of llama.cpp's built-in pre-tokenizers (tokenizer.ggml.pre); "auto"
+    picks the closest to the tokenizer's pattern (:func:`llama_cpp_pre_tokenizer`) and passes the
+    caveat, if any, to ``warn``.
     """
     try:
         import gguf
@@ -216,6 +240,10 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, file_type: str = "f32
     tok = tokenizer_fields(tokenizer)
     if len(tok["tokens"]) != cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tok['tokens'])} tokens but the model's vocab_size is {cfg.vocab_size}")
+    if pre_tokenizer == "auto":
+        pre_tokenizer, caveat = llama_cpp_pre_tokenizer(tokenizer)
+        if caveat and warn is not None:
+            warn(caveat)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre_tokenizer)
     writer.add_token_list(tok["tokens"])
@@ -253,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help="tokenizer.json (default: <run>/tokenizer/tokenizer.json next to the checkpoint)")
     p.add_argument("--out", required=True, help="output .gguf path")
     p.add_argument("--type", default="f32", choices=FILE_TYPES, help="weight type of the matrices (default f32)")
-    p.add_argument("--pre", default="gpt-2", help="llama.cpp pre-tokenizer name written to tokenizer.ggml.pre")
+    p.add_argument("--pre", default="auto", help="llama.cpp pre-tokenizer written to tokenizer.ggml.pre "
+                                                 "(default: the closest to the tokenizer's split pattern)")
     args = p.parse_args(argv)
     from lmstack.compress import dequantize_model, load_compressed
     from lmstack.tokenizer import Tokenizer
@@ -264,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = resolve_checkpoint(ckpt, "")
     tok_path = Path(args.tokenizer) if args.tokenizer else _find_tokenizer(ckpt)
     model = dequantize_model(load_compressed(ckpt)).eval()
-    out = export_gguf(model, Tokenizer.load(tok_path), args.out, args.type, name=ckpt.name, pre_tokenizer=args.pre)
+    import sys
+    out = export_gguf(model, Tokenizer.load(tok_path), args.out, args.type, name=ckpt.name, pre_tokenizer=args.pre,
+                      warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {args.type})")
     return 0
 
@@ -278,4 +309,4 @@ def _find_tokenizer(ckpt: Path) -> Path:
 
 
 __all__ = ["export_gguf", "quantize_q8_0", "quantize_q4_0", "dequantize_q8_0", "dequantize_q4_0", "gguf_tensors",
-           "tokenizer_fields", "rope_rows_to_interleaved", "check_exportable", "FILE_TYPES"]
+           "tokenizer_fields", "rope_rows_to_interleaved", "check_exportable", "llama_cpp_pre_tokenizer", "FILE_TYPES"]
