@@ -9,8 +9,8 @@ matrix in the layout that streams fastest for its shape and splits it over the C
 (``_Weight``); (3) rotates q and k together; (4) runs grouped-query attention without copying
 keys, by viewing each kv head's query group as the query-length axis. The copy costs one more
 set of the matrices' memory while generating. Anything this step does not cover (MoE, sliding
-windows, ALiBi, qk-norm, LoRA, quantized linears other than int8 weight-only ones (which run
-through ``lmstack.compress.int8``'s kernel), biases, learned positions) uses
+windows, ALiBi, qk-norm, LoRA, quantized linears other than int8 per-channel ones (which run
+through ``lmstack.compress.int8``'s int8 GEMM), biases, learned positions) uses
 ``model.forward``, as does the batched engine's prefill. Tests check it against the model's own forward and
 against HF generate.
 """
