@@ -111,13 +111,16 @@ def part_methods(model, tok, train, val, bpt, args, title: str, prefix: str) -> 
 
 
 def part_int8(model, tok, val, args) -> list[str]:
-    from lmstack.compress.int8 import int8_weight_only
+    from lmstack.compress.int8 import MODE, decode_kl, int8_weight_only
 
     int8 = int8_weight_only(copy.deepcopy(model))
-    windows = evaluation_windows(val, min(model.config.max_seq_len, 256), args.windows)
+    seq = min(model.config.max_seq_len, 256)
+    windows = evaluation_windows(val, seq, args.windows)
     kl = compare_models(int8, model, windows)["kl"]
-    lines = [f"result: int8_kl={kl:.5f}"]
-    print(f"\n## int8 weight-only decoding (batch 1)\n\nKL(fp32 || int8) on validation: {kl:.5f}")
+    step_kl = sum(decode_kl(model, int8, w[None, :seq]) for w in windows[:4]) / min(4, len(windows))
+    lines = [f"result: int8_kl={step_kl:.5f}", f"result: int8_forward_kl={kl:.5f}"]
+    print(f"\n## int8 decoding (batch 1; int8 weights, {MODE} mode)\n\nKL(fp32 || int8) on validation: forward (weight-only) "
+          f"{kl:.5f}; fast decode step ({MODE}) {step_kl:.5f}")
     if args.quick:
         print("(--quick: speed not measured)")
         return lines

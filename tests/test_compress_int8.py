@@ -91,3 +91,11 @@ def test_decoder_follows_changed_weights():
     after, reference = fast_vs_forward()
     assert not torch.allclose(before, after)
     assert kl_to_reference(after, reference) < 1e-3
+
+
+def test_decode_kl_helper():
+    from lmstack.compress.int8 import decode_kl
+    fp32 = _model()
+    ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(2))
+    kl = decode_kl(fp32, int8_weight_only(copy.deepcopy(fp32)), ids)
+    assert 0 < kl < 0.01

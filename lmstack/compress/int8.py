@@ -80,4 +80,21 @@ def int8_weight_only(model: nn.Module, target_modules: list[str] | None = None) 
     return model
 
 
-__all__ = ["Int8DecodeWeight", "int8_decodable", "int8_weight_only", "MODE", "MODES"]
+@torch.no_grad()
+def decode_kl(reference: nn.Module, int8_model: nn.Module, ids: torch.Tensor, prefill: int = 8) -> float:
+    """Mean KL(reference || int8 decode step) over positions ``prefill..T-1`` of ``ids [1, T]``: the
+    quality of what the fast decode step actually computes (int8 activations included)."""
+    from lmstack.generate.fast import fast_decoder
+
+    from .evaluate import kl_to_reference
+
+    dec = fast_decoder(int8_model)
+    if dec is None:
+        raise ValueError("decode_kl: the fast decode step does not cover this model")
+    cache = int8_model.new_kv_cache(1, ids.shape[1])
+    int8_model(ids[:, :prefill], kv_cache=cache)
+    logits = torch.cat([dec.step(ids[:, t:t + 1], cache) for t in range(prefill, ids.shape[1])])
+    return float(kl_to_reference(logits, reference(ids).logits[0, prefill:]))
+
+
+__all__ = ["decode_kl", "Int8DecodeWeight", "int8_decodable", "int8_weight_only", "MODE", "MODES"]
