@@ -33,13 +33,15 @@ class HessianAccumulator:
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1])
         rows = x.shape[0]
-        xd = x.double()
+        if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        # one batch's x^T x in the input's precision (fp32 activations: 2-4x faster than fp64), summed in fp64;
         # incremental mean of 2 x x^T
         self.hessian *= self.n / (self.n + rows)
         self.n += rows
-        self.hessian += (2.0 / self.n) * (xd.t() @ xd)
+        self.hessian += (2.0 / self.n) * (x.t() @ x).double()
         self.abs_max = torch.maximum(self.abs_max, x.abs().amax(dim=0).float())
-        self.abs_sum += xd.abs().sum(dim=0)
+        self.abs_sum += x.abs().sum(dim=0).double()
 
     def channel_sq_norm(self) -> torch.Tensor:
         """``||X_j||^2 / n`` per input channel (the Hessian's diagonal / 2)."""
