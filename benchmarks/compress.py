@@ -241,7 +241,7 @@ def large_model(args):
     torch.manual_seed(0)
     model = Transformer(cfg)
     print(f"large model: {model.num_params():,} parameters, {args.large_steps} steps on tinyshakespeare", file=sys.stderr)
-    distill(model, None, ids[:split], DistillConfig(steps=args.large_steps, batch_size=16, seq_len=256, alpha=0.0, lr=1e-3),
+    distill(model, None, ids[:split], DistillConfig(steps=args.large_steps, batch_size=8, seq_len=256, alpha=0.0, lr=1e-3),
             log=lambda s: print(f"  {s}", file=sys.stderr))
     bpt = len(text[int(0.9 * len(text)):].encode("utf-8")) / max(len(ids) - split, 1)
     return model.eval(), tok, ids[:split], ids[split:], bpt
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=0, help="validation windows (default 64, quick 4)")
     p.add_argument("--facts", type=int, default=0, help="fact-QA questions per row (0 = skip)")
     p.add_argument("--distill-steps", type=int, default=0)
-    p.add_argument("--large-steps", type=int, default=600)
+    p.add_argument("--large-steps", type=int, default=300, help="training steps (x 8 x 256 tokens) of the ~20M model")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="benchmarks/out", help="where plots go")
     args = p.parse_args(argv)

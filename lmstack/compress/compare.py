@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .api import CompressConfig, compress, linear_bits_per_weight, save_compressed
-from .evaluate import compare_models, decode_tokens_per_second
+from .evaluate import compare_models, decode_tokens_per_second, reference_logits
 
 
 def parse_variant(text: str, base: CompressConfig) -> CompressConfig:
@@ -64,7 +64,7 @@ class Row:
     sparsity: float = 0.0
 
 
-def measure(model: nn.Module, reference: nn.Module, windows: torch.Tensor, bytes_per_token: float, label: str, *,
+def measure(model: nn.Module, reference: nn.Module | list, windows: torch.Tensor, bytes_per_token: float, label: str, *,
             tokenizer=None, facts: list | None = None, speed_tokens: int = 0, seconds: float = 0.0) -> Row:
     stats = compare_models(model, reference, windows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +108,8 @@ def compare_variants(reference: nn.Module, base: CompressConfig, variants: list,
     import time
 
     reference = reference.eval()
-    rows = [measure(reference, reference, windows, bytes_per_token, "fp32", tokenizer=tokenizer, facts=facts,
+    cached = reference_logits(reference, windows)
+    rows = [measure(reference, cached, windows, bytes_per_token, "fp32", tokenizer=tokenizer, facts=facts,
                     speed_tokens=speed_tokens)]
     models = []
     for variant in variants:
@@ -117,7 +118,7 @@ def compare_variants(reference: nn.Module, base: CompressConfig, variants: list,
         t0 = time.time()
         model, _ = compress(model, cfg, calib=calib if cfg.needs_calibration else None, log=log)
         seconds = time.time() - t0
-        rows.append(measure(model, reference, windows, bytes_per_token, cfg.label(), tokenizer=tokenizer, facts=facts,
+        rows.append(measure(model, cached, windows, bytes_per_token, cfg.label(), tokenizer=tokenizer, facts=facts,
                             speed_tokens=speed_tokens, seconds=seconds))
         log(f"{rows[-1].label}: ppl {rows[-1].ppl:.3f} kl {rows[-1].kl:.4f} bits/weight {rows[-1].bits_per_weight:.2f}")
         if keep_models:

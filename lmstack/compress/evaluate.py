@@ -28,8 +28,18 @@ def evaluation_windows(tokens: np.ndarray, seq_len: int, max_windows: int) -> to
 
 
 @torch.no_grad()
-def compare_models(model: nn.Module, reference: nn.Module | None, windows: torch.Tensor, batch_size: int = 8) -> dict:
-    """Loss / perplexity of ``model`` on ``windows [n, T+1]`` and, with a reference, the mean KL to it."""
+def reference_logits(reference: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> list[torch.Tensor]:
+    """The reference model's logits per batch of ``windows``, computed once and reused for every
+    compressed variant (pass the list to :func:`compare_models` as ``reference``)."""
+    first = next(iter(reference.parameters()))
+    return [reference(windows[i:i + batch_size, :-1].to(first.device)).logits
+            for i in range(0, windows.shape[0], batch_size)]
+
+
+@torch.no_grad()
+def compare_models(model: nn.Module, reference: nn.Module | list | None, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """Loss / perplexity of ``model`` on ``windows [n, T+1]`` and, with a reference (a model, or its
+    :func:`reference_logits` with the same batch size), the mean KL to it."""
     total_loss = total_kl = 0.0
     count = 0
     first = next(iter(model.parameters()), None)
@@ -41,7 +51,7 @@ def compare_models(model: nn.Module, reference: nn.Module | None, windows: torch
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
         total_loss += float(loss)
         if reference is not None:
-            ref_logits = reference(inputs).logits
+            ref_logits = reference[i // batch_size] if isinstance(reference, list) else reference(inputs).logits
             total_kl += float(kl_to_reference(logits, ref_logits)) * targets.numel()
         count += targets.numel()
     loss = total_loss / count
@@ -62,4 +72,4 @@ def decode_tokens_per_second(model: nn.Module, tokenizer, prompt: list[int], new
     return len(out[0].token_ids) / max(seconds, 1e-9)
 
 
-__all__ = ["kl_to_reference", "evaluation_windows", "compare_models", "decode_tokens_per_second"]
+__all__ = ["kl_to_reference", "evaluation_windows", "compare_models", "reference_logits", "decode_tokens_per_second"]
