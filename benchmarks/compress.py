@@ -210,12 +210,11 @@ def part_distill(model, tok, train, val, bpt, args) -> list[str]:
 
 
 def part_qlora(model, train, val, args) -> list[str]:
-    from lmstack.align.lora import LoRAConfig, apply_lora
     from lmstack.compress.distill import DistillConfig, distill
-    from lmstack.compress.qlora import qlora_merge_report
+    from lmstack.compress.qlora import attach_qlora, qlora_merge_report
 
     tuned = copy.deepcopy(model)
-    apply_lora(tuned, LoRAConfig(r=8, alpha=16, qlora=True))
+    attach_qlora(tuned, r=8, alpha=16)
     seq = min(model.config.max_seq_len, 128)
     distill(tuned, None, train, DistillConfig(steps=10 if args.quick else 100, batch_size=8, seq_len=seq, alpha=0.0, lr=2e-3),
             log=lambda s: print(f"  {s}", file=sys.stderr))

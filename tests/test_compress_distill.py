@@ -84,10 +84,11 @@ def test_teacher_sequences_and_self_draft():
 
 
 def test_qlora_merge_requantize_report():
-    from lmstack.align.lora import LoRAConfig, apply_lora, lora_modules
+    from lmstack.align.lora import lora_modules
+    from lmstack.compress.qlora import attach_qlora
 
     model = _model(seed=4)
-    apply_lora(model, LoRAConfig(r=4, alpha=8, qlora=True))
+    attach_qlora(model, r=4, alpha=8)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in lora_modules(model).values():

@@ -25,6 +25,15 @@ def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return parent, parts[-1]
 
 
+def attach_qlora(model: nn.Module, r: int = 8, alpha: float = 16.0, block_size: int = 64) -> list[str]:
+    """Freeze ``model``, quantize its linears to NF4 and add LoRA adapters (QLoRA), in place."""
+    from lmstack.align import lora
+
+    # the adapter table is LoRAAdapterConfig in newer lmstack, LoRAConfig before
+    config_cls = getattr(lora, "LoRAAdapterConfig", None) or getattr(lora, "LoRAConfig")
+    return lora.apply_lora(model, config_cls(r=r, alpha=alpha, qlora=True, qlora_block_size=block_size))
+
+
 @torch.no_grad()
 def merge_and_requantize(model: nn.Module, spec: QuantSpec | None = None, nf4_block_size: int = 64) -> nn.Module:
     """Replace every LoRA-wrapped layer by ``quantize(dequant(W) + scaling * B A)`` in place:
@@ -65,4 +74,4 @@ def qlora_merge_report(model: nn.Module, windows: torch.Tensor, spec: QuantSpec 
             "ppl_change_requantized": r["ppl"] - unmerged["ppl"]}
 
 
-__all__ = ["merge_and_requantize", "qlora_merge_report"]
+__all__ = ["attach_qlora", "merge_and_requantize", "qlora_merge_report"]
