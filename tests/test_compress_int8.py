@@ -38,12 +38,36 @@ def test_int8_weight_matches_dequantized_matmul(mode):
         assert (w(x) - ref).norm() / ref.norm() < 0.02
 
 
-def test_only_plain_int8_layers_qualify():
+def test_decode_kinds():
+    from lmstack.compress.int8 import decode_kind
     model = _model()
     compress_model(model, CompressConfig(quantize="rtn", bits=4, group_size=32), log=lambda s: None)
     assert not int8_decodable(model.layers[0].attn.q_proj)
-    assert fast_decoder(model) is None  # 4-bit layers keep using model.forward
-    assert fast_decoder(int8_weight_only(_model())) is not None
+    assert decode_kind(model.layers[0].attn.q_proj) == "dense"
+    assert decode_kind(int8_weight_only(_model()).layers[0].attn.q_proj) == "int8"
+    sq = _model()
+    calib = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    compress_model(sq, CompressConfig(quantize="smoothquant"), calib=calib, log=lambda s: None)
+    assert decode_kind(sq.layers[0].attn.q_proj) is None and fast_decoder(sq) is None  # W8A8 keeps model.forward
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["rtn", "awq", "gptq", "nf4"])
+def test_fast_decode_of_4bit_models_equals_their_forward(method):
+    model = _model()
+    calib = torch.randint(0, 97, (4, 32), generator=torch.Generator().manual_seed(0))
+    compress_model(model, CompressConfig(quantize=method, bits=4, group_size=32, act_order=True), calib=calib,
+                   log=lambda s: None)
+    dec = fast_decoder(model)
+    assert dec is not None
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    cache_a, cache_b = model.new_kv_cache(1, 16), model.new_kv_cache(1, 16)
+    model(ids[:, :6], kv_cache=cache_a)
+    model(ids[:, :6], kv_cache=cache_b)
+    for t in range(6, 12):
+        fast = dec.step(ids[:, t:t + 1], cache_a)
+        ref = model(ids[:, t:t + 1], kv_cache=cache_b).logits[:, -1]
+        assert (fast - ref).abs().max() < 1e-4
 
 
 @torch.no_grad()

@@ -37,6 +37,28 @@ def int8_decodable(module: nn.Module) -> bool:
             and module.perm is None and module.input_scale is None and module.act_bits == 0 and module.bias is None)
 
 
+def decode_kind(module: nn.Module) -> str | None:
+    """How the fast decode step can run a quantized linear: "int8" (int8 GEMM), "dense" (from its
+    dequantized weight, in float), or None (it must go through ``forward``: biases, SmoothQuant's
+    activation rounding)."""
+    if getattr(module, "bias", None) is not None:
+        return None
+    if int8_decodable(module):
+        return "int8"
+    if isinstance(module, QuantLinear):
+        return "dense" if module.act_bits == 0 else None
+    if type(module).__name__ == "NF4Linear":
+        return "dense"
+    return None
+
+
+def decode_dense_weight(module: nn.Module) -> torch.Tensor:
+    """The [out, in] float matrix a "dense"-kind quantized linear computes with."""
+    if isinstance(module, QuantLinear):
+        return module.effective_weight()
+    return module.dense_weight()
+
+
 class Int8DecodeWeight:
     """``w(x [M, in]) -> [M, out]`` for one or more int8 QuantLinears stacked along their outputs."""
 
@@ -97,4 +119,4 @@ def decode_kl(reference: nn.Module, int8_model: nn.Module, ids: torch.Tensor, pr
     return float(kl_to_reference(logits, reference(ids).logits[0, prefill:]))
 
 
-__all__ = ["decode_kl", "Int8DecodeWeight", "int8_decodable", "int8_weight_only", "MODE", "MODES"]
+__all__ = ["decode_kind", "decode_dense_weight", "decode_kl", "Int8DecodeWeight", "int8_decodable", "int8_weight_only", "MODE", "MODES"]

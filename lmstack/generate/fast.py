@@ -9,10 +9,10 @@ matrix in the layout that streams fastest for its shape and splits it over the C
 (``_Weight``); (3) rotates q and k together; (4) runs grouped-query attention without copying
 keys, by viewing each kv head's query group as the query-length axis. The copy costs one more
 set of the matrices' memory while generating. Anything this step does not cover (MoE, sliding
-windows, ALiBi, qk-norm, LoRA, quantized linears other than int8 per-channel ones (which run
-through ``lmstack.compress.int8``'s int8 GEMM), biases, learned positions) uses
-``model.forward``, as does the batched engine's prefill. Tests check it against the model's own forward and
-against HF generate.
+windows, ALiBi, qk-norm, LoRA, SmoothQuant layers, biases, learned positions) uses
+``model.forward``, as does the batched engine's prefill. Quantized linears (lmstack.compress) run
+from their dequantized weights, int8 per-channel ones through ``lmstack.compress.int8``'s int8
+GEMM. Tests check it against the model's own forward and against HF generate.
 """
 
 from __future__ import annotations
@@ -25,30 +25,32 @@ import torch.nn.functional as F
 
 
 def _plain_linear(m) -> bool:
-    return (type(m) is nn.Linear and m.bias is None) or _int8_linear(m)
+    return (type(m) is nn.Linear and m.bias is None) or _quantized_kind(m) is not None
 
 
-def _int8_linear(m) -> bool:
-    # int8 weight-only QuantLinears (lmstack.compress) run through the int8 kernel: a new weight kind
+def _quantized_kind(m):
+    # quantized linears (lmstack.compress): "int8" runs an int8 GEMM, "dense" a dequantized copy
     if not getattr(m, "is_quantized_linear", False):
-        return False
-    from lmstack.compress.int8 import int8_decodable
-    return int8_decodable(m)
+        return None
+    from lmstack.compress.int8 import decode_kind
+    return decode_kind(m)
 
 
 def _decode_weight(modules, parts: int):
     """The decode form of one linear or of several stacked along their outputs (q|k|v, gate|up)."""
     if all(type(m) is nn.Linear for m in modules):
         return _Weight(modules[0].weight if len(modules) == 1 else torch.cat([m.weight for m in modules]), parts)
-    if all(_int8_linear(m) for m in modules):
+    if all(_quantized_kind(m) == "int8" for m in modules):
         from lmstack.compress.int8 import Int8DecodeWeight
         return Int8DecodeWeight(modules)
-    # a mix: compute with what each layer computes, in float
-    return _Weight(torch.cat([m.weight if type(m) is nn.Linear else m.dense_weight() for m in modules]), parts)
+    from lmstack.compress.int8 import decode_dense_weight
+    # otherwise compute in float with what each layer computes
+    return _Weight(torch.cat([m.weight if type(m) is nn.Linear else decode_dense_weight(m) for m in modules]), parts)
 
 
 def _weight_tensor(m) -> torch.Tensor:
-    return m.weight if type(m) is nn.Linear else m.qweight
+    # a tensor whose version changes when the layer's weights do
+    return m.weight if type(m) is nn.Linear else next(iter(m.buffers()))
 
 
 def supports_fast_decode(model) -> bool:
