@@ -38,16 +38,20 @@ def test_dead_ffn_neurons_go_first_and_nothing_changes(gpt2):
 
 
 @torch.no_grad()
-def test_dead_head_group_is_removed_exactly():
-    model = _model()
+@pytest.mark.parametrize("gpt2", [False, True])
+def test_dead_head_group_is_removed_exactly(gpt2):
+    model = _model(gpt2)
     cfg = model.config
     group = (cfg.n_heads // cfg.n_kv_heads) * cfg.head_dim
     for blk in model.layers:
-        blk.attn.o_proj.weight[:, group:2 * group] = 0  # kv group 1 contributes nothing
+        for g in range(1, cfg.n_kv_heads, 2):  # every odd kv group contributes nothing
+            blk.attn.o_proj.weight[:, g * group:(g + 1) * group] = 0
     ids = _calib()
     small, info = structured_prune(model, ids, "heads", 0.5)
-    assert (small.config.n_heads, small.config.n_kv_heads, small.config.head_dim) == (2, 1, cfg.head_dim)
-    assert all(k.tolist() == [0] for k in info["kept"])
+    rep = cfg.n_heads // cfg.n_kv_heads
+    keep = cfg.n_kv_heads // 2
+    assert (small.config.n_heads, small.config.n_kv_heads, small.config.head_dim) == (keep * rep, keep, cfg.head_dim)
+    assert all(k.tolist() == list(range(0, cfg.n_kv_heads, 2)) for k in info["kept"])
     assert torch.allclose(small(ids).logits, model(ids).logits, atol=1e-5)
 
 
