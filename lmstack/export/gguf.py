@@ -240,6 +240,10 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, file_type: str = "f32
     tok = tokenizer_fields(tokenizer)
     if len(tok["tokens"]) != cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tok['tokens'])} tokens but the model's vocab_size is {cfg.vocab_size}")
+    duplicates = len(tok["tokens"]) - len(set(tok["tokens"]))
+    if duplicates and warn is not None:
+        warn(f"{duplicates} tokens share their bytes with another token (BPE reached them by different merges); "
+             "llama.cpp keeps one id per string, so its tokenization can differ on those")
     if pre_tokenizer == "auto":
         pre_tokenizer, caveat = llama_cpp_pre_tokenizer(tokenizer)
         if caveat and warn is not None:
