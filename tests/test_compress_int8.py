@@ -123,3 +123,17 @@ def test_decode_kl_helper():
     ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(2))
     kl = decode_kl(fp32, int8_weight_only(copy.deepcopy(fp32)), ids)
     assert 0 < kl < 0.01
+
+
+def test_int8_gemm_thread_switch_restores_the_setting():
+    model = int8_weight_only(_model())
+    w = Int8DecodeWeight([model.layers[0].ffn.down_proj], mode="dynamic")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(1, model.layers[0].ffn.down_proj.in_features)
+        y = w(x)
+        assert torch.get_num_threads() == 2
+        assert torch.allclose(y, Int8DecodeWeight([model.layers[0].ffn.down_proj], mode="dynamic")(x))
+    finally:
+        torch.set_num_threads(before)

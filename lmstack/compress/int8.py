@@ -24,6 +24,11 @@ from torch import nn
 from .quant import QuantLinear
 
 MODE = "dynamic"  # "dynamic" (int8 activations too, int8 GEMM) | "weight_only"
+# Threads for one int8 GEMM call (0 = torch's setting). With 2 threads on the loaded CI machine a
+# one-row ``_int_mm`` took ~10 ms whatever its size (1 thread: 4 us for 768 x 256, 0.4-2 ms for
+# 4096 x 4096), while switching the thread count around the call costs ~12 us; so by default the
+# call runs on one thread. Worth re-measuring on an idle many-core machine (THREADS = 0).
+THREADS = 1
 MODES = ("dynamic", "weight_only")
 _WEIGHT_ONLY_KERNEL = getattr(torch, "_weight_int8pack_mm", None)
 _INT_MM = getattr(torch, "_int_mm", None)
@@ -85,7 +90,16 @@ class Int8DecodeWeight:
             x_scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
             x_int8 = torch.round(x / x_scale).clamp_(-127, 127).to(torch.int8)
             # [in, out] as a transposed view of the row-major [out, in] weight: the fast layout for _int_mm
-            return _INT_MM(x_int8, self.weight.t()).float() * x_scale * self.scales
+            before = torch.get_num_threads()
+            if THREADS and before != THREADS:
+                torch.set_num_threads(THREADS)
+                try:
+                    product = _INT_MM(x_int8, self.weight.t())
+                finally:
+                    torch.set_num_threads(before)
+            else:
+                product = _INT_MM(x_int8, self.weight.t())
+            return product.float() * x_scale * self.scales
         if _WEIGHT_ONLY_KERNEL is not None and x.dtype == torch.float32 and self.weight.device.type == "cpu":
             return _WEIGHT_ONLY_KERNEL(x.contiguous(), self.weight, self.scales)
         return (x @ self.weight.t().to(x.dtype)) * self.scales.to(x.dtype)
@@ -119,4 +133,5 @@ def decode_kl(reference: nn.Module, int8_model: nn.Module, ids: torch.Tensor, pr
     return float(kl_to_reference(logits, reference(ids).logits[0, prefill:]))
 
 
-__all__ = ["decode_kind", "decode_dense_weight", "decode_kl", "Int8DecodeWeight", "int8_decodable", "int8_weight_only", "MODE", "MODES"]
+__all__ = ["decode_kind", "decode_dense_weight", "decode_kl", "Int8DecodeWeight", "int8_decodable", "int8_weight_only", "MODE",
+           "MODES", "THREADS"]
