@@ -257,12 +257,16 @@ def main(argv=None) -> int:
     p.add_argument("--distill-steps", type=int, default=0)
     p.add_argument("--large-steps", type=int, default=300, help="training steps (x 8 x 256 tokens) of the ~20M model")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--int8-threads", type=int, default=1, help="threads per int8 GEMM call (0 = torch's setting)")
+    p.add_argument("--int8-mode", choices=("dynamic", "weight_only"), default="dynamic")
     p.add_argument("--out", default="benchmarks/out", help="where plots go")
     args = p.parse_args(argv)
     args.calib = args.calib or (8 if args.quick else 128)
     args.windows = args.windows or (4 if args.quick else 64)
     if args.threads:
         torch.set_num_threads(args.threads)
+    import lmstack.compress.int8 as int8_settings
+    int8_settings.THREADS, int8_settings.MODE = args.int8_threads, args.int8_mode
     Path(args.out).mkdir(parents=True, exist_ok=True)
     model, tok, train, val, bpt = load_run(args.run)
     print(f"model: {args.run}/checkpoints/pretrain, {model.num_params():,} parameters; torch {torch.__version__}, "
