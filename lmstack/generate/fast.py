@@ -9,9 +9,10 @@ matrix in the layout that streams fastest for its shape and splits it over the C
 (``_Weight``); (3) rotates q and k together; (4) runs grouped-query attention without copying
 keys, by viewing each kv head's query group as the query-length axis. The copy costs one more
 set of the matrices' memory while generating. Anything this step does not cover (MoE, sliding
-windows, ALiBi, qk-norm, LoRA or quantized linears, biases, learned positions) uses
-``model.forward``, as does the batched engine's prefill. Tests check it against the model's own forward and
-against HF generate.
+windows, ALiBi, qk-norm, LoRA, SmoothQuant layers, biases, learned positions) uses
+``model.forward``, as does the batched engine's prefill. Quantized linears (lmstack.compress) run
+from their dequantized weights, int8 per-channel ones through ``lmstack.compress.int8``'s int8
+GEMM. Tests check it against the model's own forward and against HF generate.
 """
 
 from __future__ import annotations
@@ -24,7 +25,32 @@ import torch.nn.functional as F
 
 
 def _plain_linear(m) -> bool:
-    return type(m) is nn.Linear and m.bias is None
+    return (type(m) is nn.Linear and m.bias is None) or _quantized_kind(m) is not None
+
+
+def _quantized_kind(m):
+    # quantized linears (lmstack.compress): "int8" runs an int8 GEMM, "dense" a dequantized copy
+    if not getattr(m, "is_quantized_linear", False):
+        return None
+    from lmstack.compress.int8 import decode_kind
+    return decode_kind(m)
+
+
+def _decode_weight(modules, parts: int):
+    """The decode form of one linear or of several stacked along their outputs (q|k|v, gate|up)."""
+    if all(type(m) is nn.Linear for m in modules):
+        return _Weight(modules[0].weight if len(modules) == 1 else torch.cat([m.weight for m in modules]), parts)
+    if all(_quantized_kind(m) == "int8" for m in modules):
+        from lmstack.compress.int8 import Int8DecodeWeight
+        return Int8DecodeWeight(modules)
+    from lmstack.compress.int8 import decode_dense_weight
+    # otherwise compute in float with what each layer computes
+    return _Weight(torch.cat([m.weight if type(m) is nn.Linear else decode_dense_weight(m) for m in modules]), parts)
+
+
+def _weight_tensor(m) -> torch.Tensor:
+    # a tensor whose version changes when the layer's weights do
+    return m.weight if type(m) is nn.Linear else next(iter(m.buffers()))
 
 
 def supports_fast_decode(model) -> bool:
@@ -118,8 +144,8 @@ class FastDecoder:
     def _params(self):
         for blk in self.model.layers:
             a, f = blk.attn, blk.ffn
-            yield from (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.o_proj.weight,
-                        f.gate_proj.weight, f.up_proj.weight, f.down_proj.weight)
+            yield from (_weight_tensor(m) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                                     f.gate_proj, f.up_proj, f.down_proj))
         yield self.model.lm_head.weight
 
     def refresh(self) -> "FastDecoder":
@@ -133,11 +159,11 @@ class FastDecoder:
         with torch.no_grad():
             for blk in self.model.layers:
                 a, f = blk.attn, blk.ffn
-                qkv = _Weight(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), parts)
-                gate_up = _Weight(torch.cat([f.gate_proj.weight, f.up_proj.weight]), parts)
+                qkv = _decode_weight([a.q_proj, a.k_proj, a.v_proj], parts)
+                gate_up = _decode_weight([f.gate_proj, f.up_proj], parts)
                 # prepared once: the hot loop looks up no submodules, only the norm weights
-                layers.append((_Norm(blk.attn_norm), qkv, _Weight(a.o_proj.weight, parts), _Norm(blk.ffn_norm),
-                               gate_up, _Weight(f.down_proj.weight, parts)))
+                layers.append((_Norm(blk.attn_norm), qkv, _decode_weight([a.o_proj], parts), _Norm(blk.ffn_norm),
+                               gate_up, _decode_weight([f.down_proj], parts)))
             self._final_norm = _Norm(self.model.norm)
             self._lm_head = _Weight(self.model.lm_head.weight, parts)
         self._layers = layers

@@ -1,0 +1,299 @@
+"""Compression: every quantization and pruning method on the same model, int8 decoding, GGUF, distillation.
+
+    .venv/bin/python benchmarks/compress.py                       # the default run (runs/speedrun) + a ~20M model
+    .venv/bin/python benchmarks/compress.py --run runs/NAME       # another finished run
+    .venv/bin/python benchmarks/compress.py --quick --run DIR     # smoke test: few windows, no large model, no timing
+    .venv/bin/python benchmarks/compress.py --only methods        # one part: methods | int8 | gguf | distill | qlora
+
+Part "methods": the run's pretrain checkpoint is compressed with RTN, GPTQ, AWQ (4 and 3 bits, g128 or
+g32 for tiny models), 8-bit RTN, SmoothQuant W8A8, NF4, and pruned to 50% with magnitude, Wanda and
+SparseGPT (and 2:4). Each row: bits/weight, file size, validation perplexity and bits/byte, KL to
+fp32, fact-QA accuracy (--facts N) and batch-1 decode tok/s. Without --quick the same table is made
+for a ~20M-parameter model trained briefly on tinyshakespeare (--large-steps).
+Part "int8": batch-1 greedy decode tok/s of the int8 weight-only model against fp32 (fast decode step).
+Part "gguf": file sizes per GGUF type; with llama-cpp-python installed, llama.cpp's decode tok/s on the
+same Q8_0 file against lmstack's (the ratio has no goal yet).
+Part "distill": a smaller student trained on equal tokens with and without the teacher (logit KD),
+then used as the speculative draft of the teacher: acceptance rate and speed-up.
+Part "qlora": QLoRA adapter trained briefly, merged dequantize -> merge -> re-quantize; perplexity change.
+
+Goals (issue 15), printed as result lines: at 4 bits GPTQ and AWQ lose <= 1/2 of RTN's perplexity
+increase; at 50% sparsity Wanda and SparseGPT lose <= 1/3 of magnitude's; int8 decode >= 1.5x fp32
+with KL < 0.01.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmstack.compress import CompressConfig
+from lmstack.machine import run_benchmark
+from lmstack.compress.calibrate import calibration_batch
+from lmstack.compress.compare import compare_variants, quality_size_plot, rows_markdown
+from lmstack.compress.evaluate import compare_models, evaluation_windows
+from lmstack.compress.measure import decode_kl, decode_tokens_per_second
+from lmstack.model import ModelConfig, Transformer, load_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def method_variants(group: int) -> list[str]:
+    g = f"group_size={group}"
+    return [f"quantize=rtn,bits=4,{g}", f"quantize=gptq,bits=4,{g}", f"quantize=gptq,bits=4,{g},act_order=true",
+            f"quantize=awq,bits=4,{g}", f"quantize=rtn,bits=3,{g}", f"quantize=gptq,bits=3,{g},act_order=true",
+            f"quantize=awq,bits=3,{g}", "quantize=rtn,bits=8,group_size=0,symmetric=true", "quantize=smoothquant",
+            "quantize=nf4", "prune=magnitude,sparsity=0.5", "prune=wanda,sparsity=0.5", "prune=sparsegpt,sparsity=0.5",
+            "prune=wanda,n_m=2:4", "prune=sparsegpt,n_m=2:4", "structured=ffn,structured_ratio=0.25",
+            "structured=heads,structured_ratio=0.5", "structured=layers,structured_ratio=0.25",
+            f"structured=ffn,structured_ratio=0.25,quantize=gptq,bits=4,{g}"]
+
+
+def group_for(model) -> int:
+    """g128 as in the papers; g32 for the tiny models (d_model < 512), whose rows are only 64-704 long."""
+    return 128 if model.config.d_model >= 512 else 32
+
+
+def load_run(run: Path):
+    from lmstack.data.shards import read_tokens
+    from lmstack.eval.bpb import bytes_per_token_from_meta
+    from lmstack.tokenizer import Tokenizer
+
+    ckpt = run / "checkpoints" / "pretrain"
+    if not (ckpt / "config.json").exists():
+        sys.exit(f"{ckpt}: no pretrain checkpoint; run `lmstack run` first (or pass --run DIR)")
+    return (load_pretrained(ckpt).eval(), Tokenizer.load(run / "tokenizer" / "tokenizer.json"),
+            read_tokens(run / "shards" / "train.bin"), read_tokens(run / "shards" / "val.bin"),
+            bytes_per_token_from_meta(run / "shards" / "meta.json", "val"))
+
+
+def goal_ratios(rows, prefix: str) -> list[str]:
+    """result lines: each method's perplexity increase relative to its baseline's."""
+    lines = []
+    for measure, by in (("loss", {r.label: r.ppl - rows[0].ppl for r in rows}), ("kl", {r.label: r.kl for r in rows})):
+        for bits in (4, 3):
+            rtn = next((v for k, v in by.items() if k.startswith(f"rtn w{bits} ")), None)
+            for m in ("gptq", "awq"):
+                for suffix, act in (("", False), ("_act_order", True)):
+                    v = next((v for k, v in by.items() if k.startswith(f"{m} w{bits} ") and ("act-order" in k) == act), None)
+                    if rtn and v is not None and rtn > 0:
+                        lines.append(f"result: {prefix}{m}{suffix}_w{bits}_{measure}_vs_rtn={v / rtn:.3f}")
+        mag = by.get("magnitude 50%")
+        for m in ("wanda", "sparsegpt"):
+            if mag and mag > 0 and f"{m} 50%" in by:
+                lines.append(f"result: {prefix}{m}_50_{measure}_vs_magnitude={by[f'{m} 50%'] / mag:.3f}")
+    return lines
+
+
+def part_methods(model, tok, train, val, bpt, args, title: str, prefix: str) -> list[str]:
+    seq = min(model.config.max_seq_len, 256)
+    calib = calibration_batch(train, args.calib, seq, seed=0)
+    windows = evaluation_windows(val, seq, args.windows)
+    facts = None
+    facts_path = args.run / "data" / "world" / "facts_eval.jsonl" if args.run else None
+    if args.facts and facts_path is not None and facts_path.exists() and prefix == "":
+        from lmstack.eval.facts import read_facts
+        facts = random.Random(0).sample(read_facts(facts_path), args.facts)
+    base = CompressConfig(group_size=group_for(model), calib_samples=args.calib)
+    rows = compare_variants(model, base, method_variants(group_for(model)), calib, windows, bpt, tokenizer=tok,
+                            facts=facts, speed_tokens=0 if args.quick else 64, log=lambda s: print(f"  {s}", file=sys.stderr))
+    print(f"\n## {title}\n\n{rows_markdown(rows)}\n")
+    plot = quality_size_plot(rows, Path(args.out) / f"compress_{prefix or 'run'}quality_vs_size.png", title)
+    print(f"plot: {plot}")
+    return goal_ratios(rows, prefix)
+
+
+def part_int8(model, tok, val, args) -> list[str]:
+    from lmstack.compress.int8 import MODE, int8_weight_only
+
+    int8 = int8_weight_only(copy.deepcopy(model))
+    seq = min(model.config.max_seq_len, 256)
+    windows = evaluation_windows(val, seq, args.windows)
+    kl = compare_models(int8, model, windows)["kl"]
+    step_kl = sum(decode_kl(model, int8, w[None, :seq]) for w in windows[:4]) / min(4, len(windows))
+    lines = [f"result: int8_kl={step_kl:.5f}", f"result: int8_forward_kl={kl:.5f}"]
+    print(f"\n## int8 decoding (batch 1; int8 weights, {MODE} mode)\n\nKL(fp32 || int8) on validation: forward (weight-only) "
+          f"{kl:.5f}; fast decode step ({MODE}) {step_kl:.5f}")
+    if args.quick:
+        print("(--quick: speed not measured)")
+        return lines
+    prompt = [tok.bos_id] + list(map(int, val[:31]))
+    fp32_speed = max(decode_tokens_per_second(model, tok, prompt, 128) for _ in range(3))
+    int8_speed = max(decode_tokens_per_second(int8, tok, prompt, 128) for _ in range(3))
+    print(f"\n| model | decode tok/s |\n|---|---|\n| fp32 | {fp32_speed:.0f} |\n| int8 weight-only | {int8_speed:.0f} |\n")
+    return lines + [f"result: int8_decode_speedup={int8_speed / fp32_speed:.3f}"]
+
+
+def part_gguf(model, tok, val, args) -> list[str]:
+    from lmstack.export.gguf import FILE_TYPES, export_gguf
+
+    lines = []
+    print("\n## GGUF export\n\n| type | file size |\n|---|---|")
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        for kind in FILE_TYPES:
+            paths[kind] = export_gguf(model, tok, Path(d) / f"model-{kind}.gguf", kind)
+            print(f"| {kind} | {paths[kind].stat().st_size / 1024:.0f} KiB |")
+        try:
+            import llama_cpp
+        except ImportError:
+            print("\nllama-cpp-python is not installed: no llama.cpp speed comparison "
+                  "(pip install llama-cpp-python builds llama.cpp from source)")
+            return lines
+        if args.quick:
+            return lines
+        llm = llama_cpp.Llama(model_path=str(paths["q8_0"]), n_ctx=model.config.max_seq_len, verbose=False)
+        prompt = [tok.bos_id] + list(map(int, val[:31]))
+        t0 = time.perf_counter()
+        n = 0
+        for token in llm.generate(prompt, temp=0.0):
+            n += 1
+            if n >= 128:
+                break
+        theirs = n / (time.perf_counter() - t0)
+        from lmstack.compress.int8 import int8_weight_only
+        ours = decode_tokens_per_second(int8_weight_only(copy.deepcopy(model)), tok, prompt, 128)
+        print(f"\nllama.cpp Q8_0: {theirs:.0f} tok/s; lmstack int8: {ours:.0f} tok/s")
+        lines.append(f"result: lmstack_vs_llama_cpp_decode={ours / theirs:.3f}")
+    return lines
+
+
+def student_config(teacher_cfg: ModelConfig) -> ModelConfig:
+    return teacher_cfg.replace(d_model=max(teacher_cfg.d_model // 2, 32), n_layers=max(teacher_cfg.n_layers // 2, 1),
+                               ffn_hidden=0, head_dim=0, n_heads=4, n_kv_heads=2)
+
+
+def part_distill(model, tok, train, val, bpt, args) -> list[str]:
+    from lmstack.compress.distill import DistillConfig, distill, speculative_report, teacher_sequences
+
+    seq = min(model.config.max_seq_len, 128)
+    steps = args.distill_steps or (20 if args.quick else 400)
+    windows = evaluation_windows(val, seq, args.windows)
+    rows, students = [], {}
+    # sequence-level KD data: the teacher continues prompts taken from the training shard
+    n_seqs = 16 if args.quick else 256
+    rng = np.random.default_rng(1)
+    prompts_kd = [[int(t) for t in train[s:s + 16]] for s in rng.integers(0, len(train) - 16, size=n_seqs)]
+    kd_rows = teacher_sequences(model, tok, prompts_kd, max_new_tokens=seq - 15, seq_len=seq, temperature=1.0)
+    for label, alpha, data in (("student, no teacher", 0.0, train), ("student, logit KD (forward KL, T=2)", 0.5, train),
+                               ("student, sequence-level KD (teacher samples)", 0.0, kd_rows)):
+        torch.manual_seed(0)
+        student = Transformer(student_config(model.config))
+        distill(student, model, data, DistillConfig(steps=steps, batch_size=8, seq_len=seq, alpha=alpha, temperature=2.0),
+                log=lambda s: print(f"  {s}", file=sys.stderr), pad_id=tok.pad_id)
+        stats = compare_models(student, model, windows)
+        rows.append((label, student.num_params(), stats["ppl"], stats["loss"] / math.log(2) / bpt, stats["kl"]))
+        students[label] = student
+    teacher_ppl = compare_models(model, None, windows)["ppl"]
+    print(f"\n## Distillation ({steps} steps x 8 x {seq} tokens each; teacher ppl {teacher_ppl:.3f})\n")
+    print("| model | params | val ppl | bits/byte | KL to teacher |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:,} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.4f} |")
+    lines = [f"result: logit_kd_ppl_gain={rows[0][2] - rows[1][2]:.3f}",
+             f"result: sequence_kd_ppl_gain={rows[0][2] - rows[2][2]:.3f}"]
+    prompts = [[tok.bos_id] + list(map(int, val[i * 40:i * 40 + 24])) for i in range(2 if args.quick else 8)]
+    print("\n| draft | acceptance | speed-up (greedy, gamma 4) |\n|---|---|---|")
+    for key, (label, _, _, _, _) in zip(("undistilled", "logit_kd", "sequence_kd"), rows):
+        rep = speculative_report(model, students[label], tok, prompts, max_new_tokens=16 if args.quick else 64)
+        print(f"| {label} | {rep['acceptance_rate']:.3f} | {rep['speedup']:.2f}x |")
+        lines.append(f"result: draft_{key}_acceptance={rep['acceptance_rate']:.3f}")
+        if not args.quick:
+            lines.append(f"result: draft_{key}_speedup={rep['speedup']:.3f}")
+    return lines
+
+
+def part_qlora(model, train, val, args) -> list[str]:
+    from lmstack.compress.distill import DistillConfig, distill
+    from lmstack.compress.qlora import attach_qlora, qlora_merge_report
+
+    tuned = copy.deepcopy(model)
+    attach_qlora(tuned, r=8, alpha=16)
+    seq = min(model.config.max_seq_len, 128)
+    distill(tuned, None, train, DistillConfig(steps=10 if args.quick else 100, batch_size=8, seq_len=seq, alpha=0.0, lr=2e-3),
+            log=lambda s: print(f"  {s}", file=sys.stderr))
+    rep = qlora_merge_report(tuned, evaluation_windows(val, seq, args.windows))
+    print("\n## QLoRA merge (NF4 base, r=8)\n\n| form | val ppl | KL to unmerged |\n|---|---|---|")
+    print(f"| adapter unmerged on NF4 base | {rep['ppl_unmerged']:.3f} | 0 |")
+    print(f"| merged into fp32 | {rep['ppl_merged_dense']:.3f} | {rep['kl_merged_dense']:.5f} |")
+    print(f"| merged, re-quantized to NF4 | {rep['ppl_merged_requantized']:.3f} | {rep['kl_merged_requantized']:.5f} |")
+    return [f"result: qlora_requant_ppl_change={rep['ppl_change_requantized']:.4f}"]
+
+
+def large_model(args):
+    """~20M parameters (d 512, 6 layers, vocab 2048) trained briefly on tinyshakespeare."""
+    from lmstack.compress.distill import DistillConfig, distill
+    from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+    text = (REPO / "data" / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    tok = train_tokenizer([text], 2048, special_tokens=list(SPECIAL_TOKENS), progress=False)
+    ids = np.array(tok.encode(text), dtype=np.int64)
+    split = int(0.9 * len(ids))
+    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, d_model=512, n_layers=6, n_heads=8, n_kv_heads=4,
+                             max_seq_len=256)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    print(f"large model: {model.num_params():,} parameters, {args.large_steps} steps on tinyshakespeare", file=sys.stderr)
+    distill(model, None, ids[:split], DistillConfig(steps=args.large_steps, batch_size=8, seq_len=256, alpha=0.0, lr=1e-3),
+            log=lambda s: print(f"  {s}", file=sys.stderr))
+    bpt = len(text[int(0.9 * len(text)):].encode("utf-8")) / max(len(ids) - split, 1)
+    return model.eval(), tok, ids[:split], ids[split:], bpt
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", type=Path, default=Path("runs/speedrun"), help="finished run (default runs/speedrun)")
+    p.add_argument("--quick", action="store_true", help="smoke test: fewer windows, no large model, no timing")
+    p.add_argument("--only", choices=("methods", "int8", "gguf", "distill", "qlora", "large"))
+    p.add_argument("--calib", type=int, default=0, help="calibration windows (default 128, quick 8)")
+    p.add_argument("--windows", type=int, default=0, help="validation windows (default 64, quick 4)")
+    p.add_argument("--facts", type=int, default=0, help="fact-QA questions per row (0 = skip)")
+    p.add_argument("--distill-steps", type=int, default=0)
+    p.add_argument("--large-steps", type=int, default=300, help="training steps (x 8 x 256 tokens) of the ~20M model")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--int8-threads", type=int, default=1, help="threads per int8 GEMM call (0 = torch's setting)")
+    p.add_argument("--int8-mode", choices=("dynamic", "weight_only"), default="dynamic")
+    p.add_argument("--out", default="benchmarks/out", help="where plots go")
+    args = p.parse_args(argv)
+    args.calib = args.calib or (8 if args.quick else 128)
+    args.windows = args.windows or (4 if args.quick else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import lmstack.compress.int8 as int8_settings
+    int8_settings.THREADS, int8_settings.MODE = args.int8_threads, args.int8_mode
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    model, tok, train, val, bpt = load_run(args.run)
+    print(f"model: {args.run}/checkpoints/pretrain, {model.num_params():,} parameters; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    results = []
+    parts = [args.only] if args.only else ["methods", "int8", "gguf", "distill", "qlora", "large"]
+    if "methods" in parts:
+        results += part_methods(model, tok, train, val, bpt, args, f"methods on {args.run.name}", "")
+    if "int8" in parts:
+        results += part_int8(model, tok, val, args)
+    if "gguf" in parts:
+        results += part_gguf(model, tok, val, args)
+    if "distill" in parts:
+        results += part_distill(model, tok, train, val, bpt, args)
+    if "qlora" in parts:
+        results += part_qlora(model, train, val, args)
+    if "large" in parts and not args.quick:
+        big, big_tok, big_train, big_val, big_bpt = large_model(args)
+        results += part_methods(big, big_tok, big_train, big_val, big_bpt, args, "methods on the ~20M tinyshakespeare model",
+                                "large_")
+    print()
+    for line in results:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_benchmark(main))
