@@ -17,10 +17,14 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 POSITION_TYPES = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_SCALING_TYPES = ("none", "linear", "ntk", "yarn")
 ATTENTION_TYPES = ("full", "sliding", "local_global")
+# transformer: the decoder below; ffnn: Bengio et al. 2003 feed-forward LM; lstm: recurrent LM;
+# gla: gated linear attention blocks (sub-quadratic, O(1) decode state); mlm: BERT-style encoder.
+FAMILIES = ("transformer", "ffnn", "lstm", "gla", "mlm")
 
 
 @dataclass
 class ModelConfig:
+    family: str = "transformer"  # which model class lmstack.model.build_model makes (FAMILIES)
     # sizes
     vocab_size: int = 4096
     d_model: int = 256
@@ -67,6 +71,13 @@ class ModelConfig:
     logit_softcap: float = 0.0  # 0 = off; else logits = c * tanh(logits / c) (Gemma-2)
     dropout: float = 0.0  # embedding, residual and attention-probability dropout
     init_std: float = 0.02
+    # other families (lmstack.model.families / gla / mlm); ignored by the transformer
+    ffnn_context: int = 4  # ffnn: tokens conditioned on (n-1 of an n-gram)
+    ffnn_direct: bool = False  # ffnn: direct embedding -> output connections (Bengio's W x)
+    gla_chunk: int = 64  # gla: chunk length of the parallel training form
+    gla_gate_tau: float = 16.0  # gla: log-decay = logsigmoid(.) / tau keeps decays near 1 (Yang et al. 2024)
+    mlm_prob: float = 0.15  # mlm: share of positions chosen for prediction (80% [MASK], 10% random, 10% kept)
+    mlm_mask_id: int = -1  # mlm: the [MASK] token id; -1 = one extra embedding row after the vocabulary
 
     def __post_init__(self) -> None:
         if self.n_kv_heads == 0:
@@ -139,6 +150,18 @@ class ModelConfig:
             bad("dropout", "must be in [0, 1)")
         if self.logit_softcap < 0:
             bad("logit_softcap", "must be >= 0 (0 disables it)")
+        if self.family not in FAMILIES:
+            bad("family", f"choose one of {FAMILIES}")
+        if self.ffnn_context < 1:
+            bad("ffnn_context", "must be >= 1 (the number of previous tokens the feed-forward LM sees)")
+        if self.gla_chunk < 1:
+            bad("gla_chunk", "must be >= 1")
+        if self.gla_gate_tau <= 0:
+            bad("gla_gate_tau", "must be > 0")
+        if not 0.0 < self.mlm_prob < 1.0:
+            bad("mlm_prob", "must be in (0, 1)")
+        if self.mlm_mask_id >= self.vocab_size:
+            bad("mlm_mask_id", f"must be < vocab_size={self.vocab_size}, or -1 for an extra embedding row")
 
     # ------------------------------------------------------------------ helpers
     def layer_attention(self, layer: int) -> str:
@@ -171,8 +194,16 @@ class ModelConfig:
         return cls.from_dict(d, where=f"model preset {name!r}")
 
     def num_params(self) -> int:
-        """Analytic parameter count (tied embeddings counted once); equals Transformer.num_params()."""
-        return count_params(self)
+        """Parameter count (tied embeddings counted once); equals build_model(self).num_params().
+
+        Analytic for the transformer; other families are built on the meta device and counted."""
+        if self.family == "transformer":
+            return count_params(self)
+        import torch
+
+        from .families import build_model
+        with torch.device("meta"):
+            return build_model(self).num_params()
 
 
 # Sizes chosen so the three presets have a comparable ~7M parameters at vocab 4096

@@ -44,6 +44,10 @@ def matmul_params(model: nn.Module) -> int:
 
 def flops_per_token(model: nn.Module, seq_len: int, *, training: bool = True) -> float:
     """Matmul FLOPs per token at context ``seq_len``: forward only, or forward + backward."""
+    own = getattr(model, "attention_flops_per_token", None)  # families without softmax attention
+    if own is not None:
+        forward = 2.0 * matmul_params(model) + own(seq_len)
+        return 3.0 * forward if training else forward
     cfg = getattr(model, "config", None)
     layers = getattr(cfg, "n_layers", 0)
     d_attn = getattr(cfg, "n_heads", 0) * getattr(cfg, "head_dim", 0)
