@@ -194,3 +194,34 @@ def test_family_generates_through_the_engine(family):
             for _ in range(8):
                 seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
         assert out.token_ids == seq[len(ids):]
+
+
+def _fla_simple_gla_reference():
+    """flash-linear-attention's pure-torch simple-GLA reference, loaded without the package's
+    __init__ (which imports triton, absent on CPU machines)."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec("fla")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("fla-core (flash-linear-attention) not installed; pip install -e .[dev]")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "ops" / "simple_gla" / "naive.py"
+    mod_spec = importlib.util.spec_from_file_location("fla_simple_gla_naive", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def test_gla_matches_flash_linear_attention_reference():
+    fla = _fla_simple_gla_reference()
+    torch.manual_seed(0)
+    b, h, t, d = 2, 3, 37, 8
+    q, k, v = torch.randn(b, h, t, d), torch.randn(b, h, t, d), torch.randn(b, h, t, d)
+    log_decay = torch.nn.functional.logsigmoid(torch.randn(b, h, t) + 2)
+    s0 = torch.randn(b, h, d, d)
+    ours, our_state = gla_chunked(q, k, v, log_decay, s0.clone(), chunk=16)
+    bthd = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731  fla's layout is [B, T, H, D]
+    ref, ref_state = fla.naive_recurrent_simple_gla(bthd(q), bthd(k), bthd(v), bthd(log_decay), scale=1.0,
+                                                    initial_state=s0.clone(), output_final_state=True)
+    torch.testing.assert_close(ours, ref.transpose(1, 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(our_state, ref_state, atol=1e-4, rtol=1e-4)

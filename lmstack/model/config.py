@@ -187,9 +187,10 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named architecture family at a CPU-friendly size, with ``overrides`` applied."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        d = dict(PRESETS[name])
+        table = PRESETS if name in PRESETS else FAMILY_PRESETS
+        if name not in table:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS) + sorted(FAMILY_PRESETS)}")
+        d = dict(table[name])
         d.update(overrides)
         return cls.from_dict(d, where=f"model preset {name!r}")
 
@@ -225,6 +226,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         tie_embeddings=True, n_experts=8, moe_top_k=2, moe_shared_expert=True,
         moe_expert_hidden=256,
     ),
+}
+
+# The other families (lmstack.model.families/gla/mlm) at comparable sizes, for the baseline table.
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    "ffnn": dict(family="ffnn", vocab_size=4096, d_model=64, ffn_hidden=512, ffnn_context=4, ffnn_direct=False,
+                 n_layers=1, n_heads=1, n_kv_heads=0, max_seq_len=256, tie_embeddings=False),
+    "lstm": dict(family="lstm", vocab_size=4096, d_model=512, n_layers=2, n_heads=1, n_kv_heads=0,
+                 max_seq_len=256, tie_embeddings=True),
+    "gla": dict(family="gla", vocab_size=4096, d_model=256, n_layers=7, n_heads=4, n_kv_heads=0,
+                max_seq_len=256, ffn_type="swiglu", norm_type="rmsnorm", position_type="none", bias=False,
+                tie_embeddings=True),
+    "bert-style": dict(family="mlm", vocab_size=4096, d_model=256, n_layers=6, n_heads=4, n_kv_heads=0,
+                       max_seq_len=256, ffn_type="gelu", norm_type="layernorm", norm_bias=True, norm_eps=1e-12,
+                       position_type="learned", bias=True, tie_embeddings=True),
 }
 
 

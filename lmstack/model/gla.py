@@ -6,7 +6,8 @@ Each head keeps a matrix state S (head_dim x head_dim) updated by a data-depende
 
 (linear attention with a forget gate; RetNet, Sun et al. 2023, uses a fixed a per head; GLA, Yang
 et al. 2024, a data-dependent one per key dimension; this block uses one data-dependent scalar per
-head and token, as Mamba-2 does). The output goes through a per-head RMSNorm and a SiLU output
+head and token, as Mamba-2 does; flash-linear-attention calls it simple GLA and its reference
+implementation is this module's test oracle). The output goes through a per-head RMSNorm and a SiLU output
 gate, as in GLA/RetNet. Training uses the chunkwise-parallel form: inside a chunk of C tokens a
 masked C x C "attention" with decays exp(b_t - b_s) (b = cumulative log-decay, so every exponent is
 <= 0 and nothing overflows), across chunks the state carries over. Cost O(T * C * d) instead of
