@@ -225,3 +225,14 @@ def test_gla_matches_flash_linear_attention_reference():
                                                     initial_state=s0.clone(), output_final_state=True)
     torch.testing.assert_close(ours, ref.transpose(1, 2), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(our_state, ref_state, atol=1e-4, rtol=1e-4)
+
+
+def test_flops_count_the_lstm_weights_and_the_gla_mixing():
+    from lmstack.model import flops_per_token
+
+    lstm = build_model(_cfg("lstm"))
+    weights = sum(p.numel() for n, p in lstm.lstm.named_parameters() if n.startswith("weight_"))
+    assert flops_per_token(lstm, 16, training=False) == 2.0 * (weights + lstm.lm_head.weight.numel())
+    gla = build_model(_cfg("gla", gla_chunk=8))
+    short, long = flops_per_token(gla, 4, training=False), flops_per_token(gla, 4096, training=False)
+    assert short < long == flops_per_token(gla, 65536, training=False)  # flat beyond one chunk

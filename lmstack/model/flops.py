@@ -35,6 +35,9 @@ def matmul_params(model: nn.Module) -> int:
         if isinstance(module, nn.Linear):
             total += module.weight.numel()
             return
+        if isinstance(module, nn.RNNBase):  # LSTM/GRU: input and recurrent weights, every step
+            total += sum(p.numel() for n, p in module.named_parameters() if n.startswith("weight_"))
+            return
         for child in module.children():
             visit(child)
 

@@ -143,6 +143,13 @@ class GLALM(CausalLMBase):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
+    def attention_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs of the mixing itself per token: the causal half of a C x C chunk of scores
+        and weighted values, plus reading and updating the Dk x Dv state."""
+        cfg = self.config
+        c, dk = min(cfg.gla_chunk, seq_len), cfg.head_dim
+        return float(cfg.n_layers * cfg.n_heads * (c * (dk + dk) + 4 * dk * dk))
+
     def initial_state(self, batch: int, device) -> dict[str, torch.Tensor]:
         cfg = self.config
         return {f"S{i}": torch.zeros(batch, cfg.n_heads, cfg.head_dim, cfg.head_dim, device=device)
