@@ -236,3 +236,26 @@ def test_flops_count_the_lstm_weights_and_the_gla_mixing():
     gla = build_model(_cfg("gla", gla_chunk=8))
     short, long = flops_per_token(gla, 4, training=False), flops_per_token(gla, 4096, training=False)
     assert short < long == flops_per_token(gla, 65536, training=False)  # flat beyond one chunk
+
+
+@pytest.mark.parametrize("family", ["ffnn", "lstm", "gla"])
+def test_pretrain_stage_trains_each_family_by_config(tmp_path, family):
+    from lmstack.generate import GenerationConfig, generate
+    from lmstack.model import load_pretrained
+    from lmstack.pipeline import StageContext
+    from lmstack.tokenizer import Tokenizer
+    from lmstack.train.stage import run
+    from test_train_stage import make_run_dir, tiny_cfg
+
+    rd = make_run_dir(tmp_path / "run")
+    ctx = StageContext(run=rd, seed=3, device="cpu", recipe={}, stage="pretrain")
+    model_table = {"preset": "llama-style", "family": family, "d_model": 32, "n_layers": 2, "n_heads": 2,
+                   "n_kv_heads": 1}
+    result = run(ctx, tiny_cfg(model=model_table, steps=20, eval_every=10, ckpt_every=10))
+    assert result.metrics["steps"] == 20 and result.metrics["val_bpb"] > 0
+    assert "fact_acc_all" in result.metrics and "Greedy samples" in result.report
+    model = load_pretrained(rd.path / "checkpoints" / "pretrain")
+    assert model.config.family == family
+    tok = Tokenizer.load(rd.path / "tokenizer" / "tokenizer.json")
+    out = generate(model, tok, ["Alice lives"], GenerationConfig(max_new_tokens=4, ignore_eos=True))[0]
+    assert len(out.token_ids) == 4
