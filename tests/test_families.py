@@ -36,13 +36,14 @@ def test_build_model_picks_the_family_class():
     assert isinstance(build_model(_cfg("ffnn")), FeedForwardLM)
     assert isinstance(build_model(_cfg("lstm")), LSTMLM)
     assert isinstance(build_model(_cfg("gla")), GLALM)
+    assert type(build_model(_cfg("bilstm"))).__name__ == "BiLSTMLM"
     with pytest.raises(ValueError, match="family"):
         _cfg("rnn-ish")
 
 
-@pytest.mark.parametrize("family", ["ffnn", "lstm", "gla"])
+@pytest.mark.parametrize("family", ["ffnn", "lstm", "gla", "bilstm", "mlm"])
 def test_num_params_from_config_matches_model(family):
-    cfg = _cfg(family, ffnn_direct=True)
+    cfg = _cfg(family, ffnn_direct=True, **({"position_type": "learned"} if family == "mlm" else {}))
     torch.manual_seed(0)
     assert cfg.num_params() == build_model(cfg).num_params()
 

@@ -18,8 +18,9 @@ POSITION_TYPES = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_SCALING_TYPES = ("none", "linear", "ntk", "yarn")
 ATTENTION_TYPES = ("full", "sliding", "local_global")
 # transformer: the decoder below; ffnn: Bengio et al. 2003 feed-forward LM; lstm: recurrent LM;
-# gla: gated linear attention blocks (sub-quadratic, O(1) decode state); mlm: BERT-style encoder.
-FAMILIES = ("transformer", "ffnn", "lstm", "gla", "mlm")
+# gla: gated linear attention blocks (sub-quadratic, O(1) decode state); mlm: BERT-style encoder;
+# bilstm: ELMo-style forward + backward LSTM LMs (generates with its forward half).
+FAMILIES = ("transformer", "ffnn", "lstm", "gla", "mlm", "bilstm")
 
 
 @dataclass
@@ -234,6 +235,8 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
                  n_layers=1, n_heads=1, n_kv_heads=0, max_seq_len=256, tie_embeddings=False),
     "lstm": dict(family="lstm", vocab_size=4096, d_model=512, n_layers=2, n_heads=1, n_kv_heads=0,
                  max_seq_len=256, tie_embeddings=True),
+    "bilstm": dict(family="bilstm", vocab_size=4096, d_model=384, n_layers=2, n_heads=1, n_kv_heads=0,
+                   max_seq_len=256, tie_embeddings=True),
     "gla": dict(family="gla", vocab_size=4096, d_model=256, n_layers=7, n_heads=4, n_kv_heads=0,
                 max_seq_len=256, ffn_type="swiglu", norm_type="rmsnorm", position_type="none", bias=False,
                 tie_embeddings=True),

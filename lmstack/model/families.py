@@ -234,6 +234,55 @@ class LSTMLM(CausalLMBase):
         return y, self.lm_head(y), {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}
 
 
+class BiLSTMLM(LSTMLM):
+    """ELMo's bidirectional LM (Peters et al. 2018): a forward LSTM LM and a backward one (predicting
+    the previous token from the tokens to its right) sharing the embedding and the softmax. Training
+    minimises the mean of both directions' losses; decoding uses the forward half, so the engine and
+    the pretrain stage serve it like the LSTM; ``contextual_embeddings`` gives the ELMo features."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        d = cfg.d_model
+        self.backward_lstm = nn.LSTM(d, d, num_layers=cfg.n_layers, batch_first=True,
+                                     dropout=cfg.dropout if cfg.n_layers > 1 else 0.0)
+
+    def _backward_states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, T, D]: at t, the backward LSTM's summary of tokens t..end (right padding respected)."""
+        b, t = ids.shape
+        lengths = (attention_mask.long().sum(1) if attention_mask is not None
+                   else torch.full((b,), t, device=ids.device))
+        pos = torch.arange(t, device=ids.device)[None].expand(b, t)
+        # reverse each row's real tokens in place; padding stays at the end
+        flip = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)
+        x = self.dropout(self.embed(ids.gather(1, flip)))
+        y, _ = self.backward_lstm(x)
+        return y.gather(1, flip[..., None].expand_as(y))
+
+    def forward(self, input_ids: torch.Tensor, *, targets: torch.Tensor | None = None, **kwargs) -> ModelOutput:
+        out = super().forward(input_ids, targets=targets, **kwargs)
+        if targets is None or kwargs.get("kv_cache") is not None:
+            return out
+        # the backward LM at t predicts the token before t (targets hold the next tokens, so the
+        # previous token of position t is input_ids[t-1]; nothing precedes position 0)
+        previous = torch.cat([torch.full_like(input_ids[:, :1], -100), input_ids[:, :-1]], dim=1)
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            previous = previous.masked_fill(~mask.bool(), -100)
+        back_logits = self.lm_head(self.dropout(self._backward_states(input_ids, mask)))
+        out.loss = 0.5 * (out.loss + lm_loss(back_logits, previous))
+        return out
+
+    def contextual_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                              ) -> torch.Tensor:
+        """[B, T, 2D]: the top forward state (tokens up to t) next to the top backward state (t to the end)."""
+        forward_states = self.hidden_and_logits(input_ids, None, None)[0]
+        return torch.cat([forward_states, self._backward_states(input_ids, attention_mask)], dim=-1)
+
+    def static_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T, D]: ELMo's layer 0, the context-free token embeddings (the probe's baseline)."""
+        return self.embed(input_ids)
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model class for ``cfg.family`` (the pretrain stage, load_pretrained and tools call this)."""
     if not isinstance(cfg, ModelConfig):
@@ -245,6 +294,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         return FeedForwardLM(cfg)
     if cfg.family == "lstm":
         return LSTMLM(cfg)
+    if cfg.family == "bilstm":
+        return BiLSTMLM(cfg)
     if cfg.family == "gla":
         from .gla import GLALM
         return GLALM(cfg)
