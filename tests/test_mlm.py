@@ -124,3 +124,18 @@ def test_export_refuses_what_bert_cannot_express(tmp_path):
     model = MaskedLM(_tiny(n_kv_heads=2))
     with pytest.raises(HFExportError, match="grouped-query"):
         export_bert(model, tmp_path)
+
+
+def test_hf_export_entry_point_routes_by_family(tmp_path):
+    from lmstack.model.hf import HFExportError, export_hf
+
+    transformers = pytest.importorskip("transformers")
+    model = MaskedLM(_tiny()).eval()
+    export_hf(model, tmp_path / "bert")
+    hf = transformers.BertForMaskedLM.from_pretrained(tmp_path / "bert").eval()
+    ids = torch.randint(0, 60, (1, 9))
+    with torch.no_grad():
+        assert (model(ids).logits - hf(input_ids=ids).logits).abs().max().item() < 1e-4
+    with pytest.raises(HFExportError, match="family 'gla'"):
+        export_hf(build_model(ModelConfig(family="gla", vocab_size=60, d_model=32, n_layers=1, n_heads=2,
+                                          n_kv_heads=0)), tmp_path / "gla")

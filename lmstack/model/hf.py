@@ -180,6 +180,13 @@ def export_hf(model: Transformer, directory: str | os.PathLike, tokenizer=None, 
     """Write a `transformers`-loadable directory. architecture: "llama", "gpt2" or None (auto)."""
     directory = Path(directory)
     cfg = model.config
+    family = getattr(cfg, "family", "transformer")
+    if family == "mlm":  # BERT-style encoder -> BertForMaskedLM
+        from .mlm import export_bert
+        return export_bert(model, directory, tokenizer)
+    if family != "transformer":
+        raise HFExportError(f"model family {family!r} has no transformers counterpart lmstack exports to "
+                            "(export works for the transformer and mlm families)")
     arch = architecture or detect_architecture(cfg)
     if arch == "llama":
         config, state = llama_config_dict(cfg), _llama_state(model)

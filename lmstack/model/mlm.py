@@ -228,8 +228,10 @@ def bert_state_dict(model: MaskedLM) -> dict[str, torch.Tensor]:
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
-def export_bert(model: MaskedLM, directory: str | os.PathLike) -> Path:
-    """Write a ``transformers`` BertForMaskedLM directory (config.json + model.safetensors)."""
+def export_bert(model: MaskedLM, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write a ``transformers`` BertForMaskedLM directory (config.json + model.safetensors, and the
+    tokenizer's files when given). With mlm_mask_id=-1 the [MASK] id is vocab_size, a row the
+    tokenizer itself does not name."""
     from safetensors.torch import save
 
     from lmstack.runs import atomic_write_bytes, atomic_write_json
@@ -238,7 +240,13 @@ def export_bert(model: MaskedLM, directory: str | os.PathLike) -> Path:
         raise TypeError(f"export_bert needs a MaskedLM, got {type(model).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    from .hf import _hf_special_ids
+
     hf_cfg = bert_config_dict(model.config, model.n_embeddings)
+    hf_cfg.update(_hf_special_ids(tokenizer))
+    hf_cfg["mask_token_id"] = model.mask_id
     atomic_write_bytes(directory / "model.safetensors", save(bert_state_dict(model), metadata={"format": "pt"}))
     atomic_write_json(directory / "config.json", hf_cfg)
+    if tokenizer is not None and hasattr(tokenizer, "export_hf"):
+        tokenizer.export_hf(directory)
     return directory
