@@ -14,7 +14,8 @@ gives the count for any override. ``targets`` are the next tokens (not shifted i
 """
 
 from .config import PRESETS, ModelConfig, count_params
-from .families import RecurrentState, build_model
+from .factory import build_model
+from .families import RecurrentState
 from .flops import flops_per_token, matmul_params
 from .io import load_config, load_pretrained, save_pretrained
 from .kv_cache import KVCache

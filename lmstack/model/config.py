@@ -196,16 +196,8 @@ class ModelConfig:
         return cls.from_dict(d, where=f"model preset {name!r}")
 
     def num_params(self) -> int:
-        """Parameter count (tied embeddings counted once); equals build_model(self).num_params().
-
-        Analytic for the transformer; other families are built on the meta device and counted."""
-        if self.family == "transformer":
-            return count_params(self)
-        import torch
-
-        from .families import build_model
-        with torch.device("meta"):
-            return build_model(self).num_params()
+        """Analytic parameter count (tied embeddings counted once); equals build_model(self).num_params()."""
+        return count_params(self)
 
 
 # Sizes chosen so the three presets have a comparable ~7M parameters at vocab 4096
@@ -261,7 +253,47 @@ def _mlp_params(cfg: ModelConfig, hidden: int) -> int:
     return p
 
 
+def _family_params(cfg: ModelConfig) -> int:
+    """Parameters of the non-transformer families (lmstack.model.families / gla / mlm)."""
+    d, v = cfg.d_model, cfg.vocab_size
+    if cfg.family == "ffnn":
+        n_in = cfg.ffnn_context * d
+        return ((v + 1) * d + n_in * cfg.ffn_hidden + cfg.ffn_hidden + cfg.ffn_hidden * v + v
+                + (n_in * v if cfg.ffnn_direct else 0))
+    head = 0 if cfg.tie_embeddings else v * d
+    if cfg.family in ("lstm", "bilstm"):
+        directions = 2 if cfg.family == "bilstm" else 1
+        return v * d + head + directions * cfg.n_layers * (8 * d * d + 8 * d)  # 4 gates: W_ih, W_hh, two biases
+    if cfg.family == "gla":
+        inner = cfg.n_heads * cfg.head_dim
+        mixer = 5 * d * inner + d * cfg.n_heads + cfg.n_heads + cfg.head_dim  # q k v gate o, decay, head norm
+        if cfg.bias:
+            mixer += 4 * inner + d
+        block = mixer + 2 * _norm_params(cfg, d) + _mlp_params(cfg, cfg.ffn_hidden)
+        return v * d + head + cfg.n_layers * block + _norm_params(cfg, d)
+    # mlm: one extra embedding row for [MASK] unless an existing id is used
+    rows = v + (1 if cfg.mlm_mask_id < 0 else 0)
+    head = 0 if cfg.tie_embeddings else rows * d
+    attn = _attention_params(cfg)
+    block = attn + 2 * _norm_params(cfg, d) + _mlp_params(cfg, cfg.ffn_hidden)
+    return (rows * d + head + rows + cfg.max_seq_len * d + _norm_params(cfg, d) + cfg.n_layers * block
+            + d * d + d + _norm_params(cfg, d))
+
+
+def _attention_params(cfg: ModelConfig) -> int:
+    d, hd = cfg.d_model, cfg.head_dim
+    q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    attn = d * q_out + 2 * d * kv_out + q_out * d
+    if cfg.bias:
+        attn += q_out + 2 * kv_out + d
+    if cfg.qk_norm:
+        attn += 2 * hd
+    return attn
+
+
 def count_params(cfg: ModelConfig) -> int:
+    if cfg.family != "transformer":
+        return _family_params(cfg)
     d, hd = cfg.d_model, cfg.head_dim
     q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
     attn = d * q_out + 2 * d * kv_out + q_out * d

@@ -281,25 +281,3 @@ class BiLSTMLM(LSTMLM):
     def static_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, T, D]: ELMo's layer 0, the context-free token embeddings (the probe's baseline)."""
         return self.embed(input_ids)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model class for ``cfg.family`` (the pretrain stage, load_pretrained and tools call this)."""
-    if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"build_model needs a ModelConfig, got {type(cfg).__name__}")
-    if cfg.family == "transformer":
-        from .transformer import Transformer
-        return Transformer(cfg)
-    if cfg.family == "ffnn":
-        return FeedForwardLM(cfg)
-    if cfg.family == "lstm":
-        return LSTMLM(cfg)
-    if cfg.family == "bilstm":
-        return BiLSTMLM(cfg)
-    if cfg.family == "gla":
-        from .gla import GLALM
-        return GLALM(cfg)
-    if cfg.family == "mlm":
-        from .mlm import MaskedLM
-        return MaskedLM(cfg)
-    raise ValueError(f"ModelConfig.family={cfg.family!r}: no model class for it")

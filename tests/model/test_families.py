@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lmstack.model import ModelConfig
-from lmstack.model.families import FeedForwardLM, LSTMLM, RecurrentState, build_model
+from lmstack.model import build_model
+from lmstack.model.families import FeedForwardLM, LSTMLM, RecurrentState
 from lmstack.model.gla import GLALM, gla_chunked, gla_step
 from lmstack.model.transformer import Transformer
 
@@ -260,3 +261,17 @@ def test_pretrain_stage_trains_each_family_by_config(tmp_path, family):
     tok = Tokenizer.load(rd.path / "tokenizer" / "tokenizer.json")
     out = generate(model, tok, ["Alice lives"], GenerationConfig(max_new_tokens=4, ignore_eos=True))[0]
     assert len(out.token_ids) == 4
+
+
+@pytest.mark.parametrize("preset", ["ffnn", "lstm", "bilstm", "gla", "bert-style"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_family_presets_count_their_parameters(preset, bias):
+    from lmstack.model.config import FAMILY_PRESETS
+
+    assert preset in FAMILY_PRESETS
+    cfg = ModelConfig.preset(preset, vocab_size=50, d_model=32, n_layers=2, max_seq_len=16, bias=bias,
+                             **({"n_heads": 4} if preset in ("gla", "bert-style") else {}))
+    assert cfg.num_params() == build_model(cfg).num_params()
+    if preset != "ffnn":
+        untied = cfg.replace(tie_embeddings=False)
+        assert untied.num_params() == build_model(untied).num_params()

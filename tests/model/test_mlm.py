@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lmstack.model import ModelConfig, build_model
-from lmstack.model.mlm import MaskedLM, export_bert, mask_tokens
+from lmstack.model.hf import export_bert
+from lmstack.model.mlm import MaskedLM, mask_tokens
 
 
 def _tiny(**kw):
