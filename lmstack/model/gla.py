@@ -29,8 +29,14 @@ def gla_chunked(q, k, v, log_decay, state=None, chunk: int = 64):
     """Chunkwise-parallel gated linear attention.
 
     q, k [B, H, T, Dk], v [B, H, T, Dv], log_decay [B, H, T] (<= 0), state [B, H, Dk, Dv] or None.
-    Returns (o [B, H, T, Dv], final state). Computed in float32.
+    Returns (o [B, H, T, Dv], final state). Computed in float32, also under autocast: the state sums
+    the whole prefix, and bf16 rounding would build up along it.
     """
+    with torch.autocast(q.device.type, enabled=False):
+        return _gla_chunked_fp32(q, k, v, log_decay, state, chunk)
+
+
+def _gla_chunked_fp32(q, k, v, log_decay, state, chunk):
     dtype = v.dtype
     q, k, v, g = q.float(), k.float(), v.float(), log_decay.float()
     b, h, t, dk = q.shape
@@ -61,6 +67,11 @@ def gla_chunked(q, k, v, log_decay, state=None, chunk: int = 64):
 
 def gla_step(q, k, v, log_decay, state):
     """One recurrent step: q, k [B, H, Dk], v [B, H, Dv], log_decay [B, H], state [B, H, Dk, Dv]."""
+    with torch.autocast(q.device.type, enabled=False):
+        return _gla_step_fp32(q, k, v, log_decay, state)
+
+
+def _gla_step_fp32(q, k, v, log_decay, state):
     state = log_decay.float().exp()[..., None, None] * state + k.float()[..., :, None] * v.float()[..., None, :]
     o = (q.float()[..., None, :] @ state).squeeze(-2)
     return o.to(v.dtype), state

@@ -275,3 +275,15 @@ def test_family_presets_count_their_parameters(preset, bias):
     if preset != "ffnn":
         untied = cfg.replace(tie_embeddings=False)
         assert untied.num_params() == build_model(untied).num_params()
+
+
+def test_gla_under_bf16_autocast_keeps_its_state_in_fp32():
+    torch.manual_seed(0)
+    model = build_model(_cfg("gla", gla_chunk=4)).eval()
+    ids = torch.randint(0, 48, (2, 12))
+    ref = model(ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state = model.new_kv_cache(2, 12)
+        out = model(ids, kv_cache=state).logits
+    assert all(s.dtype == torch.float32 for s in state.tensors.values())
+    assert (out.float() - ref).abs().max().item() < 0.05  # bf16 projections, fp32 recurrence
