@@ -55,12 +55,14 @@ def main(argv=None) -> int:
           f"{summary.final_loss:.3f} (mean of both directions)")
     print(f"probe: {len(first['relations'])} relations, {first['n_train']} train / {first['n_test']} test "
           f"sentences (held-out templates), majority-class accuracy {first['chance']:.3f}\n")
-    print("| features | static (layer 0) | contextual (ELMo) |\n|---|---:|---:|")
+    print("| features | static (layer 0) | contextual (top biLSTM layer) | ELMo (layer 0 + top layer) |")
+    print("|---|---:|---:|---:|")
     for name, r in rows.items():
-        print(f"| {name} | {r['static']:.3f} | {r['contextual']:.3f} |")
+        print(f"| {name} | {r['static']:.3f} | {r['contextual']:.3f} | {r['elmo']:.3f} |")
     trained = rows["trained biLSTM"]
     print(f"result: probe_static={trained['static']:.3f}")
     print(f"result: probe_contextual={trained['contextual']:.3f}")
+    print(f"result: probe_elmo={trained['elmo']:.3f}")
     print(f"result: probe_contextual_untrained={rows['untrained biLSTM']['contextual']:.3f}")
     return 0
 

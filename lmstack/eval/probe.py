@@ -76,13 +76,17 @@ def pooled_features(features: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 def elmo_relation_probe(model, tokenizer, world, lang: str = "en", heldout_templates: int = 2,
                         device: str = "cpu") -> dict:
-    """Probe accuracy of a BiLSTMLM's static (layer 0) and contextual (ELMo) features."""
+    """Probe accuracy of a BiLSTMLM's features: ``static`` (layer 0, the token embeddings),
+    ``contextual`` (the top forward and backward LSTM states) and ``elmo`` (both side by side; a
+    linear probe over them covers every ELMo scalar mix of the two layers)."""
     train_s, train_y, test_s, test_y, names = relation_sentences(world, lang, heldout_templates)
     model.eval()
     result = {"relations": names, "n_train": len(train_s), "n_test": len(test_s),
               "chance": float(torch.bincount(test_y).max()) / len(test_y)}
     kinds = {"static": lambda ids, mask: model.static_embeddings(ids),
-             "contextual": lambda ids, mask: model.contextual_embeddings(ids, mask)}
+             "contextual": lambda ids, mask: model.contextual_embeddings(ids, mask),
+             "elmo": lambda ids, mask: torch.cat([model.static_embeddings(ids),
+                                                  model.contextual_embeddings(ids, mask)], dim=-1)}
     for kind, fn in kinds.items():
         xtr = pooled_features(fn, tokenizer, train_s, device=device)
         xte = pooled_features(fn, tokenizer, test_s, device=device)

@@ -72,3 +72,17 @@ def test_relation_sentences_hold_out_whole_templates():
     assert not set(train_s) & set(test_s)
     with pytest.raises(ValueError, match="cannot hold out"):
         relation_sentences(world, heldout_templates=50)
+
+
+def test_elmo_relation_probe_reports_each_feature_kind():
+    from lmstack.data.world import WorldConfig, build_world
+    from lmstack.eval.probe import elmo_relation_probe
+    from test_generate_common import small_tokenizer
+
+    tok = small_tokenizer()
+    torch.manual_seed(0)
+    model = _bilstm(vocab_size=tok.vocab_size, d_model=16, n_layers=1)
+    res = elmo_relation_probe(model, tok, build_world(WorldConfig(), 0))
+    assert res["n_train"] > res["n_test"] > 0 and len(res["relations"]) == 6
+    for kind in ("static", "contextual", "elmo"):
+        assert res["chance"] - 0.1 < res[kind] <= 1.0, (kind, res)
