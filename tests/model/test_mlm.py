@@ -140,3 +140,11 @@ def test_hf_export_entry_point_routes_by_family(tmp_path):
     with pytest.raises(HFExportError, match="family 'gla'"):
         export_hf(build_model(ModelConfig(family="gla", vocab_size=60, d_model=32, n_layers=1, n_heads=2,
                                           n_kv_heads=0)), tmp_path / "gla")
+
+
+def test_mask_token_can_be_an_existing_id():
+    model = MaskedLM(_tiny(mlm_mask_id=3))
+    assert model.mask_id == 3 and model.n_embeddings == 60
+    assert model(torch.randint(0, 60, (1, 5))).logits.shape == (1, 5, 60)
+    with pytest.raises(ValueError, match="mlm_mask_id"):
+        _tiny(mlm_mask_id=60)
