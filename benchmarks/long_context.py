@@ -277,7 +277,8 @@ def main(argv=None) -> int:
             print(f"result: {k}_train_cost_per_token_growth={growth[k]:.2f}")
     if args.recall:
         acc = recall_quality(args)
-        print(f"\nassociative recall ({args.recall_pairs} pairs, {args.recall_steps} steps x 32 sequences each):")
+        print(f"\nassociative recall ({args.recall_pairs} pairs; each model {args.recall_steps} steps x 32 sequences, "
+              f"same width and depth, so about equal training FLOPs):")
         print("| model | accuracy |\n|---|---:|")
         for k, v in acc.items():
             print(f"| {k} | {v:.3f} |")
