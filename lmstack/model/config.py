@@ -17,10 +17,6 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 POSITION_TYPES = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_SCALING_TYPES = ("none", "linear", "ntk", "yarn")
 ATTENTION_TYPES = ("full", "sliding", "local_global")
-# transformer: the decoder below; ffnn: Bengio et al. 2003 feed-forward LM; lstm: recurrent LM;
-# gla: gated linear attention blocks (sub-quadratic, O(1) decode state); mlm: BERT-style encoder;
-# bilstm: ELMo-style forward + backward LSTM LMs (generates with its forward half).
-FAMILIES = ("transformer", "ffnn", "lstm", "gla", "mlm", "bilstm")
 
 
 @dataclass
@@ -198,6 +194,12 @@ class ModelConfig:
     def num_params(self) -> int:
         """Analytic parameter count (tied embeddings counted once); equals build_model(self).num_params()."""
         return count_params(self)
+
+
+# transformer: the decoder (transformer.py); ffnn: Bengio et al. 2003 feed-forward LM; lstm: recurrent LM;
+# gla: gated linear attention blocks (sub-quadratic, O(1) decode state); mlm: BERT-style encoder;
+# bilstm: ELMo-style forward + backward LSTM LMs (generates with its forward half).
+FAMILIES = ("transformer", "ffnn", "lstm", "gla", "mlm", "bilstm")
 
 
 # Sizes chosen so the three presets have a comparable ~7M parameters at vocab 4096
