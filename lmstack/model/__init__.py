@@ -14,6 +14,8 @@ gives the count for any override. ``targets`` are the next tokens (not shifted i
 """
 
 from .config import PRESETS, ModelConfig, count_params
+from .factory import build_model
+from .families import RecurrentState
 from .flops import flops_per_token, matmul_params
 from .io import load_config, load_pretrained, save_pretrained
 from .kv_cache import KVCache
@@ -24,5 +26,5 @@ __all__ = [
     "PRESETS", "ModelConfig", "count_params", "Transformer", "ModelOutput", "KVCache",
     "save_pretrained", "load_pretrained", "load_config", "PositionalEncoding", "RotaryEmbedding",
     "alibi_slopes", "rope_inverse_frequencies", "RMSNorm", "MLP", "MoE", "Attention", "Block",
-    "flops_per_token", "matmul_params",
+    "flops_per_token", "matmul_params", "build_model", "RecurrentState",
 ]

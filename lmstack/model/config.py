@@ -26,6 +26,7 @@ ATTENTION_TYPES = get_args(AttentionType)
 
 @dataclass
 class ModelConfig:
+    family: str = "transformer"  # which model class lmstack.model.build_model makes (FAMILIES)
     # sizes
     vocab_size: int = 4096
     d_model: int = 256
@@ -72,6 +73,13 @@ class ModelConfig:
     logit_softcap: float = 0.0  # 0 = off; else logits = c * tanh(logits / c) (Gemma-2)
     dropout: float = 0.0  # embedding, residual and attention-probability dropout
     init_std: float = 0.02
+    # other families (lmstack.model.families / gla / mlm); ignored by the transformer
+    ffnn_context: int = 4  # ffnn: tokens conditioned on (n-1 of an n-gram)
+    ffnn_direct: bool = False  # ffnn: direct embedding -> output connections (Bengio's W x)
+    gla_chunk: int = 64  # gla: chunk length of the parallel training form
+    gla_gate_tau: float = 16.0  # gla: log-decay = logsigmoid(.) / tau keeps decays near 1 (Yang et al. 2024)
+    mlm_prob: float = 0.15  # mlm: share of positions chosen for prediction (80% [MASK], 10% random, 10% kept)
+    mlm_mask_id: int = -1  # mlm: the [MASK] token id; -1 = one extra embedding row after the vocabulary
 
     def __post_init__(self) -> None:
         if self.n_kv_heads == 0:
@@ -144,6 +152,18 @@ class ModelConfig:
             bad("dropout", "must be in [0, 1)")
         if self.logit_softcap < 0:
             bad("logit_softcap", "must be >= 0 (0 disables it)")
+        if self.family not in FAMILIES:
+            bad("family", f"choose one of {FAMILIES}")
+        if self.ffnn_context < 1:
+            bad("ffnn_context", "must be >= 1 (the number of previous tokens the feed-forward LM sees)")
+        if self.gla_chunk < 1:
+            bad("gla_chunk", "must be >= 1")
+        if self.gla_gate_tau <= 0:
+            bad("gla_gate_tau", "must be > 0")
+        if not 0.0 < self.mlm_prob < 1.0:
+            bad("mlm_prob", "must be in (0, 1)")
+        if self.mlm_mask_id >= self.vocab_size:
+            bad("mlm_mask_id", f"must be < vocab_size={self.vocab_size}, or -1 for an extra embedding row")
 
     # ------------------------------------------------------------------ helpers
     def layer_attention(self, layer: int) -> str:
@@ -169,15 +189,22 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named architecture family at a CPU-friendly size, with ``overrides`` applied."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        d = dict(PRESETS[name])
+        table = PRESETS if name in PRESETS else FAMILY_PRESETS
+        if name not in table:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS) + sorted(FAMILY_PRESETS)}")
+        d = dict(table[name])
         d.update(overrides)
         return cls.from_dict(d, where=f"model preset {name!r}")
 
     def num_params(self) -> int:
-        """Analytic parameter count (tied embeddings counted once); equals Transformer.num_params()."""
+        """Analytic parameter count (tied embeddings counted once); equals build_model(self).num_params()."""
         return count_params(self)
+
+
+# transformer: the decoder (transformer.py); ffnn: Bengio et al. 2003 feed-forward LM; lstm: recurrent LM;
+# gla: gated linear attention blocks (sub-quadratic, O(1) decode state); mlm: BERT-style encoder;
+# bilstm: ELMo-style forward + backward LSTM LMs (generates with its forward half).
+FAMILIES = ("transformer", "ffnn", "lstm", "gla", "mlm", "bilstm")
 
 
 # Sizes chosen so the three presets have a comparable ~7M parameters at vocab 4096
@@ -201,6 +228,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# The other families (lmstack.model.families/gla/mlm) at comparable sizes, for the baseline table.
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    "ffnn": dict(family="ffnn", vocab_size=4096, d_model=64, ffn_hidden=512, ffnn_context=4, ffnn_direct=False,
+                 n_layers=1, n_heads=1, n_kv_heads=0, max_seq_len=256, tie_embeddings=False),
+    "lstm": dict(family="lstm", vocab_size=4096, d_model=512, n_layers=2, n_heads=1, n_kv_heads=0,
+                 max_seq_len=256, tie_embeddings=True),
+    "bilstm": dict(family="bilstm", vocab_size=4096, d_model=384, n_layers=2, n_heads=1, n_kv_heads=0,
+                   max_seq_len=256, tie_embeddings=True),
+    "gla": dict(family="gla", vocab_size=4096, d_model=256, n_layers=7, n_heads=4, n_kv_heads=0,
+                max_seq_len=256, ffn_type="swiglu", norm_type="rmsnorm", position_type="none", bias=False,
+                tie_embeddings=True),
+    "bert-style": dict(family="mlm", vocab_size=4096, d_model=256, n_layers=6, n_heads=4, n_kv_heads=0,
+                       max_seq_len=256, ffn_type="gelu", norm_type="layernorm", norm_bias=True, norm_eps=1e-12,
+                       position_type="learned", bias=True, tie_embeddings=True),
+}
+
 
 def _norm_params(cfg: ModelConfig, dim: int) -> int:
     if cfg.norm_type == "layernorm" and cfg.norm_bias:
@@ -217,7 +260,47 @@ def _mlp_params(cfg: ModelConfig, hidden: int) -> int:
     return p
 
 
+def _family_params(cfg: ModelConfig) -> int:
+    """Parameters of the non-transformer families (lmstack.model.families / gla / mlm)."""
+    d, v = cfg.d_model, cfg.vocab_size
+    if cfg.family == "ffnn":
+        n_in = cfg.ffnn_context * d
+        return ((v + 1) * d + n_in * cfg.ffn_hidden + cfg.ffn_hidden + cfg.ffn_hidden * v + v
+                + (n_in * v if cfg.ffnn_direct else 0))
+    head = 0 if cfg.tie_embeddings else v * d
+    if cfg.family in ("lstm", "bilstm"):
+        directions = 2 if cfg.family == "bilstm" else 1
+        return v * d + head + directions * cfg.n_layers * (8 * d * d + 8 * d)  # 4 gates: W_ih, W_hh, two biases
+    if cfg.family == "gla":
+        inner = cfg.n_heads * cfg.head_dim
+        mixer = 5 * d * inner + d * cfg.n_heads + cfg.n_heads + cfg.head_dim  # q k v gate o, decay, head norm
+        if cfg.bias:
+            mixer += 4 * inner + d
+        block = mixer + 2 * _norm_params(cfg, d) + _mlp_params(cfg, cfg.ffn_hidden)
+        return v * d + head + cfg.n_layers * block + _norm_params(cfg, d)
+    # mlm: one extra embedding row for [MASK] unless an existing id is used
+    rows = v + (1 if cfg.mlm_mask_id < 0 else 0)
+    head = 0 if cfg.tie_embeddings else rows * d
+    attn = _attention_params(cfg)
+    block = attn + 2 * _norm_params(cfg, d) + _mlp_params(cfg, cfg.ffn_hidden)
+    return (rows * d + head + rows + cfg.max_seq_len * d + _norm_params(cfg, d) + cfg.n_layers * block
+            + d * d + d + _norm_params(cfg, d))
+
+
+def _attention_params(cfg: ModelConfig) -> int:
+    d, hd = cfg.d_model, cfg.head_dim
+    q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    attn = d * q_out + 2 * d * kv_out + q_out * d
+    if cfg.bias:
+        attn += q_out + 2 * kv_out + d
+    if cfg.qk_norm:
+        attn += 2 * hd
+    return attn
+
+
 def count_params(cfg: ModelConfig) -> int:
+    if cfg.family != "transformer":
+        return _family_params(cfg)
     d, hd = cfg.d_model, cfg.head_dim
     q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
     attn = d * q_out + 2 * d * kv_out + q_out * d

@@ -35,6 +35,9 @@ def matmul_params(model: nn.Module) -> int:
         if isinstance(module, nn.Linear):
             total += module.weight.numel()
             return
+        if isinstance(module, nn.RNNBase):  # LSTM/GRU: input and recurrent weights, every step
+            total += sum(p.numel() for n, p in module.named_parameters() if n.startswith("weight_"))
+            return
         for child in module.children():
             visit(child)
 
@@ -44,6 +47,10 @@ def matmul_params(model: nn.Module) -> int:
 
 def flops_per_token(model: nn.Module, seq_len: int, *, training: bool = True) -> float:
     """Matmul FLOPs per token at context ``seq_len``: forward only, or forward + backward."""
+    own = getattr(model, "attention_flops_per_token", None)  # families without softmax attention
+    if own is not None:
+        forward = 2.0 * matmul_params(model) + own(seq_len)
+        return 3.0 * forward if training else forward
     cfg = getattr(model, "config", None)
     layers = getattr(cfg, "n_layers", 0)
     d_attn = getattr(cfg, "n_heads", 0) * getattr(cfg, "head_dim", 0)

@@ -1,6 +1,7 @@
 """Hugging Face interop: export to / import from `transformers` directories.
 
-llama-style models become ``LlamaForCausalLM`` and gpt2-style models ``GPT2LMHeadModel`` (config.json
+llama-style models become ``LlamaForCausalLM``, gpt2-style models ``GPT2LMHeadModel`` and masked LMs
+(family "mlm") ``BertForMaskedLM`` (config.json
 + model.safetensors, + tokenizer files when the tokenizer can write them). Only ``safetensors`` and
 ``json`` are needed here -- not ``transformers`` itself -- so exporting works in a minimal install;
 the tests load the result with ``transformers`` and compare logits.
@@ -180,6 +181,12 @@ def export_hf(model: Transformer, directory: str | os.PathLike, tokenizer=None, 
     """Write a `transformers`-loadable directory. architecture: "llama", "gpt2" or None (auto)."""
     directory = Path(directory)
     cfg = model.config
+    family = getattr(cfg, "family", "transformer")
+    if family == "mlm":  # BERT-style encoder -> BertForMaskedLM
+        return export_bert(model, directory, tokenizer)
+    if family != "transformer":
+        raise HFExportError(f"model family {family!r} has no transformers counterpart lmstack exports to "
+                            "(export works for the transformer and mlm families)")
     arch = architecture or detect_architecture(cfg)
     if arch == "llama":
         config, state = llama_config_dict(cfg), _llama_state(model)
@@ -192,6 +199,76 @@ def export_hf(model: Transformer, directory: str | os.PathLike, tokenizer=None, 
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / "model.safetensors", save(state, metadata={"format": "pt"}))
     atomic_write_json(directory / "config.json", config)
+    if tokenizer is not None and hasattr(tokenizer, "export_hf"):
+        tokenizer.export_hf(directory)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------- BERT (mlm family)
+
+_BERT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def bert_config_dict(cfg: ModelConfig, n_embeddings: int) -> dict:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise HFExportError(f"cannot export to BertForMaskedLM: {what}")
+
+    need(cfg.family == "mlm", f"family={cfg.family!r}, expected 'mlm'")
+    need(cfg.norm_type == "layernorm" and cfg.norm_bias, "BERT uses LayerNorm with a bias (norm_bias=True)")
+    need(cfg.bias, "BERT's linears have biases (bias=True)")
+    need(cfg.ffn_type in _BERT_ACTIVATIONS, f"ffn_type={cfg.ffn_type!r} has no BERT activation")
+    need(cfg.n_kv_heads == cfg.n_heads, "BERT has no grouped-query attention (n_kv_heads must equal n_heads)")
+    need(cfg.head_dim * cfg.n_heads == cfg.d_model, "BERT needs head_dim * n_heads == d_model")
+    need(not cfg.qk_norm, "BERT has no qk_norm")
+    need(cfg.tie_embeddings, "BertForMaskedLM ties its decoder to the word embeddings (tie_embeddings=True)")
+    return {
+        "architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": n_embeddings,
+        "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "intermediate_size": cfg.ffn_hidden, "hidden_act": _BERT_ACTIVATIONS[cfg.ffn_type],
+        "max_position_embeddings": cfg.max_seq_len, "type_vocab_size": 1, "layer_norm_eps": cfg.norm_eps,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": cfg.init_std,
+        "position_embedding_type": "absolute", "tie_word_embeddings": True, "pad_token_id": 0,
+    }
+
+
+def bert_state_dict(model) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    out = {"bert.embeddings.word_embeddings.weight": sd["embed.weight"],
+           "bert.embeddings.position_embeddings.weight": sd["pos_embed.weight"],
+           # one token type, all zeros: lmstack has no segment embeddings
+           "bert.embeddings.token_type_embeddings.weight": torch.zeros(1, model.config.d_model),
+           "bert.embeddings.LayerNorm.weight": sd["embed_norm.weight"],
+           "bert.embeddings.LayerNorm.bias": sd["embed_norm.bias"],
+           "cls.predictions.transform.dense.weight": sd["head_dense.weight"],
+           "cls.predictions.transform.dense.bias": sd["head_dense.bias"],
+           "cls.predictions.transform.LayerNorm.weight": sd["head_norm.weight"],
+           "cls.predictions.transform.LayerNorm.bias": sd["head_norm.bias"],
+           "cls.predictions.bias": sd["lm_head.bias"]}
+    names = {"attn.q_proj": "attention.self.query", "attn.k_proj": "attention.self.key",
+             "attn.v_proj": "attention.self.value", "attn.o_proj": "attention.output.dense",
+             "attn_norm": "attention.output.LayerNorm", "ffn.up_proj": "intermediate.dense",
+             "ffn.down_proj": "output.dense", "ffn_norm": "output.LayerNorm"}
+    for i in range(model.config.n_layers):
+        for ours, theirs in names.items():
+            for p in ("weight", "bias"):
+                out[f"bert.encoder.layer.{i}.{theirs}.{p}"] = sd[f"layers.{i}.{ours}.{p}"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def export_bert(model, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write a ``transformers`` BertForMaskedLM directory (config.json + model.safetensors, and the
+    tokenizer's files when given). With mlm_mask_id=-1 the [MASK] id is vocab_size, a row the
+    tokenizer itself does not name."""
+    if getattr(model.config, "family", None) != "mlm":
+        raise HFExportError(f"export_bert needs a masked LM (family 'mlm'), got {type(model).__name__}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_cfg = bert_config_dict(model.config, model.n_embeddings)
+    hf_cfg.update(_hf_special_ids(tokenizer))
+    hf_cfg["mask_token_id"] = model.mask_id
+    atomic_write_bytes(directory / "model.safetensors", save(bert_state_dict(model), metadata={"format": "pt"}))
+    atomic_write_json(directory / "config.json", hf_cfg)
     if tokenizer is not None and hasattr(tokenizer, "export_hf"):
         tokenizer.export_hf(directory)
     return directory

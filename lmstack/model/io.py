@@ -73,8 +73,9 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: weights file missing (config.json is there)")
     state = read_safetensors(weights, device)
-    model = Transformer(cfg)
-    if cfg.tie_embeddings:
+    from .factory import build_model
+    model = build_model(cfg)
+    if cfg.tie_embeddings and "lm_head.weight" in model.state_dict():
         state.setdefault("lm_head.weight", state.get("embed.weight"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -82,7 +82,7 @@ def build_model_config(cfg: Config, vocab_size: int) -> ModelConfig:
 def run(ctx, cfg: Config):
     from lmstack.data.shards import read_tokens
     from lmstack.eval.bpb import bytes_per_token_from_meta
-    from lmstack.model import Transformer, save_pretrained
+    from lmstack.model import build_model, save_pretrained
     from lmstack.tokenizer import Tokenizer
     from lmstack.train.distributed import barrier, init_distributed
 
@@ -104,7 +104,7 @@ def run(ctx, cfg: Config):
 
     model_cfg = build_model_config(cfg, tokenizer.vocab_size)
     torch.manual_seed(ctx.seed)
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
     ctx.log(f"model: {model.num_params() / 1e6:.2f}M parameters ({cfg.model.get('preset', 'llama-style')}), "
             f"{len(train_tokens):,} train tokens, {cfg.steps} steps x "
             f"{cfg.batch_size * cfg.grad_accum * cfg.seq_len * info.world_size:,} tokens")
