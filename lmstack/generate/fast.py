@@ -57,6 +57,8 @@ def supports_fast_decode(model) -> bool:
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(model, "layers") or getattr(model, "training", False):
         return False
+    if getattr(cfg, "family", "transformer") != "transformer":
+        return False  # the recurrent and feed-forward families decode through their own state
     if model._forward_hooks or model._forward_pre_hooks:
         return False  # someone watches the forward pass: keep calling it
     try:

@@ -210,7 +210,8 @@ def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, m
 
     facts_path = root / "data" / "world" / "facts_eval.jsonl"
     fact_rows = []
-    if facts_path.exists():
+    causal = getattr(model, "is_causal", True)  # a masked LM cannot complete prompts: no fact eval, no samples
+    if facts_path.exists() and causal:
         from lmstack.eval.facts import fact_accuracy, read_facts
         facts = read_facts(facts_path)
         res = fact_accuracy(model, tokenizer, facts, shots=cfg.fact_shots, seed=ctx.seed,
@@ -231,7 +232,7 @@ def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, m
     else:
         ctx.log(f"{facts_path} not found: skipping the fact-recall eval")
 
-    samples = _samples(model, tokenizer, cfg)
+    samples = _samples(model, tokenizer, cfg) if causal else []
     if samples:
         report += ["### Greedy samples", ""]
         for prompt, text in samples:

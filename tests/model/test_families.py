@@ -287,3 +287,19 @@ def test_gla_under_bf16_autocast_keeps_its_state_in_fp32():
         out = model(ids, kv_cache=state).logits
     assert all(s.dtype == torch.float32 for s in state.tensors.values())
     assert (out.float() - ref).abs().max().item() < 0.05  # bf16 projections, fp32 recurrence
+
+
+def test_pretrain_stage_trains_a_masked_lm_without_the_generation_evals(tmp_path):
+    from lmstack.model import load_pretrained
+    from lmstack.pipeline import StageContext
+    from lmstack.train.stage import run
+    from test_train_stage import make_run_dir, tiny_cfg
+
+    rd = make_run_dir(tmp_path / "run")
+    ctx = StageContext(run=rd, seed=3, device="cpu", recipe={}, stage="pretrain")
+    model_table = {"preset": "gpt2-style", "family": "mlm", "d_model": 32, "n_layers": 2, "n_heads": 2,
+                   "n_kv_heads": 2}
+    result = run(ctx, tiny_cfg(model=model_table, steps=10, eval_every=5, ckpt_every=5))
+    assert result.metrics["steps"] == 10 and "fact_acc_all" not in result.metrics
+    assert "Greedy samples" not in result.report
+    assert load_pretrained(rd.path / "checkpoints" / "pretrain").config.family == "mlm"
