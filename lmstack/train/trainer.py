@@ -41,7 +41,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float = 1.0          # 0 = no clipping
-    dtype: str = "auto"             # auto | fp32 | bf16 (autocast; on CPU too); auto = the faster on this machine
+    dtype: str = "auto"             # auto | fp32 | bf16 (autocast; on CPU too) | fp8; auto = the faster on this machine
+    fp8_scaling: str = "tensor"     # dtype=fp8: tensor | row (one scale per tensor or per row/column)
     compile: bool = False           # torch.compile the model
     distributed: str = "ddp"        # ddp | fsdp (used when launched by torchrun with >1 process)
     eval_every: int = 100           # 0 = only at the end
@@ -58,8 +59,10 @@ class TrainConfig:
                 raise ValueError(f"train config {name}={getattr(self, name)} must be positive")
         if self.loader not in LOADER_MODES:
             raise ValueError(f"train config loader={self.loader!r}: choose one of {', '.join(LOADER_MODES)}")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"train config dtype={self.dtype!r}: choose auto, fp32 or bf16")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp8"):
+            raise ValueError(f"train config dtype={self.dtype!r}: choose auto, fp32, bf16 or fp8")
+        if self.fp8_scaling not in ("tensor", "row"):
+            raise ValueError(f"train config fp8_scaling={self.fp8_scaling!r}: choose tensor or row")
 
 
 @dataclass
@@ -89,6 +92,10 @@ class Trainer:
         cfg.validate()
         self.cfg, self.device, self.seed, self.stage = cfg, device, seed, stage
         self.dist: DistInfo = current()
+        if cfg.dtype == "fp8":
+            # FP8 GEMMs in the block linears (emulated off H100-class GPUs: lmstack.train.fp8)
+            from lmstack.train.fp8 import convert_to_fp8
+            convert_to_fp8(model, cfg.fp8_scaling)
         self.raw_model = model.to(device)
         self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
@@ -119,7 +126,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
-        if self.dtype == "bf16":
+        # with fp8 the linears cast their own operands; on CUDA the rest runs under bf16 autocast
+        if self.dtype == "bf16" or (self.dtype == "fp8" and self.device.startswith("cuda")):
             return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
         return nullcontext()
 
