@@ -1,0 +1,97 @@
+"""Tensor parallelism (DTensor): 2 gloo processes give the logits and gradients of one process, with
+Megatron's collective count (2 all-reduces per layer forward) or its sequence-parallel form."""
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from lmstack.train.tensor_parallel import tensor_parallel_plan
+
+N_LAYERS = 2
+
+
+def make_model():
+    from lmstack.model import ModelConfig, Transformer
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.preset("llama-style", vocab_size=64, d_model=32, n_layers=N_LAYERS, n_heads=4,
+                                          n_kv_heads=2, max_seq_len=16))
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 64, (2, 16), generator=g)
+    return x, torch.roll(x, -1, dims=1)
+
+
+def forward_backward(model):
+    x, y = batch()
+    out = model(x, targets=y)
+    out.loss.backward()
+    return out
+
+
+def _worker(rank: int, port: int, out_path: str):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lmstack.train.tensor_parallel import apply_tensor_parallel, count_collectives
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        results = {}
+        for mode in ("megatron", "sequence"):
+            model = apply_tensor_parallel(make_model(), mesh, sequence_parallel=mode == "sequence")
+            x, y = batch()
+            out, forward_comms = count_collectives(lambda: model(x, targets=y))
+            _, backward_comms = count_collectives(lambda: out.loss.backward())
+            grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach()
+                     for n, p in model.named_parameters()}
+            sharded = [n for n, p in model.named_parameters() if hasattr(p, "placements")]
+            results[mode] = {"logits": out.logits.detach(), "loss": out.loss.detach(), "grads": grads,
+                             "forward": forward_comms, "backward": backward_comms, "sharded": sharded,
+                             "local_q_rows": model.layers[0].attn.q_proj.weight.to_local().shape[0]}
+        torch.save(results, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_tensor_parallel_matches_one_process(tmp_path):
+    out = tmp_path / "tp.pt"
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    torch.set_num_threads(1)
+    ref_model = make_model()
+    ref = forward_backward(ref_model)
+    ref_grads = {n: p.grad for n, p in ref_model.named_parameters()}
+    for rank in (0, 1):
+        got = torch.load(f"{out}.{rank}", weights_only=False)
+        for mode, r in got.items():
+            assert r["local_q_rows"] == 32 // 2                   # each rank holds half the heads
+            assert len(r["sharded"]) >= 7 * N_LAYERS
+            torch.testing.assert_close(r["logits"], ref.logits.detach(), rtol=0, atol=1e-5)
+            assert r["loss"].item() == pytest.approx(ref.loss.item(), abs=1e-6)
+            assert set(r["grads"]) == set(ref_grads)
+            for name, g in r["grads"].items():
+                torch.testing.assert_close(g, ref_grads[name], rtol=0, atol=1e-5, msg=lambda m: f"{mode} {name}: {m}")
+        # Megatron: one all-reduce after attention and one after the FFN, forward and backward
+        assert got["megatron"]["forward"] == {"all_reduce": 2 * N_LAYERS}
+        assert got["megatron"]["backward"] == {"all_reduce": 2 * N_LAYERS}
+        # sequence parallel: each all-reduce becomes reduce-scatter + all-gather (+1 gather for the head)
+        assert got["sequence"]["forward"] == {"all_gather_into_tensor": 2 * N_LAYERS + 1,
+                                              "reduce_scatter_tensor": 2 * N_LAYERS}
+
+
+def test_plan_rejects_uneven_splits():
+    with pytest.raises(ValueError, match="must divide model n_heads=4"):
+        tensor_parallel_plan(make_model(), 3)
+    plan = tensor_parallel_plan(make_model(), 2)
+    assert {"attn.q_proj", "attn.o_proj", "ffn.gate_proj", "ffn.down_proj"} <= set(plan)
+    assert "attn_norm" in tensor_parallel_plan(make_model(), 2, sequence_parallel=True)
