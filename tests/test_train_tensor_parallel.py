@@ -95,3 +95,42 @@ def test_plan_rejects_uneven_splits():
     plan = tensor_parallel_plan(make_model(), 2)
     assert {"attn.q_proj", "attn.o_proj", "ffn.gate_proj", "ffn.down_proj"} <= set(plan)
     assert "attn_norm" in tensor_parallel_plan(make_model(), 2, sequence_parallel=True)
+
+
+def _worker_2d(rank: int, port: int, out_path: str):
+    import torch.distributed as dist
+
+    from lmstack.train.tensor_parallel import apply_2d_parallel
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=4)
+    try:
+        model, mesh = apply_2d_parallel(make_model(), dp_size=2, tp_size=2, sequence_parallel=True)
+        dp = mesh["dp"].get_local_rank()
+        x, y = batch()
+        x, y = x[dp:dp + 1], y[dp:dp + 1]                 # each data-parallel group: half the batch
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(2):
+            model(x, targets=y).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        state = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
+        if rank == 0:
+            torch.save(state, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # 4 processes: ~15-25 s on 2 contended cores
+def test_data_x_tensor_parallel_training_matches_one_process(tmp_path):
+    out = tmp_path / "2d.pt"
+    mp.start_processes(_worker_2d, args=(_free_port(), str(out)), nprocs=4, join=True, start_method="fork")
+    torch.set_num_threads(1)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        forward_backward(model)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    got = torch.load(out, weights_only=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=1e-4, msg=lambda m: f"{name}: {m}")

@@ -109,3 +109,19 @@ def count_collectives(fn) -> tuple[object, dict[str, int]]:
     with mode:
         result = fn()
     return result, {getattr(op, "__name__", str(op)): n for op, n in mode.get_comm_counts().items()}
+
+
+def apply_2d_parallel(model: nn.Module, dp_size: int, tp_size: int, device_type: str = "cpu",
+                      sequence_parallel: bool = False) -> tuple[nn.Module, object]:
+    """Data x tensor parallelism: tensor parallel inside groups of ``tp_size`` ranks (put them on one
+    node: TP talks every layer), FSDP2 across the ``dp_size`` groups. Needs dp_size * tp_size ranks;
+    returns the model and the 2-D mesh (dims "dp", "tp"). Each dp group must get its own batch."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device_type, (dp_size, tp_size), mesh_dim_names=("dp", "tp"))
+    apply_tensor_parallel(model, mesh["tp"], sequence_parallel=sequence_parallel)
+    for block in model.layers:
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    return model, mesh
