@@ -48,6 +48,7 @@ class Config:
     sources: list[SourceConfig] = field(default_factory=_default_sources)
     world: dict[str, Any] = field(default_factory=dict)   # WorldConfig fields (lmstack.data.world), e.g. n_people
     workers: int = 2                 # processes for the per-shard map step (1 = in-process)
+    executor: str = "local"          # local (a process pool of `workers`) | ray (Ray tasks: lmstack.data.ray_executor)
     shard_docs: int = 256            # documents per map shard
     strict: bool = False             # true: any bad input line in any source is fatal
     normalize: bool = True           # NFC + newline normalisation + control characters removed
@@ -64,6 +65,8 @@ class Config:
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor={self.executor!r}: choose local or ray")
         if self.shard_docs < 1:
             raise ValueError("shard_docs must be >= 1")
         names = [s.label for s in self.sources]
@@ -158,6 +161,9 @@ def _chunks(it: Iterator[dict], size: int) -> Iterator[list[dict]]:
 def run_map(cfg: Config, doc_iter: Iterator[dict], references: list[str], work_dir: Path, progress=None) -> list[dict]:
     """Run map_shard over the stream, in a pool of cfg.workers processes with a bounded queue
     (at most 2 shards per worker in flight, so memory stays bounded however large the corpus)."""
+    if cfg.executor == "ray":
+        from lmstack.data.ray_executor import run_map_ray
+        return run_map_ray(cfg, doc_iter, references, work_dir, _chunks, progress)
     results = []
     if cfg.workers <= 1:
         _init_worker(cfg, references)
