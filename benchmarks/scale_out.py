@@ -7,7 +7,8 @@
    2 gloo processes: agreement with one process, collectives per step, time per step, and the
    measured pipeline bubble against (p-1)/(m+p-1).
 
-The Ray data executor of issue 23 is not built; its rows are absent.
+3. The data stage's map step with the local executor (1 and 2 processes) and on a local Ray
+   cluster with 1 and 2 worker nodes: MB/s of input and whether the outputs are byte-identical.
 
     .venv/bin/python benchmarks/scale_out.py [--quick]
 """
@@ -221,6 +222,59 @@ def _comm_str(counts: dict) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
 
 
+def _data_stage(tmp: str, name: str, executor: str, workers: int, stdlib_bytes: int) -> tuple[float, dict]:
+    import json
+    from pathlib import Path
+
+    from lmstack.config import config_from_dict
+    from lmstack.data import stage as data_stage
+    from lmstack.pipeline import StageContext
+    from lmstack.runs import RunDir
+
+    table = {"workers": workers, "executor": executor, "shard_docs": 64,
+             "sources": [{"kind": "stdlib", "name": "stdlib", "max_bytes": stdlib_bytes}]}
+    cfg = config_from_dict(data_stage.Config, table, "data")
+    run = RunDir(Path(tmp) / name)
+    data_stage.run(StageContext(run=run, seed=5, device="cpu", recipe={"data": table}, stage="data"), cfg)
+    data_dir = run.path / "data"
+    stats = json.loads((data_dir / "stats.json").read_text())
+    mb_per_s = stats["funnel"][0]["bytes"] / 1e6 / max(stats["seconds"]["map"], 1e-9)
+    outputs = {p.name: p.read_bytes() for p in sorted(data_dir.glob("*.jsonl"))}
+    return mb_per_s, outputs
+
+
+def data_table(args) -> dict:
+    """Local executor vs Ray with 1 and 2 worker nodes (each node: one CPU)."""
+    try:
+        import ray
+        from ray.cluster_utils import Cluster
+    except ImportError as e:
+        print(f"\nRay not importable ({e}): data-stage rows skipped (pip install -e '.[ray]')")
+        return {}
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            rows[f"local executor, {workers} process(es)"] = _data_stage(tmp, f"local{workers}", "local", workers,
+                                                                          args.stdlib_bytes)
+        for nodes in (1, 2):
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+            for _ in range(nodes):
+                cluster.add_node(num_cpus=1)
+            ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+            try:
+                rows[f"Ray, {nodes} worker node(s)"] = _data_stage(tmp, f"ray{nodes}", "ray", 1, args.stdlib_bytes)
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+    reference = rows["local executor, 1 process(es)"][1]
+    print(f"\n### Data stage map step ({args.stdlib_bytes / 1e6:.1f} MB of stdlib source)\n")
+    print("| executor | map MB/s | output identical to local |")
+    print("|---|---:|---|")
+    for name, (rate, outputs) in rows.items():
+        print(f"| {name} | {rate:.2f} | {'yes' if outputs == reference else 'NO'} |")
+    return {name: (rate, outputs == reference) for name, (rate, outputs) in rows.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (a smoke test, not a measurement)")
@@ -228,14 +282,15 @@ def main() -> None:
     if args.quick:
         args.d_model, args.n_layers, args.seq, args.batch, args.steps, args.parallel_steps, args.micro = \
             64, 2, 32, 8, 15, 3, 4
-        limit = 50_000
+        limit, args.stdlib_bytes = 50_000, 300_000
     else:
         args.d_model, args.n_layers, args.seq, args.batch, args.steps, args.parallel_steps, args.micro = \
             256, 4, 128, 16, 200, 10, 8
-        limit = 2_000_000
+        limit, args.stdlib_bytes = 2_000_000, 20_000_000
     data, vocab = load_chars(limit)
     rows = optimizer_table(args, data, vocab)
     parallel = parallel_table(args, data, vocab)
+    data_rows = data_table(args)
     fp32, ours = rows["fp32 AdamW (torch)"], rows["8-bit AdamW (lmstack)"]
     print(f"\nresult: adamw8bit_state_saving={1 - ours['bytes'] / fp32['bytes']:.3f}")
     print(f"result: adamw8bit_loss_gap={ours['loss'] - fp32['loss']:.4f}")
@@ -249,6 +304,10 @@ def main() -> None:
     print(f"result: pp_max_loss_diff={max(v[0] for k, v in parallel.items() if k.startswith('pp')):.2e}")
     print(f"result: pp_bubble_1f1b={parallel['pp_1f1b'][1]:.3f}")
     print(f"result: pp_bubble_formula={bubble_formula(2, args.micro):.3f}")
+    if data_rows:
+        local_rate = data_rows["local executor, 1 process(es)"][0]
+        print(f"result: ray_2node_speedup_vs_local={data_rows['Ray, 2 worker node(s)'][0] / local_rate:.2f}")
+        print(f"result: ray_outputs_identical={int(all(same for _, same in data_rows.values()))}")
 
 
 if __name__ == "__main__":
