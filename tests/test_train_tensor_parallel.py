@@ -134,3 +134,54 @@ def test_data_x_tensor_parallel_training_matches_one_process(tmp_path):
     got = torch.load(out, weights_only=True)
     for name, p in model.named_parameters():
         torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def train_with_trainer(tensor_parallel: int, tmp=None) -> dict:
+    from lmstack.train.optim import OptimConfig
+    from lmstack.train.schedule import ScheduleConfig
+    from lmstack.train.trainer import TrainConfig, Trainer
+    from test_train_helpers import periodic_tokens
+
+    cfg = TrainConfig(steps=4, batch_size=2, seq_len=16, loader="random", optim=OptimConfig(lr=3e-3),
+                      schedule=ScheduleConfig(warmup_steps=1), grad_clip=0.3, log_every=100, eval_every=0,
+                      ckpt_every=0, eval_batches=2, distributed="fsdp", tensor_parallel=tensor_parallel,
+                      sequence_parallel=tensor_parallel > 1, peak_flops=1e9, dtype="fp32")
+    trainer = Trainer(make_model(), cfg, train_tokens=periodic_tokens(2000, vocab=64),
+                      val_tokens=periodic_tokens(400, vocab=64, seed=3), seed=4, progress=False, ckpt_dir=tmp)
+    summary = trainer.train()
+    if tensor_parallel > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = {k: v.detach().clone() for k, v in trainer.raw_model.state_dict().items()}
+    return {"state": state, "val_loss": summary.val_loss, "data_world": trainer.data_world}
+
+
+def _worker_trainer(rank: int, port: int, out_path: str, ckpt: str):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        result = train_with_trainer(2, ckpt)
+        if rank == 0:
+            torch.save(result, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_trainer_tensor_parallel_config_matches_one_process(tmp_path):
+    out = tmp_path / "trainer_tp.pt"
+    mp.start_processes(_worker_trainer, args=(_free_port(), str(out), str(tmp_path / "ckpt")), nprocs=2, join=True,
+                       start_method="fork")
+    torch.set_num_threads(1)
+    ref = train_with_trainer(1)
+    got = torch.load(out, weights_only=False)
+    assert got["data_world"] == 1                         # both ranks are one data-parallel replica
+    assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)
+    for name, expected in ref["state"].items():
+        torch.testing.assert_close(got["state"][name], expected, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    # the checkpoint the TP run wrote is a plain full model
+    from lmstack.model import load_pretrained
+    reloaded = load_pretrained(tmp_path / "ckpt" / "step_000004")
+    for name, t in reloaded.state_dict().items():
+        torch.testing.assert_close(t, ref["state"][name], rtol=1e-4, atol=1e-5)

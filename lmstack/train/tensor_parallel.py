@@ -125,3 +125,42 @@ def apply_2d_parallel(model: nn.Module, dp_size: int, tp_size: int, device_type:
         fully_shard(block, mesh=mesh["dp"])
     fully_shard(model, mesh=mesh["dp"])
     return model, mesh
+
+
+def parallelize_for_training(model: nn.Module, tensor_parallel: int, sequence_parallel: bool, strategy: str,
+                             world_size: int, device: str) -> tuple[nn.Module, int, int]:
+    """The trainer's entry point (``tensor_parallel > 1``): 2-D FSDP2 x TP over the torchrun ranks.
+    Returns the model and this rank's (data-parallel rank, data-parallel size): ranks of one
+    tensor-parallel group must read the same batches."""
+    if strategy != "fsdp":
+        raise ValueError(f"train config tensor_parallel={tensor_parallel} needs distributed = \"fsdp\" "
+                         f"(FSDP2 shards across the data-parallel groups), got {strategy!r}")
+    if world_size < tensor_parallel or world_size % tensor_parallel:
+        raise ValueError(f"train config tensor_parallel={tensor_parallel} must divide the number of processes "
+                         f"({world_size}); launch with torchrun --nproc_per_node=N")
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    model, mesh = apply_2d_parallel(model, world_size // tensor_parallel, tensor_parallel, device_type,
+                                    sequence_parallel=sequence_parallel)
+    return model, mesh["dp"].get_local_rank(), mesh["dp"].size()
+
+
+def clip_grad_norm_across_meshes(params: list, max_norm: float) -> float:
+    """Global gradient norm (and clipping when ``max_norm > 0``) for parameters that live on
+    different device meshes (2-D TP weights next to 1-D FSDP embeddings). torch's
+    ``clip_grad_norm_`` stacks the per-parameter norms and fails on mixed meshes."""
+    import torch
+
+    squares = torch.zeros((), dtype=torch.float32)
+    by_mesh: dict[object, list] = {}
+    for p in params:
+        by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+    for grads in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(grads)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        squares = squares + norm.float().cpu() ** 2
+    total = float(squares.sqrt())
+    if max_norm > 0 and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            p.grad.mul_(scale)
+    return total
