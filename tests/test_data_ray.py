@@ -35,6 +35,38 @@ def output_files(data_dir):
             if p.is_file() and p.suffix in (".jsonl", ".bin", ".json") and p.name not in ("stats.json",)}
 
 
+def planted_signatures():
+    """Random signatures with near-duplicate chains that connect only through *different* bands."""
+    import numpy as np
+
+    from lmstack.data.dedup import MinHasher
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 2**32 - 1, size=(80, 112), dtype=np.uint64).astype(np.uint32)
+    for chain in range(6):
+        docs = rng.choice(80, size=4, replace=False)
+        for a, b in zip(docs, docs[1:]):
+            band = int(rng.integers(0, 14))
+            sigs[b, band * 8:(band + 1) * 8] = sigs[a, band * 8:(band + 1) * 8]
+    sigs[[3, 7]] = MinHasher.EMPTY          # documents without shingles are never clustered
+    return sigs
+
+
+def check_distributed_union_find():
+    from lmstack.data.dedup import MinHashConfig, MinHashDeduplicator
+    from lmstack.data.ray_executor import find_duplicates_ray
+
+    sigs = planted_signatures()
+    for threshold in (0.0, 0.1):   # 0.1: one shared band (8/112) fails the check
+        cfg = MinHashConfig(verify_threshold=threshold)
+        want_keep, want_clusters = MinHashDeduplicator(cfg).find_duplicates(sigs)
+        got_keep, got_clusters = find_duplicates_ray(cfg, sigs)
+        assert (got_keep == want_keep).all() and got_clusters == want_clusters
+        if threshold == 0:
+            assert max(len(m) for m in want_clusters.values()) >= 4     # chains joined through several bands
+        else:
+            assert not want_clusters
+
+
 @pytest.mark.slow  # starting a 3-node Ray cluster takes ~10-30 s
 def test_ray_executor_matches_local_with_a_killed_worker(tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
@@ -50,6 +82,7 @@ def test_ray_executor_matches_local_with_a_killed_worker(tmp_path, monkeypatch):
         monkeypatch.setenv("LMSTACK_RAY_FAULT_DIR", str(fault_dir))
         ray_dir, remote = run_stage(tmp_path, "ray", "ray")
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
+        check_distributed_union_find()
     finally:
         ray.shutdown()
         cluster.shutdown()

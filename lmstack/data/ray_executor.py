@@ -11,8 +11,10 @@ Which cluster: ``ray.init()`` without an address, i.e. the cluster named by the 
 environment variable (``RAY_ADDRESS=ray://head:10001`` or ``auto`` for one started with ``ray
 start``), else a fresh local one. If the caller already called ``ray.init``, that cluster is used.
 
-Not built: the dedup reduce still runs on the driver (the MinHash signatures are gathered there),
-and sources are read by the driver (local paths; no fsspec/object-store URLs yet).
+The near-duplicate reduce runs on the cluster too (``find_duplicates_ray``: one union-find task
+per LSH band, merged in a reduction tree). Not built: the map results (MinHash signatures,
+hashes) still come back to the driver, which also reads the sources (local paths; no
+fsspec/object-store URLs yet) and runs the other, cheaper reduce steps.
 """
 
 from __future__ import annotations
@@ -80,3 +82,83 @@ def run_map_ray(cfg, doc_iter: Iterator[dict], references: list[str], work_dir: 
         collect(block=False)
     collect(block=True)
     return [results[i] for i in sorted(results)]
+
+
+# --- near-dedup reduce: a distributed union-find ---------------------------------------------------
+#
+# Each LSH band is clustered by its own Ray task (a union-find over that band's buckets only), and
+# the per-band partitions are merged pairwise in a reduction tree of Ray tasks (merging two
+# partitions = union-find over the edges i -> root_a(i) and i -> root_b(i)). The connected
+# components of the union of all bands' bucket graphs are the same whatever the merge order, so
+# the result equals the single-node MinHashDeduplicator's. No task sees more than one band's keys
+# or two label arrays (8 bytes per document).
+
+def _band_roots(keys, n_docs: int, sigs, verify_threshold: float):
+    """Union-find over one band: documents sharing a bucket key join the bucket's first member."""
+    import numpy as np
+
+    from lmstack.data.dedup import UnionFind
+
+    valid_idx, band_keys = keys
+    uf = UnionFind(n_docs)
+    order = np.argsort(band_keys, kind="stable")
+    sorted_keys = band_keys[order]
+    if len(sorted_keys) >= 2:
+        boundaries = np.nonzero(sorted_keys[1:] != sorted_keys[:-1])[0] + 1
+        starts = np.concatenate([[0], boundaries])
+        ends = np.concatenate([boundaries, [len(sorted_keys)]])
+        for s, e in zip(starts[(ends - starts) >= 2], ends[(ends - starts) >= 2]):
+            members = valid_idx[order[s:e]]
+            first = int(members[0])
+            if verify_threshold > 0:
+                agree = (sigs[members[1:]] == sigs[first]).mean(axis=1)
+                members = np.concatenate([[first], members[1:][agree >= verify_threshold]])
+            for other in members[1:]:
+                uf.union(first, int(other))
+    return uf.labels()
+
+
+def _merge_roots(labels_a, labels_b):
+    import numpy as np
+
+    from lmstack.data.dedup import UnionFind
+
+    uf = UnionFind(len(labels_a))
+    for labels in (labels_a, labels_b):
+        for i in np.nonzero(labels != np.arange(len(labels)))[0]:
+            uf.union(int(i), int(labels[i]))
+    return uf.labels()
+
+
+def find_duplicates_ray(cfg, sigs):
+    """``MinHashDeduplicator(cfg).find_duplicates(sigs)`` computed on the Ray cluster: returns the
+    same (keep mask, {kept index: members}) for clusters of >= 2 documents."""
+    import numpy as np
+    import ray
+
+    from lmstack.data.dedup import MinHasher, MinHashLSH
+
+    n = len(sigs)
+    valid = ~(sigs == MinHasher.EMPTY).all(axis=1)
+    valid_idx = np.nonzero(valid)[0]
+    keys = MinHashLSH(cfg.bands, cfg.rows).band_keys(sigs[valid_idx]) if len(valid_idx) else np.zeros((0, cfg.bands))
+    band_task = ray.remote(max_retries=MAX_RETRIES)(_band_roots)
+    merge_task = ray.remote(max_retries=MAX_RETRIES)(_merge_roots)
+    sigs_ref = ray.put(sigs) if cfg.verify_threshold > 0 else None
+    level = [band_task.remote((valid_idx, keys[:, b].copy()), n, sigs_ref, cfg.verify_threshold)
+             for b in range(cfg.bands)]
+    while len(level) > 1:
+        pairs = [merge_task.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    labels = ray.get(level[0]) if level else np.arange(n)
+    keep = np.ones(n, dtype=bool)
+    clusters: dict[int, list[int]] = {}
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    for group in np.split(order, np.nonzero(sorted_labels[1:] != sorted_labels[:-1])[0] + 1):
+        if len(group) < 2:
+            continue
+        group = np.sort(group)                 # the first document of a cluster is kept
+        keep[group[1:]] = False
+        clusters[int(group[0])] = group.tolist()
+    return keep, clusters

@@ -363,8 +363,11 @@ def run(ctx, cfg: Config):
     cluster_sizes: Counter = Counter()
     if cfg.minhash.enabled and alive.any():
         survivors = np.nonzero(alive)[0]
-        dedup = MinHashDeduplicator(cfg.minhash)
-        keep_local, clusters = dedup.find_duplicates(sigs[survivors])
+        if cfg.executor == "ray":
+            from lmstack.data.ray_executor import find_duplicates_ray
+            keep_local, clusters = find_duplicates_ray(cfg.minhash, sigs[survivors])
+        else:
+            keep_local, clusters = MinHashDeduplicator(cfg.minhash).find_duplicates(sigs[survivors])
         for rep, members in clusters.items():
             cluster_sizes[len(members)] += 1
             clusters_report.append((int(survivors[rep]), [int(survivors[m]) for m in members]))
