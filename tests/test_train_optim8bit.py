@@ -134,5 +134,65 @@ def test_trainer_resume_with_8bit_state_is_bit_identical(tmp_path):
     train(tmp_path / "resumed", stop_at=6)       # interrupted after update 6; the checkpoint is step 4
     resumed = train(tmp_path / "resumed")
     assert resumed.resumed_from == 4
+    # codes come back as uint8 (torch's loader casts state to the parameter dtype), so the saving holds
+    assert optimizer_state_bytes(resumed.optimizer) == optimizer_state_bytes(full.optimizer)
     for (name, a), b in zip(full.raw_model.state_dict().items(), resumed.raw_model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_loads_a_torch_adamw_checkpoint_and_quantizes_it():
+    model = make_model()
+    fp32 = build_optimizer(model, OptimConfig(lr=1e-3))
+    run(model, fp32)
+    ours = build_optimizer(model, OptimConfig(name="adamw8bit", lr=1e-3))
+    ours.load_state_dict(fp32.state_dict())
+    assert optimizer_state_bytes(ours) < 0.3 * optimizer_state_bytes(fp32)
+    p = model.layers[0].attn.q_proj.weight
+    back = BlockQuantized(ours.state[p]["exp_avg_codes"], ours.state[p]["exp_avg_absmax"], p.shape,
+                          256).dequantize(dynamic_code_book(True))
+    want = fp32.state[p]["exp_avg"]
+    assert (back - want).abs().max() <= 0.04 * want.abs().max()
+
+
+def _fsdp_worker(rank: int, port: int, tmp: str, out: str):
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from lmstack.train.schedule import ScheduleConfig
+    from lmstack.train.trainer import TrainConfig, Trainer
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        def train(ckpt_dir, stop_at=None):
+            cfg = TrainConfig(steps=8, batch_size=4, seq_len=32, loader="random", ckpt_every=4, eval_every=0,
+                              log_every=100, dtype="fp32", peak_flops=1e9, distributed="fsdp",
+                              schedule=ScheduleConfig(warmup_steps=2), optim=OptimConfig(name="adamw8bit", lr=3e-3))
+            trainer = Trainer(make_model(), cfg, train_tokens=periodic_tokens(3000, vocab=64), seed=3,
+                              ckpt_dir=ckpt_dir, progress=False)
+            trainer.train(stop_at=stop_at)
+            quantized = sum("exp_avg_codes" in st for st in trainer.optimizer.state.values())
+            return get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True)), quantized
+        full, quantized = train(f"{tmp}/full")
+        train(f"{tmp}/resumed", stop_at=6)
+        resumed, quantized_after = train(f"{tmp}/resumed")
+        if rank == 0:
+            torch.save({"full": full, "resumed": resumed, "quantized": (quantized, quantized_after)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_checkpoint_resume_stays_close(tmp_path):
+    """Under FSDP2 the moments are checkpointed as dequantized fp32 DTensors (their blocks follow the
+    local shard), so a resume is close to, not bit-identical with, the uninterrupted run."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "fsdp.pt"
+    mp.start_processes(_fsdp_worker, args=(port, str(tmp_path), str(out)), nprocs=2, join=True, start_method="fork")
+    got = torch.load(out, weights_only=True)
+    assert got["quantized"][0] >= 6 and got["quantized"][1] == got["quantized"][0]   # shards of >= 4096 elements
+    for name, want in got["full"].items():
+        torch.testing.assert_close(got["resumed"][name], want, rtol=0, atol=1e-3, msg=lambda m: f"{name}: {m}")

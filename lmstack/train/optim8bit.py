@@ -155,6 +155,50 @@ class AdamW8bit(torch.optim.Optimizer):
         return loss
 
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Quantized moments are saved as codes + absmax, except for FSDP2-sharded (DTensor)
+        parameters: their blocks follow the local shard, so they are saved as dequantized fp32
+        DTensors that torch.distributed.checkpoint can gather and re-shard (re-quantized on load;
+        such a resume is close to, not bit-identical with, an uninterrupted run)."""
+        sd = super().state_dict()
+        params = [p for g in self.param_groups for p in g["params"]]
+        state = {}
+        for idx, st in sd["state"].items():
+            p = params[idx]
+            if hasattr(p, "device_mesh") and "step" in st:
+                from torch.distributed.tensor import DTensor
+                live, st = self.state[p], {"step": st["step"]}
+                for name, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                    local = (self._moment(_local(p), live, name).dequantize(self._book(signed, p.device)[0])
+                             if f"{name}_codes" in live else live[name])
+                    st[name] = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                                                  shape=p.shape, stride=p.stride())
+            state[idx] = st
+        sd["state"] = state
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for p, st in self.state.items():
+            for name, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                if f"{name}_codes" in st:
+                    # torch's loader casts every floating-point-param state to the param dtype
+                    st[f"{name}_codes"] = st[f"{name}_codes"].to(torch.uint8)
+                    st[f"{name}_absmax"] = st[f"{name}_absmax"].float()
+                elif name in st:
+                    # fp32 moments (FSDP2 checkpoints, or a torch AdamW checkpoint): this rank's shard,
+                    # quantized where the optimizer would have quantized it
+                    value = _local(st.pop(name)).float()
+                    if value.numel() < self.min_8bit_numel:
+                        st[name] = value
+                        continue
+                    q = BlockQuantized.zeros(value, block_size_for(value.numel(), self.block_size),
+                                             self._book(signed, value.device)[0])
+                    q.quantize_(value, *self._book(signed, value.device))
+                    st[f"{name}_codes"], st[f"{name}_absmax"] = q.codes, q.absmax
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (FSDP2 parameters), or the tensor itself."""
     return t.to_local() if hasattr(t, "to_local") else t
