@@ -20,7 +20,6 @@ and the most sensitive).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -52,12 +51,15 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, a_dtype: torch.dtype, b_dtype: 
     rowwise = scaling == "row"
     qa, sa = quantize(a, a_dtype, dim=-1 if rowwise else None)   # per row of a: (M, 1)
     qb, sb = quantize(b, b_dtype, dim=0 if rowwise else None)    # per column of b: (1, N)
-    m, k = a.shape
+    k = a.shape[1]
     n = b.shape[1]
-    if hardware_fp8(a) and k % 16 == 0 and n % 16 == 0 and not (a_dtype == E5M2 and b_dtype == E5M2):
-        # cuBLAS wants the right operand column-major; row-wise scaling wants a bf16 output
-        out = torch._scaled_mm(qa, qb.t().contiguous().t(), scale_a=sa.reshape(-1, 1) if rowwise else sa,
-                               scale_b=sb.reshape(1, -1) if rowwise else sb, out_dtype=torch.bfloat16)
+    # cuBLAS FP8 GEMMs: dims multiple of 16, never E5M2 x E5M2; row-wise scales only for E4M3 x E4M3
+    supported = k % 16 == 0 and n % 16 == 0 and E4M3 in (a_dtype, b_dtype) and (
+        not rowwise or a_dtype == b_dtype == E4M3)
+    if hardware_fp8(a) and supported:
+        # the left operand row-major, the right one column-major; a bf16 output (row-wise needs it)
+        out = torch._scaled_mm(qa.contiguous(), qb.t().contiguous().t(), scale_a=sa, scale_b=sb,
+                               out_dtype=torch.bfloat16)
         return out.float()
     return (qa.float() * sa) @ (qb.float() * sb)
 
