@@ -12,9 +12,10 @@ environment variable (``RAY_ADDRESS=ray://head:10001`` or ``auto`` for one start
 start``), else a fresh local one. If the caller already called ``ray.init``, that cluster is used.
 
 The near-duplicate reduce runs on the cluster too (``find_duplicates_ray``: one union-find task
-per LSH band, merged in a reduction tree). Not built: the map results (MinHash signatures,
-hashes) still come back to the driver, which also reads the sources (local paths; no
-fsspec/object-store URLs yet) and runs the other, cheaper reduce steps.
+per LSH band, merged in a reduction tree). Not built: the driver still reads the sources (local
+paths or fsspec URLs such as ``s3://bucket/fineweb/``, see lmstack.data.remote) and streams the
+shards to the tasks; the map results (MinHash signatures, hashes) come back to the driver, which
+runs the other, cheaper reduce steps (exact dedup, decontamination, line dedup, quality, mix).
 """
 
 from __future__ import annotations
