@@ -28,30 +28,30 @@ from typing import Iterator
 
 MAX_RETRIES = 3
 FAULT_ENV = "LMSTACK_RAY_FAULT_DIR"   # tests: the first attempt of shard 1 kills its worker process
+_WORKER_RUN: dict[str, str] = {}      # in each Ray worker process: the run its map state was set up for
 
 
 def _map_shard_task(index: int, docs: list[dict], setup, fault_dir: str | None) -> tuple[dict, bytes]:
-    from lmstack.data import stage
-
-    cfg, references, token = setup
-    if stage._W.get("token") != token:      # one worker process serves many tasks: set up once per run
-        stage._init_worker(cfg, references)
-        stage._W["token"] = token
+    map_shard, init_worker, cfg, references, token = setup
+    if _WORKER_RUN.get("token") != token:   # one worker process serves many tasks: set up once per run
+        init_worker(cfg, references)
+        _WORKER_RUN["token"] = token
     if fault_dir and index == 1:
         marker = Path(fault_dir) / "killed_shard_1"
         if not marker.exists():
             marker.write_text(str(os.getpid()))
             os._exit(1)                       # a worker dying mid-task, as a preempted node would
     with tempfile.TemporaryDirectory(prefix="lmstack_map_") as tmp:
-        result = stage.map_shard(index, docs, tmp)
+        result = map_shard(index, docs, tmp)
         payload = Path(result["path"]).read_bytes()
     return result, payload
 
 
-def run_map_ray(cfg, doc_iter: Iterator[dict], references: list[str], work_dir: Path, chunks, progress=None
-                ) -> list[dict]:
-    """Map every shard on the Ray cluster; at most two shards per cluster CPU are in flight, so the
-    driver's memory stays bounded however large the corpus."""
+def run_map_ray(cfg, doc_iter: Iterator[dict], references: list[str], work_dir: Path, *, map_shard, init_worker,
+                chunks, progress=None) -> list[dict]:
+    """Map every shard on the Ray cluster with the data stage's ``map_shard`` (after ``init_worker``
+    once per worker process); at most two shards per cluster CPU are in flight, so the driver's
+    memory stays bounded however large the corpus."""
     try:
         import ray
     except ImportError as e:
@@ -59,7 +59,7 @@ def run_map_ray(cfg, doc_iter: Iterator[dict], references: list[str], work_dir: 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_map_shard_task)
-    setup = ray.put((cfg, references, os.urandom(8).hex()))
+    setup = ray.put((map_shard, init_worker, cfg, references, os.urandom(8).hex()))
     fault_dir = os.environ.get(FAULT_ENV)
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: deque = deque()

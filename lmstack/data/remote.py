@@ -40,18 +40,17 @@ class RemoteFile:
 
 
 def expand_url(url: str, suffixes: tuple[str, ...]) -> list[RemoteFile]:
-    """A file, every file with one of ``suffixes`` under a prefix (sorted), or a glob."""
-    from lmstack.data.sources import DataError
-
+    """A file, every file with one of ``suffixes`` under a prefix (sorted), or a glob. Raises
+    ValueError with an actionable message (sources.py turns it into a DataError)."""
     try:
         import fsspec
     except ImportError as e:
-        raise DataError(f"data source path {url!r} is a URL: install fsspec (pip install 'lmstack[ray]') "
-                        "and the backend for its protocol (s3fs, gcsfs, ...)") from e
+        raise ValueError(f"data source path {url!r} is a URL: install fsspec (pip install 'lmstack[ray]') "
+                         "and the backend for its protocol (s3fs, gcsfs, ...)") from e
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
-        raise DataError(f"data source path {url!r}: {e}") from None
+        raise ValueError(f"data source path {url!r}: {e}") from None
     if any(ch in root for ch in "*?["):
         files = sorted(fs.glob(root))
     elif fs.isdir(root):
@@ -61,7 +60,7 @@ def expand_url(url: str, suffixes: tuple[str, ...]) -> list[RemoteFile]:
     else:
         files = []
     if not files:
-        raise DataError(f"data source path {url!r} matches no file")
+        raise ValueError(f"data source path {url!r} matches no file")
     return [RemoteFile(fs, p) for p in files]
 
 

@@ -117,7 +117,10 @@ def resolve_path(path: str) -> Path:
 def expand_paths(path: str, suffixes: tuple[str, ...]) -> list[Path]:
     """A file, every matching file under a directory (sorted), or a glob; fsspec URLs too (remote.py)."""
     if is_url(path):
-        return expand_url(path, suffixes)
+        try:
+            return expand_url(path, suffixes)
+        except ValueError as e:
+            raise DataError(str(e)) from e.__cause__
     p = resolve_path(path)
     if p.is_dir():
         return sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(suffixes))

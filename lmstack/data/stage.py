@@ -163,7 +163,8 @@ def run_map(cfg: Config, doc_iter: Iterator[dict], references: list[str], work_d
     (at most 2 shards per worker in flight, so memory stays bounded however large the corpus)."""
     if cfg.executor == "ray":
         from lmstack.data.ray_executor import run_map_ray
-        return run_map_ray(cfg, doc_iter, references, work_dir, _chunks, progress)
+        return run_map_ray(cfg, doc_iter, references, work_dir, map_shard=map_shard, init_worker=_init_worker,
+                           chunks=_chunks, progress=progress)
     results = []
     if cfg.workers <= 1:
         _init_worker(cfg, references)
