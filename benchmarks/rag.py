@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmstack.machine import run_benchmark
 from lmstack.apps.bm25 import BM25, search_tokens
 from lmstack.apps.chunking import chunk_by_sentences
 from lmstack.apps.evaluate import facts_eval_questions, gold_doc
@@ -162,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_benchmark(main))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, get_args
 
+from lmstack.data.remote import RemoteFile, expand_url, is_url, open_binary
+
 SourceKind = Literal["txt", "jsonl", "parquet", "json", "stdlib", "world"]
 KINDS = get_args(SourceKind)
 MAX_EXAMPLES = 5
@@ -32,7 +34,8 @@ class DataError(ValueError):
 class SourceConfig:
     """One ``[[data.sources]]`` entry of a recipe."""
     kind: SourceKind = "jsonl"
-    path: str = ""                  # file, directory or glob (txt/jsonl/parquet/json); relative to the cwd, else the repo
+    path: str = ""                  # file, directory or glob (txt/jsonl/parquet/json); relative to the cwd, else the repo;
+                                    # or an fsspec URL (s3://bucket/dir, gs://..., memory://...: lmstack.data.remote)
     name: str = ""                  # source name in the stats and the mix table (default: kind, or the file stem)
     field: str = "text"             # jsonl/json: the text field of each record, dotted for nested objects ("body.text");
                                     # a list of strings (e.g. "paragraphs") is joined by newlines; parquet: the column
@@ -113,7 +116,12 @@ def resolve_path(path: str) -> Path:
 
 
 def expand_paths(path: str, suffixes: tuple[str, ...]) -> list[Path]:
-    """A file, every matching file under a directory (sorted), or a glob."""
+    """A file, every matching file under a directory (sorted), or a glob; fsspec URLs too (remote.py)."""
+    if is_url(path):
+        try:
+            return expand_url(path, suffixes)
+        except ValueError as e:
+            raise DataError(str(e)) from e.__cause__
     p = resolve_path(path)
     if p.is_dir():
         return sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(suffixes))
@@ -148,7 +156,7 @@ def read_txt(path: Path, stats: ReadStats, split: str = "blank_line", source: st
         return
     block: list[str] = []
     start = 1
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             line = _decode(raw, str(path), lineno, stats)
             if line is None:
@@ -202,7 +210,7 @@ def get_field(record: dict, dotted: str):
 
 def read_jsonl(path: Path, stats: ReadStats, field_name: str = "text", source: str = "jsonl") -> Iterator[dict]:
     fs = stats.file(str(path))
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             line = _decode(raw, str(path), lineno, stats)
             if line is None or not line.strip():
@@ -250,7 +258,7 @@ def read_parquet(path: Path, stats: ReadStats, field_name: str = "text", source:
 
     fs = stats.file(str(path))
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path.open("rb") if isinstance(path, RemoteFile) else path)
     except Exception as e:  # pyarrow raises several types for a non-parquet file
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
     names = pf.schema_arrow.names

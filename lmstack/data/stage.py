@@ -50,6 +50,7 @@ class Config:
     sources: list[SourceConfig] = field(default_factory=_default_sources)
     world: WorldConfig = field(default_factory=WorldConfig)  # sizes of the synthetic world, e.g. n_people
     workers: int = 2                 # processes for the per-shard map step (1 = in-process)
+    executor: str = "local"          # local (a process pool of `workers`) | ray (Ray tasks: lmstack.data.ray_executor)
     shard_docs: int = 256            # documents per map shard
     strict: bool = False             # true: any bad input line in any source is fatal
     normalize: bool = True           # NFC + newline normalisation + control characters removed
@@ -66,6 +67,8 @@ class Config:
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor={self.executor!r}: choose local or ray")
         if self.shard_docs < 1:
             raise ValueError("shard_docs must be >= 1")
         names = [s.label for s in self.sources]
@@ -160,6 +163,10 @@ def _chunks(it: Iterator[dict], size: int) -> Iterator[list[dict]]:
 def run_map(cfg: Config, doc_iter: Iterator[dict], references: list[str], work_dir: Path, progress=None) -> list[dict]:
     """Run map_shard over the stream, in a pool of cfg.workers processes with a bounded queue
     (at most 2 shards per worker in flight, so memory stays bounded however large the corpus)."""
+    if cfg.executor == "ray":
+        from lmstack.data.ray_executor import run_map_ray
+        return run_map_ray(cfg, doc_iter, references, work_dir, map_shard=map_shard, init_worker=_init_worker,
+                           chunks=_chunks, progress=progress)
     results = []
     if cfg.workers <= 1:
         _init_worker(cfg, references)
@@ -471,7 +478,11 @@ def near_dedup(cfg: Config, corpus: MappedCorpus, alive: np.ndarray, store: DocS
     clusters: list[list[int]] = []
     if cfg.minhash.enabled and alive.any():
         survivors = np.nonzero(alive)[0]
-        keep_local, found = MinHashDeduplicator(cfg.minhash).find_duplicates(corpus.sigs[survivors])
+        if cfg.executor == "ray":
+            from lmstack.data.ray_executor import find_duplicates_ray
+            keep_local, found = find_duplicates_ray(cfg.minhash, corpus.sigs[survivors])
+        else:
+            keep_local, found = MinHashDeduplicator(cfg.minhash).find_duplicates(corpus.sigs[survivors])
         for members in found.values():
             stats.cluster_sizes[len(members)] += 1
             clusters.append([int(survivors[m]) for m in members])

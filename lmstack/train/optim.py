@@ -16,13 +16,13 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-OptimizerName = Literal["adamw", "muon"]
+OptimizerName = Literal["adamw", "muon", "adamw8bit"]
 OPTIMIZERS = get_args(OptimizerName)
 
 
 @dataclass
 class OptimConfig:
-    name: OptimizerName = "adamw"     # muon: Muon for hidden matrices + AdamW for the rest
+    name: OptimizerName = "adamw"     # muon: Muon for hidden matrices + AdamW for the rest; adamw8bit: 8-bit moments
     lr: float = 3e-3                  # AdamW learning rate (peak)
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -30,6 +30,7 @@ class OptimConfig:
     muon_lr: float = 0.02             # Muon learning rate (peak); scaled by the same schedule
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5
+    block_size: int = 2048            # adamw8bit: elements per quantization block (Dettmers et al. 2021)
 
 
 def is_embedding_or_head(name: str, module_by_param: dict[str, nn.Module], p: torch.Tensor,
@@ -84,6 +85,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adamw":
         # foreach is deterministic on CPU and faster than the per-tensor loop.
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
+    if cfg.name == "adamw8bit":
+        from lmstack.train.optim8bit import AdamW8bit
+        return AdamW8bit(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, block_size=cfg.block_size)
     return MuonWithAdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps,
                          momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps)
 

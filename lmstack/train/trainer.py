@@ -42,10 +42,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float = 1.0          # 0 = no clipping
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # autocast dtype (on CPU too); auto = the faster here
+    dtype: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  # autocast dtype (on CPU too); auto = the faster here; fp8: lmstack.train.fp8
+    fp8_scaling: Literal["tensor", "row"] = "tensor"  # dtype=fp8: one scale per tensor, or per row/column
     compile: bool = False           # torch.compile the model
     fused_loss: bool = True         # lm_head + cross-entropy in chunks, never the whole logits (Transformer)
     distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with >1 process
+    tensor_parallel: int = 1        # > 1: DTensor tensor parallelism in groups of this many ranks, FSDP2 across them
+    sequence_parallel: bool = False  # with tensor_parallel: norms and residuals split along the sequence
     eval_every: int = 100           # 0 = only at the end
     eval_batches: int = 8
     ckpt_every: int = 100           # 0 = only at the end
@@ -60,8 +63,12 @@ class TrainConfig:
                 raise ValueError(f"train config {name}={getattr(self, name)} must be positive")
         if self.loader not in LOADER_MODES:
             raise ValueError(f"train config loader={self.loader!r}: choose one of {', '.join(LOADER_MODES)}")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"train config dtype={self.dtype!r}: choose auto, fp32 or bf16")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp8"):
+            raise ValueError(f"train config dtype={self.dtype!r}: choose auto, fp32, bf16 or fp8")
+        if self.tensor_parallel < 1:
+            raise ValueError(f"train config tensor_parallel={self.tensor_parallel} must be >= 1")
+        if self.fp8_scaling not in ("tensor", "row"):
+            raise ValueError(f"train config fp8_scaling={self.fp8_scaling!r}: choose tensor or row")
 
 
 @dataclass
@@ -91,14 +98,26 @@ class Trainer:
         cfg.validate()
         self.cfg, self.device, self.seed, self.stage = cfg, device, seed, stage
         self.dist: DistInfo = current()
+        if cfg.dtype == "fp8":
+            # FP8 GEMMs in the block linears (emulated off H100-class GPUs: lmstack.train.fp8)
+            from lmstack.train.fp8 import convert_to_fp8
+            convert_to_fp8(model, cfg.fp8_scaling)
         self.raw_model = model.to(device)
-        self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
+        # ranks of one tensor-parallel group read the same batches: the loader shards by data rank
+        self.data_rank, self.data_world = self.dist.rank, self.dist.world_size
+        if cfg.tensor_parallel > 1:
+            from lmstack.train.tensor_parallel import parallelize_for_training
+            self.model, self.data_rank, self.data_world = parallelize_for_training(
+                self.raw_model, cfg.tensor_parallel, cfg.sequence_parallel, cfg.distributed,
+                self.dist.world_size, device)
+        else:
+            self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loader = TokenLoader(train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=seed,
-                                  mode=cfg.loader, bos_id=bos_id, rank=self.dist.rank,
-                                  world_size=self.dist.world_size)
+                                  mode=cfg.loader, bos_id=bos_id, rank=self.data_rank,
+                                  world_size=self.data_world)
         self.val_tokens = val_tokens
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.metrics_sink = metrics_sink if self.dist.is_main else None
@@ -111,7 +130,7 @@ class Trainer:
         self.skipped = 0
         self.rollbacks = 0
         self.events: list[dict] = []
-        self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.dist.world_size
+        self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.data_world
         self.flops_per_token = flops_per_token(self.raw_model, cfg.seq_len)
         # "auto" becomes the faster of fp32 and bf16 on this machine, measured (lmstack.machine).
         self.dtype, self.machine = resolve_dtype(cfg.dtype, device)
@@ -124,7 +143,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):
-        if self.dtype == "bf16":
+        # with fp8 the linears cast their own operands; on CUDA the rest runs under bf16 autocast
+        if self.dtype == "bf16" or (self.dtype == "fp8" and self.device.startswith("cuda")):
             return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -243,8 +263,8 @@ class Trainer:
         self.model.eval()
         loss_sum, count = 0.0, 0.0
         for batch in eval_windows(self.val_tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
-                                  max_batches=self.cfg.eval_batches, rank=self.dist.rank,
-                                  world_size=self.dist.world_size):
+                                  max_batches=self.cfg.eval_batches, rank=self.data_rank,
+                                  world_size=self.data_world):
             with self.autocast():
                 out = self.forward_model(batch.inputs.to(self.device), targets=batch.targets.to(self.device))
             n = batch.targets.numel()
@@ -289,7 +309,10 @@ class Trainer:
             loss_total += out.loss.detach().float().item()
         loss_value = all_reduce_mean(loss_total / cfg.grad_accum, self.dist, self.reduce_device())
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.grad_clip > 0:
+        if cfg.tensor_parallel > 1:
+            from lmstack.train.tensor_parallel import clip_grad_norm_across_meshes
+            grad_norm = clip_grad_norm_across_meshes(params, cfg.grad_clip)
+        elif cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
