@@ -16,7 +16,7 @@ from test_train_helpers import TinyLM, periodic_tokens
 
 def small_cfg(**kw) -> TrainConfig:
     base = dict(steps=40, batch_size=4, seq_len=16, loader="random", log_every=5, eval_every=0,
-                ckpt_every=0, eval_batches=2, peak_flops=1e9,
+                ckpt_every=0, eval_batches=2, peak_flops=1e9, dtype="fp32",  # exact comparisons, on any CPU
                 optim=OptimConfig(lr=1e-2), schedule=ScheduleConfig(kind="cosine", warmup_steps=5))
     base.update(kw)
     return TrainConfig(**base)
