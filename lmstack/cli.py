@@ -22,6 +22,7 @@ from lmstack.runs import RunDir
 DELEGATED = {
     "chat": ("lmstack.generate.cli", "chat_main", "multi-turn chat with a trained model (streams tokens, slash commands)"),
     "generate": ("lmstack.generate.cli", "generate_main", "plain text completion from a checkpoint"),
+    "multimodal": ("lmstack.multimodal.cli", "main", "CLIP, image-to-text and speech-to-text on generated data (all|clip|vlm|stt|describe)"),
     "hf": ("lmstack.model.hf", "main", "export a checkpoint to / import one from the HF transformers format"),
     "tokenize": ("lmstack.tokenizer.cli", "main", "train / encode / export a tokenizer outside a run (train|encode|export)"),
     "world": ("lmstack.data.world", "main", "print or write the synthetic bilingual world (sizes via --set)"),
