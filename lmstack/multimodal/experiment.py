@@ -90,8 +90,16 @@ def _encoder(size: Size, **kw) -> EncoderConfig:
                          image_size=size.image_size, patch_size=size.patch_size, **kw)
 
 
+def _read_meta(directory: Path, part: str) -> dict:
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: no trained {part} model here (config.json missing); train one with "
+                                f"`lmstack multimodal {part} --out {Path(directory).parent}`")
+    return read_json(path)
+
+
 def load_clip(directory: Path) -> CLIP:
-    meta = read_json(Path(directory) / "config.json")
+    meta = _read_meta(directory, "clip")
     model = CLIP(CLIPConfig.from_dict(meta["config"]))
     load_checkpoint(model, directory)
     return model.eval()
@@ -113,7 +121,7 @@ def run_clip(out: Path, size: Size, seed: int = 0, progress: bool = True) -> dic
 
 def load_vlm(directory: Path) -> tuple[VisionLanguageModel, Tokenizer]:
     directory = Path(directory)
-    meta = read_json(directory / "config.json")
+    meta = _read_meta(directory, "vlm")
     tok = Tokenizer.load(directory / "tokenizer.json")
     from lmstack.model import ModelConfig
     from lmstack.multimodal.vit import VisionTransformer
@@ -156,7 +164,7 @@ def run_vlm(out: Path, size: Size, seed: int = 0, projector: str = "mlp", progre
 
 
 def load_stt(directory: Path) -> SpeechRecognizer:
-    meta = read_json(Path(directory) / "config.json")
+    meta = _read_meta(directory, "stt")
     model = SpeechRecognizer(STTConfig(**meta["config"]))
     load_checkpoint(model, directory)
     return model.eval()
