@@ -28,6 +28,11 @@ def test_multimodal_all_tiny(tmp_path, capsys):
     model, tok = load_vlm(out / "vlm")
     assert model.n_image_tokens == 17
 
+    # the BLIP-2-like projector through the CLI, reusing the CLIP checkpoint in the same directory
+    assert lmstack_main(["multimodal", "vlm", "--size", "tiny", "--out", str(out), "--projector", "qformer",
+                         "--no-progress"]) == 0
+    assert load_vlm(out / "vlm")[0].n_image_tokens == 8
+
     # describe an image file, transcribe a wav file, write sample images
     assert lmstack_main(["multimodal", "images", "--n", "4", "--dir", str(tmp_path / "img")]) == 0
     lines = (tmp_path / "img" / "captions.jsonl").read_text(encoding="utf-8").splitlines()

@@ -39,7 +39,7 @@ def test_image_features_fill_exactly_the_image_slots(setup):
     with pytest.raises(ValueError, match="image slots"):
         model.input_embeddings(bad, images)
     with pytest.raises(ValueError, match="projector"):
-        VisionLanguageModel(model.vision, model.lm, 0, "qformer")
+        VisionLanguageModel(model.vision, model.lm, 0, "perceiver")
 
 
 def test_targets_cover_only_the_reply(setup):
@@ -97,3 +97,27 @@ def test_stages_train_what_they_should(setup):
     assert set(metrics) >= {"caption_exact_en", "caption_chrf_zh", "vqa_acc_en", "vqa_acc_zh"}
     assert (metrics["vqa_acc_en"] + metrics["vqa_acc_zh"]) / 2 > 0.5, metrics
     assert isinstance(describe(model, tok, data[0].image, "what colour is the shape?", 6), str)
+
+
+def test_qformer_projector_gives_a_fixed_number_of_image_tokens(setup):
+    data, tok, base = setup
+    torch.manual_seed(0)
+    model = VisionLanguageModel(base.vision, base.lm, image_token_id(tok), "qformer", n_queries=4)
+    assert model.n_image_tokens == 4
+    convs = conversations(data[:2], "caption")[::2]  # one English caption turn per picture
+    ids, targets = collate(tok, convs, model.n_image_tokens)
+    images = images_to_tensor([data[c.example].image for c in convs])
+    assert int((ids == image_token_id(tok)).sum()) == 2 * 4
+    loss = model(ids, images, targets=targets).loss
+    loss.backward()
+    assert model.projector.queries.grad is not None and model.projector.queries.grad.abs().sum() > 0
+    # every query sees the whole image: changing one corner patch moves all of them
+    other = images.clone()
+    other[:, :, :8, :8] += 2.0
+    with torch.no_grad():
+        a, b = model.projector(model.vision(images)), model.projector(model.vision(other))
+    assert a.shape == (2, 4, model.lm.config.d_model)
+    assert bool(((a - b).abs().amax(-1) > 1e-6).all())
+    log = train_stage(model, tok, data, images_to_tensor([e.image for e in data]), {"caption": 1.0},
+                      [model.projector], 5, "q", batch_size=8, progress=False)
+    assert len(log["losses"]) == 5

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--size", default="default", help="tiny (seconds, for CI) or default (the README numbers)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--engine", default="tones", help="speech synthesizer: tones (built in) or espeak (espeak-ng)")
-        s.add_argument("--projector", default="mlp", help="vlm projector: mlp or linear")
+        s.add_argument("--projector", default="mlp", help="vlm projector: mlp, linear or qformer (BLIP-2-like learned queries)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=INT",
                        help="override a size field, e.g. --set clip_steps=200 (repeatable)")
         s.add_argument("--no-progress", action="store_true", help="hide progress bars")

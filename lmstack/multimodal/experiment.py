@@ -127,7 +127,8 @@ def load_vlm(directory: Path) -> tuple[VisionLanguageModel, Tokenizer]:
     from lmstack.multimodal.vit import VisionTransformer
 
     model = VisionLanguageModel(VisionTransformer(EncoderConfig(**meta["vision"])),
-                                Transformer(ModelConfig.from_dict(meta["lm"])), image_token_id(tok), meta["projector"])
+                                Transformer(ModelConfig.from_dict(meta["lm"])), image_token_id(tok), meta["projector"],
+                                meta.get("n_queries", 8))
     load_checkpoint(model, directory)
     return model.eval(), tok
 
@@ -157,7 +158,8 @@ def run_vlm(out: Path, size: Size, seed: int = 0, projector: str = "mlp", progre
     metrics.update({f"stage2_{k}": v for k, v in evaluate_vlm(model, tok, test).items()})
     metrics["train_seconds"] = sum(log["seconds"] for log in logs.values())
     save_checkpoint(model, out / "vlm", {"format": "lmstack-vlm", "vision": clip.vision.config.to_dict(),
-                                        "lm": lm.config.to_dict(), "projector": projector, "metrics": metrics})
+                                        "lm": lm.config.to_dict(), "projector": projector, "n_queries": model.n_queries,
+                                        "metrics": metrics})
     tok.save(out / "vlm" / "tokenizer.json")
     _plot(out, "vlm", {k: v["losses"] for k, v in logs.items()})
     return metrics

@@ -25,11 +25,35 @@ from lmstack.multimodal.text import IMAGE, encode_image_chat, image_token_id
 from lmstack.multimodal.vit import VisionTransformer
 
 CAPTION_PROMPTS = {"en": "describe the image.", "zh": "描述这张图片。"}
-PROJECTORS = ("linear", "mlp")
+PROJECTORS = ("linear", "mlp", "qformer")
+
+
+class QueryResampler(nn.Module):
+    """A one-layer, Q-Former-like bridge (BLIP-2, Li et al. 2023): ``n_queries`` learned query vectors
+    cross-attend to all ViT tokens, pass an MLP, and are mapped to the LM width. The LM then reads a
+    fixed number of image tokens, however many patches the image has."""
+
+    def __init__(self, d_img: int, d_lm: int, n_queries: int = 8, n_heads: int = 4):
+        super().__init__()
+        if n_queries < 1:
+            raise ValueError(f"n_queries must be >= 1, got {n_queries}")
+        self.queries = nn.Parameter(torch.randn(1, n_queries, d_img) * 0.02)
+        self.norm_q, self.norm_kv = nn.LayerNorm(d_img), nn.LayerNorm(d_img)
+        self.cross_attn = nn.MultiheadAttention(d_img, n_heads, batch_first=True)
+        self.ffn = nn.Sequential(nn.LayerNorm(d_img), nn.Linear(d_img, 4 * d_img), nn.GELU(),
+                                 nn.Linear(4 * d_img, d_img))
+        self.out = nn.Linear(d_img, d_lm)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        q = self.queries.expand(feats.shape[0], -1, -1)
+        kv = self.norm_kv(feats)
+        x = q + self.cross_attn(self.norm_q(q), kv, kv, need_weights=False)[0]
+        return self.out(x + self.ffn(x))
 
 
 class VisionLanguageModel(nn.Module):
-    def __init__(self, vision: VisionTransformer, lm: Transformer, image_token: int, projector: str = "mlp"):
+    def __init__(self, vision: VisionTransformer, lm: Transformer, image_token: int, projector: str = "mlp",
+                 n_queries: int = 8):
         super().__init__()
         if projector not in PROJECTORS:
             raise ValueError(f"projector {projector!r} is not one of {PROJECTORS}")
@@ -37,11 +61,16 @@ class VisionLanguageModel(nn.Module):
         d_img, d_lm = vision.config.d_model, lm.config.d_model
         if projector == "linear":
             self.projector = nn.Linear(d_img, d_lm)
-        else:  # LLaVA-1.5: two linear layers with a GELU between
+        elif projector == "mlp":  # LLaVA-1.5: two linear layers with a GELU between
             self.projector = nn.Sequential(nn.Linear(d_img, d_lm), nn.GELU(), nn.Linear(d_lm, d_lm))
+        else:
+            self.projector = QueryResampler(d_img, d_lm, n_queries, vision.config.n_heads)
+        self.n_queries = n_queries
 
     @property
     def n_image_tokens(self) -> int:
+        if self.projector_type == "qformer":
+            return self.n_queries
         return self.vision.config.n_patches + 1
 
     def input_embeddings(self, ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -53,7 +82,8 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"each row needs exactly {self.n_image_tokens} image slots (one per patch) or none; "
                              f"got {per_row.tolist()}; build prompts with encode_image_chat")
         # Every ViT output token, the class token included: LLaVA keeps patch tokens only, but a tiny
-        # LM learns far faster with the CLIP-trained summary token in front of them.
+        # LM learns far faster with the CLIP-trained summary token in front of them. (The qformer
+        # projector turns them into n_queries tokens.)
         feats = self.projector(self.vision(images))
         has_image = per_row > 0
         return x.masked_scatter(slots[..., None], feats[has_image].to(x.dtype))
