@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmstack.model import PositionalEncoding
+from lmstack.model import Block, PositionalEncoding
 from lmstack.model.transformer import make_norm
 from lmstack.multimodal.audio import log_mel
 from lmstack.multimodal.common import error_rate, fit
@@ -56,8 +56,6 @@ class SpeechRecognizer(nn.Module):
         self.positions = PositionalEncoding(d, 2048)
         enc = EncoderConfig(d_model=d, n_layers=cfg.n_layers, n_heads=cfg.n_heads, dropout=cfg.dropout)
         block_cfg = enc.block_config(2048)
-        from lmstack.model import Block
-
         self.blocks = nn.ModuleList(Block(block_cfg, i) for i in range(cfg.n_layers))
         self.norm = make_norm(block_cfg, d)
         self.head = nn.Linear(d, len(ALPHABET) + 1)
