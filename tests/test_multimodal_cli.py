@@ -8,6 +8,7 @@ import pytest
 
 from lmstack.cli import main as lmstack_main
 from lmstack.multimodal.experiment import get_size, load_clip, load_stt, load_vlm
+from lmstack.multimodal.speech import espeak_available
 
 
 def test_multimodal_all_tiny(tmp_path, capsys):
@@ -19,6 +20,7 @@ def test_multimodal_all_tiny(tmp_path, capsys):
     assert {"zeroshot_digit_en", "i2t_R@1_en", "t2i_R@5_zh", "train_seconds"} <= set(metrics["clip"])
     assert {"stage1_caption_chrf_en", "stage2_vqa_acc_zh", "stage2_caption_exact_en"} <= set(metrics["vlm"])
     assert {"heldout_sentences_unseen_voices_wer", "seen_sentences_cer"} <= set(metrics["stt"])
+    assert metrics["stt"]["engine"] == ("espeak" if espeak_available() else "tones")  # --engine auto
     for part in ("clip", "vlm", "stt"):
         assert (out / part / "model.safetensors").exists() and (out / "plots" / f"{part}_loss.png").exists()
         assert 0 <= metrics[part]["train_seconds"] < 120

@@ -1,6 +1,6 @@
 """``lmstack multimodal``: train and evaluate CLIP, image-to-text and speech-to-text on generated data.
 
-    lmstack multimodal all   [--out DIR] [--size tiny|default] [--engine tones|espeak]
+    lmstack multimodal all   [--out DIR] [--size tiny|default] [--engine auto|espeak|tones]
     lmstack multimodal clip | vlm | stt   (same options; vlm trains CLIP first if DIR has none)
     lmstack multimodal describe --out DIR --image FILE [--prompt TEXT]
     lmstack multimodal transcribe --out DIR --wav FILE
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", default="runs/multimodal", help="output directory (default: runs/multimodal)")
         s.add_argument("--size", default="default", help="tiny (seconds, for CI) or default (the README numbers)")
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--engine", default="tones", help="speech synthesizer: tones (built in) or espeak (espeak-ng)")
+        s.add_argument("--engine", default="auto",
+                       help="speech synthesizer: espeak (espeak-ng), tones (built in, not speech) or auto "
+                            "(espeak where installed, else tones)")
         s.add_argument("--projector", default="mlp", help="vlm projector: mlp, linear or qformer (BLIP-2-like learned queries)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=INT",
                        help="override a size field, e.g. --set clip_steps=200 (repeatable)")

@@ -17,7 +17,8 @@ from lmstack.model import Transformer
 from lmstack.multimodal.clip import CLIP, CLIPConfig, evaluate_clip, train_clip
 from lmstack.multimodal.common import load_checkpoint, save_checkpoint
 from lmstack.multimodal.images import images_to_tensor, make_image_dataset
-from lmstack.multimodal.speech import default_voices, make_speech_dataset, split_sentences, world_sentences
+from lmstack.multimodal.speech import (default_voices, espeak_available, make_speech_dataset, split_sentences,
+                                       world_sentences)
 from lmstack.multimodal.stt import STTConfig, SpeechRecognizer, evaluate_stt, train_stt
 from lmstack.multimodal.text import build_tokenizer, image_token_id, world_texts
 from lmstack.multimodal.vit import EncoderConfig
@@ -172,7 +173,10 @@ def load_stt(directory: Path) -> SpeechRecognizer:
     return model.eval()
 
 
-def run_stt(out: Path, size: Size, seed: int = 0, engine: str = "tones", progress: bool = True) -> dict:
+def run_stt(out: Path, size: Size, seed: int = 0, engine: str = "auto", progress: bool = True) -> dict:
+    """engine "auto" is espeak-ng where it is installed, else the built-in tone alphabet."""
+    if engine == "auto":
+        engine = "espeak" if espeak_available() else "tones"
     train_sents, test_sents = split_sentences(world_sentences(), seed=seed)
     voices, unseen = default_voices(engine)
     train = make_speech_dataset(train_sents, voices, size.n_train_utterances, seed, engine)
@@ -229,7 +233,7 @@ def render_report(out: Path, results: dict[str, dict]) -> Path:
     return path
 
 
-def run_parts(out: str | Path, parts=PARTS, size: str = "default", seed: int = 0, engine: str = "tones",
+def run_parts(out: str | Path, parts=PARTS, size: str = "default", seed: int = 0, engine: str = "auto",
               projector: str = "mlp", progress: bool = True, **size_overrides) -> dict[str, dict]:
     """Run the named parts in order into ``out`` and write metrics.json and report.md."""
     out = Path(out)

@@ -31,7 +31,7 @@ ESPEAK_TRAIN_VOICES = ("en-us+m1", "en-us+f2", "en+m3", "en-gb-x-rp+f1", "en-us+
 ESPEAK_UNSEEN_VOICES = ("en-gb-scotland+m7", "en-us+f4", "en-029+m2")
 TONES_TRAIN_VOICES = ("tone-0.85-a", "tone-0.95-b", "tone-1.05-a", "tone-1.15-b", "tone-1.0-c")
 TONES_UNSEEN_VOICES = ("tone-0.9-c", "tone-1.1-a", "tone-1.2-c")
-ENGINES = ("espeak", "tones")
+ENGINES = ("espeak", "tones")  # experiment.run_stt also takes "auto": espeak where installed
 
 
 def world_sentences() -> list[str]:
