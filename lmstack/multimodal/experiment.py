@@ -49,7 +49,7 @@ class Size:
     n_test_utterances: int = 150
     stt_width: int = 96
     stt_layers: int = 3
-    stt_steps: int = 600
+    stt_steps: int = 1200
     stt_batch: int = 24
 
 
