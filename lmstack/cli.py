@@ -24,6 +24,7 @@ DELEGATED = {
     "chat": ("lmstack.generate.cli", "chat_main", "multi-turn chat with a trained model (streams tokens, slash commands)"),
     "generate": ("lmstack.generate.cli", "generate_main", "plain text completion from a checkpoint"),
     "export": ("lmstack.export.cli", "main", "export a checkpoint for another runtime (gguf: llama.cpp; f32|f16|q8_0|q4_0)"),
+    "multimodal": ("lmstack.multimodal.cli", "main", "CLIP, image-to-text and speech-to-text on generated data (all|clip|vlm|stt|describe)"),
     "hf": ("lmstack.model.hf", "main", "export a checkpoint to / import one from the HF transformers format"),
     "tokenize": ("lmstack.tokenizer.cli", "main", "train / encode / export a tokenizer outside a run (train|encode|export)"),
     "serve": ("lmstack.serve.cli", "main", "OpenAI-compatible server: continuous batching, paged KV cache, web chat"),

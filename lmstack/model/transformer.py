@@ -334,7 +334,7 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, *, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, return_hidden: bool = False,
-                fused_loss: bool = False) -> ModelOutput:
+                fused_loss: bool = False, inputs_embeds: torch.Tensor | None = None) -> ModelOutput:
         """input_ids [B, T]. targets [B, T] are the next tokens (already shifted; -100 = ignore).
 
         fused_loss: with targets, compute the loss chunk by chunk without the [B, T, V] logits
@@ -345,6 +345,8 @@ class Transformer(nn.Module):
         (this call's tokens) or [B, cached + T] (HF style); with a KV cache the padding of earlier
         calls is remembered, so later decoding steps may pass no mask. position_ids default to
         0, 1, ... counted over real tokens only, continuing from the cache.
+        inputs_embeds [B, T, D], when given, replaces the token embeddings of input_ids (which still
+        set the shape): multimodal models splice projected image features in at placeholder slots.
         """
         cfg = self.config
         if input_ids.dim() != 2:
@@ -388,7 +390,13 @@ class Transformer(nn.Module):
         elif new_valid is not None:
             key_valid = new_valid
 
-        x = self.embed(input_ids)
+        if inputs_embeds is None:
+            x = self.embed(input_ids)
+        elif inputs_embeds.shape != (b, t, cfg.d_model):
+            raise ValueError(f"inputs_embeds shape {tuple(inputs_embeds.shape)} != (batch, seq, d_model) "
+                             f"= {(b, t, cfg.d_model)}")
+        else:
+            x = inputs_embeds
         if self.pos_embed is not None or self.sinusoidal is not None:
             pos = position_ids if position_ids is not None else torch.arange(t, device=device)[None]
             if self.pos_embed is not None:
