@@ -165,6 +165,20 @@ def decode_stepper(model):
 
 # ---------------------------------------------------------------- one output in progress
 
+def finish_reason_after(tok: int, stop_ids, tracker, n_generated: int, budget: int) -> Optional[str]:
+    """Why a sequence ends once ``tok`` is its ``n_generated``-th token: "stop" (a stop id or stop
+    string), "length" (the budget is used up) or None (it goes on). Feeds ``tok`` to the stop-string
+    tracker and flushes it when the sequence ends. Shared by this module and the server's scheduler."""
+    if tok in stop_ids:
+        reason = "stop"
+    else:
+        tracker.push(tok)
+        reason = "stop" if tracker.stopped_at is not None else ("length" if n_generated >= budget else None)
+    if reason is not None:
+        tracker.finish()
+    return reason
+
+
 class SequenceState:
     """One output in progress: tokens, stop tokens / stop strings, token budget."""
 
@@ -184,16 +198,7 @@ class SequenceState:
         self.tokens.append(tok)
         if logprob is not None:
             self.logprobs.append(logprob)
-        if tok in self.stop_ids:
-            self.finish_reason = "stop"
-        else:
-            self.tracker.push(tok)
-            if self.tracker.stopped_at is not None:
-                self.finish_reason = "stop"
-            elif len(self.tokens) >= self.budget:
-                self.finish_reason = "length"
-        if self.finish_reason is not None:
-            self.tracker.finish()
+        self.finish_reason = finish_reason_after(tok, self.stop_ids, self.tracker, len(self.tokens), self.budget)
         return self.finish_reason is not None
 
     def result(self, prompt_len: int, cfg: GenerationConfig, **kw) -> Generation:

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from lmstack.generate import GenerationConfig, build_processors
-from lmstack.generate.sequence import bad_words_to_ids, model_max_len, stop_token_ids_for
+from lmstack.generate.sequence import bad_words_to_ids, finish_reason_after, model_max_len, stop_token_ids_for
 from lmstack.generate.processors import sample_from_scores
 from lmstack.generate.text import TextTracker
 
@@ -355,16 +355,7 @@ class Scheduler:
         self.tokens_generated += 1
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
-        if tok in seq.stop_ids:
-            seq.finish_reason = "stop"
-        else:
-            seq.tracker.push(tok)
-            if seq.tracker.stopped_at is not None:
-                seq.finish_reason = "stop"
-            elif len(seq.output_ids) >= seq.budget:
-                seq.finish_reason = "length"
-        if seq.finish_reason is not None:
-            seq.tracker.finish()
+        seq.finish_reason = finish_reason_after(tok, seq.stop_ids, seq.tracker, len(seq.output_ids), seq.budget)
         return TokenEvent(seq.seq_id, tok, seq.tracker.take_new(seq.done), logprob, top, seq.finish_reason)
 
     def _finish(self, seq: Sequence) -> None:

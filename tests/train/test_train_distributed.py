@@ -1,7 +1,6 @@
 """DDP / FSDP2 parity: 2 gloo processes with half the batch each == 1 process with the full batch,
 also after an interrupted-and-resumed FSDP run and with Muon under FSDP."""
 
-import socket
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch.multiprocessing as mp
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 from lmstack.train.trainer import TrainConfig, Trainer
-from test_train_helpers import periodic_tokens
+from test_train_helpers import free_port, periodic_tokens
 
 STEPS, GLOBAL_BATCH = 6, 4
 
@@ -65,16 +64,10 @@ def _worker(rank: int, port: int, out_path: str, tmp: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_matches_single_process(tmp_path):
     out = tmp_path / "ranks.pt"
     # fork: the children inherit the imported modules instead of re-importing torch (seconds each)
-    mp.start_processes(_worker, args=(_free_port(), str(out), str(tmp_path / "ckpt")), nprocs=2, join=True,
+    mp.start_processes(_worker, args=(free_port(), str(out), str(tmp_path / "ckpt")), nprocs=2, join=True,
                        start_method="fork")
     got = torch.load(out, weights_only=True)
     torch.set_num_threads(1)

@@ -63,3 +63,11 @@ def periodic_tokens(n: int = 4000, vocab: int = 32, seed: int = 0, bos: int = 0)
         out.append(bos)
         out.extend(1 + (start + 3 * i) % (vocab - 1) for i in range(length))
     return np.array(out[:n], dtype=np.uint16)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torch.distributed's rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

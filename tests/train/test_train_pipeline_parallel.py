@@ -1,7 +1,6 @@
 """Pipeline parallelism (torch.distributed.pipelining): a 2-stage gloo run with GPipe and 1F1B gives the
 loss trajectory of one process, and its measured bubble is close to (p-1)/(m+p-1)."""
 
-import socket
 import time
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from lmstack.train.pipeline_parallel import bubble_formula, stage_bounds
+from test_train_helpers import free_port
 
 STEPS, MICRO = 4, 4
 
@@ -57,15 +57,9 @@ def _worker(rank: int, port: int, out_path: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_stage_pipeline_matches_one_process(tmp_path):
     out = tmp_path / "pp.pt"
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=2, join=True, start_method="fork")
     torch.set_num_threads(1)
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

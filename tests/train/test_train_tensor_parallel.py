@@ -1,13 +1,13 @@
 """Tensor parallelism (DTensor): 2 gloo processes give the logits and gradients of one process, with
 Megatron's collective count (2 all-reduces per layer forward) or its sequence-parallel form."""
 
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from lmstack.train.tensor_parallel import tensor_parallel_plan
+from test_train_helpers import free_port
 
 N_LAYERS = 2
 
@@ -58,15 +58,9 @@ def _worker(rank: int, port: int, out_path: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_tensor_parallel_matches_one_process(tmp_path):
     out = tmp_path / "tp.pt"
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=2, join=True, start_method="fork")
     torch.set_num_threads(1)
     ref_model = make_model()
     ref = forward_backward(ref_model)
@@ -123,7 +117,7 @@ def _worker_2d(rank: int, port: int, out_path: str):
 @pytest.mark.slow  # 4 processes: ~15-25 s on 2 contended cores
 def test_data_x_tensor_parallel_training_matches_one_process(tmp_path):
     out = tmp_path / "2d.pt"
-    mp.start_processes(_worker_2d, args=(_free_port(), str(out)), nprocs=4, join=True, start_method="fork")
+    mp.start_processes(_worker_2d, args=(free_port(), str(out)), nprocs=4, join=True, start_method="fork")
     torch.set_num_threads(1)
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -171,7 +165,7 @@ def _worker_trainer(rank: int, port: int, out_path: str, ckpt: str):
 
 def test_trainer_tensor_parallel_config_matches_one_process(tmp_path):
     out = tmp_path / "trainer_tp.pt"
-    mp.start_processes(_worker_trainer, args=(_free_port(), str(out), str(tmp_path / "ckpt")), nprocs=2, join=True,
+    mp.start_processes(_worker_trainer, args=(free_port(), str(out), str(tmp_path / "ckpt")), nprocs=2, join=True,
                        start_method="fork")
     torch.set_num_threads(1)
     ref = train_with_trainer(1)
