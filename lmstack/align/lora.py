@@ -166,7 +166,7 @@ def find_target_linears(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             continue
-        if "." in name and isinstance(_get_parent(model, name)[0], LoRALinear):
+        if "." in name and isinstance(parent_and_attr(model, name)[0], LoRALinear):
             continue  # a wrapped base or an adapter's own A/B: never wrap twice
         is_linear = isinstance(module, nn.Linear) or getattr(module, "is_quantized_linear", False)
         if is_linear and _matches(name, patterns):
@@ -174,12 +174,11 @@ def find_target_linears(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     return names
 
 
-def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parts = name.split(".")
-    parent = model
-    for part in parts[:-1]:
-        parent = getattr(parent, part)
-    return parent, parts[-1]
+def parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds the submodule called ``name`` and the attribute it sits under, so
+    that the submodule can be swapped (LoRA and the compressed linears swap linears by name)."""
+    parent_name, _, attr = name.rpartition(".")
+    return model.get_submodule(parent_name), attr
 
 
 def apply_lora(model: nn.Module, cfg: LoRAAdapterConfig, *, quantize: Callable[[nn.Linear], nn.Module] | None = None) -> list[str]:
@@ -208,7 +207,7 @@ def apply_lora(model: nn.Module, cfg: LoRAAdapterConfig, *, quantize: Callable[[
         p.requires_grad_(False)
     tied = _tied_weight_ids(model)
     for name in targets:
-        parent, child = _get_parent(model, name)
+        parent, child = parent_and_attr(model, name)
         base = getattr(parent, child)
         if id(base.weight) in tied:
             # merging B@A into a tied matrix would silently change the embedding too
@@ -255,7 +254,7 @@ def merge_lora(model: nn.Module, *, unload: bool = True, dequantize: bool = Fals
             module.base = module.base.to_linear()
         module.merge()
         if unload:
-            parent, child = _get_parent(model, name)
+            parent, child = parent_and_attr(model, name)
             base = module.base
             for p in base.parameters():
                 p.requires_grad_(True)

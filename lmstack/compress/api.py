@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lmstack.align.lora import parent_and_attr
 from lmstack.runs import atomic_write_bytes, atomic_write_json, read_json
 
 from .awq import awq_quantize_linear, smoothquant_linear
@@ -104,14 +105,6 @@ class CompressConfig:
         return " + ".join(parts) or "none"
 
 
-def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parts = name.split(".")
-    parent = model
-    for part in parts[:-1]:
-        parent = getattr(parent, part)
-    return parent, parts[-1]
-
-
 def target_linears(model: nn.Module, patterns: list[str]) -> list[str]:
     from lmstack.align.lora import find_target_linears
 
@@ -191,7 +184,7 @@ def compress_model(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | 
                             f"using {fitted or 'per-channel'} there (and wherever else that happens)")
                 new, qinfo = _quantize_linear(linear, cfg, acc, rows)
                 info.update(qinfo)
-                parent, child = _get_parent(model, name)
+                parent, child = parent_and_attr(model, name)
                 setattr(parent, child, new)
             details[name] = info
     model.compress_config = cfg
@@ -285,7 +278,7 @@ def load_compressed(directory: str | os.PathLike, device: str | torch.device = "
         return load_pretrained(directory, device=device)
     model = Transformer(ModelConfig.from_dict(meta["model"], where=f"{path} model"))
     for name, m in meta.get("modules", {}).items():
-        parent, child = _get_parent(model, name)
+        parent, child = parent_and_attr(model, name)
         if m["kind"] == "int":
             new = QuantLinear.from_meta(m)
         elif m["kind"] == "nf4":
@@ -311,7 +304,7 @@ def load_compressed(directory: str | os.PathLike, device: str | torch.device = "
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Replace every quantized linear by a dense ``nn.Linear`` with the weight it computes with."""
     for name, m in list(quantized_modules(model).items()):
-        parent, child = _get_parent(model, name)
+        parent, child = parent_and_attr(model, name)
         setattr(parent, child, m.to_linear())
     return model
 

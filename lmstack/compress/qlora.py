@@ -13,16 +13,10 @@ import copy
 import torch
 from torch import nn
 
+from lmstack.align.lora import parent_and_attr
+
 from .evaluate import compare_models
 from .quant import QuantLinear, QuantSpec
-
-
-def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parts = name.split(".")
-    parent = model
-    for part in parts[:-1]:
-        parent = getattr(parent, part)
-    return parent, parts[-1]
 
 
 def attach_qlora(model: nn.Module, r: int = 8, alpha: float = 16.0, block_size: int = 64) -> list[str]:
@@ -50,7 +44,7 @@ def merge_and_requantize(model: nn.Module, spec: QuantSpec | None = None, nf4_bl
         if linear.bias is not None:
             linear.bias.copy_(base.bias)
         new = NF4Linear.from_linear(linear, block_size=nf4_block_size) if spec is None else QuantLinear.from_linear(linear, spec)
-        parent, child = _get_parent(model, name)
+        parent, child = parent_and_attr(model, name)
         setattr(parent, child, new)
     for attr in ("lora_config", "lora_targets"):
         if hasattr(model, attr):
