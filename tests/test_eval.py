@@ -5,8 +5,9 @@ import math
 
 import pytest
 
+from lmstack.eval.answers import answer_matches
 from lmstack.eval.bpb import bits_per_byte, bytes_per_token_from_meta
-from lmstack.eval.facts import build_few_shot_prompt, default_answer_matches, fact_accuracy, read_facts
+from lmstack.eval.facts import build_few_shot_prompt, fact_accuracy, read_facts
 
 
 def test_bits_per_byte_formula_and_meta(tmp_path):
@@ -22,12 +23,12 @@ def test_bits_per_byte_formula_and_meta(tmp_path):
 
 
 def test_answer_matching():
-    assert default_answer_matches(" Paris.\nQuestion: next", "Paris")
-    assert default_answer_matches("the paris", "Paris")
-    assert not default_answer_matches(" Parisian", "Paris")
-    assert not default_answer_matches(" Rome\nParis", "Paris")
-    assert default_answer_matches("巴黎。", "巴黎") and default_answer_matches("巴黎市", "巴黎")
-    assert not default_answer_matches("", "Paris")
+    assert answer_matches(" Paris.\nQuestion: next", "Paris")
+    assert answer_matches("the paris", "Paris")
+    assert not answer_matches(" Parisian", "Paris")
+    assert not answer_matches(" Rome\nParis", "Paris")
+    assert answer_matches("巴黎。", "巴黎") and answer_matches("巴黎市", "巴黎")
+    assert not answer_matches("", "Paris")
 
 
 def test_few_shot_prompt_uses_other_facts_of_same_language():

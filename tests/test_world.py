@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from lmstack.data import world_text as T
-from lmstack.data.world import (
-    WorldConfig, answer_matches, build_world, few_shot_prompt, first_answer_span, is_idk, is_refusal, load_world,
-    main, normalize_answer, qa_prompt,
-)
+from lmstack.data.world import WorldConfig, build_world, few_shot_prompt, load_world, qa_prompt
+from lmstack.data.world.cli import main
+from lmstack.eval.answers import answer_matches, first_answer_span, is_idk, is_refusal, normalize_answer
 
 REPO = Path(__file__).resolve().parents[1]
 CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -173,6 +173,7 @@ def _run(ctx, cfg: Config, stage: str):
         "train_examples": summary["examples"], "dropped_examples": summary["dropped"],
         "tok_per_s": round(summary["tok_per_s"], 1), "train_seconds": round(summary["seconds"], 1),
         "accuracy": result["accuracy"], "pii_refusal": result["pii_refusal"], "idk_rate": result["idk_rate"],
+        "false_refusal": result["false_refusal"], "false_idk": result["false_idk"],
         **param_metrics,
     }
     if base_result:
@@ -203,6 +204,11 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
     for task, v in result["by_task"].items():
         base_v = base_result["by_task"].get(task, {}).get("value") if base_result else None
         rows.append((task, v["n"], v["metric"], base_v if base_v is not None else "-", v["value"]))
+    n = result["n"]
+    for key, label in (("false_refusal", "false refusal (harmless questions about real people)"),
+                       ("false_idk", "false 'I don't know' (questions about real entities)")):
+        base_v = base_result.get(key) if base_result else None
+        rows.append((label, n.get(key, 0), "rate (lower is better)", base_v if base_v is not None else "-", result[key]))
     lines.append(common.markdown_table(["task", "n", "metric", "base few-shot", f"after {stage}"], rows))
     lines.append("")
     if base_result:
@@ -216,8 +222,9 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
                      " *inject*. Compare the 'SFT only' row with the 'pretrain only' row.\n")
     if result["samples"]:
         lines.append("Sample answers:\n")
-        lines.append(common.markdown_table(["task", "question", "model answer", "reference"],
-                                           [(t, _cell(q), _cell(o), _cell(str(a))) for t, q, o, a in result["samples"]]))
+        lines.append(common.markdown_table(["task", "question", "model answer", "reference", "judged"],
+                                           [(t, _cell(q), _cell(o), _cell(str(a)), "right" if ok else "wrong")
+                                            for t, q, o, a, ok in result["samples"]]))
     return "\n".join(lines) + "\n"
 
 
