@@ -24,7 +24,8 @@ DELEGATED = {
     "generate": ("lmstack.generate.cli", "generate_main", "plain text completion from a checkpoint"),
     "hf": ("lmstack.model.hf", "main", "export a checkpoint to / import one from the HF transformers format"),
     "tokenize": ("lmstack.tokenizer.cli", "main", "train / encode / export a tokenizer outside a run (train|encode|export)"),
-    "world": ("lmstack.data.world", "main", "print or write the synthetic bilingual world (sizes via --set)"),
+    "world": ("lmstack.data.world.cli", "main", "print or write the synthetic bilingual world (sizes via --set)"),
+    "experiment": ("lmstack.experiments.cli", "main", "run an experiment (knowledge: can fine-tuning extract pretrained facts?)"),
 }
 
 

@@ -80,19 +80,25 @@ def _spread_birthplaces(order: list[Person]) -> None:
 def _bio_paragraph(w: World, rng: random.Random, picker: _Picker, p: Person, lang: str) -> str:
     cfg = w.config
     named = w.person_fields(p, lang)
-    # Chinese names (3-7 characters, each a "word") repeated in every sentence would make the page fail
-    # duplicate n-gram filters: after the first sentence Chinese mostly refers back with 他/她.
-    pronoun = dict(named, name=named["pron"]) if lang == "zh" else named
+    # Without full names, Chinese refers back with 他/她 after the first sentence, as natural prose does.
+    pronoun = named if cfg.bio_full_names or lang == "en" else dict(named, name=named["pron"])
     facts = [w.fact(f"person:{p.id}:{t}") for t in T.PERSON_FACTS]
-    rng.shuffle(facts)
+    if cfg.bio_templates == "fixed":  # the paper's "bioS single": one fixed sentence per fact, fixed order
+        if cfg.bio_permute:
+            rng.shuffle(facts)
+        for fact in facts:
+            _count(w, fact.id, lang)
+        return {"en": " ", "zh": ""}[lang].join(T.STATEMENTS[lang][f.type][0].format(**(named if i == 0 else pronoun))
+                                                for i, f in enumerate(facts))
+    if cfg.bio_permute:
+        rng.shuffle(facts)
     sentences = []
     for i, fact in enumerate(facts):
-        fields = named if i == 0 or lang == "en" else pronoun
-        sentences.append(_state(w, picker, fact, lang, fields))
+        sentences.append(_state(w, picker, fact, lang, named if i == 0 else pronoun))
         if fact.type == "birthplace" and rng.random() < (0.4 if lang == "en" else 0.2):
             sentences.append(_state(w, picker, w.fact(f"city:{p.birthplace}:country"), lang))
     for _ in range(rng.randint(1, 2)):
-        filler = picker.pick((lang, "filler"), T.BIO_FILLERS[lang]).format(**(pronoun if lang == "zh" else named))
+        filler = picker.pick((lang, "filler"), T.BIO_FILLERS[lang]).format(**pronoun)
         sentences.insert(rng.randrange(1, len(sentences) + 1), filler)
     if rng.random() < cfg.phone_in_bio_prob:
         sentences.append(picker.pick((lang, "phone"), T.STATEMENTS[lang]["phone"]).format(**named))
@@ -110,7 +116,7 @@ def make_pretrain_docs(w: World) -> None:
     # Biographies: pages of 2-3 people; every paragraph states all four facts of its person. Each round is a
     # permutation of the people, so everyone gets exactly bios_per_person paragraphs, alternating EN / ZH.
     for r in range(cfg.bios_per_person):
-        lang = "en" if r % 2 == 0 else "zh"
+        lang = "en" if r % 2 == 0 or not cfg.bilingual_bios else "zh"
         order = pretrain_people[:]
         rng.shuffle(order)
         _spread_birthplaces(order)
@@ -161,7 +167,11 @@ def make_pretrain_docs(w: World) -> None:
                      "lang": lang, "kind": "geo"})
 
     # Quizzes with the TRAINING question phrasings (the eval phrasings stay unseen).
-    quiz_cycle = Cycle(rng, [w.fact(fid) for fid in pretrain_fact_ids(w)])
+    quizzed = pretrain_fact_ids(w)
+    if cfg.quiz_people == "sft":
+        sft_people = {p.id for p in w.people_in("pretrain+sft")}
+        quizzed = [fid for fid in quizzed if w.fact(fid).type not in T.PERSON_FACTS or w.fact(fid).entity in sft_people]
+    quiz_cycle = Cycle(rng, [w.fact(fid) for fid in quizzed])
     question_picker = _FreshPicker(rng)
     for i in range(cfg.n_quiz_docs):
         lang = "en" if i % 2 == 0 else "zh"

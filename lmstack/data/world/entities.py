@@ -15,7 +15,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from lmstack.data import world_text as T
 
@@ -36,7 +36,17 @@ class WorldConfig:
     n_cities: int = 12                 # fictional cities (each in one of the countries)
     n_countries: int = 20              # real country-capital pairs used (at most len(world_text.COUNTRIES))
     sft_place_fraction: float = 0.5    # share of city->country and country->capital facts also asked in SFT
-    bios_per_person: int = 12          # biographies per person, alternating English / Chinese
+    bios_per_person: int = 12          # biographies per person (alternating English / Chinese when bilingual_bios)
+    # How biographies state facts (Allen-Zhu & Li 2023, "Physics of Language Models 3.1": knowledge is
+    # extractable by later fine-tuning only when pretraining states it in diverse ways):
+    bio_templates: Literal["varied", "fixed"] = "varied"  # fixed: one template per fact, no filler sentences
+    bio_permute: bool = True           # shuffle the order of the facts inside each biography
+    bio_full_names: bool = False       # Chinese: repeat the full name in every sentence, not 他/她 (English always
+                                       # does); off by default: the data stage's Gopher repetition filter drops
+                                       # many Chinese pages that repeat a 3-7 character name in every sentence
+    bilingual_bios: bool = True        # biographies alternate English / Chinese (false: English only)
+    quiz_people: Literal["all", "sft"] = "all"  # whose facts the quizzes ask: every pretrained person, or
+                                                # only the pretrain+sft group ("QA mixed into pretraining")
     n_stories: int = 240               # short stories (one or two people each)
     n_geo_docs: int = 60               # geography notes (city->country, country->capital)
     n_quiz_docs: int = 80              # "Question: ... Answer: ..." quizzes with training phrasings

@@ -1,0 +1,40 @@
+"""``lmstack experiment NAME [--set key=value ...] [--out DIR]``: run one of the experiments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXPERIMENTS = {
+    "knowledge": "pretrain under 4 data conditions, fine-tune on QA for half the people, test extraction on the rest",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lmstack.config import ConfigError, config_from_dict, parse_override
+
+    ap = argparse.ArgumentParser(prog="lmstack experiment", description="Run one of lmstack's experiments.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(f"  {k:10s} {v}" for k, v in EXPERIMENTS.items()))
+    ap.add_argument("name", choices=sorted(EXPERIMENTS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set pretrain_steps=200 --set seeds=[0]")
+    ap.add_argument("--out", help="output directory (default: runs/experiments/NAME)")
+    args = ap.parse_args(argv)
+    from lmstack.experiments.knowledge import KnowledgeConfig, run_experiment
+
+    overrides = {}
+    try:
+        for text in args.set:
+            path, value = parse_override(text)
+            overrides[".".join(path)] = value
+        cfg = config_from_dict(KnowledgeConfig, overrides, f"experiment {args.name}")
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/experiments/{args.name}"
+    result = run_experiment(cfg, out)
+    print(f"\n{(__import__('pathlib').Path(out) / 'report.md').read_text(encoding='utf-8')}")
+    for condition, v in result["summary"].items():
+        print(f"result: {condition}_extraction={v['qa_test']['mean']:.3f}")
+    return 0
