@@ -70,3 +70,50 @@ def test_read_facts_errors_name_file_and_line(tmp_path):
     p.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(ValueError, match=r"facts.jsonl line 2: field 'answer'"):
         read_facts(p)
+
+
+def test_validation_groups_split_world_prose_qa_and_code(tmp_path):
+    from lmstack.data.world import WorldConfig, build_world
+    from lmstack.eval.bpb import validation_groups
+
+    world = build_world(WorldConfig(n_people=4, n_sft_only_people=1, n_cities=3, n_countries=3, bios_per_person=2,
+                                    n_stories=2, n_geo_docs=1, n_quiz_docs=2, n_arith_docs=1, n_parallel_docs=1,
+                                    n_sft_train=4, n_sft_eval=4, n_prefs_train=3, n_prefs_eval=3,
+                                    n_unknown_people=2, n_unknown_cities=2), seed=3)
+    world.write(tmp_path / "data" / "world")
+    docs = list(world.pretrain_docs())
+    quiz = next(i for i, d in enumerate(docs) if d["kind"] == "quiz")
+    bio = next(i for i, d in enumerate(docs) if d["kind"] == "bio")
+    rows = [{"text": docs[quiz]["text"], "source": "world", "id": f"world:{quiz}", "kind": "prose"},
+            {"text": docs[bio]["text"], "source": "world", "id": f"world:{bio}", "kind": "prose"},
+            {"text": "def f():\n    return 1\n", "source": "stdlib", "id": "os.py", "kind": "code"}]
+    (tmp_path / "data" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    groups = validation_groups(tmp_path)
+    assert groups == {"stdlib (code)": [rows[2]["text"]], "world QA": [rows[0]["text"]],
+                      "world prose": [rows[1]["text"]]}
+
+
+def test_model_bits_per_byte_of_a_uniform_model_is_log2_vocab_per_byte():
+    import torch
+
+    from lmstack.eval.bpb import encode_group, model_bits_per_byte
+
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            return type("Out", (), {"logits": torch.zeros(*ids.shape, 64) + self.w})()
+
+    class Chars:
+        bos_id = 0
+
+        def encode(self, text):
+            return [1 + ord(c) % 63 for c in text]
+
+    ids, n_bytes = encode_group(Chars(), ["abcdef", "ghij", "klmnopq"], max_tokens=13)
+    assert len(ids) == 12 and n_bytes == 10  # the third document would pass 13 tokens
+    loss, bpb = model_bits_per_byte(Uniform(), ids, n_bytes, seq_len=5, batch_size=2)
+    assert loss == pytest.approx(math.log(64))
+    assert bpb == pytest.approx(6.0 * (len(ids) - 1) / n_bytes)

@@ -104,10 +104,11 @@ def evaluate_base_few_shot(model: nn.Module, tokenizer, examples: list[dict], sh
 
 
 def knowledge_placement(sft_model: nn.Module, base_model: nn.Module | None, tokenizer, facts: list[dict],
-                        shots, max_new_tokens: int) -> dict:
+                        shots, max_new_tokens: int, answers_out: list | None = None) -> dict:
     """Correct-fact rate per placement group (where the fact was seen in training), for the SFT model
     (chat prompt) and the base model (few-shot prompt). "Elicits rather than injects" predicts:
-    SFT-only facts stay low, pretrain facts rise after SFT."""
+    SFT-only facts stay low, pretrain facts rise after SFT. ``answers_out`` (a list) receives one row per
+    question with the SFT model's answer and its judgement."""
     questions = [f.get("question") or f["prompt"] for f in facts]
     sft_out = chat_answers(sft_model, tokenizer, [[{"role": "user", "content": q}] for q in questions], max_new_tokens)
     base_out = None
@@ -119,6 +120,9 @@ def knowledge_placement(sft_model: nn.Module, base_model: nn.Module | None, toke
         g = placement_group(f)
         if sft_out[i] is not None:
             groups[g]["sft"].append(answer_matches(sft_out[i], str(f["answer"])))
+            if answers_out is not None:
+                answers_out.append({"question": questions[i], "answer": f["answer"], "lang": f.get("lang"),
+                                    "group": g, "output": sft_out[i], "correct": groups[g]["sft"][-1]})
         if base_out is not None and base_out[i] is not None:
             groups[g]["base"].append(answer_matches(base_out[i], str(f["answer"])))
     order = ["pretrain only", "pretrain + SFT", "SFT only", "neither (control)"]

@@ -135,7 +135,7 @@ def _train(model, batches, steps: int, peak_lr: float, desc: str) -> list[float]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
