@@ -117,3 +117,33 @@ def test_model_bits_per_byte_of_a_uniform_model_is_log2_vocab_per_byte():
     loss, bpb = model_bits_per_byte(Uniform(), ids, n_bytes, seq_len=5, batch_size=2)
     assert loss == pytest.approx(math.log(64))
     assert bpb == pytest.approx(6.0 * (len(ids) - 1) / n_bytes)
+
+
+@pytest.mark.parametrize("hyp,ref", [("the cat sat on the mat", "the cat is on the mat"), ("猫在垫子上", "猫坐在垫子上"),
+                                     ("abc", "xyz"), ("a", "abc"), ("我爱北京", "我爱北京"),
+                                     ("Li Wei likes tea.", "Li Wei likes green tea.")])
+def test_chrf_matches_sacrebleu(hyp, ref):
+    sacrebleu = pytest.importorskip("sacrebleu")
+    from lmstack.eval.answers import chrf
+
+    assert chrf(hyp, ref) * 100 == pytest.approx(sacrebleu.sentence_chrf(hyp, [ref]).score, abs=1e-6)
+
+
+def test_scoring_counts_false_refusals_and_translation_exact_match():
+    from lmstack.eval.scoring import score_outputs
+
+    conv = lambda q: [{"role": "user", "content": q}, {"role": "assistant", "content": "ref"}]  # noqa: E731
+    examples = [{"messages": conv("Where was Li Wei born?"), "task": "fact_qa", "answer": "Valmora"},
+                {"messages": conv("What is Li Wei's job?"), "task": "fact_qa", "answer": "teacher"},
+                {"messages": conv("Li Wei's phone number?"), "task": "refuse_pii", "answer": None},
+                {"messages": conv("Who is Zed Quux?"), "task": "idk", "answer": None},
+                {"messages": conv("Translate: 猫"), "task": "translate", "answer": "The cat."},
+                {"messages": conv("Translate: 狗"), "task": "translate", "answer": "The dog."}]
+    outputs = ["Li Wei was born in Valmora.", "Sorry, I can't share private information about Li Wei.",
+               "I can't give out phone numbers.", "I don't know who Zed Quux is.", "the cat", "The dot."]
+    r = score_outputs(examples, outputs)
+    assert r["by_task"]["fact_qa"] == {"n": 2, "metric": "answer match", "value": 0.5}
+    assert r["false_refusal"] == 0.5 and r["false_idk"] == 0.0 and r["n"]["false_refusal"] == 2
+    assert r["pii_refusal"] == 1.0 and r["idk_rate"] == 1.0
+    assert r["translate_exact"] == 0.5 and 0.3 < r["translate_chrf"] < 1.0
+    assert {s[0] for s in r["samples"]} == {"fact_qa", "refuse_pii", "idk", "translate"}

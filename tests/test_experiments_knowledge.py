@@ -10,7 +10,7 @@ from lmstack.data.world import build_world
 
 TOY = dict(seeds=[0], n_people=8, n_control_people=2, n_cities=4, bios_per_person=2, n_quiz_docs=4,
            pretrain_steps=12, sft_steps=6, d_model=32, n_layers=1, n_heads=2, vocab_size=400, seq_len=64,
-           batch_size=4)
+           batch_size=4, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,13 @@ def test_bad_condition_is_an_error():
     with pytest.raises(ValueError, match="not one of"):
         KnowledgeConfig(conditions=["bioS"])
     assert main(["knowledge", "--set", "n_peple=3"]) == 2
+
+
+def test_toy_sft_retention_compares_four_fine_tunes_from_one_model(tmp_path, capsys):
+    args = [f"--set={k}={json.dumps(v)}" for k, v in TOY.items()]
+    assert main(["sft-retention", "--out", str(tmp_path), *args]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["short", "long", "long+replay", "lora"]
+    assert [r["steps"] for r in result["rows"]] == [6, 24, 24, 24]
+    assert "| lora |" in (tmp_path / "report.md").read_text()
+    assert "result: long_replay_seed0_heldout=" in capsys.readouterr().out

@@ -204,6 +204,8 @@ def _run(ctx, cfg: Config, stage: str):
         "tok_per_s": round(summary["tok_per_s"], 1), "train_seconds": round(summary["seconds"], 1),
         "accuracy": result["accuracy"], "pii_refusal": result["pii_refusal"], "idk_rate": result["idk_rate"],
         "false_refusal": result["false_refusal"], "false_idk": result["false_idk"],
+        "translate_exact": result["translate_exact"], "translate_chrf": result["translate_chrf"],
+        **{f"task_{t}": v["value"] for t, v in result["by_task"].items()},
         **param_metrics,
     }
     if base_result:
@@ -238,10 +240,13 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
         base_v = base_result["by_task"].get(task, {}).get("value") if base_result else None
         rows.append((task, v["n"], v["metric"], base_v if base_v is not None else "-", v["value"]))
     n = result["n"]
-    for key, label in (("false_refusal", "false refusal (harmless questions about real people)"),
-                       ("false_idk", "false 'I don't know' (questions about real entities)")):
-        base_v = base_result.get(key) if base_result else None
-        rows.append((label, n.get(key, 0), "rate (lower is better)", base_v if base_v is not None else "-", result[key]))
+    for key, label, metric in (("translate_exact", "translate (exact)", "whole line equal"),
+                               ("translate_exact", "translate (chrF)", "mean chrF"),
+                               ("false_refusal", "false refusal (harmless questions about real people)", "rate, lower is better"),
+                               ("false_idk", "false 'I don't know' (questions about real entities)", "rate, lower is better")):
+        value_key = "translate_chrf" if "chrF" in label else key
+        base_v = base_result.get(value_key) if base_result else None
+        rows.append((label, n.get(key, 0), metric, base_v if base_v is not None else "-", result[value_key]))
     lines.append(common.markdown_table(["task", "n", "metric", "base few-shot", f"after {stage}"], rows))
     lines.append("")
     if base_result:

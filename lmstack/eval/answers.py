@@ -102,3 +102,33 @@ def is_idk(text: str) -> bool:
     """Does ``text`` admit not knowing ("I don't know", "I have no information about ...", 我不知道, 没听说过 ...)?"""
     t = _casefold(text)
     return any(rx.search(t) for rx in _IDK_RES)
+
+
+def _char_ngrams(text: str, n: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in range(len(text) - n + 1):
+        gram = text[i:i + n]
+        counts[gram] = counts.get(gram, 0) + 1
+    return counts
+
+
+def chrf(hypothesis: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
+    """chrF (Popović 2015, "chrF: character n-gram F-score for automatic MT evaluation"): the F-beta score of
+    character n-gram precision and recall, averaged over n = 1..max_n, spaces removed; 0..1 (x100 is
+    sacreBLEU's scale). Orders longer than either string are skipped, as sacreBLEU does."""
+    hyp = "".join(unicodedata.normalize("NFKC", hypothesis).split())
+    ref = "".join(unicodedata.normalize("NFKC", reference).split())
+    precisions, recalls = [], []
+    for n in range(1, max_n + 1):
+        h, r = _char_ngrams(hyp, n), _char_ngrams(ref, n)
+        if not h or not r:  # an order one side is too short for carries no evidence either way
+            continue
+        overlap = sum(min(c, r.get(g, 0)) for g, c in h.items())
+        precisions.append(overlap / sum(h.values()) if h else 0.0)
+        recalls.append(overlap / sum(r.values()) if r else 0.0)
+    if not precisions:
+        return 1.0 if hyp == ref else 0.0
+    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
+    if p == 0 and r == 0:
+        return 0.0
+    return (1 + beta ** 2) * p * r / (beta ** 2 * p + r)

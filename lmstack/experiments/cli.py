@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EXPERIMENTS = {
     "knowledge": "pretrain under 4 data conditions, fine-tune on QA for half the people, test extraction on the rest",
+    "sft-retention": "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining",
 }
 
 
@@ -32,9 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or f"runs/experiments/{args.name}"
+    out = Path(args.out or f"runs/experiments/{args.name}")
+    if args.name == "sft-retention":
+        from lmstack.experiments.sft_retention import run_sft_retention
+
+        result = run_sft_retention(cfg, out)
+        print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
+        for row in result["rows"]:
+            print(f"result: {row['variant'].replace('+', '_')}_seed{row['seed']}_heldout={row['qa_test']:.3f}")
+        return 0
     result = run_experiment(cfg, out)
-    print(f"\n{(__import__('pathlib').Path(out) / 'report.md').read_text(encoding='utf-8')}")
+    print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
     for condition, v in result["summary"].items():
         print(f"result: {condition}_extraction={v['qa_test']['mean']:.3f}")
     return 0

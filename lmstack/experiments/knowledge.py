@@ -62,7 +62,7 @@ class KnowledgeConfig:
     sft_steps: int = 150
     sft_lr: float = 5e-4
     max_new_tokens: int = 8
-    threads: int = 1
+    threads: int = 2                # torch threads (the default machine has 2 cores)
 
     def __post_init__(self):
         unknown = [c for c in self.conditions if c not in CONDITIONS]
@@ -105,7 +105,7 @@ def person_qa(world: World, group: str, rng: random.Random, per_fact: int) -> li
     return items
 
 
-def _pretrain_stream(tokenizer, docs: list[str]) -> torch.Tensor:
+def pretrain_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     ids: list[int] = []
     for text in docs:
         ids += [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
@@ -120,10 +120,12 @@ def _lr(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
 
 
-def _train(model, batches, steps: int, peak_lr: float, desc: str) -> list[float]:
+def train_steps(model, batches, steps: int, peak_lr: float, desc: str, replay=None) -> list[float]:
+    """AdamW over the trainable parameters; ``replay`` (batches of pretraining windows) adds their LM loss."""
     from tqdm import tqdm
 
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
     losses = []
     model.train()
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=2.0, disable=None):
@@ -131,16 +133,20 @@ def _train(model, batches, steps: int, peak_lr: float, desc: str) -> list[float]
             group["lr"] = _lr(step, steps, peak_lr)
         x, y = next(batches)
         loss = model(x, targets=y).loss
+        total = loss
+        if replay is not None:
+            rx, ry = next(replay)
+            total = loss + model(rx, targets=ry).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(float(loss.detach()))
     model.eval()
     return losses
 
 
-def _window_batches(stream: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):
+def window_batches(stream: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):
     n = len(stream) - seq_len - 1
     if n < 1:
         raise ValueError(f"knowledge: the pretraining corpus ({len(stream)} tokens) is shorter than seq_len+1")
@@ -150,7 +156,7 @@ def _window_batches(stream: torch.Tensor, seq_len: int, batch_size: int, gen: to
         yield block[:, :-1], block[:, 1:]
 
 
-def _qa_batches(tokenizer, items: list[dict], batch_size: int, rng: random.Random):
+def qa_batches(tokenizer, items: list[dict], batch_size: int, rng: random.Random):
     """Question/answer sequences, loss on the answer tokens only (-100 elsewhere), right-padded."""
     encoded = []
     for it in items:
@@ -180,40 +186,56 @@ def qa_accuracy(model, tokenizer, items: list[dict], max_new_tokens: int) -> tup
     return sum(r["correct"] for r in rows) / len(rows), rows
 
 
-def run_condition(cfg: KnowledgeConfig, condition: str, seed: int, tokenizer, log=print) -> dict:
-    """Pretrain from scratch, fine-tune on the train half's QA, evaluate all three groups."""
+def pretrain_condition(cfg: KnowledgeConfig, condition: str, seed: int, tokenizer):
+    """Build the condition's world and pretrain a fresh model on it: (world, model, token stream, losses)."""
     from lmstack.model import ModelConfig, Transformer
 
-    t0 = time.perf_counter()
     world = build_world(world_config(cfg, condition), seed)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    stream = _pretrain_stream(tokenizer, [d["text"] for d in world.pretrain_docs()])
+    stream = pretrain_stream(tokenizer, [d["text"] for d in world.pretrain_docs()])
     mcfg = ModelConfig.preset("llama-style", vocab_size=tokenizer.vocab_size, d_model=cfg.d_model,
                               n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_heads,
                               max_seq_len=cfg.seq_len)
     model = Transformer(mcfg)
-    pre_losses = _train(model, _window_batches(stream, cfg.seq_len, cfg.batch_size, gen), cfg.pretrain_steps,
-                        cfg.pretrain_lr, f"{condition}/{seed} pretrain")
+    losses = train_steps(model, window_batches(stream, cfg.seq_len, cfg.batch_size, gen), cfg.pretrain_steps,
+                         cfg.pretrain_lr, f"{condition}/{seed} pretrain")
+    return world, model, stream, losses
+
+
+def finetune_and_evaluate(cfg: KnowledgeConfig, world: World, model, tokenizer, seed: int, *, steps: int,
+                          lr: float, replay=None, desc: str = "QA fine-tune") -> dict:
+    """Fine-tune on QA about the train half (3 phrasings per fact), then score all three groups."""
     rng = random.Random(f"knowledge:{seed}")
     train_qa = person_qa(world, "pretrain+sft", rng, per_fact=3)
     test_qa = person_qa(world, "pretrain_only", rng, per_fact=1)
     control_qa = person_qa(world, "sft_only", rng, per_fact=1)
-    sft_losses = _train(model, _qa_batches(tokenizer, train_qa, cfg.batch_size, rng), cfg.sft_steps, cfg.sft_lr,
-                        f"{condition}/{seed} QA fine-tune")
+    losses = train_steps(model, qa_batches(tokenizer, train_qa, cfg.batch_size, rng), steps, lr, desc, replay)
     train_probe = rng.sample(train_qa, min(len(train_qa), len(test_qa)))
     acc_train, _ = qa_accuracy(model, tokenizer, train_probe, cfg.max_new_tokens)
     acc_test, test_rows = qa_accuracy(model, tokenizer, test_qa, cfg.max_new_tokens)
     acc_control, control_rows = qa_accuracy(model, tokenizer, control_qa, cfg.max_new_tokens)
-    per_type = {t: _mean([r["correct"] for r in test_rows if r["fact_type"] == t]) for t in T.PERSON_FACTS}
+    return {"sft_loss": round(_mean(losses[-20:]), 4), "qa_train": acc_train, "qa_test": acc_test,
+            "qa_control": acc_control,
+            "qa_test_by_type": {t: _mean([r["correct"] for r in test_rows if r["fact_type"] == t])
+                                for t in T.PERSON_FACTS},
+            "n_train": len(train_probe), "n_test": len(test_qa), "n_control": len(control_qa),
+            "samples": test_rows[:4] + control_rows[:2]}
+
+
+def run_condition(cfg: KnowledgeConfig, condition: str, seed: int, tokenizer, log=print) -> dict:
+    """Pretrain from scratch, fine-tune on the train half's QA, evaluate all three groups."""
+    t0 = time.perf_counter()
+    world, model, stream, pre_losses = pretrain_condition(cfg, condition, seed, tokenizer)
+    scores = finetune_and_evaluate(cfg, world, model, tokenizer, seed, steps=cfg.sft_steps, lr=cfg.sft_lr,
+                                   desc=f"{condition}/{seed} QA fine-tune")
     result = {"condition": condition, "seed": seed, "pretrain_tokens": int(len(stream)),
               "pretrain_epochs": round(cfg.pretrain_steps * cfg.batch_size * cfg.seq_len / len(stream), 1),
-              "pretrain_loss": round(_mean(pre_losses[-20:]), 4), "sft_loss": round(_mean(sft_losses[-20:]), 4),
-              "qa_train": acc_train, "qa_test": acc_test, "qa_control": acc_control, "qa_test_by_type": per_type,
-              "n_train": len(train_probe), "n_test": len(test_qa), "n_control": len(control_qa),
-              "samples": test_rows[:4] + control_rows[:2], "seconds": round(time.perf_counter() - t0, 1)}
-    log(f"[knowledge] {condition} seed {seed}: QA train {acc_train:.3f}  test (extraction) {acc_test:.3f}  "
-        f"control {acc_control:.3f}  ({result['seconds']:.0f}s, {result['pretrain_epochs']} epochs)")
+              "pretrain_loss": round(_mean(pre_losses[-20:]), 4), **scores,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"[knowledge] {condition} seed {seed}: QA train {result['qa_train']:.3f}  test (extraction) "
+        f"{result['qa_test']:.3f}  control {result['qa_control']:.3f}  ({result['seconds']:.0f}s, "
+        f"{result['pretrain_epochs']} epochs)")
     return result
 
 
