@@ -5,8 +5,10 @@ occupation, hobby, and a phone number as a PII field), fictional cities placed i
 uses real country-capital pairs (``entities``). From that single entity table it renders:
 
 - pretraining documents (``documents``): several biographies per person in varied templates with shuffled
-  sentence order and the full name repeated, in English and Chinese, plus stories, geography notes, quizzes,
-  written-out arithmetic and parallel EN/ZH sentences;
+  sentence order, in English and Chinese, plus stories, geography notes, quizzes, written-out arithmetic
+  and parallel EN/ZH sentences. Following Allen-Zhu & Li ("Physics of Language Models 3.1", 2023), facts
+  are stated in diverse ways so that fine-tuning can later extract them; ``WorldConfig``'s ``bio_*`` and
+  ``quiz_people`` fields switch each augmentation off for the knowledge experiment;
 - dialogues (``dialogues``): SFT conversations (fact QA, multi-turn follow-ups, EN<->ZH translation,
   arithmetic, polite refusals of phone-number requests, honest "I don't know" about entities that do not
   exist), preference pairs (helpful / honest / harmless), and evaluation questions whose phrasings are
