@@ -105,16 +105,11 @@ def _bio_paragraph(w: World, rng: random.Random, picker: _Picker, p: Person, lan
     return {"en": " ", "zh": ""}[lang].join(sentences)
 
 
-def make_pretrain_docs(w: World) -> None:
+def _biography_pages(w: World, rng: random.Random, pretrain_people: list[Person]) -> list[dict]:
+    """Pages of 2-3 people; every paragraph states all four facts of its person. Each round is a permutation
+    of the people, so everyone gets exactly bios_per_person paragraphs (alternating EN / ZH when bilingual)."""
     cfg = w.config
-    rng = w.rng("pretrain")
-    docs: list[dict] = []
-    pretrain_people = w.people_in("pretrain+sft", "pretrain_only")
-    joiner = {"en": " ", "zh": ""}
-    w.doc_items = Counter()
-
-    # Biographies: pages of 2-3 people; every paragraph states all four facts of its person. Each round is a
-    # permutation of the people, so everyone gets exactly bios_per_person paragraphs, alternating EN / ZH.
+    docs = []
     for r in range(cfg.bios_per_person):
         lang = "en" if r % 2 == 0 or not cfg.bilingual_bios else "zh"
         order = pretrain_people[:]
@@ -126,6 +121,18 @@ def make_pretrain_docs(w: World) -> None:
             w.doc_items["bio"] += len(paragraphs)
             docs.append({"text": rng.choice(T.BIO_TITLES[lang]) + "\n\n" + "\n\n".join(paragraphs),
                          "lang": lang, "kind": "bio"})
+    return docs
+
+
+def make_pretrain_docs(w: World) -> None:
+    cfg = w.config
+    rng = w.rng("pretrain")
+    docs: list[dict] = []
+    pretrain_people = w.people_in("pretrain+sft", "pretrain_only")
+    joiner = {"en": " ", "zh": ""}
+    w.doc_items = Counter()
+
+    docs += _biography_pages(w, rng, pretrain_people)
 
     # Stories: people in turn, so everyone appears about equally often; 2-3 stories per page.
     story_fact = {"year": "birth_year", "city": "birthplace", "occ": "occupation", "a_occ": "occupation",
