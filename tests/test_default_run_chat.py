@@ -126,7 +126,6 @@ def test_twenty_held_out_questions_through_chat_match_the_report(default_run):
     """20 held-out fact questions (10 English, 10 Chinese) typed into `lmstack chat`: the accuracy a user
     sees is within 0.1 of what the SFT stage's report measured on the same questions."""
     from lmstack.eval.answers import answer_matches
-
     from lmstack.runs import read_json
 
     recorded_path = default_run / "eval" / "sft_facts.jsonl"
