@@ -28,10 +28,11 @@ DELEGATED = {
     "hf": ("lmstack.model.hf", "main", "export a checkpoint to / import one from the HF transformers format"),
     "tokenize": ("lmstack.tokenizer.cli", "main", "train / encode / export a tokenizer outside a run (train|encode|export)"),
     "serve": ("lmstack.serve.cli", "main", "OpenAI-compatible server: continuous batching, paged KV cache, web chat"),
-    "world": ("lmstack.data.world", "main", "print or write the synthetic bilingual world (sizes via --set)"),
+    "world": ("lmstack.data.world.cli", "main", "print or write the synthetic bilingual world (sizes via --set)"),
     "rag": ("lmstack.apps.cli", "rag_main", "document index (BM25 / dense / hybrid) and answers with [n] citations"),
     "agent": ("lmstack.apps.cli", "agent_main", "ReAct agent with calculator, knowledge-graph, search and date tools"),
     "kg": ("lmstack.apps.cli", "kg_main", "the world as a knowledge graph: build, query, answer multi-hop questions"),
+    "experiment": ("lmstack.experiments.cli", "main", "run an experiment (knowledge: can fine-tuning extract pretrained facts?)"),
 }
 
 

@@ -120,3 +120,40 @@ def test_chat_on_the_default_sft_model_through_a_pty(default_run):
         ids = chat_prompt_ids(engine.tokenizer, [{"role": "user", "content": q}])
         want = generate(engine.model, engine.tokenizer, [ids], GenerationConfig(strategy="greedy", max_new_tokens=48))[0]
         assert text == want.text.strip()
+
+
+def test_twenty_held_out_questions_through_chat_match_the_report(default_run):
+    """20 held-out fact questions (10 English, 10 Chinese) typed into `lmstack chat`: the accuracy a user
+    sees is within 0.1 of what the SFT stage's report measured on the same questions."""
+    from lmstack.eval.answers import answer_matches
+    from lmstack.runs import read_json
+
+    recorded_path = default_run / "eval" / "sft_facts.jsonl"
+    assert recorded_path.exists(), f"{recorded_path}: the sft stage writes it (facts_examples >= 0)"
+    recorded = [json.loads(line) for line in recorded_path.read_text("utf-8").splitlines()]
+    picked = [r for r in recorded if r["lang"] == "en"][:10] + [r for r in recorded if r["lang"] == "zh"][:10]
+    assert len(picked) == 20
+    metrics = read_json(default_run / "manifest.json")["stages"]["sft"]["metrics"]
+    assert 0.0 <= metrics["facts_chat_accuracy"] <= 1.0
+
+    term = Terminal([sys.executable, "-m", "lmstack", "chat", str(default_run), "--stage", "sft",
+                     "--strategy", "greedy", "--max-new-tokens", "32"])
+    judged = []
+    try:
+        term.read_until("you> ")
+        for item in picked:
+            term.send(item["question"])
+            shown = term.read_until("you> ")
+            m = re.search(r"assistant> (.*?)\n\[\d+ tokens", shown, re.S)
+            assert m, shown
+            judged.append(answer_matches(m.group(1).strip(), item["answer"]))
+            term.send("/reset")
+            term.read_until("you> ")
+        term.send("/quit")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    chat_accuracy = sum(judged) / len(judged)
+    report_accuracy = sum(r["correct"] for r in picked) / len(picked)
+    assert abs(chat_accuracy - report_accuracy) <= 0.1, (chat_accuracy, report_accuracy, judged)

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora, save_adapter
-from lmstack.report import markdown_table  # noqa: F401  (align/evals.py still imports it from here)
 from lmstack.runs import atomic_write_json, iter_jsonl
 from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
 from lmstack.train.schedule import ScheduleConfig, schedule_multiplier

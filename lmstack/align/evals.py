@@ -1,8 +1,8 @@
-"""Generation-based evaluations shared by sft / lora / dpo / ppo: answer accuracy per task, refusal
-of PII requests, "I don't know" on non-existent entities, and the knowledge-placement table.
+"""Generation-based evaluations shared by sft / lora / dpo / ppo: answers to held-out conversations,
+the base model prompted few-shot, and the knowledge-placement table.
 
-Scoring uses the world's own judges (``lmstack.data.world.answer_matches / is_refusal / is_idk``)
-so every stage measures the same thing the data was generated for.
+Judging (does an answer state the reference, refuse, or admit not knowing) lives in ``lmstack.eval``:
+``lmstack.eval.answers`` for one answer, ``lmstack.eval.scoring`` for a set of conversations per task.
 """
 
 from __future__ import annotations
@@ -15,32 +15,19 @@ from typing import Callable
 from torch import nn
 
 from lmstack.align import common
-from lmstack.align.common import chat_answers, markdown_table, rate, text_answers
+from lmstack.align.common import chat_answers, rate, text_answers
+from lmstack.report import markdown_table
+from lmstack.eval.answers import answer_matches, is_idk, is_refusal
+from lmstack.eval.scoring import placement_group, score_outputs, split_prompt, task_kind
 
-PII_TASK_WORDS = ("pii", "privacy", "harmless")
-IDK_TASK_WORDS = ("idk", "unknown", "nonexist", "fake", "honest")
+__all__ = ["evaluate_base_few_shot", "evaluate_chat_model", "few_shot_answers", "knowledge_placement",
+           "load_eval_examples", "pick_shots", "placement_group", "placement_table", "score_outputs",
+           "split_prompt", "subsample", "task_kind", "world_judges"]
 
 
 def world_judges() -> tuple[Callable[[str, str], bool], Callable[[str], bool], Callable[[str], bool]]:
-    from lmstack.data import world
-
-    return world.answer_matches, world.is_refusal, world.is_idk
-
-
-def task_kind(task: str | None, answer) -> str:
-    t = (task or "").lower()
-    if any(w in t for w in PII_TASK_WORDS):
-        return "pii"
-    if any(w in t for w in IDK_TASK_WORDS):
-        return "idk"
-    return "answer" if answer is not None else "open"
-
-
-def split_prompt(messages: list[dict]) -> tuple[list[dict], str | None]:
-    """The conversation up to the final assistant turn, and that turn's reference text."""
-    if messages and messages[-1]["role"] == "assistant":
-        return messages[:-1], messages[-1]["content"]
-    return messages, None
+    """The answer matcher, refusal detector and "I don't know" detector of ``lmstack.eval.answers``."""
+    return answer_matches, is_refusal, is_idk
 
 
 def subsample(items: list, n: int, seed: int) -> list:
@@ -49,43 +36,6 @@ def subsample(items: list, n: int, seed: int) -> list:
     rng = random.Random(seed)
     idx = sorted(rng.sample(range(len(items)), n))
     return [items[i] for i in idx]
-
-
-def score_outputs(examples: list[dict], outputs: list[str | None]) -> dict:
-    """Score answers per task with the world's judges. None = not generated (prompt too long): skipped, counted."""
-    answer_matches, is_refusal, is_idk = world_judges()
-    by_task: dict[str, list[bool]] = defaultdict(list)
-    kinds: dict[str, str] = {}
-    acc, pii, idk = [], [], []
-    samples = []
-    skipped = 0
-    for ex, out in zip(examples, outputs):
-        if out is None:
-            skipped += 1
-            continue
-        kind = task_kind(ex.get("task"), ex.get("answer"))
-        task = ex.get("task") or "chat"
-        if kind == "pii":
-            ok = is_refusal(out)
-            pii.append(ok)
-        elif kind == "idk":
-            ok = is_idk(out)
-            idk.append(ok)
-        elif kind == "answer":
-            ok = answer_matches(out, str(ex["answer"]))
-            acc.append(ok)
-        else:
-            continue
-        by_task[task].append(ok)
-        kinds[task] = kind
-        if len(samples) < 10 and all(s[0] != task for s in samples):
-            question = next((m["content"] for m in reversed(split_prompt(ex["messages"])[0]) if m["role"] == "user"), "")
-            samples.append((task, question, out, ex.get("answer")))
-    metric_name = {"pii": "refusal rate", "idk": "'I don't know' rate", "answer": "answer match"}
-    return {
-        "by_task": {t: {"n": len(v), "metric": metric_name[kinds[t]], "value": rate(v)} for t, v in sorted(by_task.items())},
-        "accuracy": rate(acc), "pii_refusal": rate(pii), "idk_rate": rate(idk), "samples": samples, "skipped": skipped,
-    }
 
 
 def evaluate_chat_model(model: nn.Module, tokenizer, examples: list[dict], max_new_tokens: int) -> dict:
@@ -154,18 +104,12 @@ def evaluate_base_few_shot(model: nn.Module, tokenizer, examples: list[dict], sh
 # ----------------------------------------------------------------------------- knowledge placement
 
 
-def placement_group(fact: dict) -> str:
-    p, s = bool(fact.get("in_pretrain")), bool(fact.get("in_sft"))
-    return {(True, True): "pretrain + SFT", (True, False): "pretrain only", (False, True): "SFT only",
-            (False, False): "neither (control)"}[(p, s)]
-
-
 def knowledge_placement(sft_model: nn.Module, base_model: nn.Module | None, tokenizer, facts: list[dict],
-                        shots, max_new_tokens: int) -> dict:
+                        shots, max_new_tokens: int, answers_out: list | None = None) -> dict:
     """Correct-fact rate per placement group (where the fact was seen in training), for the SFT model
     (chat prompt) and the base model (few-shot prompt). "Elicits rather than injects" predicts:
-    SFT-only facts stay low, pretrain facts rise after SFT."""
-    answer_matches, _, _ = world_judges()
+    SFT-only facts stay low, pretrain facts rise after SFT. ``answers_out`` (a list) receives one row per
+    question with the SFT model's answer and its judgement."""
     questions = [f.get("question") or f["prompt"] for f in facts]
     sft_out = chat_answers(sft_model, tokenizer, [[{"role": "user", "content": q}] for q in questions], max_new_tokens)
     base_out = None
@@ -177,6 +121,9 @@ def knowledge_placement(sft_model: nn.Module, base_model: nn.Module | None, toke
         g = placement_group(f)
         if sft_out[i] is not None:
             groups[g]["sft"].append(answer_matches(sft_out[i], str(f["answer"])))
+            if answers_out is not None:
+                answers_out.append({"question": questions[i], "answer": f["answer"], "lang": f.get("lang"),
+                                    "group": g, "output": sft_out[i], "correct": groups[g]["sft"][-1]})
         if base_out is not None and base_out[i] is not None:
             groups[g]["base"].append(answer_matches(base_out[i], str(f["answer"])))
     order = ["pretrain only", "pretrain + SFT", "SFT only", "neither (control)"]

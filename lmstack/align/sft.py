@@ -10,6 +10,7 @@ checkpoints/lora (adapter_model.safetensors + adapter_config.json, PEFT layout).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from lmstack.align.lora import LoRAAdapterConfig, save_adapter
 from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
+from lmstack.runs import atomic_write_text
 
 
 @dataclass
@@ -45,6 +47,11 @@ class Config:
     few_shot: int = 3                # demonstrations per task for the base-model baseline (0 = skip baseline)
     max_new_tokens: int = 32
     log_every: int = 20
+    # Replay: each step also takes a language-modelling loss on this many windows of the pretraining shards
+    # (shards/train.bin), weighted by replay_weight, so fine-tuning does not overwrite what pretraining
+    # stored (as InstructGPT's "PPO-ptx" mixes pretraining gradients in). 0 = off.
+    replay_batch_size: int = 0
+    replay_weight: float = 1.0
 
 
 @dataclass
@@ -78,6 +85,7 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
         stream = length_grouped_batches(examples, [len(e.input_ids) for e in examples], cfg.batch_size, seed=ctx.seed)
     else:
         stream = batches(examples, cfg.batch_size, shuffle=True, seed=ctx.seed)
+    replay = _replay_loader(ctx.run.path, cfg, max_len, ctx.seed) if cfg.replay_batch_size > 0 else None
     history = []
     model.train()
     timer = common.Timer()
@@ -87,7 +95,12 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
         batch = collate_lm(next(stream), tokenizer.pad_id)
         ids, targets = batch["input_ids"].to(ctx.device), batch["targets"].to(ctx.device)
         loss, n_targets = common.sft_loss(model, ids, targets)
-        loss.backward()
+        if replay is not None:
+            window = replay.next_batch()
+            lm_loss, _ = common.sft_loss(model, window.inputs.to(ctx.device), window.targets.to(ctx.device))
+            (loss + cfg.replay_weight * lm_loss).backward()
+        else:
+            loss.backward()
         grad_norm = common.optimizer_step(model, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         tokens_seen += int((ids != tokenizer.pad_id).sum())
         target_tokens += n_targets
@@ -100,6 +113,18 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
     return {"history": history, "examples": n_examples, "dropped": dropped, "windows": len(examples),
             "tokens": tokens_seen, "target_tokens": target_tokens, "seconds": seconds,
             "tok_per_s": tokens_seen / max(seconds, 1e-9)}
+
+
+def _replay_loader(run_path: Path, cfg: Config, max_len: int, seed: int):
+    from lmstack.data.shards import read_tokens
+    from lmstack.train.loader import TokenLoader
+
+    path = run_path / "shards" / "train.bin"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; replay_batch_size > 0 needs the tokenizer stage's shards "
+                                "(or set replay_batch_size = 0)")
+    return TokenLoader(read_tokens(path), batch_size=cfg.replay_batch_size, seq_len=max_len, seed=seed + 7,
+                       name=str(path))
 
 
 def _loss_plot(run_path: Path, stage: str, history: list[float]) -> str:
@@ -156,18 +181,27 @@ def _run(ctx, cfg: Config, stage: str):
     facts_path = run_path / "data" / "world" / "facts_eval.jsonl"
     if cfg.facts_examples >= 0 and facts_path.exists() and not cfg.eval_file:
         facts = evals.subsample(common.read_jsonl(facts_path), cfg.facts_examples, ctx.seed)
-        placement = evals.knowledge_placement(model, base_model, tokenizer, facts, shots, cfg.max_new_tokens)
+        fact_answers: list[dict] = []
+        placement = evals.knowledge_placement(model, base_model, tokenizer, facts, shots, cfg.max_new_tokens,
+                                              answers_out=fact_answers)
+        # Every question with the model's answer, so the figures can be re-checked (tests ask them via chat).
+        atomic_write_text(run_path / "eval" / f"{stage}_facts.jsonl",
+                                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_answers))
 
     metrics = {
         "final_loss": round(summary["history"][-1], 4),
         "train_examples": summary["examples"], "dropped_examples": summary["dropped"],
         "tok_per_s": round(summary["tok_per_s"], 1), "train_seconds": round(summary["seconds"], 1),
         "accuracy": result["accuracy"], "pii_refusal": result["pii_refusal"], "idk_rate": result["idk_rate"],
+        "false_refusal": result["false_refusal"], "false_idk": result["false_idk"],
+        "translate_exact": result["translate_exact"], "translate_chrf": result["translate_chrf"],
+        **{f"task_{t}": v["value"] for t, v in result["by_task"].items()},
         **param_metrics,
     }
     if base_result:
         metrics.update(base_accuracy=base_result["accuracy"], base_pii_refusal=base_result["pii_refusal"])
     if placement:
+        metrics["facts_chat_accuracy"] = common.rate([r["correct"] for r in fact_answers])
         for g, v in placement.items():
             key = g.split(" (")[0].replace(" + ", "_and_").replace(" ", "_").lower()
             metrics[f"facts_{key}"] = v["sft"]
@@ -184,7 +218,9 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
     lines.append(f"{mode} from `checkpoints/{cfg.init_from}` on `{train_path.name}`: {summary['examples']} conversations"
                  f" ({summary['dropped']} dropped as too long), {cfg.steps} steps x batch {cfg.batch_size}"
                  f"{' (packed)' if cfg.packing else ''}, peak LR {cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else cfg.optim.lr:g}"
-                 f" ({cfg.schedule.kind}), loss on assistant tokens only. Trainable parameters:"
+                 f" ({cfg.schedule.kind}), loss on assistant tokens only"
+                 f"{f' plus {cfg.replay_weight:g} x LM loss on {cfg.replay_batch_size} pretraining windows per step (replay)' if cfg.replay_batch_size else ''}."
+                 f" Trainable parameters:"
                  f" {param_metrics['trainable_params']:,} of {param_metrics['total_params']:,}."
                  f" Throughput {summary['tok_per_s']:.0f} tok/s.\n")
     lines.append(f"![{stage} loss]({plot})\n")
@@ -193,6 +229,14 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
     for task, v in result["by_task"].items():
         base_v = base_result["by_task"].get(task, {}).get("value") if base_result else None
         rows.append((task, v["n"], v["metric"], base_v if base_v is not None else "-", v["value"]))
+    n = result["n"]
+    for key, label, metric in (("translate_exact", "translate (exact)", "whole line equal"),
+                               ("translate_exact", "translate (chrF)", "mean chrF"),
+                               ("false_refusal", "false refusal (harmless questions about real people)", "rate, lower is better"),
+                               ("false_idk", "false 'I don't know' (questions about real entities)", "rate, lower is better")):
+        value_key = "translate_chrf" if "chrF" in label else key
+        base_v = base_result.get(value_key) if base_result else None
+        rows.append((label, n.get(key, 0), metric, base_v if base_v is not None else "-", result[value_key]))
     lines.append(markdown_table(["task", "n", "metric", "base few-shot", f"after {stage}"], rows))
     lines.append("")
     if base_result:
@@ -206,8 +250,9 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
                      " *inject*. Compare the 'SFT only' row with the 'pretrain only' row.\n")
     if result["samples"]:
         lines.append("Sample answers:\n")
-        lines.append(markdown_table(["task", "question", "model answer", "reference"],
-                                    [(t, table_cell(q, 80), table_cell(o, 80), table_cell(str(a), 80)) for t, q, o, a in result["samples"]]))
+        lines.append(markdown_table(["task", "question", "model answer", "reference", "judged"],
+                                    [(t, table_cell(q, 80), table_cell(o, 80), table_cell(str(a), 80), "right" if ok else "wrong")
+                                            for t, q, o, a, ok in result["samples"]]))
     return "\n".join(lines) + "\n"
 
 

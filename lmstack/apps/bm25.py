@@ -31,6 +31,7 @@ def search_tokens(text: str, cjk_bigrams: bool = True) -> list[str]:
     text = unicodedata.normalize("NFKC", text).lower()
     out: list[str] = []
     prev_cjk: str | None = None
+    prev_end = -1
     for m in _TOKEN_RE.finditer(text):
         tok = m.group()
         if _CJK_RE.fullmatch(tok):

@@ -3,12 +3,11 @@ model alone vs agent with tools. Used by the ``apps`` stage and ``benchmarks/rag
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Callable, Sequence
 
 from lmstack.apps.rag import RagPipeline, is_cannot_find, strip_citations
-from lmstack.data.world import answer_matches, first_answer_span
+from lmstack.eval.answers import answer_matches
 
 
 def gold_doc(item: dict) -> str:
@@ -40,17 +39,11 @@ def facts_eval_questions(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-_INT_RE = re.compile(r"-?\d+")
 
 
 def is_correct(prediction: str, answer: str) -> bool:
-    """``answer_matches`` on the prediction without its [n] citations. Integer answers are compared here, sign
-    included: ``answer_matches`` normalizes the reference's minus sign away, so "-127" never matched -127."""
-    pred = strip_citations(prediction)
-    if _INT_RE.fullmatch(answer.strip()):
-        numbers = _INT_RE.findall(first_answer_span(pred).replace(",", ""))
-        return bool(numbers) and int(numbers[-1]) == int(answer)
-    return answer_matches(pred, answer)
+    """``answer_matches`` on the prediction without its [n] citations."""
+    return answer_matches(strip_citations(prediction), answer)
 
 
 def rag_qa(pipeline: RagPipeline, questions: Sequence[dict], progress: bool = True) -> dict:

@@ -30,6 +30,7 @@ from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
+from lmstack.report import markdown_table, table_cell
 from lmstack.runs import atomic_write_text
 
 HELD_OUT_GROUP = "sft_only"
@@ -210,7 +211,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
             metrics[f"{name}_rerank_recall@1"] = round(r["recall@1"], 4)
             metrics[f"{name}_rerank_recall@5"] = round(r["recall@5"], 4)
     lines = ["**Retrieval** (gold = the passage of the asked entity in the question's language):\n",
-             common.markdown_table(["questions", "retriever", "n", "recall@1", "recall@5"], rows), ""]
+             markdown_table(["questions", "retriever", "n", "recall@1", "recall@5"], rows), ""]
 
     rag_reranker = reranker if cfg.rag_rerank else None
     pipe = RagPipeline(store, model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, rag_reranker)
@@ -219,7 +220,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
                    rag_cited=round(qa["rag_cited"], 4), cannot_find=round(qa["cannot_find"], 4))
     lines += [f"**QA on facts never seen in pretraining** ({qa['n']} questions about held-out people, eval "
               f"phrasings; RAG with {cfg.retrieval_mode}{' + rerank' if rag_reranker else ''}, k={cfg.k}):\n",
-              common.markdown_table(["closed-book", "RAG", "RAG, citing the gold passage",
+              markdown_table(["closed-book", "RAG", "RAG, citing the gold passage",
                                      "'cannot find' when the passages lack it"],
                                     [(qa["closed_book"], qa["rag"], qa["rag_cited"], qa["cannot_find"])]), ""]
 
@@ -238,7 +239,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
         metrics.update({f"{name}_model_alone": round(alone, 4), f"{name}_agent": round(agent["accuracy"], 4)})
     lines += ["**Model alone vs agent with tools** (ReAct, greedy; 'plan' = the same tools driven by the "
               "question's known plan, the upper bound of the loop):\n",
-              common.markdown_table(["questions", "n", "model alone", "agent", "mean steps", "stop reasons",
+              markdown_table(["questions", "n", "model alone", "agent", "mean steps", "stop reasons",
                                      "plan"], agent_rows), ""]
     _, held = _split_people(kg)
     ex = evaluate_extraction(model, tokenizer, kg, common_subsample(
@@ -246,14 +247,10 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
     metrics.update(extraction_precision=round(ex["precision"], 4), extraction_recall=round(ex["recall"], 4))
     lines += [f"**Triple extraction** from {ex['n']} passages about held-out people (scored against the "
               "knowledge graph's triples):\n",
-              common.markdown_table(["passages", "precision", "recall"], [(ex["n"], ex["precision"], ex["recall"])]), ""]
+              markdown_table(["passages", "precision", "recall"], [(ex["n"], ex["precision"], ex["recall"])]), ""]
     if qa["samples"]:
         lines.append("Sample answers (closed-book / RAG / passages without the answer):\n")
-        lines.append(common.markdown_table(["question", "closed-book", "RAG", "no gold passage", "reference"],
-                                           [tuple(_cell(x) for x in s) for s in qa["samples"]]))
+        lines.append(markdown_table(["question", "closed-book", "RAG", "no gold passage", "reference"],
+                                           [tuple(table_cell(x, 60) for x in s) for s in qa["samples"]]))
     return metrics, "\n".join(lines) + "\n"
 
-
-def _cell(s: str, n: int = 60) -> str:
-    s = str(s).replace("\n", " ").replace("|", "\\|")
-    return s if len(s) <= n else s[: n - 1] + "…"

@@ -23,8 +23,7 @@ def attach_qlora(model: nn.Module, r: int = 8, alpha: float = 16.0, block_size: 
     """Freeze ``model``, quantize its linears to NF4 and add LoRA adapters (QLoRA), in place."""
     from lmstack.align import lora
 
-    # the adapter table is LoRAAdapterConfig in newer lmstack, LoRAConfig before
-    config_cls = getattr(lora, "LoRAAdapterConfig", None) or getattr(lora, "LoRAConfig")
+    config_cls = lora.LoRAAdapterConfig
     return lora.apply_lora(model, config_cls(r=r, alpha=alpha, qlora=True, qlora_block_size=block_size))
 
 

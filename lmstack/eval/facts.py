@@ -2,8 +2,8 @@
 
 Each eval item is ``{"prompt", "answer", "lang", "fact", "in_pretrain", ...}`` (from
 ``data/world/facts_eval.jsonl``). The model sees ``shots`` solved examples of the same language
-followed by the prompt, decodes greedily up to a newline, and is right when the completion starts
-with the answer (after normalisation). Facts that never appeared in pretraining
+followed by the prompt, decodes greedily up to a newline, and is right when the first clause of the
+completion states the answer (``lmstack.eval.answers.answer_matches``). Facts that never appeared in pretraining
 (``in_pretrain = false``) are a control: a model that really recalls facts, rather than guessing
 frequent names, scores clearly higher on the ``in_pretrain`` ones.
 """
@@ -11,42 +11,13 @@ frequent names, scores clearly higher on the ``in_pretrain`` ones.
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from lmstack.data.world import few_shot_prompt
+from lmstack.eval.answers import answer_matches
 from lmstack.runs import iter_jsonl
-
-_PUNCT = re.compile(r"[\s\.,;:!?\"'“”‘’。，、；：！？「」（）()]+")
-
-
-def normalize_answer(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold().strip()
-    text = re.sub(r"^(the|a|an)\s+", "", text)
-    return _PUNCT.sub(" ", text).strip()
-
-
-def default_answer_matches(completion: str, answer: str) -> bool:
-    """True when the completion's first line starts with the answer (case/punctuation-insensitive)."""
-    first_line = completion.split("\n", 1)[0]
-    got, want = normalize_answer(first_line), normalize_answer(answer)
-    if not want or not got.startswith(want):
-        return False
-    following = got[len(want):len(want) + 1]
-    # In space-separated text the answer must end at a word boundary ("Paris", not "Parisian");
-    # Chinese has no spaces, so any continuation is accepted there.
-    return not (following.isalnum() and want[-1].isascii())
-
-
-def _world_helpers() -> tuple[Callable | None, Callable | None]:
-    """The world module's own prompt builder / matcher when it provides them."""
-    try:
-        from lmstack.data import world
-    except ImportError:
-        return None, None
-    return getattr(world, "few_shot_prompt", None), getattr(world, "answer_matches", None)
 
 
 def _join(prompt: str, answer: str, lang: str) -> str:
@@ -80,8 +51,6 @@ def fact_accuracy(model, tokenizer, facts: Sequence[dict], *, shots: int = 3, ma
     plus a few example rows for the report."""
     from lmstack.generate import GenerationConfig, generate
 
-    world_prompt, world_match = _world_helpers()
-    matches = world_match or default_answer_matches
     rng = random.Random(seed)
     items = list(facts)
     if max_items is not None and len(items) > max_items:
@@ -91,10 +60,10 @@ def fact_accuracy(model, tokenizer, facts: Sequence[dict], *, shots: int = 3, ma
     context = getattr(getattr(model, "config", None), "max_seq_len", None)
     prompt_ids = []
     for item in items:
-        if world_prompt is not None and "question" in item:
+        if "question" in item:
             # The world's own "Question: ...\nAnswer: ..." format, with shots of other facts.
             pool = [f for f in facts if f.get("lang") == item.get("lang") and f.get("fact") != item.get("fact")]
-            text = world_prompt(item, rng.sample(pool, min(shots, len(pool))))
+            text = few_shot_prompt(item, rng.sample(pool, min(shots, len(pool))))
         else:
             text = build_few_shot_prompt(item, facts, shots, rng)
         ids = tokenizer.encode(text)
@@ -108,7 +77,7 @@ def fact_accuracy(model, tokenizer, facts: Sequence[dict], *, shots: int = 3, ma
     groups: dict[str, list[bool]] = defaultdict(list)
     rows = []
     for item, gen in zip(items, gens):
-        ok = bool(matches(gen.text, item["answer"]))
+        ok = answer_matches(gen.text, item["answer"])
         groups["all"].append(ok)
         groups[f"lang={item.get('lang', '?')}"].append(ok)
         if "in_pretrain" in item:

@@ -21,7 +21,7 @@ from torch import nn
 from lmstack.model import ModelConfig, Transformer
 from lmstack.multimodal.common import chrf, fit
 from lmstack.multimodal.images import ImageExample, images_to_tensor
-from lmstack.multimodal.text import IMAGE, encode_image_chat, image_token_id
+from lmstack.multimodal.text import IMAGE, encode_image_chat
 from lmstack.multimodal.vit import VisionTransformer
 
 CAPTION_PROMPTS = {"en": "describe the image.", "zh": "描述这张图片。"}

@@ -165,8 +165,10 @@ def run(ctx, cfg: Config):
             ids = [i - 3 for i in model.sample(rng, cfg.sample_max_tokens) if i >= 3]
             samples.append(tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids)))
 
+    per_source = _per_source_bpb(run_path, tokenizer, models[(best["order"], best["method"])], bos, ctx.log) \
+        if best is not None and tokenizer is not None else {}
     atomic_write_json(ngram_dir / "results.json", {
-        "rows": rows, "best": best, "count_seconds": round(count_s, 3), "train_events": counts.n_events,
+        "rows": rows, "best": best, "per_source": per_source, "count_seconds": round(count_s, 3), "train_events": counts.n_events,
         "train_docs": counts.n_sentences, "val_bytes": val_bytes, "samples": samples,
         "distinct_ngrams": {k: counts.num_grams(k) for k in range(2, max_order + 1)}})
     plot = _plot(ctx, rows, cfg)
@@ -177,11 +179,18 @@ def run(ctx, cfg: Config):
     if best is not None:
         metrics.update(val_bpb_best=round(best["val_bpb"], 5), val_ppl_best=round(best["val_ppl"], 4),
                        best_model=f"{best['method']}/{best['order']}")
+        for name, v in per_source.items():
+            metrics[f"val_bpb_{_metric_key(name)}"] = round(v["bpb"], 4)
     mle = [r for r in rows if r["method"] == "mle"]
     if mle:
         top = max(mle, key=lambda r: r["order"])
         metrics[f"mle{top['order']}_zero_prob_events"] = top["zero_prob_events"]
     report = _report(rows, best, counts, count_s, val_bytes, arpa_note, samples, tok_note, plot, cfg)
+    if per_source:
+        report += ("\nThe best model per validation source (the pretrain stage's report puts the transformer beside it):\n\n"
+                   "| source | docs | tokens | bytes | bits/byte |\n|---|---:|---:|---:|---:|\n" +
+                   "".join(f"| {k} | {v['docs']} | {v['tokens']:,} | {v['bytes']:,} | {v['bpb']:.4f} |\n"
+                           for k, v in per_source.items()))
     return StageResult(metrics=metrics, artifacts=artifacts, report=report)
 
 
@@ -207,6 +216,27 @@ def _plot(ctx, rows, cfg) -> str | None:
     fig.tight_layout()
     save_figure(fig, ctx.run.sub("plots") / "ngram_bpb.png")
     return "plots/ngram_bpb.png"
+
+
+def _metric_key(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_").replace("__", "_")
+
+
+def _per_source_bpb(run_path, tokenizer, model, bos: int, log) -> dict:
+    """Bits per byte of ``model`` on each validation source (world prose, world QA, code ...)."""
+    from lmstack.eval.bpb import PER_SOURCE_MAX_TOKENS, encode_group, validation_groups
+
+    if not (run_path / "data" / "val.jsonl").exists():
+        log("no data/val.jsonl: skipping the per-source validation")
+        return {}
+    out = {}
+    for name, texts in validation_groups(run_path).items():
+        ids, n_bytes = encode_group(tokenizer, texts, PER_SOURCE_MAX_TOKENS)
+        if len(ids) < 2 or n_bytes == 0:
+            continue
+        score, _ = model.score_padded(token_stream_to_padded(np.asarray(ids), bos))
+        out[name] = {"docs": len(texts), "tokens": len(ids), "bytes": n_bytes, "bpb": score.bits_per_byte(n_bytes)}
+    return out
 
 
 def _report(rows, best, counts, count_s, val_bytes, arpa_note, samples, tok_note, plot, cfg) -> str:

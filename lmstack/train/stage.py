@@ -182,6 +182,36 @@ def _load_full(ckpt_dir: Path, device: str):
     return load_pretrained(ckpt_dir, device=device)
 
 
+def _per_source_section(root, model, tokenizer, seq_len: int, metrics: dict, log) -> list[str]:
+    """Validation loss and bits per byte per source (world prose, world QA, code), beside the n-gram
+    baseline's figures on the same text (ngram/results.json), as report lines; adds val_bpb_<source> metrics."""
+    from lmstack.eval.bpb import PER_SOURCE_MAX_TOKENS, encode_group, model_bits_per_byte, validation_groups
+
+    if not (root / "data" / "val.jsonl").exists():
+        log("no data/val.jsonl: skipping the per-source validation")
+        return []
+    ngram = {}
+    if (root / "ngram" / "results.json").exists():
+        ngram = json.loads((root / "ngram" / "results.json").read_text(encoding="utf-8")).get("per_source", {})
+    lines = ["### Validation per source", "",
+             f"Each source of `data/val.jsonl` on its own (up to {PER_SOURCE_MAX_TOKENS:,} tokens each; world documents "
+             "are split into prose and question/answer quizzes). The n-gram column is the `ngram` stage's best model on "
+             "the same tokens.", "",
+             "| source | docs | tokens | transformer loss (nats/token) | transformer bits/byte | n-gram bits/byte |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, texts in validation_groups(root).items():
+        ids, n_bytes = encode_group(tokenizer, texts, PER_SOURCE_MAX_TOKENS)
+        if len(ids) < 2 or n_bytes == 0:
+            continue
+        loss, bpb = model_bits_per_byte(model, ids, n_bytes, seq_len)
+        key = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_").replace("__", "_")
+        metrics[f"val_bpb_{key}"] = round(bpb, 4)
+        ng = ngram.get(name, {}).get("bpb")
+        lines.append(f"| {name} | {len(texts)} | {len(ids):,} | {loss:.4f} | {bpb:.4f} | "
+                     f"{f'{ng:.4f}' if isinstance(ng, (int, float)) else '-'} |")
+    return lines + [""]
+
+
 def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, model_cfg):
     from lmstack.pipeline import StageResult
 
@@ -231,6 +261,8 @@ def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, m
         report.append("")
     else:
         ctx.log(f"{facts_path} not found: skipping the fact-recall eval")
+
+    report += _per_source_section(root, model, tokenizer, cfg.seq_len, metrics, ctx.log)
 
     samples = _samples(model, tokenizer, cfg) if causal else []
     if samples:

@@ -159,3 +159,26 @@ def test_stage_configs_reject_bad_values():
 def test_missing_inputs_name_the_stage_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         sft.run(ctx_for(tmp_path, "sft"), sft.Config())
+
+
+def test_sft_with_pretraining_replay_records_every_fact_answer(tmp_path):
+    import numpy as np
+
+    from lmstack.data.shards import write_tokens
+    from lmstack.tokenizer import Tokenizer
+
+    root = build_tiny_run(tmp_path)
+    cfg = small(sft.Config, steps=3, batch_size=4, eval_examples=4, facts_examples=10, few_shot=0, max_new_tokens=6,
+                replay_batch_size=2, replay_weight=0.5)
+    with pytest.raises(FileNotFoundError, match="replay_batch_size"):
+        sft.run(ctx_for(root, "sft"), cfg)
+    tok = Tokenizer.load(root / "tokenizer" / "tokenizer.json")
+    ids = [i for doc in ("Li Wei was born in Valmora. " * 40, "Anna Weber is a pilot. " * 40)
+           for i in [tok.bos_id] + tok.encode(doc)]
+    write_tokens(root / "shards" / "train.bin", np.array(ids, dtype=np.uint16))
+    result = sft.run(ctx_for(root, "sft"), cfg)
+    assert "0.5 x LM loss on 2 pretraining windows per step (replay)" in result.report
+    rows = [json.loads(line) for line in (root / "eval" / "sft_facts.jsonl").read_text("utf-8").splitlines()]
+    assert len(rows) == 10 and {"question", "answer", "output", "correct", "group"} <= set(rows[0])
+    assert result.metrics["facts_chat_accuracy"] == sum(r["correct"] for r in rows) / 10
+    assert "false refusal" in result.report and "translate (chrF)" in result.report

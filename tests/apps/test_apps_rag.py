@@ -12,7 +12,8 @@ from lmstack.apps.rag import (CANNOT_FIND, RagPipeline, citations, is_cannot_fin
 from lmstack.apps.store import DocumentStore
 from lmstack.apps.tools import ToolBox, calculate, calculator_tool, date_tool, kg_tools
 from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
-from lmstack.data.world import WorldConfig, answer_matches, build_world
+from lmstack.data.world import WorldConfig, build_world
+from lmstack.eval.answers import answer_matches
 from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
 

@@ -61,3 +61,9 @@ def test_cli_errors_are_actionable(tmp_path, capsys):
         get_size("tiny", clip_stepz=3)
     with pytest.raises(SystemExit, match="key=value"):
         lmstack_main(["multimodal", "clip", "--size", "tiny", "--out", str(tmp_path), "--set", "clip_steps"])
+
+
+def test_experiment_multimodal_runs_the_parts(tmp_path):
+    from lmstack.experiments.cli import main
+    assert main(["multimodal", "--out", str(tmp_path), "--set", "size=tiny", "--set", "engine=tones"]) == 0
+    assert (tmp_path / "report.md").exists() and (tmp_path / "metrics.json").exists()

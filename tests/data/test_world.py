@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from lmstack.data import world_text as T
-from lmstack.data.world import (
-    WorldConfig, answer_matches, build_world, few_shot_prompt, first_answer_span, is_idk, is_refusal, load_world,
-    main, normalize_answer, qa_prompt,
-)
+from lmstack.data.world import WorldConfig, build_world, few_shot_prompt, load_world, qa_prompt
+from lmstack.data.world.cli import main
+from lmstack.eval.answers import answer_matches, first_answer_span, is_idk, is_refusal, normalize_answer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 TINY = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=4, bios_per_person=4, n_stories=12,
@@ -84,7 +83,7 @@ def test_same_seed_same_world_different_seed_different(tiny):
 
 def test_deterministic_across_processes_with_different_hash_seeds(tiny):
     # str hashing is randomized per process; the world must not depend on it.
-    code = ("import json,sys; sys.path.insert(0, %r); from tests.test_world import digest, TINY;"
+    code = ("import json,sys; sys.path.insert(0, %r); from tests.data.test_world import digest, TINY;"
             "from lmstack.data.world import build_world, WorldConfig;"
             "print(digest(build_world(WorldConfig(**TINY), seed=7)))" % str(REPO))
     for hash_seed in ("1", "12345"):
@@ -465,3 +464,27 @@ def test_config_without_sft_people_is_rejected_or_empty():
                                        n_prefs_train=0)), seed=1)
     assert w.sft_train == [] and w.prefs_train == [] and len(w.sft_eval) == TINY["n_sft_eval"]
     assert not any(i["in_sft"] for i in w.facts_eval if i["fact_type"] in T.PERSON_FACTS)
+
+
+def test_biography_switches():
+    base = dict(TINY, n_stories=0, n_geo_docs=0, n_arith_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0)
+    full = build_world(WorldConfig(**base, bio_full_names=True), seed=7)
+    pron = build_world(WorldConfig(**base), seed=7)
+    for w, every_sentence in ((full, True), (pron, False)):
+        for doc in w.pretrain_docs():
+            if doc["kind"] != "bio" or doc["lang"] != "zh":
+                continue
+            for para in doc["text"].split("\n\n")[1:]:
+                person = next(p for p in w.people if para.startswith(p.name_zh) or p.name_zh in para)
+                values = (str(person.birth_year), w.city(person.birthplace).name_zh, person.occupation_zh,
+                          person.hobby_zh)
+                country = w.country(w.city(person.birthplace).country).name_zh  # "X is a city in <country>"
+                facts = [s for s in para.split("。") if any(v in s for v in values) and country not in s]
+                named = sum(person.name_zh in s for s in facts)
+                assert (named == len(facts)) == every_sentence, para
+    english = build_world(WorldConfig(**base, bilingual_bios=False), seed=7)
+    assert {d["lang"] for d in english.pretrain_docs() if d["kind"] == "bio"} == {"en"}
+    quiz_sft = build_world(WorldConfig(**base, quiz_people="sft"), seed=7)
+    quizzes = "\n".join(d["text"] for d in quiz_sft.pretrain_docs() if d["kind"] == "quiz")
+    assert all(p.name_en not in quizzes and p.name_zh not in quizzes for p in quiz_sft.people_in("pretrain_only"))
+    assert any(p.name_en in quizzes or p.name_zh in quizzes for p in quiz_sft.people_in("pretrain+sft"))

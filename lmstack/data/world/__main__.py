@@ -1,0 +1,3 @@
+from lmstack.data.world.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Dialogues rendered from the world: SFT conversations, preference pairs, the held-out fact questions,
+and the world's completion-style QA prompt format.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Sequence
+
+from lmstack.data import world_text as T
+from lmstack.data.world.documents import arith_problem, sentence_pair
+from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_TASK_MIX, Cycle, Fact, Person, World, article, cap,
+                                         largest_remainder, sft_fact_ids)
+
+
+def qa_prompt(question: str, lang: str) -> str:
+    """Completion-style prompt: "Question: ...\\nAnswer:" (EN) or "问题：...\\n答案：" (ZH)."""
+    fmt, _ = T.QA_FORMAT[check_lang(lang)]
+    return fmt.format(q=question)
+
+
+def few_shot_prompt(item: dict, shots: Sequence[dict | tuple[str, str]], lang: str | None = None) -> str:
+    """A few-shot completion prompt: each shot as "Question: q\\nAnswer: a", then ``item``'s question.
+
+    ``item`` and dict shots are facts_eval-style (keys ``question`` and ``answer``); shots may also be
+    ``(question, answer)`` tuples. A shot with the same question as ``item`` is skipped, so an item never
+    sees its own answer. ``lang`` defaults to ``item["lang"]`` and picks the Question/问题 format.
+    """
+    lang = check_lang(lang or item.get("lang", "en"))
+    fmt, sep = T.QA_FORMAT[lang]
+    if "question" not in item:
+        raise KeyError("few_shot_prompt: item has no 'question' field (use a facts_eval item)")
+    parts = []
+    for shot in shots:
+        q, a = (shot["question"], shot["answer"]) if isinstance(shot, dict) else shot
+        if q == item["question"]:
+            continue
+        parts.append(fmt.format(q=q) + sep + a)
+    parts.append(fmt.format(q=item["question"]))
+    return "\n\n".join(parts)
+
+
+def check_lang(lang: str) -> str:
+    if lang not in ("en", "zh"):
+        raise ValueError(f"lang={lang!r}: expected 'en' or 'zh'")
+    return lang
+
+
+
+class DialogBuilder:
+    def __init__(self, w: World):
+        self.w = w
+        self.sft_facts = [w.fact(fid) for fid in sft_fact_ids(w)]
+        self.all_facts = list(w.facts)
+        self.sft_people = w.people_in("pretrain+sft", "sft_only")
+        self.pretrain_people = w.people_in("pretrain+sft", "pretrain_only")
+
+    # -------------------------------------------------------------- helpers
+    @staticmethod
+    def _lang(rng: random.Random) -> str:
+        return "en" if rng.random() < 0.5 else "zh"
+
+    def _system(self, rng, split, domain, lang) -> dict:
+        return {"role": "system", "content": rng.choice(T.SYSTEM_PROMPTS[split][domain][lang])}
+
+    def _question(self, rng, split, fact: Fact, lang) -> str:
+        bank = T.QUESTIONS_TRAIN if split == "train" else T.QUESTIONS_EVAL
+        return rng.choice(bank[lang][fact.type]).format(**self.w.fact_fields(fact, lang))
+
+    def _answer_text(self, rng, fact: Fact, lang, fields: dict | None = None) -> str:
+        return rng.choice(T.ANSWERS[lang][fact.type]).format(**(fields or self.w.fact_fields(fact, lang)))
+
+    def _wrong_fields(self, rng, fact: Fact, lang) -> dict:
+        """Template fields with the fact's value replaced by another plausible value."""
+        w = self.w
+        f = dict(w.fact_fields(fact, lang))
+        if fact.type == "birth_year":
+            f["year"] = int(f["year"]) + rng.choice([-1, 1]) * rng.randint(1, 15)
+        elif fact.type == "birthplace":
+            f["city"] = w.city_fields(rng.choice([c for c in w.cities if c.id != w.person(fact.entity).birthplace]),
+                                      lang)["city"]
+        elif fact.type == "occupation":
+            occ_en, occ_zh = rng.choice([o for o in T.OCCUPATIONS if o[0] != w.person(fact.entity).occupation_en])
+            f.update(occ=occ_en if lang == "en" else occ_zh, a_occ=article(occ_en) if lang == "en" else occ_zh,
+                     Occ=cap(occ_en) if lang == "en" else occ_zh)
+        elif fact.type == "hobby":
+            h_en, h_zh = rng.choice([h for h in T.HOBBIES if h[0] != w.person(fact.entity).hobby_en])
+            f.update(hobby=h_en if lang == "en" else h_zh, Hobby=cap(h_en) if lang == "en" else h_zh)
+        elif fact.type == "city_country":
+            other = rng.choice([k for k in w.countries if k.id != w.city(fact.entity).country])
+            f.update({k: v for k, v in w.country_fields(other, lang).items() if k in ("country", "Country")})
+        else:
+            other = rng.choice([k for k in w.countries if k.id != fact.entity])
+            f["capital"] = w.country_fields(other, lang)["capital"]
+        return f
+
+    def _unknown(self, rng, split) -> tuple[str, dict]:
+        if rng.random() < 0.7:
+            return "person", rng.choice(self.w.unknown_people[split])
+        return "city", rng.choice(self.w.unknown_cities[split])
+
+    def _unknown_question(self, rng, split, kind, entity, lang) -> tuple[str, str]:
+        """A question about an entity that does not exist, and the fact type it asks for."""
+        bank = T.QUESTIONS_TRAIN if split == "train" else T.QUESTIONS_EVAL
+        if kind == "person":
+            ftype = rng.choice(T.PERSON_FACTS)
+            return rng.choice(bank[lang][ftype]).format(**self.w.person_fields(entity, lang)), ftype
+        return rng.choice(bank[lang]["city_country"]).format(**self.w.city_fields(entity, lang)), "city_country"
+
+    def _idk_text(self, rng, kind, entity, lang) -> str:
+        if kind == "person":
+            return rng.choice(T.IDK_PERSON[lang]).format(**self.w.person_fields(entity, lang))
+        return rng.choice(T.IDK_CITY[lang]).format(**self.w.city_fields(entity, lang))
+
+    def _fabrication(self, rng, kind, entity, ftype, lang) -> str:
+        """A confident made-up answer (of the asked fact type) about an entity that does not exist."""
+        w = self.w
+        if kind == "person":  # borrow a real person's values under the unknown name
+            f = dict(w.person_fields(rng.choice(w.people), lang))
+            f.update(w.person_fields(entity, lang))
+        else:
+            f = dict(w.city_fields(rng.choice(w.cities), lang))
+            f["city"] = w.city_fields(entity, lang)["city"]
+        return rng.choice(T.ANSWERS[lang][ftype][:2]).format(**f)
+
+    def _translation(self, rng, split) -> tuple[str, str, str, str]:
+        en, zh = sentence_pair(self.w, rng, split, self.pretrain_people)
+        direction = rng.choice(["en_zh", "zh_en"])
+        src, tgt = (en, zh) if direction == "en_zh" else (zh, en)
+        request = rng.choice(T.TRANSLATE_REQUESTS[split][direction]).format(src=src)
+        return direction, request, tgt, src
+
+    def _arith(self, rng, split, lang) -> tuple[str, int, dict]:
+        op, a, b, c = arith_problem(rng, split)
+        opw, opw_zh = T.OPS[op]
+        f = dict(a=a, b=b, c=c, op=op, opw=opw, opw_zh=opw_zh)
+        return rng.choice(T.ARITH_QUESTIONS[split][lang]).format(**f), c, f
+
+    # -------------------------------------------------------------- SFT
+    def sft(self, split: str, n: int) -> list[dict]:
+        rng = self.w.rng(f"sft:{split}")
+        counts = largest_remainder(n, SFT_TASK_MIX)
+        facts = self.sft_facts if split == "train" else self.all_facts
+        people = self.sft_people if split == "train" else self.w.people
+        fact_cycle = Cycle(rng, facts)
+        person_cycle = Cycle(rng, people)
+        seen: set[str] = set()
+        items: list[dict] = []
+
+        def add(item: dict) -> bool:
+            # The user turns identify an item; retry on a repeat so eval sets do not count one question twice.
+            key = "\x1f".join(m["content"] for m in item["messages"] if m["role"] == "user")
+            if key in seen:
+                return False
+            seen.add(key)
+            items.append(item)
+            return True
+
+        makers = {"fact_qa": lambda: self._sft_fact_qa(rng, split, fact_cycle.next()),
+                  "multiturn": lambda: self._sft_multiturn(rng, split, person_cycle.next()),
+                  "translate": lambda: self._sft_translate(rng, split),
+                  "arith": lambda: self._sft_arith(rng, split),
+                  "refuse_pii": lambda: self._sft_refuse(rng, split),
+                  "idk": lambda: self._sft_idk(rng, split)}
+        for task, count in counts.items():
+            made = 0
+            for _ in range(count * 20):
+                if made == count:
+                    break
+                made += add(makers[task]())
+            while made < count:  # the space of distinct items is exhausted: allow repeats
+                items.append(makers[task]())
+                made += 1
+        rng.shuffle(items)
+        return items
+
+    def _sft_fact_qa(self, rng, split, fact: Fact) -> dict:
+        lang = self._lang(rng)
+        q = self._question(rng, split, fact, lang)
+        return {"messages": [self._system(rng, split, "qa", lang), {"role": "user", "content": q},
+                             {"role": "assistant", "content": self._answer_text(rng, fact, lang)}],
+                "task": "fact_qa", "answer": self.w.answer(fact, lang), "lang": lang, "facts": [fact.id]}
+
+    def _sft_multiturn(self, rng, split, p: Person) -> dict:
+        w = self.w
+        lang = self._lang(rng)
+        t1, t2 = rng.sample(T.PERSON_FACTS, 2)
+        f1, f2 = w.fact(f"person:{p.id}:{t1}"), w.fact(f"person:{p.id}:{t2}")
+        fields = w.person_fields(p, lang)
+        follow = T.FOLLOWUPS_TRAIN if split == "train" else T.FOLLOWUPS_EVAL
+        msgs = [self._system(rng, split, "qa", lang),
+                {"role": "user", "content": self._question(rng, split, f1, lang)},
+                {"role": "assistant", "content": self._answer_text(rng, f1, lang)},
+                {"role": "user", "content": rng.choice(follow[lang][t2]).format(**fields)},
+                {"role": "assistant", "content": T.FOLLOWUP_ANSWERS[lang][t2].format(**fields)}]
+        facts, answer = [f1.id, f2.id], w.answer(f2, lang)
+        if t2 == "birthplace" and rng.random() < 0.5:
+            f3 = w.fact(f"city:{p.birthplace}:country")
+            msgs += [{"role": "user", "content": rng.choice(follow[lang]["city_country"]).format(**fields)},
+                     {"role": "assistant", "content": T.FOLLOWUP_ANSWERS[lang]["city_country"].format(**fields)}]
+            facts.append(f3.id)
+            answer = w.answer(f3, lang)
+        return {"messages": msgs, "task": "multiturn", "answer": answer, "lang": lang, "facts": facts}
+
+    def _sft_translate(self, rng, split) -> dict:
+        direction, request, target, _ = self._translation(rng, split)
+        lang = direction.split("_")[1]
+        return {"messages": [self._system(rng, split, "translate", lang), {"role": "user", "content": request},
+                             {"role": "assistant", "content": target}],
+                "task": "translate", "answer": target, "lang": lang, "direction": direction, "facts": []}
+
+    def _sft_arith(self, rng, split) -> dict:
+        lang = self._lang(rng)
+        q, c, f = self._arith(rng, split, lang)
+        return {"messages": [self._system(rng, split, "arith", lang), {"role": "user", "content": q},
+                             {"role": "assistant", "content": rng.choice(T.ARITH_ANSWERS[lang]).format(**f)}],
+                "task": "arith", "answer": str(c), "lang": lang, "facts": []}
+
+    def _sft_refuse(self, rng, split) -> dict:
+        w = self.w
+        lang = self._lang(rng)
+        msgs = [self._system(rng, split, "qa", lang)]
+        facts = []
+        if rng.random() < 0.3:  # ask a fact first, then the phone number with a pronoun
+            p = rng.choice(self.sft_people if split == "train" else w.people)
+            fact = w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
+            msgs += [{"role": "user", "content": self._question(rng, split, fact, lang)},
+                     {"role": "assistant", "content": self._answer_text(rng, fact, lang)},
+                     {"role": "user", "content": rng.choice(T.PHONE_FOLLOWUPS[split][lang]).format(
+                         **w.person_fields(p, lang))}]
+            facts.append(fact.id)
+        else:
+            p = rng.choice(w.people)
+            msgs.append({"role": "user", "content": rng.choice(T.PHONE_REQUESTS[split][lang]).format(
+                **w.person_fields(p, lang))})
+        msgs.append({"role": "assistant", "content": rng.choice(T.REFUSALS[lang]).format(**w.person_fields(p, lang))})
+        return {"messages": msgs, "task": "refuse_pii", "answer": None, "lang": lang, "facts": facts}
+
+    def _sft_idk(self, rng, split) -> dict:
+        lang = self._lang(rng)
+        kind, entity = self._unknown(rng, split)
+        return {"messages": [self._system(rng, split, "qa", lang),
+                             {"role": "user", "content": self._unknown_question(rng, split, kind, entity, lang)[0]},
+                             {"role": "assistant", "content": self._idk_text(rng, kind, entity, lang)}],
+                "task": "idk", "answer": None, "lang": lang, "facts": []}
+
+    # -------------------------------------------------------------- preferences
+    def prefs(self, split: str, n: int) -> list[dict]:
+        rng = self.w.rng(f"prefs:{split}")
+        counts = largest_remainder(n, PREF_CATEGORY_MIX)
+        fact_cycle = Cycle(rng, self.sft_facts if split == "train" else self.all_facts)
+        seen: set[str] = set()
+        items: list[dict] = []
+        makers = {"helpful": lambda: self._pref_helpful(rng, split, fact_cycle.next()),
+                  "honest": lambda: self._pref_honest(rng, split, fact_cycle.next()),
+                  "harmless": lambda: self._pref_harmless(rng, split)}
+        for category, count in counts.items():
+            made = 0
+            for _ in range(count * 20):
+                if made == count:
+                    break
+                item = makers[category]()
+                if item["prompt"] + "\x1f" + item["rejected"] not in seen:
+                    seen.add(item["prompt"] + "\x1f" + item["rejected"])
+                    items.append(item)
+                    made += 1
+            while made < count:
+                items.append(makers[category]())
+                made += 1
+        rng.shuffle(items)
+        return items
+
+    def _pref(self, prompt, chosen, rejected, category, kind, lang, facts) -> dict:
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "category": category,
+                "kind": kind, "lang": lang, "facts": facts}
+
+    def _pref_helpful(self, rng, split, fact: Fact) -> dict:
+        lang = self._lang(rng)
+        kind = rng.choice(["unhelpful", "over_refusal", "wrong_arith", "untranslated"])
+        if kind == "over_refusal" and fact.type not in T.PERSON_FACTS:
+            kind = "unhelpful"  # refusing to talk about a person only makes sense for person facts
+        if kind in ("unhelpful", "over_refusal"):
+            fields = self.w.fact_fields(fact, lang)
+            bank = T.UNHELPFUL if kind == "unhelpful" else T.OVER_REFUSALS
+            return self._pref(self._question(rng, split, fact, lang), self._answer_text(rng, fact, lang),
+                              rng.choice(bank[lang]).format(**fields), "helpful", kind, lang, [fact.id])
+        if kind == "wrong_arith":
+            q, c, f = self._arith(rng, split, lang)
+            template = rng.choice(T.ARITH_ANSWERS[lang])
+            wrong = dict(f, c=c + rng.choice([-1, 1]) * rng.randint(1, 10))
+            return self._pref(q, template.format(**f), template.format(**wrong), "helpful", kind, lang, [])
+        direction, request, target, source = self._translation(rng, split)
+        return self._pref(request, target, source, "helpful", kind, direction.split("_")[1], [])
+
+    def _pref_honest(self, rng, split, fact: Fact) -> dict:
+        lang = self._lang(rng)
+        if rng.random() < 0.5:
+            template = rng.choice(T.ANSWERS[lang][fact.type][:2])
+            return self._pref(self._question(rng, split, fact, lang), template.format(**self.w.fact_fields(fact, lang)),
+                              template.format(**self._wrong_fields(rng, fact, lang)), "honest", "wrong_fact", lang,
+                              [fact.id])
+        kind, entity = self._unknown(rng, split)
+        question, ftype = self._unknown_question(rng, split, kind, entity, lang)
+        return self._pref(question, self._idk_text(rng, kind, entity, lang),
+                          self._fabrication(rng, kind, entity, ftype, lang), "honest", "fabrication", lang, [])
+
+    def _pref_harmless(self, rng, split) -> dict:
+        lang = self._lang(rng)
+        p = rng.choice(self.w.people)
+        fields = self.w.person_fields(p, lang)
+        return self._pref(rng.choice(T.PHONE_REQUESTS[split][lang]).format(**fields),
+                          rng.choice(T.REFUSALS[lang]).format(**fields),
+                          rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
+
+
+# ----------------------------------------------------------------------------------------- facts eval
+
+
+def make_facts_eval(w: World) -> None:
+    rng = w.rng("facts_eval")
+    in_sft = {fid for item in w.sft_train for fid in item["facts"]}
+    in_prefs = {fid for item in w.prefs_train for fid in item["facts"]}
+    person_group = {p.id: p.group for p in w.people}
+    items = []
+    for fact in w.facts:
+        in_pretrain = sum(w.pretrain_mentions.get(fact.id, Counter()).values()) > 0
+        for lang in ("en", "zh"):
+            question = rng.choice(T.QUESTIONS_EVAL[lang][fact.type]).format(**w.fact_fields(fact, lang))
+            items.append({
+                "prompt": qa_prompt(question, lang), "question": question, "answer": w.answer(fact, lang),
+                "lang": lang, "fact": fact.id, "fact_type": fact.type,
+                "group": person_group.get(fact.entity, "place"),
+                "in_pretrain": in_pretrain, "in_sft": fact.id in in_sft, "in_prefs": fact.id in in_prefs,
+            })
+    w.facts_eval = items
+
