@@ -232,7 +232,11 @@ class ChatSession:
 def chat_main(argv: list[str]) -> int:
     p = _base_parser("lmstack chat", "Multi-turn chat with a trained model; type /help for commands.")
     p.add_argument("--system", help="system message")
+    p.add_argument("--image", help="a picture to ask about: PATH is then an `lmstack multimodal` output directory")
     args = p.parse_args(argv)
+    if args.image:
+        from lmstack.multimodal.cli import image_chat
+        return image_chat(args.path, args.image, args.max_new_tokens or 32)
     try:
         cfg = _config_from_args(args, GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256))
         engine, ckpt = load_engine(args.path, args.stage, args.device, cfg, args.draft, args.amateur)

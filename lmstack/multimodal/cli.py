@@ -115,3 +115,31 @@ def _dispatch(args) -> int:
                                 "questions": ex.questions}, ensure_ascii=False) + "\n")
     print(f"wrote {args.n} images to {directory}")
     return 0
+
+
+def image_chat(out_dir: str | Path, image_file: str | Path, max_new_tokens: int = 32, inp=None, out=None) -> int:
+    """``lmstack chat OUT_DIR --image FILE``: ask the image-to-text model of ``lmstack multimodal`` about one
+    picture, one question per line (each answered on its own: the model was trained on single turns)."""
+    import sys
+
+    from lmstack.multimodal.experiment import load_vlm
+    from lmstack.multimodal.images import load_image
+    from lmstack.multimodal.vlm import describe
+
+    inp, out = inp or sys.stdin, out or sys.stdout
+    vlm_dir = Path(out_dir) / "vlm"
+    if not vlm_dir.is_dir():
+        print(f"lmstack chat: {vlm_dir}: no image-to-text model here; train one with "
+              f"`lmstack multimodal vlm --out {out_dir}`", file=sys.stderr)
+        return 2
+    model, tok = load_vlm(vlm_dir)
+    image = load_image(image_file, model.vision.config.image_size)
+    print(f"lmstack chat: {vlm_dir} about {image_file}; one question per line, /quit to leave", file=sys.stderr)
+    for line in inp:
+        question = line.strip()
+        if question in ("/quit", "/exit", "/q"):
+            break
+        if question:
+            print(f"assistant> {describe(model, tok, image, question, max_new_tokens)}", file=out, flush=True)
+    return 0
+

@@ -1,6 +1,8 @@
 """`lmstack multimodal` end to end at the tiny size: every part trains, scores, saves and reloads."""
 
+import io
 import json
+import sys
 import wave
 
 import numpy as np
@@ -11,7 +13,7 @@ from lmstack.multimodal.experiment import get_size, load_clip, load_stt, load_vl
 from lmstack.multimodal.speech import espeak_available
 
 
-def test_multimodal_all_tiny(tmp_path, capsys):
+def test_multimodal_all_tiny(tmp_path, capsys, monkeypatch):
     out = tmp_path / "mm"
     assert lmstack_main(["multimodal", "all", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -42,7 +44,11 @@ def test_multimodal_all_tiny(tmp_path, capsys):
     capsys.readouterr()
     assert lmstack_main(["multimodal", "describe", "--out", str(out), "--image", str(tmp_path / "img" / "0000.png"),
                          "--prompt", "what shape is it?"]) == 0
-    assert capsys.readouterr().out.endswith("\n")
+    described = capsys.readouterr().out.strip()
+    # `lmstack chat DIR --image FILE` asks the same model, a question per line, with the same answer
+    monkeypatch.setattr(sys, "stdin", io.StringIO("what shape is it?\n/quit\n"))
+    assert lmstack_main(["chat", str(out), "--image", str(tmp_path / "img" / "0000.png")]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == f"assistant> {described}"
     pcm = (np.sin(np.arange(8000) / 3) * 8000).astype("<i2")
     with wave.open(str(tmp_path / "x.wav"), "wb") as w:
         w.setnchannels(1)
