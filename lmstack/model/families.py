@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .transformer import ModelOutput
+from .transformer import ModelOutput, unique_parameter_count
 
 
 class RecurrentState:
@@ -98,11 +98,7 @@ class CausalLMBase(nn.Module):
         self.config = cfg
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
-        seen, total = set(), 0
-        for p in self.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
+        total = unique_parameter_count(self)
         if exclude_embeddings:
             total -= self.embed.weight.numel()
         return total

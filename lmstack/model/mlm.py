@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .transformer import MLP, Attention, ModelOutput, make_norm
+from .transformer import MLP, Attention, ModelOutput, make_norm, unique_parameter_count
 
 
 def mask_tokens(ids: torch.Tensor, vocab_size: int, mask_id: int, prob: float = 0.15,
@@ -99,11 +99,7 @@ class MaskedLM(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
-        seen, total = set(), 0
-        for p in self.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
+        total = unique_parameter_count(self)
         if exclude_embeddings:
             total -= self.embed.weight.numel() + self.pos_embed.weight.numel()
         return total

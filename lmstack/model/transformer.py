@@ -20,6 +20,12 @@ from .kv_cache import KVCache
 from .positions import PositionalEncoding, RotaryEmbedding, alibi_slopes, apply_rotary
 
 
+def unique_parameter_count(module: nn.Module) -> int:
+    """Parameters of ``module``, each counted once: ``parameters()`` already skips a tied lm_head's alias
+    of the embedding."""
+    return sum(p.numel() for p in module.parameters())
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor | None  # [B, T, V]; None when the loss was computed fused (fused_loss=True)
@@ -254,11 +260,7 @@ class Transformer(nn.Module):
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (a tied lm_head counts once)."""
-        seen, total = set(), 0
-        for p in self.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
+        total = unique_parameter_count(self)
         if exclude_embeddings:
             total -= self.embed.weight.numel()
             if self.pos_embed is not None:
