@@ -29,7 +29,7 @@ $(VENV)/.core: $(PY) pyproject.toml constraints.txt
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(PIPC) --quiet -e ".[dev,serve]"
+	$(PIPC) --quiet -e ".[dev,serve,ray]"
 	@touch $@
 
 # System packages some tests use as peers: Chromium (the web chat page in a real browser) and
