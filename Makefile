@@ -28,7 +28,7 @@ $(VENV)/.core: $(PY) pyproject.toml constraints.txt
 	$(PIPC) --quiet -e .
 	@touch $@
 
-$(VENV)/.dev: $(VENV)/.core
+$(VENV)/.dev: $(VENV)/.core Makefile
 	$(PIPC) --quiet -e ".[dev,serve,ray]"
 	@touch $@
 
