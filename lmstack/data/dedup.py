@@ -251,6 +251,31 @@ class UnionFind:
         return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
 
 
+def shared_key_groups(idx: np.ndarray, keys: np.ndarray) -> Iterable[np.ndarray]:
+    """The entries of ``idx`` grouped by equal ``keys`` (one LSH band's bucket keys), for every key
+    that two or more entries share; each group in ascending order of ``idx``."""
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    if len(ks) < 2:
+        return
+    boundaries = np.nonzero(ks[1:] != ks[:-1])[0] + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(ks)]])
+    for s, e in zip(starts[(ends - starts) >= 2], ends[(ends - starts) >= 2]):
+        yield idx[order[s:e]]
+
+
+def union_bucket(uf: "UnionFind", sigs: np.ndarray, members: np.ndarray, verify_threshold: float = 0.0) -> None:
+    """Join a bucket's members to its first one. With ``verify_threshold > 0`` a member joins only if its
+    estimated Jaccard with the first reaches the threshold (drops LSH false positives)."""
+    first = int(members[0])
+    if verify_threshold > 0:
+        agree = (sigs[members[1:]] == sigs[first]).mean(axis=1)
+        members = np.concatenate([[first], members[1:][agree >= verify_threshold]])
+    for other in members[1:]:
+        uf.union(first, int(other))
+
+
 class MinHashLSH:
     """Banded LSH over a whole signature matrix at once (no per-document Python insert)."""
 
@@ -273,16 +298,7 @@ class MinHashLSH:
         keys = self.band_keys(sigs)
         idx_all = np.arange(len(sigs)) if valid is None else np.nonzero(valid)[0]
         for b in range(self.bands):
-            k = keys[idx_all, b]
-            order = np.argsort(k, kind="stable")
-            ks = k[order]
-            if len(ks) < 2:
-                continue
-            boundaries = np.nonzero(ks[1:] != ks[:-1])[0] + 1
-            starts = np.concatenate([[0], boundaries])
-            ends = np.concatenate([boundaries, [len(ks)]])
-            for s, e in zip(starts[(ends - starts) >= 2], ends[(ends - starts) >= 2]):
-                yield idx_all[order[s:e]]
+            yield from shared_key_groups(idx_all, keys[idx_all, b])
 
     def candidate_pairs(self, sigs: np.ndarray, valid: np.ndarray | None = None) -> set[tuple[int, int]]:
         pairs: set[tuple[int, int]] = set()
@@ -298,12 +314,7 @@ class MinHashLSH:
         estimated Jaccard with the bucket's first member reaches the threshold (drops LSH false positives)."""
         uf = UnionFind(len(sigs))
         for members in self.buckets(sigs, valid):
-            first = int(members[0])
-            if verify_threshold > 0:
-                agree = (sigs[members[1:]] == sigs[first]).mean(axis=1)
-                members = np.concatenate([[first], members[1:][agree >= verify_threshold]])
-            for other in members[1:]:
-                uf.union(first, int(other))
+            union_bucket(uf, sigs, members, verify_threshold)
         return uf
 
 

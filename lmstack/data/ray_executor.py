@@ -96,26 +96,12 @@ def run_map_ray(cfg, doc_iter: Iterator[dict], references: list[str], work_dir: 
 
 def _band_roots(keys, n_docs: int, sigs, verify_threshold: float):
     """Union-find over one band: documents sharing a bucket key join the bucket's first member."""
-    import numpy as np
-
-    from lmstack.data.dedup import UnionFind
+    from lmstack.data.dedup import UnionFind, shared_key_groups, union_bucket
 
     valid_idx, band_keys = keys
     uf = UnionFind(n_docs)
-    order = np.argsort(band_keys, kind="stable")
-    sorted_keys = band_keys[order]
-    if len(sorted_keys) >= 2:
-        boundaries = np.nonzero(sorted_keys[1:] != sorted_keys[:-1])[0] + 1
-        starts = np.concatenate([[0], boundaries])
-        ends = np.concatenate([boundaries, [len(sorted_keys)]])
-        for s, e in zip(starts[(ends - starts) >= 2], ends[(ends - starts) >= 2]):
-            members = valid_idx[order[s:e]]
-            first = int(members[0])
-            if verify_threshold > 0:
-                agree = (sigs[members[1:]] == sigs[first]).mean(axis=1)
-                members = np.concatenate([[first], members[1:][agree >= verify_threshold]])
-            for other in members[1:]:
-                uf.union(first, int(other))
+    for members in shared_key_groups(valid_idx, band_keys):
+        union_bucket(uf, sigs, members, verify_threshold)
     return uf.labels()
 
 
