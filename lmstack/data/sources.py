@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, get_args
 
+from lmstack import REPO_ROOT
 from lmstack.data.remote import RemoteFile, expand_url, is_url, open_binary
 
 SourceKind = Literal["txt", "jsonl", "parquet", "json", "stdlib", "world"]
@@ -109,9 +110,8 @@ def resolve_path(path: str) -> Path:
     p = Path(path).expanduser()
     if p.exists() or p.is_absolute():
         return p
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / p).exists():
-        return repo / p
+    if (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
     return p
 
 

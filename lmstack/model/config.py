@@ -301,13 +301,8 @@ def _attention_params(cfg: ModelConfig) -> int:
 def count_params(cfg: ModelConfig) -> int:
     if cfg.family != "transformer":
         return _family_params(cfg)
-    d, hd = cfg.d_model, cfg.head_dim
-    q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
-    attn = d * q_out + 2 * d * kv_out + q_out * d
-    if cfg.bias:
-        attn += q_out + 2 * kv_out + d
-    if cfg.qk_norm:
-        attn += 2 * hd
+    d = cfg.d_model
+    attn = _attention_params(cfg)
     total = cfg.vocab_size * d
     if not cfg.tie_embeddings:
         total += cfg.vocab_size * d

@@ -1,22 +1,21 @@
 """The compress stage through the pipeline, on a checkpoint outside any run (text_file mode)."""
 
 import json
-from pathlib import Path
 
 import torch
 
+from lmstack import DATA_DIR
 from lmstack.compress import load_compressed
 from lmstack.model import ModelConfig, Transformer, save_pretrained
 from lmstack.pipeline import Recipe, run_stage
 from lmstack.runs import RunDir
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_compress_stage_on_a_lone_checkpoint(tmp_path):
     from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
-    text = (REPO / "data" / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:40000]
+    text = (DATA_DIR / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:40000]
     tok = train_tokenizer([text], 300, special_tokens=list(SPECIAL_TOKENS), progress=False)
     tok.save(tmp_path / "tokenizer.json")
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
@@ -48,7 +47,7 @@ def test_distill_stage_writes_student_and_baseline(tmp_path):
     from lmstack.data.shards import write_tokens
     from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
-    text = (REPO / "data" / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30000]
+    text = (DATA_DIR / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30000]
     tok = train_tokenizer([text], 300, special_tokens=list(SPECIAL_TOKENS), progress=False)
     run = RunDir(tmp_path / "run")
     tok.save(run.sub("tokenizer") / "tokenizer.json")

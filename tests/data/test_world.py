@@ -9,16 +9,15 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from lmstack import REPO_ROOT
 from lmstack.data import world_text as T
 from lmstack.data.world import WorldConfig, build_world, few_shot_prompt, load_world, qa_prompt
 from lmstack.data.world.cli import main
 from lmstack.eval.answers import answer_matches, first_answer_span, is_idk, is_refusal, normalize_answer
 
-REPO = Path(__file__).resolve().parents[2]
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 TINY = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=4, bios_per_person=4, n_stories=12,
@@ -85,10 +84,10 @@ def test_deterministic_across_processes_with_different_hash_seeds(tiny):
     # str hashing is randomized per process; the world must not depend on it.
     code = ("import json,sys; sys.path.insert(0, %r); from tests.data.test_world import digest, TINY;"
             "from lmstack.data.world import build_world, WorldConfig;"
-            "print(digest(build_world(WorldConfig(**TINY), seed=7)))" % str(REPO))
+            "print(digest(build_world(WorldConfig(**TINY), seed=7)))" % str(REPO_ROOT))
     for hash_seed in ("1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
                              check=True).stdout.strip()
         assert out == digest(tiny)
 

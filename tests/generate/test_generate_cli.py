@@ -4,15 +4,14 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from lmstack import REPO_ROOT
 from lmstack.generate.cli import CheckpointError, chat_main, generate_main, rate_summary, resolve_checkpoint
 from lmstack.model import save_pretrained
 from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +90,10 @@ def test_generate_main_json(run_dir, capsys):
 
 
 def test_lmstack_chat_subprocess_stdin(run_dir):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "lmstack", "chat", str(run_dir), "--max-new-tokens", "5"],
                           input="hello\n/settings\n/quit\n", capture_output=True, text=True, timeout=120, env=env,
-                          cwd=REPO)
+                          cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "you> hello" in proc.stdout and "assistant> " in proc.stdout and "tok/s" in proc.stderr
     assert "strategy = 'sample'" in proc.stdout
