@@ -15,8 +15,8 @@ from pathlib import Path
 
 from lmstack import __version__
 from lmstack.config import ConfigError
-from lmstack.pipeline import (DEFAULT_RECIPE, STAGES, Recipe, is_main_process, run_pipeline, run_stage,
-                              summary_table)
+from lmstack.pipeline import DEFAULT_RECIPE, STAGES, Recipe, is_main_process, run_pipeline, run_stage
+from lmstack.report import summary_table
 from lmstack.runs import RunDir
 
 # Commands implemented in other packages: name -> (module, function, one-line help).

@@ -202,42 +202,6 @@ def run_pipeline(recipe: Recipe, run_dir: Path | None = None, only: list[str] | 
     return run
 
 
-# The one or two numbers per stage that `lmstack run` prints at the end (the report has the rest).
-HEADLINES: dict[str, list[tuple[str, str]]] = {
-    "data": [("docs_train", "train documents"), ("bytes_train", "train bytes")],
-    "tokenizer": [("vocab_size", "vocab"), ("bytes_per_token_val", "bytes/token (val)")],
-    "ngram": [("val_bpb_best", "best val bits/byte"), ("best_model", "model")],
-    "pretrain": [("val_bpb", "val bits/byte"), ("fact_acc_all", "few-shot fact accuracy"), ("dtype", "dtype"),
-                 ("mfu", "MFU")],
-    "sft": [("accuracy", "answer accuracy"), ("pii_refusal", "PII refusal")],
-    "lora": [("accuracy", "answer accuracy")],
-    "reward": [("eval_accuracy", "held-out pair accuracy")],
-    "dpo": [("eval_reward_accuracy", "held-out reward accuracy")],
-    "ppo": [("eval_reward_before", "held-out reward before"), ("eval_reward_after", "after")],
-    "apps": [("facts_heldout_hybrid_recall@1", "hybrid recall@1"), ("rag", "RAG accuracy"),
-             ("multihop_heldout_agent", "multi-hop agent")],
-    "distill": [("student_ppl", "student ppl"), ("baseline_ppl", "no-teacher ppl")],
-    "compress": [("method", "method"), ("bits_per_weight", "bits/weight"), ("kl_to_fp32", "KL to fp32")],
-}
-
-
-def summary_table(run: RunDir) -> str:
-    """A short markdown table of the run's stages: status, seconds and headline metrics."""
-    lines = ["| stage | status | seconds | headline |", "|---|---|---:|---|"]
-    for name, entry in run.manifest.get("stages", {}).items():
-        metrics = entry.get("metrics", {})
-        keys = HEADLINES.get(name) or [(k, k) for k in list(metrics)[:2]]
-        shown = [f"{label} {_fmt(metrics[k])}" for k, label in keys if metrics.get(k) is not None]
-        seconds = entry.get("seconds")
-        lines.append(f"| {name} | {entry.get('status', '?')} | {'' if seconds is None else f'{seconds:.1f}'} | "
-                     f"{', '.join(shown)} |")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 

@@ -13,7 +13,8 @@ import pytest
 import fake_stages
 from lmstack import cli, pipeline
 from lmstack.config import ConfigError, config_from_dict, parse_override
-from lmstack.pipeline import Recipe, run_pipeline, summary_table
+from lmstack.pipeline import Recipe, run_pipeline
+from lmstack.report import summary_table
 from lmstack.runs import RunDir, atomic_write_text
 
 TESTS = Path(__file__).resolve().parent

@@ -150,9 +150,9 @@ def rows_markdown(rows: list[Row]) -> str:
 
 
 def quality_size_plot(rows: list[Row], path: str | Path, title: str = "quality vs size") -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lmstack.report import pyplot
+
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -295,13 +295,10 @@ def summarize(runs: list[dict], cfg: KnowledgeConfig) -> dict:
     return out
 
 
-def save_plot(summary: dict, path: Path) -> str | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+def save_plot(summary: dict, path: Path) -> str:
+    from lmstack.report import pyplot
+
+    plt = pyplot()
     conditions = list(summary)
     x = range(len(conditions))
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -322,7 +319,7 @@ def save_plot(summary: dict, path: Path) -> str | None:
     return path.name
 
 
-def report(result: dict, plot: str | None) -> str:
+def report(result: dict, plot: str) -> str:
     cfg, summary = result["config"], result["summary"]
     f = lambda v: f"{v['mean']:.3f} ({v['min']:.2f}-{v['max']:.2f})"  # noqa: E731
     lines = ["# Knowledge storage and extraction", "",
@@ -337,8 +334,7 @@ def report(result: dict, plot: str | None) -> str:
                      f"{v['n_control']} | {PAPER_FIGURES[c]} |")
     lines += ["", "Cells: mean over seeds (min-max). The control asks the same questions about people who appear "
               "nowhere in training, so its score is what guessing frequent answers earns.", ""]
-    if plot:
-        lines += [f"![knowledge extraction]({plot})", ""]
+    lines += [f"![knowledge extraction]({plot})", ""]
     lines += ["Sample answers (held-out half, then control):", "", "| condition | seed | question | answer | model | right |",
               "|---|---|---|---|---|---|"]
     for r in result["runs"]:

@@ -199,11 +199,9 @@ def run_stt(out: Path, size: Size, seed: int = 0, engine: str = "auto", progress
 
 
 def _plot(out: Path, name: str, curves: dict[str, list[float]]) -> None:
-    import matplotlib
+    from lmstack.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     (out / "plots").mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     start = 0
