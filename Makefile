@@ -11,13 +11,14 @@ PIPC    := $(PIP) install -c constraints.txt
 RECIPE  ?= recipes/cpu-speedrun.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test tiny bench clean help
+.PHONY: run test tiny bench experiments clean help
 
 help:
 	@echo "make run    - full pipeline with $(RECIPE) (report: runs/<name>/report.md)"
 	@echo "make test   - install dev extras and run the test suite"
 	@echo "make tiny   - the whole pipeline on recipes/tiny.toml (~2 min)"
 	@echo "make bench  - run every benchmark in quick mode, then the slow tests"
+	@echo "make experiments - every experiment (lmstack experiment all; reports in runs/experiments/)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,9 @@ runs/speedrun/manifest.json: | $(VENV)/.core
 bench: $(VENV)/.dev runs/speedrun/manifest.json
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 	$(PY) -m pytest -q -m slow
+
+experiments: $(VENV)/.dev
+	$(VENV)/bin/lmstack experiment all
 
 clean:
 	rm -rf runs benchmarks/out

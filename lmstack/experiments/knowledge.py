@@ -343,3 +343,14 @@ def report(result: dict, plot: str) -> str:
             lines.append(f"| {r['condition']} | {r['seed']} | {q} | {s['answer']} | {s['output'].replace('|', '/')} | "
                          f"{'yes' if s['correct'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def experiment_main(overrides: list[str], out: Path) -> int:
+    """``lmstack experiment knowledge``: run, print the report and one ``result:`` line per condition."""
+    from lmstack.experiments.cli import parse_config
+
+    result = run_experiment(parse_config(KnowledgeConfig, overrides, "experiment knowledge"), out)
+    print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
+    for condition, v in result["summary"].items():
+        print(f"result: {condition}_extraction={v['qa_test']['mean']:.3f}")
+    return 0

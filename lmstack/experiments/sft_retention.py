@@ -70,3 +70,14 @@ def report(result: dict) -> str:
         lines.append(f"| {variant} | {rs[0]['steps']} | {rs[0]['lr']:g} | {mean('qa_train'):.3f} | "
                      f"**{mean('qa_test'):.3f}** | {rs[0]['n_test']} | {mean('qa_control'):.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def experiment_main(overrides: list[str], out: Path) -> int:
+    """``lmstack experiment sft-retention``: run, print the report and each variant's held-out accuracy."""
+    from lmstack.experiments.cli import parse_config
+
+    result = run_sft_retention(parse_config(KnowledgeConfig, overrides, "experiment sft-retention"), out)
+    print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
+    for row in result["rows"]:
+        print(f"result: {row['variant'].replace('+', '_')}_seed{row['seed']}_heldout={row['qa_test']:.3f}")
+    return 0

@@ -117,6 +117,21 @@ def _dispatch(args) -> int:
     return 0
 
 
+MULTIMODAL_OPTIONS = ("size", "seed", "engine", "projector")
+
+
+def experiment_main(overrides: list[str], out: Path) -> int:
+    """``lmstack experiment multimodal`` is ``lmstack multimodal all`` with the experiments' --set syntax:
+    the keys in MULTIMODAL_OPTIONS are its options, anything else is a size field (clip_steps=200)."""
+    argv = ["all", "--out", str(out)]
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if not value:
+            raise ValueError(f"--set {text!r}: expected KEY=VALUE")
+        argv += [f"--{key}", value] if key in MULTIMODAL_OPTIONS else ["--set", text]
+    return int(main(argv) or 0)
+
+
 def image_chat(out_dir: str | Path, image_file: str | Path, max_new_tokens: int = 32, inp=None, out=None) -> int:
     """``lmstack chat OUT_DIR --image FILE``: ask the image-to-text model of ``lmstack multimodal`` about one
     picture, one question per line (each answered on its own: the model was trained on single turns)."""
