@@ -132,6 +132,8 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{name}'s hometown is {city}.",
             "{name} comes from {city}, the city where {pron} was born.",
             "Born in {city}, {name} spent {poss} whole childhood there.",
+            "{name} is originally from {city}.",
+            "{name} grew up in {city}, the town of {poss} birth.",
         ],
         "birth_year": [
             "{name} was born in {year}.",
@@ -141,6 +143,7 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{name} came into the world in {year}.",
             "The birth year of {name} is {year}.",
             "{name} was born back in {year}.",
+            "{name} has been alive since {year}, the year of {poss} birth.",
         ],
         "occupation": [
             "{name} works as {a_occ}.",
@@ -150,6 +153,8 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{name} has worked as {a_occ} for many years.",
             "The occupation of {name} is {occ}.",
             "{name} is {a_occ}.",
+            "The kind of work {name} does is the work of {a_occ}.",
+            "{name}'s job is being {a_occ}.",
         ],
         "hobby": [
             "{name} enjoys {hobby}.",
@@ -159,6 +164,8 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "The hobby of {name} is {hobby}.",
             "{name} is fond of {hobby}.",
             "On weekends, {name} spends hours {hobby}.",
+            "{name}'s favourite pastime is {hobby}.",
+            "For fun, {name} likes {hobby}.",
         ],
         "city_country": [
             "{city} is a city in {country}.",
@@ -191,6 +198,8 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{city}是{name}的出生地。",
             "{name}生于{city}，并在那里长大。",
             "{name}是在{city}出生的。",
+            "{name}是{city}人。",
+            "{name}出生的城市是{city}。",
         ],
         "birth_year": [
             "{name}出生于{year}年。",
@@ -199,6 +208,7 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{name}的出生年份是{year}年。",
             "{year}年，{name}出生了。",
             "{name}于{year}年出生。",
+            "{name}出生的那一年是{year}年。",
         ],
         "occupation": [
             "{name}是一名{occ}。",
@@ -208,6 +218,8 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{name}做了很多年的{occ}。",
             "{name}是个{occ}。",
             "作为一名{occ}，{name}每天都很忙。",
+            "{name}的本职工作是{occ}。",
+            "{name}平时做{occ}这一行。",
         ],
         "hobby": [
             "{name}喜欢{hobby}。",
@@ -216,6 +228,8 @@ STATEMENTS: dict[str, dict[str, list[str]]] = {
             "{name}最大的爱好是{hobby}。",
             "{name}周末常常{hobby}。",
             "{name}特别爱{hobby}。",
+            "{name}平时的兴趣是{hobby}。",
+            "{name}空闲时总爱{hobby}。",
         ],
         "city_country": [
             "{city}是{country}的一座城市。",
@@ -348,6 +362,95 @@ QUESTIONS_TRAIN = {
                     "哪座城市是{country}的首都？", "请告诉我{country}的首都。", "{country}首都是哪儿？"],
     },
 }
+# More training phrasings (same rule: none of them is a held-out question). A small model that sees each
+# question in only six forms learns the strings, not the question; held-out accuracy rose with every extra
+# form here, as instruction-tuning diversity does at scale (FLAN: Wei et al. 2021, Chung et al. 2022).
+MORE_QUESTIONS_TRAIN = {'en': {'birthplace': ['Which town was {name} born in?',
+                           'What is the hometown of {name}?',
+                           'Do you know where {name} was born?',
+                           'Where is {name} from?',
+                           '{name} is from which city?',
+                           'What city was {name} born in?'],
+            'birth_year': ['Which year was {name} born in?',
+                           'Do you know when {name} was born?',
+                           "What was the year of {name}'s birth?",
+                           "When is {name}'s birth year?",
+                           'Tell me when {name} was born.',
+                           'Give the year {name} was born.'],
+            'occupation': ['What line of work is {name} in?',
+                           "What is {name}'s line of work?",
+                           "What is {name}'s trade?",
+                           'How does {name} earn a living?',
+                           'Do you know what {name} does for work?',
+                           'What is {name} by profession?'],
+            'hobby': ['How does {name} relax?',
+                      "What is {name}'s pastime?",
+                      'What does {name} like doing on weekends?',
+                      'Which hobby does {name} have?',
+                      'What does {name} do in {poss} spare time?',
+                      'Tell me what {name} does for fun.'],
+            'city_country': ['Which country is {city} located in?',
+                             '{city} lies in which country?',
+                             'Do you know which country {city} is in?',
+                             'What country is {city} part of?',
+                             'Where in the world is {city}?',
+                             'Tell me the country of {city}.'],
+            'capital': ["Which city is {country}'s capital?",
+                        'Do you know the capital of {country}?',
+                        "Tell me the name of {country}'s capital.",
+                        'What is the capital city of {country}?',
+                        'Where is the capital of {country}?',
+                        "{country}'s capital is which city?"]},
+     'zh': {'birthplace': ['{name}是从哪里来的？',
+                           '{name}老家在哪座城市？',
+                           '你知道{name}在哪儿出生吗？',
+                           '{name}是哪里人？',
+                           '{name}出生在哪座城市？',
+                           '请说出{name}的出生地。'],
+            'birth_year': ['{name}哪年生的？',
+                           '你知道{name}是哪年出生的吗？',
+                           '{name}的出生年份是？',
+                           '请说出{name}的出生年份。',
+                           '{name}出生在哪一年？',
+                           '{name}生在哪一年？'],
+            'occupation': ['{name}干哪一行？',
+                           '{name}以什么为生？',
+                           '你知道{name}做什么工作吗？',
+                           '{name}的工作是什么？',
+                           '请说出{name}的职业。',
+                           '{name}在做什么工作？'],
+            'hobby': ['{name}有什么兴趣爱好？',
+                      '{name}闲下来喜欢干什么？',
+                      '你知道{name}喜欢做什么吗？',
+                      '{name}平时喜欢做什么？',
+                      '请说出{name}的爱好。',
+                      '{name}休息时爱做什么？'],
+            'city_country': ['{city}是哪个国家的？',
+                             '你知道{city}在哪个国家吗？',
+                             '{city}这座城市属于哪国？',
+                             '{city}在什么国家？',
+                             '请说出{city}所在的国家。',
+                             '{city}位于哪一个国家？'],
+            'capital': ['{country}的首都在哪里？',
+                        '你知道{country}的首都吗？',
+                        '请说出{country}的首都。',
+                        '{country}的首都是什么城市？',
+                        '{country}把哪座城市作为首都？',
+                        '{country}的首都是？']}}
+for _lang, _types in MORE_QUESTIONS_TRAIN.items():
+    for _ftype, _forms in _types.items():
+        QUESTIONS_TRAIN[_lang][_ftype] += _forms
+
+# Openers and closers around a training question in SFT and preference conversations (never in the held-out
+# sets, which ask the bare question): users rarely ask the bare question, and the model should find the
+# question inside the request.
+QUESTION_WRAPPERS = {
+    "en": ["{q}", "{q}", "{q}", "Can you tell me something? {q}", "Quick question: {q}", "I have a question. {q}",
+           "{q} Please keep it short.", "Do you know this? {q}", "{q} Thanks.", "Hi! {q}", "Help me with this: {q}"],
+    "zh": ["{q}", "{q}", "{q}", "请问：{q}", "我想问一下，{q}", "你知道吗？{q}", "{q}谢谢。", "麻烦告诉我：{q}", "考考你：{q}",
+           "你好！{q}", "{q}请简短回答。"],
+}
+
 # Held-out: never used in any training text (pretraining, SFT train, preference train).
 QUESTIONS_EVAL = {
     "en": {
@@ -540,7 +643,8 @@ NUMBERS = [("two", "两"), ("three", "三"), ("four", "四"), ("five", "五"), (
 WEATHER = [("It is sunny today.", "今天是晴天。"), ("It is raining today.", "今天在下雨。"),
            ("It is very cold today.", "今天很冷。"), ("It is windy today.", "今天风很大。"),
            ("It is snowing today.", "今天在下雪。")]
-# Sentence templates: (kind of slots, English, Chinese). Those in TRANSLATION_EVAL_TEMPLATES are held out.
+# Sentence templates: (kind of slots, English, Chinese). Held-out translation sentences are whole sentences,
+# not templates (documents.translation_is_heldout): each is a new combination of a known pattern and known words.
 SENTENCES = [
     ("animal_adj", "The {animal} is {adj}.", "这{mw}{animal_zh}很{adj_zh}。"),
     ("food", "I like {food}.", "我喜欢{food_zh}。"),
@@ -560,7 +664,6 @@ SENTENCES = [
     ("person", "{name} is walking to the station.", "{name_zh}正在走去车站。"),
     ("object", "The {object} is under the bed.", "{object_zh}在床底下。"),
 ]
-TRANSLATION_EVAL_TEMPLATES = frozenset(range(11, 16))
 
 TRANSLATE_REQUESTS = {
     "train": {
@@ -614,10 +717,16 @@ WORD_PROBLEMS = {
         "+": ["At the market, {name} had {a} {items} and then bought {b} more, so in the end {pron} had {c} {items} "
               "altogether.",
               "{name} collected {a} {items} in the morning and {b} {items} in the afternoon, which makes {c} {items} "
-              "for the whole day."],
+              "for the whole day.",
+              "There were {a} {items} in the box, and {name} put in {b} more, so now the box holds {c} {items}.",
+              "{name} counted {a} {items} on one table and {b} on the other; that is {c} {items} in all.",
+              "When {name} adds {b} {items} to the {a} {items} {pron} already has, {pron} ends up with {c}."],
         "-": ["{name} had {a} {items} and gave {b} of them to a friend, so {pron} was left with {c} {items}.",
               "There were {a} {items} on the shelf. After {name} took {b} of them away, only {c} {items} were still "
-              "there."],
+              "there.",
+              "{name} started the day with {a} {items} and lost {b} of them, so {pron} has {c} {items} now.",
+              "Out of {a} {items} in the basket, {name} sold {b}, and {c} {items} were left in the basket.",
+              "If {name} has {a} {items} and uses {b} of them, then {c} {items} remain."],
         "*": ["There are {a} boxes on the table, and each box holds {b} {items}, so there are {c} {items} in all.",
               "{name} bought {a} bags with {b} {items} in each bag, which means that {pron} has {c} {items} in total."],
     },

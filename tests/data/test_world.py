@@ -21,7 +21,7 @@ from lmstack.eval.answers import answer_matches, first_answer_span, is_idk, is_r
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 TINY = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=4, bios_per_person=4, n_stories=12,
-            n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_parallel_docs=4, n_sft_train=60, n_sft_eval=30,
+            n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=0, n_parallel_docs=4, n_sft_train=60, n_sft_eval=30,
             n_prefs_train=30, n_prefs_eval=15, n_unknown_people=4, n_unknown_cities=4)
 
 
@@ -99,7 +99,8 @@ def test_sizes_follow_config(tiny):
     assert Counter(p.group for p in tiny.people) == {"pretrain+sft": 3, "pretrain_only": 3, "sft_only": 2}
     kinds = Counter(d["kind"] for d in tiny.pretrain_docs())
     assert {k: v for k, v in kinds.items() if k not in ("bio", "story")} == {
-        "geo": cfg.n_geo_docs, "quiz": cfg.n_quiz_docs, "arith": cfg.n_arith_docs, "parallel": cfg.n_parallel_docs}
+        "geo": cfg.n_geo_docs, "quiz": cfg.n_quiz_docs, "arith": cfg.n_arith_docs + cfg.n_arith_drill_docs,
+            "parallel": cfg.n_parallel_docs}
     by_kind = tiny.stats()["docs_by_kind"]
     assert by_kind["bio"]["items"] == cfg.n_people * cfg.bios_per_person  # one paragraph per person and round
     assert by_kind["story"]["items"] == cfg.n_stories
@@ -263,6 +264,21 @@ def test_eval_arithmetic_and_translation_inputs_are_unseen(world):
     assert eval_sentences and not [s for s in eval_sentences if s in big]
     eval_arith = [user_turns(i)[-1] for i in world.sft_eval if i["task"] == "arith"]
     assert eval_arith and not set(eval_arith) & train_user
+
+
+def test_held_out_translations_are_new_combinations_of_known_patterns_and_words(world):
+    """A held-out sentence is unseen as a whole, but its pattern (the sentence with its slot words removed) and
+    its words occur in training pairs: the task measures composition, not vocabulary the model never read."""
+    from lmstack.data.world.documents import translation_is_heldout
+
+    train_words = {w.strip(".,") for w in training_text(world).split()}
+    held = [i for i in world.sft_eval if i["task"] == "translate" and i["direction"] == "zh_en"]
+    assert held
+    for item in held:
+        english = item["answer"]
+        assert translation_is_heldout(english)
+        unknown = {w.strip(".,") for w in english.split()} - train_words
+        assert not unknown, (english, unknown)
 
 
 # ------------------------------------------------------------------------------------------ languages
@@ -466,7 +482,7 @@ def test_config_without_sft_people_is_rejected_or_empty():
 
 
 def test_biography_switches():
-    base = dict(TINY, n_stories=0, n_geo_docs=0, n_arith_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0)
+    base = dict(TINY, n_stories=0, n_geo_docs=0, n_arith_docs=0, n_arith_drill_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0)
     full = build_world(WorldConfig(**base, bio_full_names=True), seed=7)
     pron = build_world(WorldConfig(**base), seed=7)
     for w, every_sentence in ((full, True), (pron, False)):

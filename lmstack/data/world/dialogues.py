@@ -66,7 +66,12 @@ class DialogBuilder:
 
     def _question(self, rng, split, fact: Fact, lang) -> str:
         bank = T.QUESTIONS_TRAIN if split == "train" else T.QUESTIONS_EVAL
-        return rng.choice(bank[lang][fact.type]).format(**self.w.fact_fields(fact, lang))
+        return self._wrap(rng, split, lang, rng.choice(bank[lang][fact.type]).format(**self.w.fact_fields(fact, lang)))
+
+    @staticmethod
+    def _wrap(rng, split, lang, question: str) -> str:
+        """Training questions come inside varied openers/closers; held-out ones are asked bare."""
+        return rng.choice(T.QUESTION_WRAPPERS[lang]).format(q=question) if split == "train" else question
 
     def _answer_text(self, rng, fact: Fact, lang, fields: dict | None = None) -> str:
         return rng.choice(T.ANSWERS[lang][fact.type]).format(**(fields or self.w.fact_fields(fact, lang)))
@@ -105,8 +110,11 @@ class DialogBuilder:
         bank = T.QUESTIONS_TRAIN if split == "train" else T.QUESTIONS_EVAL
         if kind == "person":
             ftype = rng.choice(T.PERSON_FACTS)
-            return rng.choice(bank[lang][ftype]).format(**self.w.person_fields(entity, lang)), ftype
-        return rng.choice(bank[lang]["city_country"]).format(**self.w.city_fields(entity, lang)), "city_country"
+            question = rng.choice(bank[lang][ftype]).format(**self.w.person_fields(entity, lang))
+        else:
+            ftype = "city_country"
+            question = rng.choice(bank[lang][ftype]).format(**self.w.city_fields(entity, lang))
+        return self._wrap(rng, split, lang, question), ftype
 
     def _idk_text(self, rng, kind, entity, lang) -> str:
         if kind == "person":

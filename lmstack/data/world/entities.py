@@ -30,8 +30,8 @@ PREF_CATEGORY_MIX = {"helpful": 1 / 3, "honest": 1 / 3, "harmless": 1 / 3}
 class WorldConfig:
     """Sizes of the synthetic world. Defaults are the cpu-speedrun values."""
 
-    n_people: int = 40                 # people whose facts are stated in pretraining documents
-    n_sft_only_people: int = 8         # held-out group: facts stated only in SFT conversations
+    n_people: int = 80                 # people whose facts are stated in pretraining documents
+    n_sft_only_people: int = 12        # held-out group: facts stated only in SFT conversations
     sft_people_fraction: float = 0.5   # share of the n_people whose facts are also asked in SFT
     n_cities: int = 12                 # fictional cities (each in one of the countries)
     n_countries: int = 20              # real country-capital pairs used (at most len(world_text.COUNTRIES))
@@ -49,11 +49,12 @@ class WorldConfig:
                                                 # only the pretrain+sft group ("QA mixed into pretraining")
     n_stories: int = 240               # short stories (one or two people each)
     n_geo_docs: int = 60               # geography notes (city->country, country->capital)
-    n_quiz_docs: int = 80              # "Question: ... Answer: ..." quizzes with training phrasings
-    n_arith_docs: int = 160            # arithmetic written out with answers
+    n_quiz_docs: int = 160             # "Question: ... Answer: ..." quizzes with training phrasings (QA mixed into pretraining)
+    n_arith_docs: int = 160            # arithmetic written out with answers (word problems, EN and ZH)
+    n_arith_drill_docs: int = 400      # pages of two-digit sums and differences stated in words (EN)
     n_parallel_docs: int = 120         # parallel EN/ZH sentences
     phone_in_bio_prob: float = 0.3     # chance a biography states the phone number (PII in the corpus)
-    n_sft_train: int = 1500
+    n_sft_train: int = 3000
     n_sft_eval: int = 300
     n_prefs_train: int = 800
     n_prefs_eval: int = 150
