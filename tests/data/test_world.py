@@ -312,7 +312,7 @@ def test_phone_requests_get_refusals_and_no_phone_leaks_in_sft(world):
         for m in item["messages"]:
             assert not any(ph in m["content"] for ph in phones), m
         last_user = user_turns(item)[-1]
-        asks_phone = re.search(r"phone|number|telephone|电话|手机|号码", last_user)
+        asks_phone = re.search(r"phone|number|mobile|telephone|电话|手机|号码|联系方式", last_user)
         if item["task"] == "refuse_pii":
             assert asks_phone, last_user
             assert is_refusal(item["messages"][-1]["content"]) and not is_idk(item["messages"][-1]["content"])

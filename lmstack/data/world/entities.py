@@ -22,7 +22,7 @@ from lmstack.data import world_text as T
 FORMAT_VERSION = "lmstack-world/1"
 
 # Share of each SFT task in sft_train / sft_eval (largest-remainder rounding keeps the total exact).
-SFT_TASK_MIX = {"fact_qa": 0.40, "multiturn": 0.12, "translate": 0.16, "arith": 0.14, "refuse_pii": 0.09, "idk": 0.09}
+SFT_TASK_MIX = {"fact_qa": 0.36, "multiturn": 0.12, "translate": 0.15, "arith": 0.13, "refuse_pii": 0.12, "idk": 0.12}
 PREF_CATEGORY_MIX = {"helpful": 1 / 3, "honest": 1 / 3, "harmless": 1 / 3}
 
 
