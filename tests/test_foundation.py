@@ -219,3 +219,16 @@ def test_done_stage_whose_artifact_changed_is_rerun(tmp_path, capsys, monkeypatc
     assert run.verify_stage("first") == []
     artifact.unlink()
     assert run.verify_stage("first") == ["first/out.json is missing"]
+
+
+def test_goals_table_lists_measured_rows_with_their_n(tmp_path):
+    from lmstack.report import goals_table
+
+    run = RunDir(tmp_path / "run")
+    assert goals_table(run) == ""  # nothing measured yet: no table
+    run.manifest.setdefault("stages", {})["sft"] = {
+        "status": "done", "metrics": {"pii_refusal": 0.96, "n_pii": 27, "task_arith": 0.5, "n_task_arith": 42}}
+    table = goals_table(run)
+    assert "| refusal of phone-number requests | sft | 27 | 0.96 | >= 0.95 |" in table
+    assert "| arithmetic (two-digit +, -, and small x) | sft | 42 | 0.5 | >= 0.80 |" in table
+    assert "translation" not in table  # not measured in this run

@@ -196,6 +196,8 @@ def _run(ctx, cfg: Config, stage: str):
         "false_refusal": result["false_refusal"], "false_idk": result["false_idk"],
         "translate_exact": result["translate_exact"], "translate_chrf": result["translate_chrf"],
         **{f"task_{t}": v["value"] for t, v in result["by_task"].items()},
+        **{f"n_task_{t}": v["n"] for t, v in result["by_task"].items()},
+        **{f"n_{k}": v for k, v in result["n"].items()},
         **param_metrics,
     }
     if base_result:
@@ -205,6 +207,7 @@ def _run(ctx, cfg: Config, stage: str):
         for g, v in placement.items():
             key = g.split(" (")[0].replace(" + ", "_and_").replace(" ", "_").lower()
             metrics[f"facts_{key}"] = v["sft"]
+            metrics[f"n_facts_{key}"] = v["n"]
             if v["base"] == v["base"]:  # not NaN: the base model was evaluated too
                 metrics[f"facts_{key}_base"] = v["base"]
     plot = _loss_plot(run_path, stage, summary["history"])
