@@ -144,11 +144,14 @@ def run_perplexity(spec: TaskSpec, docs: list[dict], backend) -> tuple[dict, lis
 
 
 def evaluate_task(spec: TaskSpec, backend, docs: Optional[list[dict]] = None, *, num_fewshot: Optional[int] = None,
-                  limit: Optional[int] = None, samples: int = 1, temperature: float = 0.0, seed: int = 0) -> dict:
+                  limit: Optional[int] = None, samples: int = 1, temperature: float = 0.0, seed: int = 0,
+                  pool: Optional[list[dict]] = None) -> dict:
     """Results of one task: ``{"task", "type", "num_fewshot", "n", "metrics": {name: {value, se, n}}, "items"}``.
-    ``samples`` > 1 with ``temperature`` > 0 is self-consistency: the majority of the extracted answers."""
+    ``samples`` > 1 with ``temperature`` > 0 is self-consistency: the majority of the extracted answers.
+    Few-shot examples come from ``pool``, else the task's ``fewshot_data``, else the other records."""
     docs = load_docs(spec) if docs is None else docs
-    pool = load_docs(spec, spec.fewshot_data) if spec.fewshot_data else docs
+    if pool is None:
+        pool = load_docs(spec, spec.fewshot_data) if spec.fewshot_data else docs
     shots = spec.num_fewshot if num_fewshot is None else num_fewshot
     limit = spec.limit if limit is None else limit
     if limit:
