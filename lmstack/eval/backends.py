@@ -108,13 +108,13 @@ class LocalBackend:
 class ServerBackend:
     """An OpenAI-compatible server (``lmstack serve`` or another): /v1/completions and /v1/chat/completions."""
 
-    def __init__(self, url: str, model: str = "lmstack", timeout: float = 300.0):
+    def __init__(self, url: str, model: str = "lmstack", timeout: float = 300.0, client=None):
         import httpx
 
         self.url, self.model_name, self.name = url.rstrip("/"), model, url
         if not self.url.endswith("/v1"):
             self.url += "/v1"
-        self.client = httpx.Client(timeout=timeout)
+        self.client = client or httpx.Client(timeout=timeout)
 
     def _post(self, path: str, body: dict) -> dict:
         r = self.client.post(self.url + path, json={"model": self.model_name, **body})
@@ -126,15 +126,19 @@ class ServerBackend:
         """Needs the prompt's own token log-probs (``echo`` with ``logprobs`` and max_tokens 0)."""
         out = []
         for context, continuation in requests:
-            reply = self._post("/completions", {"prompt": context + continuation, "max_tokens": 0, "echo": True,
-                                                "logprobs": 1})
+            unsupported = (f"{self.url}: this server does not return log-probabilities of prompt tokens (echo + "
+                           "logprobs with max_tokens 0), so log-likelihood tasks (multiple_choice, answer_logprob, "
+                           "perplexity) cannot run against it; evaluate the checkpoint directly "
+                           "(lmstack eval --tasks ... RUN_DIR) or use generate tasks")
+            try:
+                reply = self._post("/completions", {"prompt": context + continuation, "max_tokens": 0, "echo": True,
+                                                    "logprobs": 1})
+            except BackendError as e:
+                raise BackendError(f"{unsupported} (the request failed: {e})") from None
             lp = (reply.get("choices") or [{}])[0].get("logprobs") or {}
             offsets, values = lp.get("text_offset") or [], lp.get("token_logprobs") or []
             if not values or len(values) != len(offsets) or not offsets or offsets[0] != 0:
-                raise BackendError(
-                    f"{self.url}: this server does not return log-probabilities of prompt tokens (echo + logprobs), "
-                    "so log-likelihood tasks (multiple_choice, perplexity) cannot run against it; evaluate the "
-                    "checkpoint directly (lmstack eval --tasks ... RUN_DIR) or use generate tasks")
+                raise BackendError(unsupported)
             first = next(i for i, o in enumerate(offsets) if o >= len(context))
             tops = lp.get("top_logprobs") or [None] * len(values)
             total = sum(float(v) for v in values[first:])

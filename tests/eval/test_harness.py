@@ -204,3 +204,45 @@ def test_generate_task_with_cot_and_self_consistency(tiny_run):
     assert voted == evaluate_task(spec, backend, docs, samples=3, temperature=1.0, seed=1)  # seeded
     lp = greedy["metrics"]["answer_logprob"]
     assert lp["n"] == 2 and lp["value"] < 0
+
+
+def _mock_server(handler):
+    import httpx
+
+    from lmstack.eval.backends import ServerBackend
+
+    return ServerBackend("http://server", client=httpx.Client(transport=httpx.MockTransport(handler)))
+
+
+def test_server_backend_log_likelihood_from_echoed_prompt_logprobs():
+    import httpx
+
+    def handler(request):
+        body = json.loads(request.content)
+        assert body["echo"] and body["max_tokens"] == 0 and request.url.path == "/v1/completions"
+        # "Paris is" + " big": tokens "Paris", " is", " big"
+        return httpx.Response(200, json={"choices": [{"text": body["prompt"], "logprobs": {
+            "tokens": ["Paris", " is", " big"], "token_logprobs": [None, -1.5, -0.25], "text_offset": [0, 5, 8],
+            "top_logprobs": [None, {" is": -1.5}, {" big": -0.25, " small": -2.0}]}}]})
+
+    assert _mock_server(handler).loglikelihood([("Paris is", " big")]) == [(-0.25, True)]
+
+
+def test_server_backend_without_prompt_logprobs_says_so():
+    import httpx
+
+    from lmstack.eval.backends import BackendError
+
+    def handler(request):  # what lmstack serve answers: the echo, but log-probs only of generated tokens
+        return httpx.Response(200, json={"choices": [{"text": "x", "logprobs": {
+            "tokens": [], "token_logprobs": [], "text_offset": [], "top_logprobs": []}}]})
+
+    with pytest.raises(BackendError, match="does not return log-probabilities of prompt tokens"):
+        _mock_server(handler).loglikelihood([("a", " b")])
+
+    def chat(request):
+        body = json.loads(request.content)
+        assert request.url.path == "/v1/chat/completions" and body["n"] == 2
+        return httpx.Response(200, json={"choices": [{"message": {"content": "42"}}, {"message": {"content": "41"}}]})
+
+    assert _mock_server(chat).generate([[{"role": "user", "content": "6*7?"}]], ["\n"], 8, samples=2) == [["42", "41"]]
