@@ -246,3 +246,16 @@ def test_server_backend_without_prompt_logprobs_says_so():
         return httpx.Response(200, json={"choices": [{"message": {"content": "42"}}, {"message": {"content": "41"}}]})
 
     assert _mock_server(chat).generate([[{"role": "user", "content": "6*7?"}]], ["\n"], 8, samples=2) == [["42", "41"]]
+
+
+def test_shipped_example_task_file_runs(tiny_run, tmp_path, capsys):
+    from lmstack import REPO_ROOT
+    from lmstack.cli import main
+
+    example = REPO_ROOT / "lmstack" / "eval" / "task_files" / "example.toml"
+    assert [s.name for s in load_task_file(example)] == ["capitals_mc", "sums"]
+    rc = main(["eval", "--task-file", str(example), "--tasks", "capitals_mc,sums", "--limit", "5", str(tiny_run),
+               "--out", str(tmp_path)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| capitals_mc | multiple_choice | 2 | 5 | acc |" in printed and "| sums | generate | 3 | 5 | exact_match |" in printed
