@@ -10,12 +10,11 @@ et al. 2023 show that discrete metrics can make smooth improvements look like su
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Optional
 
 from tqdm import tqdm
 
-from lmstack.eval.metrics import (GENERATION_METRICS, binomial_se, bootstrap_se, extract_cot_answer,
+from lmstack.eval.metrics import (binomial_se, bootstrap_se, extract_cot_answer,
                                   extract_with_regex, majority_vote, mean_se, score_generation)
 from lmstack.eval.tasks import (METRICS_BY_TYPE, TaskSpec, fewshot_context, gold_index, load_docs, render)
 
@@ -177,10 +176,3 @@ def results_table(results: list[dict]) -> str:
             se = "" if m["se"] != m["se"] else f"{m['se']:.4f}"
             rows.append((r["task"], r["type"], r["num_fewshot"], m["n"], name, f"{m['value']:.4f}", se))
     return markdown_table(("task", "type", "shots", "n", "metric", "value", "± SE"), rows)
-
-
-def with_overrides(spec: TaskSpec, **changes) -> TaskSpec:
-    return replace(spec, **{k: v for k, v in changes.items() if v is not None})
-
-
-__all__ = ["evaluate_task", "results_table", "metric_names", "GENERATION_METRICS", "with_overrides"]

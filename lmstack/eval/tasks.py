@@ -109,6 +109,22 @@ def _check_spec(spec: TaskSpec) -> None:
             raise TaskError(f"{where}: field {key!r} is not a valid template ({e})") from None
 
 
+def _typed(value: Any, default: Any, key: str, where: str) -> Any:
+    """``value`` if it has the type of the field's default (bool, int, str or list of str), else TaskError."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        kind = {bool: "a boolean (true / false)", int: "an integer", str: "a string", list: "a list of strings"}
+        raise TaskError(f"{where}: field {key!r} must be {kind[type(default)]}, got {value!r}")
+    return value
+
+
 def spec_from_dict(raw: Any, source: str, line: int) -> TaskSpec:
     where = f"{source} line {line}" if line else source
     if not isinstance(raw, dict):
@@ -120,17 +136,10 @@ def spec_from_dict(raw: Any, source: str, line: int) -> TaskSpec:
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise TaskError(f"{where}: field {key!r} is missing or not a string")
     values = {}
+    defaults = TaskSpec(name="", type="")
     for f in dataclasses.fields(TaskSpec):
-        if f.name not in raw:
-            continue
-        value, default = raw[f.name], getattr(TaskSpec(name="", type=""), f.name)
-        if isinstance(default, bool) and not isinstance(value, bool) or \
-                isinstance(default, int) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, int)) or \
-                isinstance(default, str) and not isinstance(value, str) or \
-                isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise TaskError(f"{where}: field {f.name!r} must be a {type(default).__name__}"
-                            f"{' of strings' if isinstance(default, list) else ''}, got {value!r}")
-        values[f.name] = value
+        if f.name in raw:
+            values[f.name] = _typed(raw[f.name], getattr(defaults, f.name), f.name, where)
     spec = TaskSpec(**values, source=source, line=line)
     if spec.data and not Path(spec.data).is_absolute():
         spec.data = str(Path(source).parent / spec.data)

@@ -47,7 +47,7 @@ def test_toml_and_yaml_task_files_parse(tmp_path):
 @pytest.mark.parametrize("body, words", [
     ('[[task]]\nname = "x"\ntype = "mc"\n', ["t.toml line 1", "'type'", "multiple_choice"]),
     ('[[task]]\nname = "x"\ntype = "generate"\n\n[[task]]\nname = "y"\ntype = "generate"\nnum_fewshot = "3"\n',
-     ["t.toml line 5", "'num_fewshot'", "int"]),
+     ["t.toml line 5", "'num_fewshot' must be an integer, got '3'"]),
     ('[[task]]\nname = "x"\ntype = "generate"\ntemplte = "{q}"\n', ["line 1", "unknown field 'templte'"]),
     ('[[task]]\ntype = "generate"\n', ["line 1", "'name'"]),
     ('[[task]]\nname = "x"\ntype = "generate"\nmetrics = ["acc"]\n', ["'metrics'", "'acc'"]),
