@@ -105,18 +105,22 @@ def run_generate(spec: TaskSpec, docs: list[dict], pool: list[dict], backend, sh
         answers = [extract(spec, t) for t in texts]
         answer = answers[0] if samples == 1 else majority_vote(answers)
         reference = render(spec.target, doc) if not spec.messages else str(doc.get("answer", ""))
+        scores = {}
         for m in per_metric:
             if m == "world_judge":
-                per_metric[m].append(judge_world(doc, texts[0] if samples == 1 else (answer or "")))
+                scores[m] = judge_world(doc, texts[0] if samples == 1 else (answer or ""))
             else:
-                per_metric[m].append(score_generation(answer, reference, m))
-        items.append({"output": texts[0], "answer": answer, "reference": reference,
+                scores[m] = score_generation(answer, reference, m)
+            per_metric[m].append(scores[m])
+        items.append({"output": texts[0], "answer": answer, "reference": reference, "scores": scores,
                       **({"votes": answers} if samples > 1 else {})})
     if "answer_logprob" in names:
         if any(not isinstance(p, str) for p in prompts):
             raise ValueError(f"task {spec.name!r}: answer_logprob needs plain-text prompts (not chat)")
         refs = [spec.target_delimiter + render(spec.target, d) for d in docs]
         per_metric["answer_logprob"] = [s for s, _ in backend.loglikelihood(list(zip(prompts, refs)))]
+        for item, value in zip(items, per_metric["answer_logprob"]):
+            item["answer_logprob"] = value
     return per_metric, items
 
 
