@@ -377,10 +377,12 @@ def _pm(m: dict, digits: int = 3) -> str:
 def report(result: dict, plots: dict[str, str]) -> str:
     cfg, summary = result["config"], result["summary"]
     sizes = ", ".join(f"{m['name']} ({m['params']:,} params)" for m in result["models"])
+    speedrun_note = (f"; plus the default run {cfg['speedrun']}, whose rows use its own world's questions (their "
+                     "levels do not compare with the other rows)") if cfg["speedrun"] else ""
     lines = ["# Prompting: in-context learning, chain of thought, prompt sensitivity", "",
              f"Models: {sizes}; each pretrained {cfg['pretrain_steps']} steps x {cfg['batch_size']} x {cfg['seq_len']} "
              f"tokens on the synthetic world, then SFT {cfg['sft_steps']} steps on its chat data"
-             f"{'; plus the default run ' + cfg['speedrun'] if cfg['speedrun'] else ''}. Seed {cfg['seed']}; "
+             f"{speedrun_note}. Seed {cfg['seed']}; "
              f"{result['seconds'] / 60:.1f} min. Cells: value ± standard error (binomial for accuracies, "
              "per-item for log-probabilities).", "",
              "## 1. In-context learning curves", "",
