@@ -259,3 +259,13 @@ def test_shipped_example_task_file_runs(tiny_run, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| capitals_mc | multiple_choice | 2 | 5 | acc |" in printed and "| sums | generate | 3 | 5 | exact_match |" in printed
+
+
+def test_yaml_errors_name_the_task_line(tmp_path):
+    text = "task:\n  - name: a\n    type: generate\n  - name: b\n    type: generate\n    cot: yes please\n"
+    with pytest.raises(TaskError, match=r"t.yaml line 4: field 'cot' must be a boolean"):
+        load_task_file(_write(tmp_path / "t.yaml", text))
+    with pytest.raises(TaskError, match=r"t.yaml: invalid YAML"):
+        load_task_file(_write(tmp_path / "t.yaml", "task: [\n"))
+    with pytest.raises(TaskError, match=r"\.json: task files are .toml, .yaml or .yml"):
+        load_task_file(_write(tmp_path / "t.json", "{}"))
