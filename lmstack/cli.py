@@ -32,6 +32,7 @@ DELEGATED = {
     "rag": ("lmstack.apps.cli", "rag_main", "document index (BM25 / dense / hybrid) and answers with [n] citations"),
     "agent": ("lmstack.apps.cli", "agent_main", "ReAct agent with calculator, knowledge-graph, search and date tools"),
     "kg": ("lmstack.apps.cli", "kg_main", "the world as a knowledge graph: build, query, answer multi-hop questions"),
+    "eval": ("lmstack.eval.cli", "main", "evaluate a run/checkpoint/HF dir/server on declared tasks (MC, generate, perplexity)"),
     "experiment": ("lmstack.experiments.cli", "main", "run an experiment (or `all`): the notes' claims measured; writes report.md + plots"),
 }
 
