@@ -57,10 +57,8 @@ def tiny_setup():
 def hf_with_bos(model, tok, directory: Path) -> Path:
     """export_hf plus an HF tokenizer that prepends <|bos|> (lmstack's export adds no post-processor)."""
     from lmstack.model.hf import export_hf
-    from lmstack.tokenizer import export_hf as export_tokenizer
 
-    export_hf(model, directory)
-    export_tokenizer(tok, directory)
+    export_hf(model, directory, tokenizer=tok)
     path = directory / "tokenizer.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     bos = "<|bos|>"

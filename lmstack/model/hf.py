@@ -177,6 +177,14 @@ def detect_architecture(cfg: ModelConfig) -> str:
         "(learned/gelu/layernorm) preset")
 
 
+def _export_tokenizer(tokenizer, directory: Path) -> None:
+    """Write the lmstack tokenizer beside the weights as tokenizer.json (+ config) when one was given."""
+    if tokenizer is not None:
+        from lmstack.tokenizer import export_hf as export_tokenizer_hf
+
+        export_tokenizer_hf(tokenizer, directory)
+
+
 def export_hf(model: Transformer, directory: str | os.PathLike, tokenizer=None, architecture: str | None = None) -> Path:
     """Write a `transformers`-loadable directory. architecture: "llama", "gpt2" or None (auto)."""
     directory = Path(directory)
@@ -199,8 +207,7 @@ def export_hf(model: Transformer, directory: str | os.PathLike, tokenizer=None, 
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / "model.safetensors", save(state, metadata={"format": "pt"}))
     atomic_write_json(directory / "config.json", config)
-    if tokenizer is not None and hasattr(tokenizer, "export_hf"):
-        tokenizer.export_hf(directory)
+    _export_tokenizer(tokenizer, directory)
     return directory
 
 
@@ -269,8 +276,7 @@ def export_bert(model, directory: str | os.PathLike, tokenizer=None) -> Path:
     hf_cfg["mask_token_id"] = model.mask_id
     atomic_write_bytes(directory / "model.safetensors", save(bert_state_dict(model), metadata={"format": "pt"}))
     atomic_write_json(directory / "config.json", hf_cfg)
-    if tokenizer is not None and hasattr(tokenizer, "export_hf"):
-        tokenizer.export_hf(directory)
+    _export_tokenizer(tokenizer, directory)
     return directory
 
 

@@ -20,7 +20,6 @@ from lmstack.eval.harness import evaluate_task  # noqa: E402
 from lmstack.eval.tasks import load_task_file  # noqa: E402
 from lmstack.model import ModelConfig, Transformer  # noqa: E402
 from lmstack.model.hf import export_hf  # noqa: E402
-from lmstack.tokenizer import export_hf as export_hf_tokenizer  # noqa: E402
 from lmstack.tokenizer import train_tokenizer  # noqa: E402
 
 TEXT = ("The king of Valmora rode north. The queen stayed in the city. Bread and wine for the guards. "
@@ -92,7 +91,6 @@ def test_multiple_choice_matches_lm_eval(tmp_path, monkeypatch):
     ours = evaluate_task(spec, LocalBackend(model, tok, batch_size=3))
 
     hf_dir = export_hf(model, tmp_path / "hf", tokenizer=tok)
-    export_hf_tokenizer(tok, hf_dir)  # (export_hf's own tokenizer hook looks for a method Tokenizer lacks)
     _add_bos_post_processor(hf_dir, "<|bos|>")
     task_dir = tmp_path / "lm_eval_tasks"
     task_dir.mkdir()

@@ -90,16 +90,15 @@ def test_export_refuses_what_hf_cannot_represent(tmp_path):
 
 
 def test_export_writes_tokenizer_and_special_ids(tmp_path):
-    class FakeTokenizer:
-        bos_id, eos_id, pad_id = 1, 2, 0
+    from lmstack.tokenizer import train_tokenizer
 
-        def export_hf(self, directory):
-            (directory / "tokenizer.json").write_text("{}")
-
-    export_hf(Transformer(small("llama-style")), tmp_path, tokenizer=FakeTokenizer())
+    tok = train_tokenizer(["the cat sat on the mat; 猫坐在垫子上。"] * 20, 300, progress=False)
+    export_hf(Transformer(small("llama-style", vocab_size=tok.vocab_size)), tmp_path, tokenizer=tok)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (1, 2, 0)
-    assert (tmp_path / "tokenizer.json").exists()
+    assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    hf_tok = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    assert len(hf_tok["model"]["vocab"]) + len(hf_tok["added_tokens"]) >= tok.vocab_size - len(tok.special_tokens)
+    assert (tmp_path / "tokenizer_config.json").exists()
 
 
 def test_import_rejects_pickles_and_unknown_types(tmp_path):
