@@ -19,6 +19,10 @@ REGISTRY: dict[str, tuple[str, str]] = {
                   "pretrain under 4 data conditions, fine-tune on QA for half the people, test extraction on the rest"),
     "sft-retention": ("lmstack.experiments.sft_retention",
                       "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining"),
+    "data_quality": ("lmstack.experiments.data_quality", "equal tokens, clean vs noisy mixtures; how much noisy data matches clean"),
+    "repetition": ("lmstack.experiments.repetition", "repeat a small subset k times in a fixed budget; memorisation; dedup removes it"),
+    "mixing": ("lmstack.experiments.mixing", "English:Chinese ratio sweep: per-language loss, QA and cross-lingual transfer"),
+    "curriculum": ("lmstack.experiments.curriculum", "shuffled vs short->long vs easy->hard (n-gram perplexity) and reverses"),
     "multimodal": ("lmstack.multimodal.cli",
                    "CLIP, image-to-text and speech-to-text on generated data (--set size=tiny|default, seed, projector)"),
 }
