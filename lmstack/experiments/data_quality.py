@@ -75,7 +75,7 @@ def noisy_variants(docs: list[dict], seed: int) -> list[dict]:
 def prepare(cfg: DataQualityConfig, seed: int) -> dict:
     from lmstack.data.world import WorldConfig, build_world
 
-    world = build_world(WorldConfig(), seed)
+    world = build_world(WorldConfig(), seed) if "world" in cfg.sources else None
     raw = [d for name in cfg.sources for d in D.load_source(name, cfg.max_chars_per_source, seed, world=world)]
     clean, rejects, reasons = split_by_filters(raw)
     train, held = D.split_heldout(clean, cfg.heldout_fraction, seed)
@@ -168,11 +168,12 @@ def report(result: dict, plot: str) -> str:
 
     cfg = result["config"]
     fr = sorted({r["noisy_fraction"] for r in result["runs"]})
+    sources = list(result["runs"][0]["loss"])
     rows = []
     for f in fr:
         rs = [r for r in result["runs"] if r["noisy_fraction"] == f]
         rows.append([f"{f:.0%}", D.spread(r["clean_loss"] for r in rs)]
-                    + [D.spread(r["loss"][s] for r in rs) for s in cfg["sources"]]
+                    + [D.spread(r["loss"][s] for r in rs) for s in sources]
                     + [D.spread(r["facts"].get("all", float("nan")) for r in rs) if rs[0]["facts"] else "-"])
     clean, noisy_only = rows[0][1], rows[-1][1]
     loss_at = {f: D.mean(r["clean_loss"] for r in result["runs"] if r["noisy_fraction"] == f) for f in fr}
@@ -191,7 +192,7 @@ def report(result: dict, plot: str) -> str:
         f"document + the filter rejects), of which the filter chain itself catches {s0['noisy_caught_by_filters']:.0%}.",
         "", "## Claim 1: a lot of low-quality data is worse than a little high-quality data", "",
         "Held-out loss is on CLEAN held-out documents of each source (nats/token, lower is better).", "",
-        markdown_table(["noisy share of tokens", "mean clean loss"] + cfg["sources"] + ["fact accuracy"], rows), "",
+        markdown_table(["noisy share of tokens", "mean clean loss"] + sources + ["fact accuracy"], rows), "",
         f"![data quality]({plot})", "",
         f"Measured: clean only {clean}, noisy only {noisy_only}. Verdict: "
         + ("noise costs clean loss at equal tokens: confirmed." if loss_at[fr[0]] < loss_at[fr[-1]]
