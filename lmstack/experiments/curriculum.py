@@ -26,6 +26,7 @@ ORDERS = ("shuffled", "short_to_long", "long_to_short", "easy_to_hard", "hard_to
 @dataclass
 class CurriculumConfig(D.RunSize):
     seeds: list[int] = field(default_factory=lambda: [0, 1])
+    steps: int = 500                   # 5 orders x 2 seeds: a shorter budget keeps the default under 30 minutes
     orders: list[str] = field(default_factory=lambda: list(ORDERS))
     sources: list[str] = field(default_factory=lambda: ["world", "shakespeare", "poetry", "code"])
     max_chars_per_source: int = 600_000

@@ -283,13 +283,41 @@ def memorised(model, doc_ids: list[list[int]], prefix: int, continuation: int, b
 
 
 def fact_scores(model, tokenizer, items: list[dict], seed: int, max_items: int) -> dict:
-    """Few-shot fact accuracy (``lmstack.eval.facts``): overall and per language."""
+    """Few-shot fact accuracy (``lmstack.eval.facts``), overall and per language, plus ``answer_nll``: the
+    mean loss of the reference answer's tokens after the same kind of prompt, which still moves when the
+    greedy answers are all wrong (a tiny model's usual case)."""
     from lmstack.eval.facts import fact_accuracy
 
     if not items:
         return {}
     res = fact_accuracy(model, tokenizer, items, shots=3, max_new_tokens=12, seed=seed, max_items=max_items)
-    return {k: round(v, 4) for k, v in res["accuracy"].items()} | {"n": res["counts"].get("all", 0)}
+    scores = {k: round(v, 4) for k, v in res["accuracy"].items()}
+    return scores | {"n": res["counts"].get("all", 0), "answer_nll": round(answer_nll(model, tokenizer, items, seed,
+                                                                                         max_items), 4)}
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, items: list[dict], seed: int, max_items: int, shots: int = 3) -> float:
+    """Mean per-token loss of each item's answer after a few-shot prompt of other facts in its language."""
+    from lmstack.data.world import few_shot_prompt
+
+    rng = random.Random(f"answer-nll:{seed}")
+    chosen = rng.sample(items, min(max_items, len(items)))
+    context = model.config.max_seq_len
+    model.eval()
+    losses = []
+    for item in chosen:
+        pool = [f for f in items if f.get("lang") == item.get("lang") and f.get("fact") != item.get("fact")]
+        prompt = [tokenizer.bos_id] + tokenizer.encode(few_shot_prompt(item, rng.sample(pool, min(shots, len(pool)))))
+        sep = "" if item.get("lang") == "zh" else " "
+        answer = tokenizer.encode(sep + item["answer"])
+        ids = (prompt + answer)[-context:]
+        x = torch.tensor([ids[:-1]])
+        logp = torch.log_softmax(model(x).logits[0].float(), dim=-1)
+        targets = torch.tensor(ids[1:])
+        picked = logp[torch.arange(len(targets)), targets][-len(answer):]
+        losses.append(float(-picked.mean()))
+    return mean(losses)
 
 
 # ------------------------------------------------------------------------------------------ summaries

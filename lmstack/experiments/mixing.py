@@ -77,9 +77,12 @@ def prepare(cfg: MixingConfig, seed: int) -> dict:
 
 
 def qa_groups(world, english_only: set[str]) -> dict[str, list[dict]]:
-    """Few-shot fact items about pretrained people, by language and by whether the person is English-only."""
-    groups: dict[str, list[dict]] = {"en": [], "zh_bilingual": [], "zh_english_only": []}
+    """Few-shot fact items about pretrained people, by language and by whether the person is English-only;
+    ``zh_unseen`` (people who appear in no pretraining text, asked in Chinese) is the control."""
+    groups: dict[str, list[dict]] = {"en": [], "zh_bilingual": [], "zh_english_only": [], "zh_unseen": []}
     for item in world.facts_eval:
+        if item["group"] == "sft_only" and item["lang"] == "zh":
+            groups["zh_unseen"].append(item)
         if item["group"] not in ("pretrain+sft", "pretrain_only"):
             continue
         entity = world.fact(item["fact"]).entity
@@ -101,9 +104,10 @@ def run_one(cfg: MixingConfig, data: dict, en_fraction: float, seed: int) -> dic
             parts.append(stream)
     model, _, _ = D.pretrain(cfg, torch.cat(parts), data["tok"].vocab_size, seed, f"en {en_fraction:.2f}/{seed}")
     loss = D.loss_per_source(model, data["heldout"], cfg)
-    qa = {g: D.fact_scores(model, data["tok"], items, seed, cfg.fact_items).get("all", float("nan"))
-          for g, items in data["qa"].items() if items}
+    scores = {g: D.fact_scores(model, data["tok"], items, seed, cfg.fact_items) for g, items in data["qa"].items() if items}
+    qa = {g: s["all"] for g, s in scores.items()}
     row = {"en_fraction": round(en_fraction, 4), "seed": seed, "epochs": epochs, "loss": loss, "qa": qa,
+           "answer_nll": {g: s["answer_nll"] for g, s in scores.items()},
            "seconds": round(time.perf_counter() - t0, 1)}
     print(f"[mixing] en share {en_fraction:.2f} seed {seed}: loss {loss}  QA {qa} ({row['seconds']:.0f}s)")
     return row
@@ -139,6 +143,14 @@ def save_plot(result: dict, out: Path) -> str:
     return "mixing.png"
 
 
+def transfer_share(english_only: float, bilingual: float, unseen: float) -> str:
+    """(unseen - English-only) / (unseen - bilingual): 0 = nothing read in English reaches Chinese, 1 = all of it."""
+    gap = unseen - bilingual
+    if not gap > 0:
+        return "undefined (bilingual people are no better than the control)"
+    return f"{(unseen - english_only) / gap:.0%}"
+
+
 def ratio_label(f: float) -> str:
     if f in (0.0, 1.0):
         return "zh only" if f == 0.0 else "en only"
@@ -157,11 +169,15 @@ def report(result: dict, plot: str) -> str:
     for x in xs:
         rs = [r for r in result["runs"] if r["en_fraction"] == x]
         rows.append([ratio_label(x), f"{x:.2f}"] + [D.spread(r["loss"][s] for r in rs) for s in sources]
-                    + [D.spread(r["qa"].get(g, float("nan")) for r in rs) for g in groups])
+                    + [D.spread(r["qa"].get(g, float("nan")) for r in rs) for g in groups]
+                    + [D.spread(r["answer_nll"].get(g, float("nan")) for r in rs) for g in groups])
     _, zh = curve(result, lambda r: r["loss"].get("world-zh", float("nan")))
     _, en = curve(result, lambda r: r["loss"].get("world-en", float("nan")))
     _, xfer = curve(result, lambda r: r["qa"].get("zh_english_only", float("nan")))
     _, bil = curve(result, lambda r: r["qa"].get("zh_bilingual", float("nan")))
+    _, nll_x = curve(result, lambda r: r["answer_nll"].get("zh_english_only", float("nan")))
+    _, nll_b = curve(result, lambda r: r["answer_nll"].get("zh_bilingual", float("nan")))
+    _, nll_u = curve(result, lambda r: r["answer_nll"].get("zh_unseen", float("nan")))
     mid = min(range(len(xs)), key=lambda i: abs(xs[i] - 5 / 6))
     span = zh[-1] - zh[0]
     retained = (zh[-1] - zh[mid]) / span if span else float("nan")
@@ -171,8 +187,11 @@ def report(result: dict, plot: str) -> str:
         f"{cfg['seq_len']} tokens per ratio; {cfg['english_only_share']:.0%} of the pretrained people are English-only; "
         f"seeds {cfg['seeds']}; {result['seconds'] / 60:.1f} min.", "",
         "Loss columns: held-out documents per source (nats/token). QA columns: few-shot fact accuracy; "
-        "`zh_english_only` asks in Chinese about people whose facts were only ever written in English.", "",
-        markdown_table(["en:zh", "en share"] + [f"loss {s}" for s in sources] + [f"QA {g}" for g in groups], rows), "",
+        "`zh_english_only` asks in Chinese about people whose facts were only ever written in English; `zh_unseen` "
+        "asks in Chinese about people who appear in no pretraining text (the control). Answer NLL: loss of the "
+        "reference answer's tokens after the few-shot prompt (lower = the model is closer to knowing it).", "",
+        markdown_table(["en:zh", "en share"] + [f"loss {s}" for s in sources] + [f"QA {g}" for g in groups]
+                       + [f"answer NLL {g}" for g in groups], rows), "",
         f"![mixing]({plot})", "",
         "## Why train on far more English, even for a Chinese-focused model?", "",
         f"Measured: going from zh-only to en:zh = {ratio_label(xs[mid])} moves the Chinese world loss "
@@ -183,7 +202,10 @@ def report(result: dict, plot: str) -> str:
         f"{'the cost to Chinese is sub-linear in its share, which is the measured case for a mostly-English mix' if retained > 1 - xs[mid] else 'the cost to Chinese is at least linear in its share: no free lunch from English here'}.", "",
         f"Cross-lingual transfer: Chinese QA on English-only people {xfer[mid]:.3f} vs bilingual people "
         f"{bil[mid]:.3f} at {ratio_label(xs[mid])} "
-        f"({'transfer measured' if xfer[mid] > 0.5 * bil[mid] and bil[mid] > 0 else 'little or no transfer measured'}).", "",
+        f"({'transfer measured' if xfer[mid] > 0.5 * bil[mid] and bil[mid] > 0 else 'little or no transfer measured'}). "
+        f"Answer NLL in Chinese at {ratio_label(xs[mid])}: English-only people {nll_x[mid]:.3f}, bilingual people "
+        f"{nll_b[mid]:.3f}, never-seen people (control) {nll_u[mid]:.3f}; the share of the bilingual people's advantage "
+        f"over the control that English-only people also get: {transfer_share(nll_x[mid], nll_b[mid], nll_u[mid])}.", "",
         "Verdict: in this toy world the two languages carry the SAME facts, so the argument the notes gesture at -- "
         "English data is far more plentiful and higher in quality, and what is learnt from it transfers -- can only "
         "show up here as (a) a sub-linear cost to Chinese loss when its share drops, and (b) Chinese answers about "

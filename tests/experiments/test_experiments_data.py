@@ -134,8 +134,9 @@ def test_mixing_runs_with_per_language_loss_and_qa(tmp_path, capsys):
     assert run_one("mixing", TOY + ["max_chars_per_source=15000", "en_fractions=[0.0,1.0]", "fact_items=4"],
                    tmp_path) == 0
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert set(runs[0]["loss"]) >= {"world-en", "world-zh"} and set(runs[0]["qa"]) == {"en", "zh_bilingual",
-                                                                                        "zh_english_only"}
+    groups = {"en", "zh_bilingual", "zh_english_only", "zh_unseen"}
+    assert set(runs[0]["loss"]) >= {"world-en", "world-zh"} and set(runs[0]["qa"]) == groups
+    assert set(runs[0]["answer_nll"]) == groups and all(v > 0 for v in runs[0]["answer_nll"].values())
     assert "result: loss_world-zh_en0=" in capsys.readouterr().out
 
 
