@@ -85,9 +85,26 @@ def ordering(data: dict, name: str, seed: int) -> list[int]:
     return sorted(range(n), key=key, reverse=name in ("long_to_short", "hard_to_easy"))
 
 
+def tail_sources(data: dict, order: list[int], budget: int, share: float = 0.2) -> dict[str, float]:
+    """Which sources fill the last ``share`` of the training stream (trained at the lowest learning rate)."""
+    counts: dict[str, int] = {}
+    start, pos = (1 - share) * budget, 0
+    for i in order:
+        n = len(data["ids"][i])
+        overlap = max(0, min(pos + n, budget) - max(pos, start))
+        if overlap:
+            counts[data["sources"][i]] = counts.get(data["sources"][i], 0) + int(overlap)
+        pos += n
+        if pos >= budget:
+            break
+    total = sum(counts.values()) or 1
+    return {k: round(v / total, 3) for k, v in sorted(counts.items())}
+
+
 def run_one(cfg: CurriculumConfig, data: dict, name: str, seed: int) -> dict:
     t0 = time.perf_counter()
-    stream, _ = D.fill_budget([data["ids"][i] for i in ordering(data, name, seed)], cfg.budget() + 1, None)
+    order = ordering(data, name, seed)
+    stream, _ = D.fill_budget([data["ids"][i] for i in order], cfg.budget() + 1, None)
     probe_size = dataclasses.replace(cfg, eval_windows=max(4, cfg.eval_windows // 3))
     every = max(1, cfg.steps // cfg.curve_points)
     model, _, curve = D.pretrain(cfg, stream, data["tok"].vocab_size, seed, f"{name}/{seed}", ordered=True,
@@ -95,6 +112,7 @@ def run_one(cfg: CurriculumConfig, data: dict, name: str, seed: int) -> dict:
                                  probe=lambda m: D.mean(D.loss_per_source(m, data["heldout"], probe_size).values()))
     loss = D.loss_per_source(model, data["heldout"], cfg)
     row = {"order": name, "seed": seed, "loss": loss, "final_loss": round(D.mean(loss.values()), 4),
+           "last_fifth_sources": tail_sources(data, order, cfg.budget() + 1),
            "curve": [(s, round(v, 4)) for s, v in curve], "seconds": round(time.perf_counter() - t0, 1)}
     print(f"[curriculum] {name} seed {seed}: final held-out loss {row['final_loss']:.3f} ({row['seconds']:.0f}s)")
     return row
@@ -165,6 +183,13 @@ def report(result: dict, plot: str) -> str:
             return f"{name} is WORSE than shuffled in every seed, by {v['vs_shuffled']:.4f} nats/token{scale}"
         return f"{name} vs shuffled: {v['vs_shuffled']:+.4f}, within the seed spread (signs differ across seeds)"
 
+    sources = list(result["runs"][0]["loss"])
+    per_source = []
+    for name in cfg["orders"]:
+        rs = [r for r in result["runs"] if r["order"] == name]
+        tail = rs[0].get("last_fifth_sources", {})
+        per_source.append([name] + [f"{D.mean(r['loss'][s] for r in rs):.3f}" for s in sources]
+                          + [", ".join(f"{k} {v:.0%}" for k, v in tail.items()) or "-"])
     s0 = next(iter(result["data"].values()))
     lines = [
         "# Curriculum: does the order of the data matter?", "",
@@ -174,6 +199,8 @@ def report(result: dict, plot: str) -> str:
         f"{result['seconds'] / 60:.1f} min.", "",
         markdown_table(["order", "final held-out loss, mean (min-max)", "minus shuffled, paired by seed (range)"], rows),
         "", f"Seed-to-seed spread of the shuffled run: {noise:.4f} nats/token.", "",
+        "Per source (final held-out loss, mean over seeds) and what the last fifth of the stream is made of:", "",
+        markdown_table(["order"] + sources + ["last fifth of the stream"], per_source), "",
         f"![curriculum]({plot})", "",
         "## Claim: 由简到繁、由短到长 (easy to hard, short to long) helps", "",
         f"Measured: {verdict('easy_to_hard')}; {verdict('short_to_long')}; {verdict('hard_to_easy')}; "
