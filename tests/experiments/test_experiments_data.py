@@ -150,3 +150,15 @@ def test_configs_reject_bad_values():
         parse_config(CurriculumConfig, ["orders=['random']"], "experiment curriculum")
     with pytest.raises(ConfigError, match="en_fractions"):
         parse_config(MixingConfig, ["en_fractions=[1.5]"], "experiment mixing")
+
+
+def test_curriculum_is_deterministic_given_seed(tmp_path):
+    from lmstack.experiments.curriculum import CurriculumConfig, run_experiment
+
+    cfg = CurriculumConfig(steps=4, d_model=16, n_layers=1, n_heads=2, seq_len=32, batch_size=2, vocab_size=280,
+                           eval_windows=2, threads=1, seeds=[3], orders=["easy_to_hard"], sources=["shakespeare"],
+                           max_chars_per_source=6000, curve_points=2)
+    first = run_experiment(cfg, tmp_path / "a")["runs"]
+    second = run_experiment(cfg, tmp_path / "b")["runs"]
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
+    assert strip(first) == strip(second)
