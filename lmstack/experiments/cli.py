@@ -21,6 +21,10 @@ REGISTRY: dict[str, tuple[str, str]] = {
                       "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining"),
     "prompting": ("lmstack.experiments.prompting",
                   "ICL curves (shots x sizes, exact match vs log-prob), trained chain of thought + voting, template spread"),
+    "data_quality": ("lmstack.experiments.data_quality", "equal tokens, clean vs noisy mixtures; how much noisy data matches clean"),
+    "repetition": ("lmstack.experiments.repetition", "repeat a small subset k times in a fixed budget; memorisation; dedup removes it"),
+    "mixing": ("lmstack.experiments.mixing", "English:Chinese ratio sweep: per-language loss, QA and cross-lingual transfer"),
+    "curriculum": ("lmstack.experiments.curriculum", "shuffled vs short->long vs easy->hard (n-gram perplexity) and reverses"),
     "multimodal": ("lmstack.multimodal.cli",
                    "CLIP, image-to-text and speech-to-text on generated data (--set size=tiny|default, seed, projector)"),
 }
