@@ -19,6 +19,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
                   "pretrain under 4 data conditions, fine-tune on QA for half the people, test extraction on the rest"),
     "sft-retention": ("lmstack.experiments.sft_retention",
                       "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining"),
+    "scaling": ("lmstack.experiments.scaling",
+                "grid of sizes x token budgets, Kaplan and Chinchilla fits, a predicted-then-trained larger model"),
     "finetune-memory": ("lmstack.experiments.finetune_memory",
                         "full fine-tuning vs LoRA vs QLoRA memory at the Llama-7B shape, counted on the meta device"),
     "multimodal": ("lmstack.multimodal.cli",
