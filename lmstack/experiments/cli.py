@@ -21,6 +21,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
                       "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining"),
     "scaling": ("lmstack.experiments.scaling",
                 "grid of sizes x token budgets, Kaplan and Chinchilla fits, a predicted-then-trained larger model"),
+    "reward-overoptimisation": ("lmstack.experiments.reward_overoptimisation",
+                                "proxy RMs of several sizes/data vs the world's gold judges under best-of-n and PPO"),
     "finetune-memory": ("lmstack.experiments.finetune_memory",
                         "full fine-tuning vs LoRA vs QLoRA memory at the Llama-7B shape, counted on the meta device"),
     "multimodal": ("lmstack.multimodal.cli",
