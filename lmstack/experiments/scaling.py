@@ -30,7 +30,7 @@ class ScalingConfig:
 
     sizes: list[list[int]] = field(default_factory=lambda: [[16, 2], [24, 3], [32, 4], [48, 5], [64, 5]])
     budgets: list[int] = field(default_factory=lambda: [125, 250, 500, 1000])  # optimizer steps
-    holdout_size: list[int] = field(default_factory=lambda: [128, 5])  # trained after its loss is predicted
+    holdout_size: list[int] = field(default_factory=lambda: [136, 5])  # 4.3x the largest; trained after its loss is predicted
     holdout_steps: int = 500
     head_dim: int = 8
     batch_size: int = 16
@@ -335,6 +335,9 @@ def run_experiment(cfg: ScalingConfig, out_dir: str | Path, log=print) -> dict:
     prediction = predict_holdout(fits, holdout_n, cfg.holdout_steps * cfg.batch_size * cfg.seq_len)
     prediction["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     prediction["ratio_to_largest_fit"] = holdout_n / max(r["n"] for r in runs)
+    earlier = _earlier_prediction(out / "prediction.json", prediction)
+    if earlier:  # a resumed run: the same fit predicted the same loss before the held-out run was trained
+        prediction["written_at"] = earlier["written_at"]
     # The prediction is on disk before the held-out model is built and trained.
     atomic_write_json(out / "prediction.json", prediction)
     atomic_write_text(out / "report.md", "# Scaling (in progress)\n\n" + prediction_text(prediction, None) + "\n")
@@ -355,6 +358,16 @@ def run_experiment(cfg: ScalingConfig, out_dir: str | Path, log=print) -> dict:
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "report.md", report(result, plots))
     return result
+
+
+def _earlier_prediction(path: Path, prediction: dict) -> dict | None:
+    """The prediction file of an interrupted run when it predicted the same thing (deterministic fit)."""
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text(encoding="utf-8"))
+    same = all(old.get(k) == prediction[k] for k in ("n", "tokens")) and \
+        all(abs(old.get(k, math.inf) - prediction[k]) < 1e-9 for k in ("chinchilla", "kaplan"))
+    return old if same else None
 
 
 def _brief(run: dict) -> dict:

@@ -130,7 +130,9 @@ def fit_chinchilla(n, d, loss, *, starts: int = 8, grid: torch.Tensor | None = N
     best = None
     for idx in torch.argsort(scores)[:starts].tolist():
         theta, value = _lbfgs(lambda t: _chinchilla_objective(t, log_n, log_d, log_l), grid[idx])
-        if math.isfinite(value) and (best is None or value < best[1]):
+        # a, b, e are logs of A, B, E: past ~700 they are not representable, and such a fit is degenerate anyway
+        usable = bool(torch.isfinite(theta).all()) and float(theta[:3].max()) < 700
+        if usable and math.isfinite(value) and (best is None or value < best[1]):
             best = (theta, value)
     if best is None:
         raise ValueError("scaling fit: L-BFGS diverged from every start (check the losses)")
@@ -157,7 +159,8 @@ def fit_kaplan(n, d, loss, *, starts: int = 16) -> KaplanFit:
     best = None
     for idx in torch.argsort(scores)[:starts].tolist():
         theta, value = _lbfgs(lambda t: _kaplan_objective(t, log_n, log_d, log_l), grid[idx])
-        if math.isfinite(value) and (best is None or value < best[1]):
+        usable = bool(torch.isfinite(theta).all()) and float(theta.max()) < 700
+        if usable and math.isfinite(value) and (best is None or value < best[1]):
             best = (theta, value)
     if best is None:
         raise ValueError("scaling fit (Kaplan): L-BFGS diverged from every start")
@@ -282,10 +285,10 @@ def fit_curve_power_law(x: list[float], y: list[float]) -> tuple[float, float, f
 
     best = None
     floor = float(yt.min())
-    for e0, alpha0 in itertools.product([0.0, floor * 0.5, floor * 0.9], [0.1, 0.5, 1.0]):
+    for e0, alpha0 in itertools.product([0.0, floor * 0.8], [0.3, 1.0]):
         a0 = max(1e-3, float(yt[0]) - e0) * float(xt[0]) ** alpha0
         start = torch.tensor([math.log(a0), math.log(alpha0), e0], dtype=torch.float64)
-        theta, value = _lbfgs(objective, start, steps=300)
+        theta, value = _lbfgs(objective, start, steps=150)
         if math.isfinite(value) and (best is None or value < best[1]):
             best = (theta, value)
     la, lalpha, e = best[0].tolist()
