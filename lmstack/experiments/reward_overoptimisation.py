@@ -339,29 +339,27 @@ def run_experiment(cfg: OveroptConfig, out_dir: str | Path, log=print) -> dict:
 
 
 def save_plot(result: dict, path: Path) -> str:
+    """Gold (solid, left axis) and proxy gain over the start (dashed, right axis) against KL, per proxy."""
     from lmstack.report import pyplot, save_figure
 
     plt = pyplot()
     fig, (ax_bon, ax_ppo) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, p in enumerate(result["proxies"]):
-        curve = p["best_of_n"]
-        ax_bon.plot([r["kl"] for r in curve], [r["gold"] for r in curve], color=f"C{i}", marker="o", ms=3,
-                    label=f"{p['key']} gold")
-        ax_bon.plot([r["kl"] for r in curve], [r["proxy"] - curve[0]["proxy"] for r in curve], color=f"C{i}",
-                    ls="--", lw=1)
-    ax_bon.set_title("Best-of-n: gold (solid) and proxy gain (dashed)")
-    ax_bon.set_xlabel("KL(best-of-n || SFT) = log n - (n-1)/n  (nats)")
-    ax_bon.set_ylabel("gold reward (fraction judged right) / proxy gain")
-    ax_bon.legend(fontsize=6, ncol=2)
-    for i, p in enumerate(result["ppo"]):
-        curve = p["curve"]
-        ax_ppo.plot([r["kl"] for r in curve], [r["gold"] for r in curve], color=f"C{i}", marker="o", ms=3,
-                    label=f"{p['key']} gold")
-        ax_ppo.plot([r["kl"] for r in curve], [r["proxy"] - curve[0]["proxy"] for r in curve], color=f"C{i}",
-                    ls="--", lw=1, label=f"{p['key']} proxy gain")
-    ax_ppo.set_title("PPO: gold (solid) and proxy gain (dashed) per rollout batch")
-    ax_ppo.set_xlabel("KL(pi || SFT) per sequence (nats)")
-    ax_ppo.legend(fontsize=7)
+    panels = ((ax_bon, [(p["key"], p["best_of_n"]) for p in result["proxies"]],
+               "Best-of-n", "KL(best-of-n || SFT) = log n - (n-1)/n  (nats)"),
+              (ax_ppo, [(p["key"], p["curve"]) for p in result["ppo"]], "PPO (one point per rollout batch)",
+               "KL(pi || SFT) per sequence (nats)"))
+    for ax, curves, title, xlabel in panels:
+        right = ax.twinx()
+        for i, (key, curve) in enumerate(curves):
+            xs = [r["kl"] for r in curve]
+            ax.plot(xs, [r["gold"] for r in curve], color=f"C{i}", marker="o", ms=3, label=f"{key} gold")
+            right.plot(xs, [r["proxy"] - curve[0]["proxy"] for r in curve], color=f"C{i}", ls="--", lw=1)
+        ax.set_title(f"{title}: gold (solid), proxy gain (dashed, right)", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("gold reward (fraction judged right)")
+        right.set_ylabel("proxy score - its value at KL 0")
+        if curves:
+            ax.legend(fontsize=6, ncol=2, loc="upper left")
     fig.tight_layout()
     save_figure(fig, path)
     return path.name
