@@ -25,6 +25,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "repetition": ("lmstack.experiments.repetition", "repeat a small subset k times in a fixed budget; memorisation; dedup removes it"),
     "mixing": ("lmstack.experiments.mixing", "English:Chinese ratio sweep: per-language loss, QA and cross-lingual transfer"),
     "curriculum": ("lmstack.experiments.curriculum", "shuffled vs short->long vs easy->hard (n-gram perplexity) and reverses"),
+    "scaling": ("lmstack.experiments.scaling",
+                "grid of sizes x token budgets, Kaplan and Chinchilla fits, a predicted-then-trained larger model"),
+    "reward-overoptimisation": ("lmstack.experiments.reward_overoptimisation",
+                                "proxy RMs of several sizes/data vs the world's gold judges under best-of-n and PPO"),
+    "finetune-memory": ("lmstack.experiments.finetune_memory",
+                        "full fine-tuning vs LoRA vs QLoRA memory at the Llama-7B shape, counted on the meta device"),
     "multimodal": ("lmstack.multimodal.cli",
                    "CLIP, image-to-text and speech-to-text on generated data (--set size=tiny|default, seed, projector)"),
 }
