@@ -21,7 +21,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
                       "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining"),
     "prompting": ("lmstack.experiments.prompting",
                   "ICL curves (shots x sizes, exact match vs log-prob), trained chain of thought + voting, template spread"),
-    "data_quality": ("lmstack.experiments.data_quality", "equal tokens, clean vs noisy mixtures; how much noisy data matches clean"),
+    "data-quality": ("lmstack.experiments.data_quality", "equal tokens, clean vs noisy mixtures; how much noisy data matches clean"),
     "repetition": ("lmstack.experiments.repetition", "repeat a small subset k times in a fixed budget; memorisation; dedup removes it"),
     "mixing": ("lmstack.experiments.mixing", "English:Chinese ratio sweep: per-language loss, QA and cross-lingual transfer"),
     "curriculum": ("lmstack.experiments.curriculum", "shuffled vs short->long vs easy->hard (n-gram perplexity) and reverses"),
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lmstack experiment", description="Run one of lmstack's experiments.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(f"  {k:16s} {v[1]}" for k, v in REGISTRY.items()))
-    ap.add_argument("name", choices=sorted(REGISTRY) + ["all"])
+    ap.add_argument("name", type=lambda name: name.replace("_", "-"), choices=sorted(REGISTRY) + ["all"],
+                    help="experiment name (data_quality and data-quality are the same)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set pretrain_steps=200 --set seeds=[0]")
     ap.add_argument("--out", help="output directory (default: runs/experiments/NAME)")

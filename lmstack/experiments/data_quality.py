@@ -214,7 +214,7 @@ def report(result: dict, plot: str) -> str:
 def experiment_main(overrides: list[str], out: Path) -> int:
     from lmstack.experiments.cli import parse_config
 
-    result = run_experiment(parse_config(DataQualityConfig, overrides, "experiment data_quality"), out)
+    result = run_experiment(parse_config(DataQualityConfig, overrides, "experiment data-quality"), out)
     print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
     for f in sorted({r["noisy_fraction"] for r in result["runs"]}):
         loss = D.mean(r["clean_loss"] for r in result["runs"] if r["noisy_fraction"] == f)

@@ -111,7 +111,7 @@ def test_ngram_difficulty_ranks_repetitive_text_easier():
 
 
 @pytest.mark.parametrize("name, extra", [
-    ("data_quality", ["sources=['shakespeare','code']", "max_chars_per_source=15000", "exchange_base_steps=2",
+    ("data-quality", ["sources=['shakespeare','code']", "max_chars_per_source=15000", "exchange_base_steps=2",
                       "exchange_multipliers=[1,2]", "noisy_fractions=[0.0,1.0]"]),
     ("repetition", ["sources=['shakespeare','code']", "max_chars_per_source=15000", "repeats=[1,4]",
                     "prefix=8", "continuation=8"]),
@@ -162,3 +162,11 @@ def test_curriculum_is_deterministic_given_seed(tmp_path):
     second = run_experiment(cfg, tmp_path / "b")["runs"]
     strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
     assert strip(first) == strip(second)
+
+
+def test_experiment_names_accept_underscores(capsys):
+    from lmstack.experiments.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data_quality", "--help"])
+    assert "data-quality" in capsys.readouterr().out
