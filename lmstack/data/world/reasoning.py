@@ -86,7 +86,7 @@ def arith_chain(rng: random.Random, n_ops: int) -> Problem:
     value = rng.randint(2, 20)
     expr, steps = str(value), []
     for i in range(n_ops):
-        choices = ["+", "-"] + (["*"] if value <= 40 else [])
+        choices = (["+"] if value <= 180 else []) + ["-"] + (["*"] if value <= 40 else [])
         op = rng.choice(choices)
         if op == "+":
             b = rng.randint(2, 20)
