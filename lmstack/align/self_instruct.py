@@ -51,6 +51,8 @@ class Config:
     min_question_words: int = 3
     max_question_words: int = 30
     steps: int = 100                  # SFT steps of each retraining arm
+    mix_seeds: int = 300              # seed (human) examples mixed into every arm, so the arms differ only in
+                                      # the added data; 0 = each arm trains on its own data alone
     batch_size: int = 16
     lr: float = 5e-4
     eval_examples: int = 200
@@ -288,8 +290,10 @@ def _compare(ctx, cfg: Config, tokenizer, seeds, generated, kept, counts, thresh
     before = evals.evaluate_chat_model(base, tokenizer, eval_examples, cfg.max_answer_tokens)
     human = [to_chat(s) for s in rng.sample(seeds, min(n, len(seeds)))]
     unfiltered = [to_chat(g) for g in rng.sample(generated, min(n, len(generated))) if g["question"] and g["answer"]]
-    arms = {"self-instruct (kept)": [to_chat(k) for k in kept], "human-written (world)": human,
-            "generated, unfiltered": unfiltered}
+    held = {s["question"] for s in seeds} - {h["messages"][-2]["content"] for h in human}
+    base_mix = [to_chat(s) for s in seeds if s["question"] in held][: cfg.mix_seeds]
+    arms = {"self-instruct (kept)": [to_chat(k) for k in kept] + base_mix, "human-written (world)": human + base_mix,
+            "generated, unfiltered": unfiltered + base_mix}
     results = {name: _retrain(ctx, cfg, tokenizer, recs, label, eval_examples)
                for (name, recs), label in zip(arms.items(), ("kept", "human", "unfiltered"))}
     out_dir = common.checkpoint_dir(run_path, "self_instruct")
@@ -337,7 +341,8 @@ def _report(cfg: Config, counts: Counter, threshold, div: dict, evals_by: dict, 
     rows += [(f"task {t}", *[e["by_task"].get(t, {}).get("value", float("nan")) for e in evals_by.values()]) for t in tasks]
     lines += [f"**Before / after** on the world's held-out SFT set: SFT from `checkpoints/{cfg.init_from}`, {cfg.steps} steps,"
               f" on the {len(kept)} kept pairs vs the same number of human-written world examples vs as many unfiltered"
-              " generated pairs:\n", markdown_table(["measure", *names], rows), "",
+              " generated pairs" + (f", each mixed with the same {cfg.mix_seeds} other seed examples" if cfg.mix_seeds else "")
+              + ":\n", markdown_table(["measure", *names], rows), "",
               "Sample kept pairs:\n",
               markdown_table(["task", "question", "answer", "verifier"],
                              [(k["task"], table_cell(k["question"], 60), table_cell(k["answer"], 60), k.get("verifier") or "-")
