@@ -54,6 +54,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("reward", "lmstack.align.reward", "train a Bradley-Terry reward model on preference pairs"),
     StageSpec("dpo", "lmstack.align.dpo", "direct preference optimisation (DPO / IPO / hinge) against a frozen reference"),
     StageSpec("ppo", "lmstack.align.ppo", "RLHF with PPO (or GRPO) against the reward model"),
+    StageSpec("self_instruct", "lmstack.align.self_instruct", "self-instruct: the SFT model writes and answers new instructions; filter (format, world verifier, reward, ROUGE-L novelty); retrain"),
+    StageSpec("reason", "lmstack.align.reason", "reasoning model: SFT on step-by-step traces, then GRPO with a verifiable (rule) reward"),
     StageSpec("apps", "lmstack.apps.stage", "knowledge graph, document index, dense retriever; fine-tune on RAG and tool-use data; measure"),
     StageSpec("distill", "lmstack.compress.distill_stage", "distil a smaller student from a checkpoint (logit or sequence KD) vs the same student without a teacher"),
     StageSpec("compress", "lmstack.compress.stage", "quantize (RTN/GPTQ/AWQ/SmoothQuant/NF4) and/or prune a checkpoint; table of size vs quality"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from lmstack.align.reward import load_reward_model
 from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
+
+# A verifiable (rule) reward: (prompts, sampled response texts) -> one score per response.
+RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], Sequence[float]]
 
 
 @dataclass
@@ -137,7 +140,10 @@ def policy_forward(policy: PolicyWithValueHead, ids: torch.Tensor, comp: torch.T
 
 
 @torch.no_grad()
-def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]], cfg: Config, device: str, seed: int) -> Rollout:
+def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]], cfg: Config, device: str, seed: int,
+                    reward_fn: RewardFn | None = None) -> Rollout:
+    """Sample one response per prompt and score it: with the reward model ``rm``, or, when ``reward_fn`` is
+    given, with that rule (``reward_fn(prompts, response_texts) -> scores``; ``rm`` may then be None)."""
     from lmstack.generate import generate
 
     policy.eval()
@@ -150,7 +156,10 @@ def collect_rollout(policy, ref_model, rm, tokenizer, prompts: list[list[dict]],
     ids, comp = ids.to(device), comp.to(device)
     logprobs, mask, values = policy_forward(policy, ids, comp, with_values=(cfg.algo == "ppo"))
     _, ref_logprobs, _, _ = common.completion_logps(ref_model, ids, comp)
-    raw = score_sequences(rm, [p + r for p, r in zip(prompt_ids, responses)], tokenizer.pad_id, device)
+    if reward_fn is not None:
+        raw = torch.tensor([float(x) for x in reward_fn(prompts, [g.text for g in gens])], dtype=torch.float32)
+    else:
+        raw = score_sequences(rm, [p + r for p, r in zip(prompt_ids, responses)], tokenizer.pad_id, device)
     ended = torch.tensor([bool(r) and r[-1] in (tokenizer.end_id, tokenizer.eos_id) for r in responses])
     scores = raw - cfg.missing_end_penalty * (~ended).float()
     return Rollout(ids, mask, logprobs, ref_logprobs, values, scores.to(device), raw, torch.tensor([len(r) for r in responses]),
