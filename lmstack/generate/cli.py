@@ -86,7 +86,8 @@ def load_engine(path: str, stage: Optional[str] = None, device: str = "cpu", cfg
 def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("path", help="run directory (runs/NAME) or checkpoint directory")
-    p.add_argument("--stage", choices=STAGE_PREFERENCE, help="which checkpoint of a run (default: the latest present)")
+    p.add_argument("--stage", help="which checkpoint of a run, e.g. reason or apps (default: the first present of "
+                                    + ", ".join(STAGE_PREFERENCE) + ")")
     p.add_argument("--strategy", choices=STRATEGIES, help="decoding strategy")
     p.add_argument("--max-new-tokens", type=int, help="most tokens per answer")
     p.add_argument("--temperature", type=float)
