@@ -54,6 +54,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("reward", "lmstack.align.reward", "train a Bradley-Terry reward model on preference pairs"),
     StageSpec("dpo", "lmstack.align.dpo", "direct preference optimisation (DPO / IPO / hinge) against a frozen reference"),
     StageSpec("ppo", "lmstack.align.ppo", "RLHF with PPO (or GRPO) against the reward model"),
+    StageSpec("rlaif", "lmstack.align.rlaif", "label preference pairs with an AI judge (the SFT model and a constitution); agreement with the world's labels"),
     StageSpec("apps", "lmstack.apps.stage", "knowledge graph, document index, dense retriever; fine-tune on RAG and tool-use data; measure"),
     StageSpec("distill", "lmstack.compress.distill_stage", "distil a smaller student from a checkpoint (logit or sequence KD) vs the same student without a teacher"),
     StageSpec("compress", "lmstack.compress.stage", "quantize (RTN/GPTQ/AWQ/SmoothQuant/NF4) and/or prune a checkpoint; table of size vs quality"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lmstack.align import common, evals
+from lmstack.align import common, evals, rlaif
 from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
@@ -28,9 +28,13 @@ class Config:
     init_from: str = "sft"           # policy init and (frozen) reference
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
+    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (data/world/prefs_train_ai.jsonl)
     loss_type: DPOLossType = "sigmoid"  # sigmoid is the DPO loss
     beta: float = 0.1
     label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate
+    # + sft_coef * per-token NLL of the chosen answer (RPO, Pang et al. 2024): without it DPO lowers the
+    # likelihood of chosen and rejected answers alike and greedy answers drift into garbled text
+    sft_coef: float = 0.0
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
     steps: int = 60
     batch_size: int = 16             # pairs per step
@@ -49,6 +53,8 @@ class Config:
             raise ValueError(f"loss_type={self.loss_type!r} must be one of {DPO_LOSS_TYPES}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.sft_coef < 0:
+            raise ValueError(f"dpo.sft_coef must be >= 0, got {self.sft_coef}")
 
 
 def pair_logps(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,12 +139,17 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
 
 def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
     """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file)."""
-    train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
+    train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
     train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
                                           max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
+
+
+def chosen_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-likelihood of the chosen answers."""
+    return -(chosen_logps / chosen_lengths.clamp(min=1)).mean()
 
 
 def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_id: int) -> tuple[dict, float]:
@@ -164,7 +175,10 @@ def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_i
         lc, lr = lengths.chunk(2)
         out = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                        chosen_lengths=lc, rejected_lengths=lr)
-        out.loss.backward()
+        loss = out.loss
+        if cfg.sft_coef > 0:
+            loss = loss + cfg.sft_coef * chosen_nll(pc, lc)
+        loss.backward()
         grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         hist["loss"].append(float(out.loss.detach()))
         hist["acc"].append(float(out.accuracy))
@@ -214,9 +228,9 @@ def run(ctx, cfg: Config):
         "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
         **param_metrics,
     }
-    behaviour_rows = _behaviour_rows(probes, before, after, metrics)
+    gold_rows = behaviour_rows(probes, before, after, metrics)
     report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,
-                     behaviour_rows, before, after, plot)
+                     gold_rows, before, after, plot)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
                        report=report)
 
@@ -236,19 +250,32 @@ BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
               "fact_correct": ("fact", "correct answer on real facts (helpful)")}
 
 
-def _behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
+def behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
     """Rows of the before/after behaviour table; adds the ``<key>_before/_after`` metrics."""
     rows = []
     for key, (kind, label) in BEHAVIOURS.items():
         if key in before or key in after:
             metrics[f"{key}_before"] = before.get(key)
             metrics[f"{key}_after"] = after.get(key)
-            rows.append((label, len(probes.get(kind, [])), before.get(key, float("nan")), after.get(key, float("nan"))))
+            n = len(probes.get(kind, []))
+            b, a = before.get(key, float("nan")), after.get(key, float("nan"))
+            rows.append((label, n, b, a, rate_change_se(b, a, n)))
     return rows
 
 
+def rate_change_se(before: float, after: float, n: int) -> float:
+    """Standard error of the change between two rates measured on the same n prompts, treated as
+    independent binomials (an upper bound: the paired answers are positively correlated)."""
+    if n <= 0:
+        return float("nan")
+    return ((before * (1 - before) + after * (1 - after)) / n) ** 0.5
+
+
+BEHAVIOUR_HEADER = ["behaviour", "prompts", "before", "after", "SE of change"]
+
+
 def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: float, eval_before: dict,
-            eval_after: dict, behaviour_rows: list[tuple], before: dict, after: dict, plot: str) -> str:
+            eval_after: dict, gold_rows: list[tuple], before: dict, after: dict, plot: str) -> str:
     rows_pref = [("implicit-reward accuracy", eval_before["accuracy"], eval_after["accuracy"]),
                  ("mean implicit-reward margin", eval_before["margin"], eval_after["margin"]),
                  (f"{cfg.loss_type} loss", eval_before["loss"], eval_after["loss"])]
@@ -262,9 +289,9 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
         f"**Held-out preferences** ({n_eval} pairs of `{eval_path.name}`):\n",
         markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
     ]
-    if behaviour_rows:
+    if gold_rows:
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
-                   markdown_table(["behaviour", "prompts", "before", "after"], behaviour_rows), ""]
+                   markdown_table(BEHAVIOUR_HEADER, gold_rows), ""]
         ex_rows = []
         for kind in ("pii", "idk", "fact"):
             if f"{kind}_example" in after:
