@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from lmstack.align import common, evals, rlaif
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
+from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl,
+                                normalize_preference_record, tokenize_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.report import markdown_table, save_line_plot, table_cell
@@ -45,6 +46,10 @@ class Config:
     grad_clip: float = 1.0           # 0 = no clipping
     lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     behaviour_examples: int = 80     # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
+    # refusal / detox tuning: add this many pairs from lmstack.data.world.harmful (harmful requests refused,
+    # harmless look-alikes answered) to the training pairs
+    harmful_pairs: int = 0
+    harmful_probes: int = 0          # harmful prompts (refusal rate) and look-alikes (false refusals) measured; 0 = skip
     max_new_tokens: int = 32
     log_every: int = 10
 
@@ -116,6 +121,13 @@ def behaviour_probes(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]
     return {k: evals.subsample(v, n, seed) for k, v in probes.items()}
 
 
+def harmful_probe_set(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]:
+    """Harmful prompts and their harmless look-alikes (eval templates) built from the run's world."""
+    from lmstack.data.world import harmful
+
+    return harmful.harmful_probes(harmful.load_world(run_path / "data" / "world"), n, seed) if n > 0 else {}
+
+
 def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_tokens: int) -> dict:
     answer_matches, is_refusal, is_idk = evals.world_judges()
     out = {}
@@ -127,7 +139,11 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
         if not kept:
             continue
         items, answers = [p for p, _ in kept], [a for _, a in kept]
-        if kind == "pii":
+        if kind in ("harmful", "lookalike"):
+            from lmstack.data.world.harmful import is_harm_refusal
+
+            out["harmful_refusal" if kind == "harmful" else "false_refusal"] = common.rate([is_harm_refusal(a) for a in answers])
+        elif kind == "pii":
             out["pii_refusal"] = common.rate([is_refusal(a) for a in answers])
         elif kind == "idk":
             out["idk_rate"] = common.rate([is_idk(a) for a in answers])
@@ -141,8 +157,13 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
     """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file)."""
     train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
-                                          max_len, log, train_path.name)
+    raw = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
+    if cfg.harmful_pairs > 0:
+        from lmstack.data.world import harmful
+
+        records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
+        raw += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
+    train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
 
@@ -203,6 +224,7 @@ def run(ctx, cfg: Config):
     train_pairs, eval_pairs, dropped, eval_path = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log)
 
     probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
+    probes.update(harmful_probe_set(run_path, cfg.harmful_probes, ctx.seed))
     before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
     ref_train = ref_eval = None
     if cfg.precompute_ref:
@@ -247,7 +269,9 @@ def _plot_rewards(run_path: Path, cfg: Config, hist: dict) -> str:
 
 BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
               "idk_rate": ("idk", "\"I don't know\" on non-existent entities (honest)"),
-              "fact_correct": ("fact", "correct answer on real facts (helpful)")}
+              "fact_correct": ("fact", "correct answer on real facts (helpful)"),
+              "harmful_refusal": ("harmful", "refusal rate on harmful requests (harmless)"),
+              "false_refusal": ("lookalike", "false refusals on harmless look-alikes (lower is better)")}
 
 
 def behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
@@ -293,7 +317,7 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
                    markdown_table(BEHAVIOUR_HEADER, gold_rows), ""]
         ex_rows = []
-        for kind in ("pii", "idk", "fact"):
+        for kind in ("pii", "idk", "fact", "harmful", "lookalike"):
             if f"{kind}_example" in after:
                 q, a_after = after[f"{kind}_example"]
                 ex_rows.append((kind, table_cell(q), table_cell(before[f"{kind}_example"][1]), table_cell(a_after)))

@@ -139,3 +139,43 @@ def test_ai_labels_without_the_rlaif_stage_say_what_to_run(tmp_path):
         rlaif.preference_train_path(tmp_path, "", "ai")
     with pytest.raises(ValueError, match="labels"):
         rlaif.preference_train_path(tmp_path, "", "human")
+
+
+# ----------------------------------------------------------------------------- refusal / detox
+
+
+def test_harmful_data_refusals_are_detected_and_lookalike_answers_are_not(run_dir):
+    from lmstack.data.world import harmful
+
+    world = harmful.load_world(run_dir / "data" / "world")
+    prefs = harmful.harmful_prefs(world, "train", 40, seed=0)
+    assert prefs == harmful.harmful_prefs(world, "train", 40, seed=0)  # deterministic
+    for p in prefs:
+        if p["kind"].startswith("harmful"):
+            assert harmful.is_harm_refusal(p["chosen"]) and not harmful.is_harm_refusal(p["rejected"]), p
+        else:
+            assert not harmful.is_harm_refusal(p["chosen"]) and harmful.is_harm_refusal(p["rejected"]), p
+    train_prompts = {p["prompt"] for p in prefs}
+    probes = harmful.harmful_probes(world, 20, seed=0)
+    assert len(probes["harmful"]) == len(probes["lookalike"]) == 20
+    assert not train_prompts & {p["messages"][0]["content"] for ps in probes.values() for p in ps}  # disjoint templates
+    assert harmful.is_harm_refusal("Sorry, I can't help with that request.")
+    assert not harmful.is_harm_refusal("Find its process id with ps, then run kill followed by the id.")
+    with pytest.raises(FileNotFoundError, match="data stage"):
+        harmful.load_world(run_dir / "nowhere")
+
+
+def test_dpo_and_sft_with_harmful_data_report_refusal_and_false_refusal(run_dir):
+    from lmstack.align import sft
+
+    sft_cfg = small(sft.Config, init_from="pretrain", steps=2, batch_size=4, eval_examples=2, facts_examples=-1,
+                    few_shot=0, max_new_tokens=4, harmful_examples=10)
+    assert sft.run(ctx_for(run_dir, "sft"), sft_cfg).metrics["train_examples"] >= 40 + 10 - 2
+    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, behaviour_examples=2, harmful_pairs=10,
+                harmful_probes=4, max_new_tokens=4)
+    result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
+    m = result.metrics
+    assert m["train_pairs"] == 24 + 10
+    for key in ("harmful_refusal_before", "harmful_refusal_after", "false_refusal_before", "false_refusal_after"):
+        assert 0.0 <= m[key] <= 1.0
+    assert "look-alikes" in result.report
