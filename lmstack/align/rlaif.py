@@ -47,6 +47,7 @@ class Config:
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     max_pairs: int = 0               # 0 = all
     batch_size: int = 32
+    constitution: bool = True        # False = the same judge without the written principles (a control)
 
     def __post_init__(self):
         if self.method not in ("loglik", "ab"):
@@ -79,6 +80,8 @@ def _mean_logps(model, tokenizer, items: list[tuple[list[dict], str]], batch_siz
 def judge_loglik(model, tokenizer, pairs: list[PreferencePair], cfg: Config, device: str) -> list[float]:
     """Judge margin per pair: mean log-lik of the world's chosen minus its rejected, under the constitution."""
     def convo(p: PreferencePair) -> list[dict]:
+        if not cfg.constitution:
+            return p.prompt
         return [{"role": "system", "content": CONSTITUTION[_lang(p)]}] + [m for m in p.prompt if m["role"] != "system"]
 
     items = [(convo(p), p.chosen) for p in pairs] + [(convo(p), p.rejected) for p in pairs]
@@ -87,13 +90,14 @@ def judge_loglik(model, tokenizer, pairs: list[PreferencePair], cfg: Config, dev
     return [scores[i] - scores[n + i] for i in range(n)]
 
 
-def _ab_prompt(pair: PreferencePair, first: str, second: str) -> list[dict]:
+def _ab_prompt(pair: PreferencePair, first: str, second: str, constitution: bool = True) -> list[dict]:
     question = " ".join(m["content"] for m in pair.prompt if m["role"] == "user")
     if _lang(pair) == "zh":
         text = f"问题：{question}\n回答A：{first}\n回答B：{second}\n哪个回答更好？只回答A或B。"
     else:
         text = f"Question: {question}\nAnswer A: {first}\nAnswer B: {second}\nWhich answer is better? Reply with A or B."
-    return [{"role": "system", "content": CONSTITUTION[_lang(pair)]}, {"role": "user", "content": text}]
+    system = [{"role": "system", "content": CONSTITUTION[_lang(pair)]}] if constitution else []
+    return system + [{"role": "user", "content": text}]
 
 
 @torch.no_grad()
@@ -102,7 +106,8 @@ def judge_ab(model, tokenizer, pairs: list[PreferencePair], cfg: Config, device:
     with it shown second (both orders, so a judge that always says "A" scores 0)."""
     a_id, b_id = tokenizer.encode("A")[0], tokenizer.encode("B")[0]
     max_len = common.model_max_len(model)
-    prompts = [_ab_prompt(p, p.chosen, p.rejected) for p in pairs] + [_ab_prompt(p, p.rejected, p.chosen) for p in pairs]
+    prompts = [_ab_prompt(p, p.chosen, p.rejected, cfg.constitution) for p in pairs]
+    prompts += [_ab_prompt(p, p.rejected, p.chosen, cfg.constitution) for p in pairs]
     diffs: list[float] = []
     for part in chunks(prompts, cfg.batch_size):
         seqs = [list(tokenizer.encode_chat(m, add_generation_prompt=True)[0])[-max_len:] for m in part]
@@ -158,10 +163,11 @@ def run(ctx, cfg: Config):
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ai_labelled_records(pairs, margins)))
     rows = agreement_rows(pairs, margins)
     agreement = rows[-1][2]
-    metrics = {"agreement": agreement, "pairs": len(pairs), "method": cfg.method, "judge_seconds": round(seconds, 1)}
+    metrics = {"agreement": agreement, "pairs": len(pairs), "method": cfg.method, "constitution": cfg.constitution,
+               "judge_seconds": round(seconds, 1)}
     for g, _, acc in rows[:-1]:
         metrics[f"agreement_{g.replace(' / ', '_')}"] = acc
-    report = (f"AI judge `checkpoints/{cfg.judge_from}` with a written constitution, method `{cfg.method}`"
+    report = (f"AI judge `checkpoints/{cfg.judge_from}` {'with a written constitution' if cfg.constitution else 'without a constitution (control)'}, method `{cfg.method}`"
               f" ({'mean log-likelihood of each answer after the constitution' if cfg.method == 'loglik' else 'log p(A) - log p(B), both orders'}),"
               f" labelled {len(pairs)} pairs of `{train_path.name}` in {seconds:.1f}s. Agreement with the world's labels:"
               f" **{agreement:.3f}** (0.5 = chance).\n\n"

@@ -120,9 +120,11 @@ def test_ppo_with_normalised_scores_adaptive_kl_and_value_warmup(run_dir):
     assert (run_dir / "plots" / "ppo_ppo_reward_kl.png").exists()
 
 
-@pytest.mark.parametrize("method", ["loglik", "ab"])
-def test_rlaif_stage_labels_pairs_and_reward_trains_on_them(run_dir, method):
-    result = rlaif.run(ctx_for(run_dir, "rlaif"), small(rlaif.Config, judge_from="pretrain", method=method))
+@pytest.mark.parametrize("method,constitution", [("loglik", True), ("ab", True), ("loglik", False)])
+def test_rlaif_stage_labels_pairs_and_reward_trains_on_them(run_dir, method, constitution):
+    result = rlaif.run(ctx_for(run_dir, "rlaif"), small(rlaif.Config, judge_from="pretrain", method=method,
+                                                       constitution=constitution))
+    assert ("without a constitution" in result.report) != constitution
     m = result.metrics
     assert m["pairs"] == 24 and 0.0 <= m["agreement"] <= 1.0
     path = run_dir / "data" / "world" / rlaif.AI_LABELS_FILE
