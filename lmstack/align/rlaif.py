@@ -168,7 +168,7 @@ def run(ctx, cfg: Config):
     for g, _, acc in rows[:-1]:
         metrics[f"agreement_{g.replace(' / ', '_')}"] = acc
     report = (f"AI judge `checkpoints/{cfg.judge_from}` {'with a written constitution' if cfg.constitution else 'without a constitution (control)'}, method `{cfg.method}`"
-              f" ({'mean log-likelihood of each answer after the constitution' if cfg.method == 'loglik' else 'log p(A) - log p(B), both orders'}),"
+              f" ({'mean per-token log-likelihood of each answer given the prompt' if cfg.method == 'loglik' else 'log p(A) - log p(B), both orders'}),"
               f" labelled {len(pairs)} pairs of `{train_path.name}` in {seconds:.1f}s. Agreement with the world's labels:"
               f" **{agreement:.3f}** (0.5 = chance).\n\n"
               + markdown_table(["category / kind", "pairs", "agreement with world labels"], rows)
