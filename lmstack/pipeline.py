@@ -51,6 +51,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("pretrain", "lmstack.train.stage", "pretrain a decoder-only transformer on the token shards"),
     StageSpec("sft", "lmstack.align.sft", "supervised fine-tuning on chat data (assistant-only loss)"),
     StageSpec("lora", "lmstack.align.sft", "fine-tune with LoRA/QLoRA adapters and save the adapter alone", "LoRAStageConfig", "run_lora"),
+    StageSpec("rlaif", "lmstack.align.rlaif", "label preference pairs with an AI judge (the SFT model and a constitution); agreement with the world's labels"),
     StageSpec("reward", "lmstack.align.reward", "train a Bradley-Terry reward model on preference pairs"),
     StageSpec("dpo", "lmstack.align.dpo", "direct preference optimisation (DPO / IPO / hinge) against a frozen reference"),
     StageSpec("ppo", "lmstack.align.ppo", "RLHF with PPO (or GRPO) against the reward model"),

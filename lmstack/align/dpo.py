@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from lmstack.align import common, evals
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
+from lmstack.align import common, evals, rlaif
+from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl,
+                                normalize_preference_record, tokenize_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.report import markdown_table, save_line_plot, table_cell
@@ -28,9 +29,13 @@ class Config:
     init_from: str = "sft"           # policy init and (frozen) reference
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
+    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (data/world/prefs_train_ai.jsonl)
     loss_type: DPOLossType = "sigmoid"  # sigmoid is the DPO loss
     beta: float = 0.1
     label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate
+    # + sft_coef * per-token NLL of the chosen answer (RPO, Pang et al. 2024): without it DPO lowers the
+    # likelihood of chosen and rejected answers alike and greedy answers drift into garbled text
+    sft_coef: float = 0.0
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
     steps: int = 60
     batch_size: int = 16             # pairs per step
@@ -41,6 +46,10 @@ class Config:
     grad_clip: float = 1.0           # 0 = no clipping
     lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     behaviour_examples: int = 80     # prompts per behaviour probe (PII / unknown entity / real fact); 0 = skip
+    # refusal / detox tuning: add this many pairs from lmstack.data.world.harmful (harmful requests refused,
+    # harmless look-alikes answered) to the training pairs
+    harmful_pairs: int = 0
+    harmful_probes: int = 0          # harmful prompts (refusal rate) and look-alikes (false refusals) measured; 0 = skip
     max_new_tokens: int = 32
     log_every: int = 10
 
@@ -49,6 +58,8 @@ class Config:
             raise ValueError(f"loss_type={self.loss_type!r} must be one of {DPO_LOSS_TYPES}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.sft_coef < 0:
+            raise ValueError(f"dpo.sft_coef must be >= 0, got {self.sft_coef}")
 
 
 def pair_logps(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,6 +121,13 @@ def behaviour_probes(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]
     return {k: evals.subsample(v, n, seed) for k, v in probes.items()}
 
 
+def harmful_probe_set(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]:
+    """Harmful prompts and their harmless look-alikes (eval templates) built from the run's world."""
+    from lmstack.data.world import harmful
+
+    return harmful.harmful_probes(harmful.load_world(run_path / "data" / "world"), n, seed) if n > 0 else {}
+
+
 def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_tokens: int) -> dict:
     answer_matches, is_refusal, is_idk = evals.world_judges()
     out = {}
@@ -121,7 +139,11 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
         if not kept:
             continue
         items, answers = [p for p, _ in kept], [a for _, a in kept]
-        if kind == "pii":
+        if kind in ("harmful", "lookalike"):
+            from lmstack.data.world.harmful import is_harm_refusal
+
+            out["harmful_refusal" if kind == "harmful" else "false_refusal"] = common.rate([is_harm_refusal(a) for a in answers])
+        elif kind == "pii":
             out["pii_refusal"] = common.rate([is_refusal(a) for a in answers])
         elif kind == "idk":
             out["idk_rate"] = common.rate([is_idk(a) for a in answers])
@@ -133,12 +155,22 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
 
 def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
     """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file)."""
-    train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
+    train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer,
-                                          max_len, log, train_path.name)
+    raw = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
+    if cfg.harmful_pairs > 0:
+        from lmstack.data.world import harmful
+
+        records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
+        raw += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
+    train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
+
+
+def chosen_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-likelihood of the chosen answers."""
+    return -(chosen_logps / chosen_lengths.clamp(min=1)).mean()
 
 
 def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_id: int) -> tuple[dict, float]:
@@ -164,7 +196,10 @@ def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_i
         lc, lr = lengths.chunk(2)
         out = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                        chosen_lengths=lc, rejected_lengths=lr)
-        out.loss.backward()
+        loss = out.loss
+        if cfg.sft_coef > 0:
+            loss = loss + cfg.sft_coef * chosen_nll(pc, lc)
+        loss.backward()
         grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         hist["loss"].append(float(out.loss.detach()))
         hist["acc"].append(float(out.accuracy))
@@ -189,6 +224,7 @@ def run(ctx, cfg: Config):
     train_pairs, eval_pairs, dropped, eval_path = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log)
 
     probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
+    probes.update(harmful_probe_set(run_path, cfg.harmful_probes, ctx.seed))
     before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
     ref_train = ref_eval = None
     if cfg.precompute_ref:
@@ -214,9 +250,9 @@ def run(ctx, cfg: Config):
         "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
         **param_metrics,
     }
-    behaviour_rows = _behaviour_rows(probes, before, after, metrics)
+    gold_rows = behaviour_rows(probes, before, after, metrics)
     report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,
-                     behaviour_rows, before, after, plot)
+                     gold_rows, before, after, plot)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
                        report=report)
 
@@ -233,22 +269,37 @@ def _plot_rewards(run_path: Path, cfg: Config, hist: dict) -> str:
 
 BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
               "idk_rate": ("idk", "\"I don't know\" on non-existent entities (honest)"),
-              "fact_correct": ("fact", "correct answer on real facts (helpful)")}
+              "fact_correct": ("fact", "correct answer on real facts (helpful)"),
+              "harmful_refusal": ("harmful", "refusal rate on harmful requests (harmless)"),
+              "false_refusal": ("lookalike", "false refusals on harmless look-alikes (lower is better)")}
 
 
-def _behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
+def behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
     """Rows of the before/after behaviour table; adds the ``<key>_before/_after`` metrics."""
     rows = []
     for key, (kind, label) in BEHAVIOURS.items():
         if key in before or key in after:
             metrics[f"{key}_before"] = before.get(key)
             metrics[f"{key}_after"] = after.get(key)
-            rows.append((label, len(probes.get(kind, [])), before.get(key, float("nan")), after.get(key, float("nan"))))
+            n = len(probes.get(kind, []))
+            b, a = before.get(key, float("nan")), after.get(key, float("nan"))
+            rows.append((label, n, b, a, rate_change_se(b, a, n)))
     return rows
 
 
+def rate_change_se(before: float, after: float, n: int) -> float:
+    """Standard error of the change between two rates measured on the same n prompts, treated as
+    independent binomials (an upper bound: the paired answers are positively correlated)."""
+    if n <= 0:
+        return float("nan")
+    return ((before * (1 - before) + after * (1 - after)) / n) ** 0.5
+
+
+BEHAVIOUR_HEADER = ["behaviour", "prompts", "before", "after", "SE of change"]
+
+
 def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: float, eval_before: dict,
-            eval_after: dict, behaviour_rows: list[tuple], before: dict, after: dict, plot: str) -> str:
+            eval_after: dict, gold_rows: list[tuple], before: dict, after: dict, plot: str) -> str:
     rows_pref = [("implicit-reward accuracy", eval_before["accuracy"], eval_after["accuracy"]),
                  ("mean implicit-reward margin", eval_before["margin"], eval_after["margin"]),
                  (f"{cfg.loss_type} loss", eval_before["loss"], eval_after["loss"])]
@@ -262,11 +313,11 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
         f"**Held-out preferences** ({n_eval} pairs of `{eval_path.name}`):\n",
         markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
     ]
-    if behaviour_rows:
+    if gold_rows:
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
-                   markdown_table(["behaviour", "prompts", "before", "after"], behaviour_rows), ""]
+                   markdown_table(BEHAVIOUR_HEADER, gold_rows), ""]
         ex_rows = []
-        for kind in ("pii", "idk", "fact"):
+        for kind in ("pii", "idk", "fact", "harmful", "lookalike"):
             if f"{kind}_example" in after:
                 q, a_after = after[f"{kind}_example"]
                 ex_rows.append((kind, table_cell(q), table_cell(before[f"{kind}_example"][1]), table_cell(a_after)))

@@ -19,7 +19,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from lmstack.align import common
+from lmstack.align import common, dpo
 from lmstack.align.data import chunks, load_preferences_jsonl
 from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_loss, ppo_rewards, ppo_value_loss,
                                   whiten)
@@ -52,7 +52,15 @@ class Config:
     value_clip: float = 0.2
     gamma: float = 1.0
     lam: float = 0.95
-    kl_coef: float = 0.05            # PPO: per-token KL penalty in the reward; GRPO: KL loss weight
+    kl_coef: float = 0.05            # PPO: per-token KL penalty in the reward (initial value when kl_target > 0); GRPO: KL loss weight
+    # Adaptive KL controller (Ziegler et al. 2019, Sec. 2.2): beta *= 1 + clip(KL/target - 1, -0.2, 0.2) * n/horizon
+    # after each rollout batch of n sequences; 0 = fixed kl_coef
+    kl_target: float = 0.0
+    kl_horizon: int = 10000          # sequences
+    # Divide RM scores by the running std of all scores seen so far, after subtracting their running mean, so
+    # the KL coefficient means the same whatever the reward model's scale (Ziegler et al. normalise the RM)
+    normalize_scores: bool = False
+    value_warmup_iterations: int = 0  # first iterations train only the value head (its zero init gives A = returns)
     kl_estimator: Literal["k1", "k3"] = "k1"  # PPO reward penalty estimator
     whiten_advantages: bool = True
     missing_end_penalty: float = 1.0  # subtracted from the score of a response cut off without <|end|>
@@ -61,12 +69,15 @@ class Config:
     grad_clip: float = 1.0           # 0 = no clipping
     lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     eval_prompts: int = 48           # held-out prompts scored greedily before/after (0 = skip)
+    behaviour_examples: int = 0      # gold measures (PII refusal, IDK, facts) on this many prompts each; 0 = skip
 
     def __post_init__(self):
         if self.algo not in ("ppo", "grpo"):
             raise ValueError(f"algo={self.algo!r} must be 'ppo' or 'grpo'")
         if self.algo == "grpo" and self.group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 (advantages are relative within a group), got {self.group_size}")
+        if self.kl_target < 0 or self.kl_horizon <= 0:
+            raise ValueError(f"ppo.kl_target must be >= 0 and ppo.kl_horizon > 0, got {self.kl_target}, {self.kl_horizon}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r} must be 'k1' or 'k3'")
 
@@ -84,6 +95,40 @@ class PolicyWithValueHead(nn.Module):
 
     def forward(self, *args, **kw):  # generation goes straight through to the LM
         return self.lm(*args, **kw)
+
+
+class AdaptiveKLController:
+    """Proportional controller on the KL coefficient (Ziegler et al. 2019): steers the per-sequence KL of the
+    rollouts toward ``target``; with target 0 the coefficient stays fixed."""
+
+    def __init__(self, init: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl: float, n_sequences: int) -> float:
+        if self.target > 0:
+            error = max(-0.2, min(0.2, kl / self.target - 1.0))
+            self.value *= 1.0 + error * n_sequences / self.horizon
+        return self.value
+
+
+class RunningMoments:
+    """Mean and std of every score seen so far (Chan et al.'s parallel update of Welford's algorithm)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, xs: torch.Tensor) -> None:
+        xs = xs.detach().double().flatten().cpu()
+        n_b, mean_b = xs.numel(), float(xs.mean())
+        m2_b = float(((xs - mean_b) ** 2).sum())
+        delta, total = mean_b - self.mean, self.n + n_b
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta ** 2 * self.n * n_b / total
+        self.n = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / max(self.n - 1, 1)) ** 0.5
 
 
 @dataclass
@@ -133,8 +178,11 @@ def _stack(prompt_ids: list[list[int]], responses: list[list[int]], pad_id: int)
     return ids, comp
 
 
-def policy_forward(policy: PolicyWithValueHead, ids: torch.Tensor, comp: torch.Tensor, with_values: bool):
+def policy_forward(policy: PolicyWithValueHead, ids: torch.Tensor, comp: torch.Tensor, with_values: bool,
+                   detach_trunk: bool = False):
     _, per_token, mask, hidden = common.completion_logps(policy.lm, ids, comp, return_hidden=with_values)
+    if with_values and detach_trunk:
+        hidden = hidden.detach()  # value warm-up: the value loss must not move the policy's weights
     values = policy.value_head(hidden.float()).squeeze(-1) * mask if with_values else None
     return per_token, mask, values
 
@@ -180,19 +228,22 @@ def _minibatches(roll: Rollout, cfg: Config, seed: int):
             yield idx, roll.input_ids[idx], mask, comp
 
 
-def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int) -> dict:
-    """Several epochs of clipped PPO updates over one rollout batch. Returns averaged statistics."""
-    rewards, kl = ppo_rewards(roll.scores, roll.logprobs, roll.ref_logprobs, roll.response_mask, cfg.kl_coef, cfg.kl_estimator)
+def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int, kl_coef: float | None = None,
+               value_only: bool = False) -> dict:
+    """Several epochs of clipped PPO updates over one rollout batch. Returns averaged statistics.
+    ``value_only`` trains the value head alone (warm-up); ``kl_coef`` overrides cfg.kl_coef (adaptive KL)."""
+    kl_coef = cfg.kl_coef if kl_coef is None else kl_coef
+    rewards, kl = ppo_rewards(roll.scores, roll.logprobs, roll.ref_logprobs, roll.response_mask, kl_coef, cfg.kl_estimator)
     advantages, returns = gae(rewards, roll.values, roll.response_mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten(advantages, roll.response_mask)
     stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
     policy.train()
     for idx, ids, mask, comp in _minibatches(roll, cfg, step0):
-        logprobs, _, values = policy_forward(policy, ids, comp, with_values=True)
+        logprobs, _, values = policy_forward(policy, ids, comp, with_values=True, detach_trunk=value_only)
         pol = ppo_policy_loss(logprobs, roll.logprobs[idx], advantages[idx], mask, cfg.clip_eps)
         vloss, _ = ppo_value_loss(values, roll.values[idx], returns[idx], mask, cfg.value_clip)
-        loss = pol.loss + cfg.vf_coef * vloss
+        loss = cfg.vf_coef * vloss if value_only else pol.loss + cfg.vf_coef * vloss
         loss.backward()
         common.optimizer_step(policy, optimizer, step0, total, cfg.schedule, cfg.grad_clip)
         stats["policy_loss"].append(float(pol.loss.detach()))
@@ -204,14 +255,15 @@ def ppo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total:
     return out
 
 
-def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int) -> dict:
+def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total: int, kl_coef: float | None = None,
+                value_only: bool = False) -> dict:
     advantages = grpo_advantages(roll.scores, cfg.group_size)
     stats = {"policy_loss": [], "clip_frac": [], "approx_kl": [], "kl_term": []}
     policy.train()
     for idx, ids, mask, comp in _minibatches(roll, cfg, step0):
         logprobs, _, _ = policy_forward(policy, ids, comp, with_values=False)
         loss, pol, mean_kl = grpo_loss(logprobs, roll.logprobs[idx], roll.ref_logprobs[idx], advantages[idx].to(logprobs.device),
-                                       mask, cfg.clip_eps, cfg.kl_coef)
+                                       mask, cfg.clip_eps, cfg.kl_coef if kl_coef is None else kl_coef)
         loss.backward()
         common.optimizer_step(policy, optimizer, step0, total, cfg.schedule, cfg.grad_clip)
         stats["policy_loss"].append(float(pol.loss.detach()))
@@ -225,18 +277,70 @@ def grpo_update(policy, optimizer, roll: Rollout, cfg: Config, step0: int, total
 
 
 @torch.no_grad()
-def greedy_eval(lm, rm, tokenizer, prompts, cfg: Config, device: str) -> tuple[float, list[str]]:
+def greedy_eval(lm, rm, tokenizer, prompts, cfg: Config, device: str) -> tuple[list[float | None], list[str]]:
+    """Reward-model score of the greedy answer to each prompt (None where the prompt does not fit)."""
     if not prompts:
-        return float("nan"), []
+        return [], []
     texts = common.chat_answers(lm, tokenizer, prompts, cfg.max_new_tokens)
-    kept = [(p, t) for p, t in zip(prompts, texts) if t is not None]
-    if not kept:
-        return float("nan"), []
-    seqs = []
-    for p, t in kept:
-        ids, _ = tokenizer.encode_chat(p + [{"role": "assistant", "content": t}])
-        seqs.append(list(ids))
-    return float(score_sequences(rm, seqs, tokenizer.pad_id, device).mean()), texts
+    kept = [i for i, t in enumerate(texts) if t is not None]
+    seqs = [list(tokenizer.encode_chat(prompts[i] + [{"role": "assistant", "content": texts[i]}])[0]) for i in kept]
+    scores: list[float | None] = [None] * len(prompts)
+    if seqs:
+        for i, v in zip(kept, score_sequences(rm, seqs, tokenizer.pad_id, device).tolist()):
+            scores[i] = v
+    return scores, texts
+
+
+def paired_change(before: list, after: list) -> dict:
+    """Mean before / after and the standard error of the mean paired difference (same prompts)."""
+    pairs = [(b, a) for b, a in zip(before, after) if b is not None and a is not None]
+    if not pairs:
+        return {"before": float("nan"), "after": float("nan"), "diff": float("nan"), "se": float("nan"), "n": 0}
+    diffs = [a - b for b, a in pairs]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    return {"before": sum(b for b, _ in pairs) / n, "after": sum(a for _, a in pairs) / n, "diff": mean,
+            "se": (var / n) ** 0.5, "n": n}
+
+
+def train_loop(ctx, cfg: Config, policy, ref_model, rm, tokenizer, prompts) -> tuple[dict, list, float]:
+    """Rollout / update iterations. Returns (per-iteration history, sample rows, seconds)."""
+    optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
+    per_iter = cfg.prompts_per_iteration
+    g = torch.Generator().manual_seed(ctx.seed)
+    order = torch.randperm(len(prompts), generator=g).tolist()
+    hist = {k: [] for k in ("reward", "raw_reward", "kl", "kl_coef", "length", "policy_loss", "value_loss", "clip_frac")}
+    controller = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    moments = RunningMoments()
+    timer = common.Timer()
+    samples = []
+    for it in common.progress(range(cfg.iterations), cfg.iterations, cfg.algo):
+        batch = [prompts[order[(it * per_iter + j) % len(order)]] for j in range(per_iter)]
+        if cfg.algo == "grpo":
+            batch = [p for p in batch for _ in range(cfg.group_size)]  # groups are contiguous
+        roll = collect_rollout(policy, ref_model, rm, tokenizer, batch, cfg, ctx.device, seed=ctx.seed * 1000 + it)
+        mean_score = float(roll.scores.mean())
+        if cfg.normalize_scores:
+            moments.update(roll.scores)
+            roll.scores = (roll.scores - moments.mean) / max(moments.std, 1e-6)
+        update = ppo_update if cfg.algo == "ppo" else grpo_update
+        coef = controller.value
+        stats = update(policy, optimizer, roll, cfg, it, cfg.iterations, kl_coef=coef,
+                       value_only=it < cfg.value_warmup_iterations)
+        controller.update(stats["kl"], len(batch))
+        for key, value in (("reward", mean_score), ("raw_reward", float(roll.raw_scores.mean())), ("kl", stats["kl"]),
+                           ("kl_coef", coef), ("length", float(roll.lengths.float().mean())),
+                           ("policy_loss", stats["policy_loss"]), ("value_loss", stats.get("value_loss", float("nan"))),
+                           ("clip_frac", stats["clip_frac"])):
+            hist[key].append(value)
+        ctx.run.append_metrics({"stage": "ppo", "algo": cfg.algo, "iteration": it, "reward": mean_score, "kl_coef": coef,
+                                "kl": stats["kl"], "response_len": hist["length"][-1],
+                                **{k: v for k, v in stats.items() if k != "kl"}})
+        if it in (0, cfg.iterations - 1):
+            samples.append((it, batch[0][-1]["content"], roll.texts[0], float(roll.raw_scores[0])))
+    policy.eval()
+    return hist, samples, timer.seconds
 
 
 def run(ctx, cfg: Config):
@@ -260,36 +364,14 @@ def run(ctx, cfg: Config):
     prompts = load_prompts(prompt_path)
     eval_path = run_path / "data" / "world" / "prefs_eval.jsonl"
     eval_prompts = load_prompts(eval_path)[: cfg.eval_prompts] if (cfg.eval_prompts and eval_path.exists() and not cfg.prompt_file) else []
-    eval_before, texts_before = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
+    probes = dpo.behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.prompt_file else {}
+    scores_before, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
+    gold_before = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
 
-    optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
-    per_iter = cfg.prompts_per_iteration
-    g = torch.Generator().manual_seed(ctx.seed)
-    order = torch.randperm(len(prompts), generator=g).tolist()
-    hist = {"reward": [], "raw_reward": [], "kl": [], "length": [], "policy_loss": [], "value_loss": [], "clip_frac": []}
-    timer = common.Timer()
-    samples = []
-    for it in common.progress(range(cfg.iterations), cfg.iterations, cfg.algo):
-        batch = [prompts[order[(it * per_iter + j) % len(order)]] for j in range(per_iter)]
-        if cfg.algo == "grpo":
-            batch = [p for p in batch for _ in range(cfg.group_size)]  # groups are contiguous
-        roll = collect_rollout(policy, ref_model, rm, tokenizer, batch, cfg, ctx.device, seed=ctx.seed * 1000 + it)
-        update = ppo_update if cfg.algo == "ppo" else grpo_update
-        stats = update(policy, optimizer, roll, cfg, it, cfg.iterations)
-        hist["reward"].append(float(roll.scores.mean()))
-        hist["raw_reward"].append(float(roll.raw_scores.mean()))
-        hist["kl"].append(stats["kl"])
-        hist["length"].append(float(roll.lengths.float().mean()))
-        hist["policy_loss"].append(stats["policy_loss"])
-        hist["value_loss"].append(stats.get("value_loss", float("nan")))
-        hist["clip_frac"].append(stats["clip_frac"])
-        ctx.run.append_metrics({"stage": "ppo", "algo": cfg.algo, "iteration": it, "reward": hist["reward"][-1],
-                                "kl": stats["kl"], "response_len": hist["length"][-1], **{k: v for k, v in stats.items() if k != "kl"}})
-        if it in (0, cfg.iterations - 1):
-            samples.append((it, batch[0][-1]["content"], roll.texts[0], float(roll.raw_scores[0])))
-    seconds = timer.seconds
-    policy.eval()
-    eval_after, texts_after = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
+    hist, samples, seconds = train_loop(ctx, cfg, policy, ref_model, rm, tokenizer, prompts)
+    scores_after, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
+    gold_after = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
+    change = paired_change(scores_before, scores_after)
 
     out_dir = common.checkpoint_dir(run_path, "ppo")
     common.save_finetuned(lm, out_dir, cfg.lora, {"stage": "ppo", "algo": cfg.algo, "iterations": cfg.iterations,
@@ -301,38 +383,64 @@ def run(ctx, cfg: Config):
 
         atomic_write_bytes(out_dir / "value_head.safetensors",
                            save({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}))
+    plot = _plot(run_path, cfg, hist)
+    n_third = max(1, cfg.iterations // 3)
+    first, last = _mean(hist["reward"][:n_third]), _mean(hist["reward"][-n_third:])
+    metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
+               "kl_max": max(hist["kl"]), "kl_coef_last": hist["kl_coef"][-1], "eval_reward_before": change["before"],
+               "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"],
+               "train_seconds": round(seconds, 1), **param_metrics}
+    gold_rows = dpo.behaviour_rows(probes, gold_before, gold_after, metrics) if probes else []
+    report = _report(cfg, hist, samples, seconds, change, len(eval_prompts), plot, gold_rows)
+    return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
+                       report=report)
 
+
+def _plot(run_path: Path, cfg: Config, hist: dict) -> str:
     xs = list(range(1, cfg.iterations + 1))
     plot = f"plots/ppo_{cfg.algo}_reward_kl.png"
     save_line_plot(run_path / plot, {"mean reward (RM score - penalties)": (xs, hist["reward"]),
                                      "mean RM score": (xs, hist["raw_reward"])},
                    f"{cfg.algo.upper()}: reward and KL to the reference per iteration", "iteration", "reward",
                    secondary={"KL(pi || ref) per sequence": (xs, hist["kl"])}, secondary_label="KL (nats)")
-    n_half = max(1, cfg.iterations // 3)
-    first, last = _mean(hist["reward"][:n_half]), _mean(hist["reward"][-n_half:])
-    metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
-               "kl_max": max(hist["kl"]), "eval_reward_before": eval_before, "eval_reward_after": eval_after,
-               "train_seconds": round(seconds, 1), **param_metrics}
-    rows = [(i + 1, hist["reward"][i], hist["raw_reward"][i], hist["kl"][i], hist["length"][i], hist["clip_frac"][i])
-            for i in range(cfg.iterations)]
+    return plot
+
+
+def _report(cfg: Config, hist: dict, samples: list, seconds: float, change: dict, n_eval: int, plot: str,
+            gold_rows: list) -> str:
+    n_third = max(1, cfg.iterations // 3)
+    first, last = _mean(hist["reward"][:n_third]), _mean(hist["reward"][-n_third:])
+    kl_desc = (f"adaptive KL coef (start {cfg.kl_coef}, target {cfg.kl_target} nats, horizon {cfg.kl_horizon})"
+               if cfg.kl_target > 0 else f"KL coef {cfg.kl_coef}")
     desc = (f"**{cfg.algo.upper()}** from `checkpoints/{cfg.init_from}` against `checkpoints/{cfg.reward_from}`:"
-            f" {cfg.iterations} iterations x {per_iter} prompts" + (f" x {cfg.group_size} samples" if cfg.algo == "grpo" else "")
-            + f", {cfg.ppo_epochs} epoch(s) per rollout batch, clip {cfg.clip_eps}, KL coef {cfg.kl_coef}"
-            + (f", GAE gamma={cfg.gamma} lambda={cfg.lam}, whitened advantages, value loss x{cfg.vf_coef}" if cfg.algo == "ppo"
+            f" {cfg.iterations} iterations x {cfg.prompts_per_iteration} prompts"
+            + (f" x {cfg.group_size} samples" if cfg.algo == "grpo" else "")
+            + f", {cfg.ppo_epochs} epoch(s) per rollout batch, clip {cfg.clip_eps}, {kl_desc}"
+            + (", RM scores normalised by running mean/std" if cfg.normalize_scores else "")
+            + (f", GAE gamma={cfg.gamma} lambda={cfg.lam}, whitened advantages, value loss x{cfg.vf_coef},"
+               f" {cfg.value_warmup_iterations} value warm-up iteration(s)" if cfg.algo == "ppo"
                else ", group-standardised advantages, k3 KL loss term")
             + f". Rollouts sampled with `lmstack.generate` (T={cfg.temperature}); {seconds:.1f}s of training.\n")
+    verdict = ("rises beyond 3 standard errors" if change["diff"] > 3 * change["se"] else
+               "does not rise beyond 3 standard errors")
+    rows = [(i + 1, hist["reward"][i], hist["raw_reward"][i], hist["kl"][i], hist["kl_coef"][i], hist["length"][i],
+             hist["clip_frac"][i]) for i in range(cfg.iterations)]
     report = [desc,
-              f"Mean reward over the first third of training {first:.3f} -> last third {last:.3f}; KL to the reference"
-              f" ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f})."
-              f" Greedy answers to {len(eval_prompts)} held-out prompts score {format_score(eval_before)} (reward model)"
-              f" before and {format_score(eval_after)} after.\n",
-              f"![{cfg.algo} reward and KL]({plot})\n",
-              markdown_table(["iteration", "reward", "RM score", "KL", "response tokens", "clip fraction"], rows), ""]
+              f"Mean rollout RM score over the first third of training {first:.3f} -> last third {last:.3f}; KL to the"
+              f" reference ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f}).\n",
+              f"**Held-out reward** (greedy answers to {change['n']} of {n_eval} prompts of `prefs_eval.jsonl`, scored by"
+              f" the reward model): {format_score(change['before'])} before -> {format_score(change['after'])} after,"
+              f" paired gain {change['diff']:+.3f} +- {change['se']:.3f} (SE): it {verdict}.\n",
+              f"![{cfg.algo} reward and KL]({plot})\n"]
+    if gold_rows:
+        report += ["**Gold measures before / after** (greedy generation, judged by the world's checkers):\n",
+                   markdown_table(dpo.BEHAVIOUR_HEADER, gold_rows), ""]
+    report += [markdown_table(["iteration", "RM score (rollouts)", "RM score (raw)", "KL", "KL coef", "response tokens",
+                               "clip fraction"], rows), ""]
     if samples:
         report.append(markdown_table(["iteration", "prompt", "sampled response", "RM score"],
-                                     [(i + 1, table_cell(p), table_cell(t), s) for i, p, t, s in samples]))
-    return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
-                       report="\n".join(report) + "\n")
+                                     [(i + 1, table_cell(p), table_cell(t), sc) for i, p, t, sc in samples]))
+    return "\n".join(report) + "\n"
 
 
 def _mean(xs):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmstack.align import common
+from lmstack.align import common, rlaif
 from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
@@ -85,6 +85,7 @@ class Config:
     init_from: str = "sft"           # backbone checkpoint (InstructGPT starts the RM from the SFT model)
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
+    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (data/world/prefs_train_ai.jsonl)
     steps: int = 80
     batch_size: int = 16             # pairs per step
     max_len: int = 0                 # 0 = model max_seq_len
@@ -125,7 +126,7 @@ def run(ctx, cfg: Config):
             p.requires_grad_(True)
     trainable, total = count_parameters(rm)
 
-    train_path = Path(cfg.train_file) if cfg.train_file else common.world_file(run_path, "prefs_train.jsonl")
+    train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
     train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer, max_len, ctx.log, train_path.name)
     eval_raw = load_preferences_jsonl(eval_path)

@@ -29,6 +29,7 @@ from lmstack.runs import atomic_write_text
 class Config:
     init_from: str = "pretrain"      # checkpoint stage to start from
     train_file: str = ""             # "" = data/world/sft_train.jsonl; else a chat jsonl (messages / ShareGPT / instruction)
+    harmful_examples: int = 0        # + this many refusal / look-alike conversations (lmstack.data.world.harmful)
     eval_file: str = ""              # "" = data/world/sft_eval.jsonl
     steps: int = 150
     batch_size: int = 16
@@ -74,6 +75,12 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
     if max_len > common.model_max_len(model):
         raise ValueError(f"{stage}.max_len={max_len} exceeds the model's max_seq_len={common.model_max_len(model)}")
     raw = load_chat_jsonl(train_path, limit=cfg.max_train_examples or None)
+    if cfg.harmful_examples > 0:  # refusal / detox tuning data built from the run's world
+        from lmstack.align.data import normalize_chat_record
+        from lmstack.data.world import harmful
+
+        records = harmful.harmful_sft(harmful.load_world(ctx.run.path / "data" / "world"), "train", cfg.harmful_examples, seed=0)
+        raw += [normalize_chat_record(r, f"harmful SFT example {i}") for i, r in enumerate(records)]
     examples, dropped = tokenize_chats(raw, tokenizer, max_len, ctx.log)
     n_examples = len(examples)
     if cfg.packing:
