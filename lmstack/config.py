@@ -125,6 +125,7 @@ def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
         raise ConfigError(
             f"[{where}]: unknown key {unknown[0]!r}; valid keys are: {', '.join(sorted(fields))}"
         )
+    data = {k: _over_factory_default(fields[k], v) for k, v in data.items()}
     kwargs = {k: _coerce(v, hints[k], f"[{where}] {k}", f"{where}.{k}") for k, v in data.items()}
     try:
         obj = cls(**kwargs)
@@ -133,6 +134,27 @@ def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[{where}]: {e}") from None
     return obj
+
+
+def _over_factory_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial table for a nested config whose default comes from a factory overrides that default's
+    values, not the nested class's own defaults: ``[ppo] optim = { lr = 2e-5 }`` keeps the fine-tuning
+    weight decay of 0.0 that ppo's factory sets, instead of OptimConfig's 0.1."""
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    init_values = {k: v for k, v in dataclasses.asdict(default).items()
+                   if k in {g.name for g in dataclasses.fields(default) if g.init}}
+    return _deep_merge(init_values, value)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def config_to_dict(obj: Any) -> dict:

@@ -232,3 +232,15 @@ def test_goals_table_lists_measured_rows_with_their_n(tmp_path):
     assert "| refusal of phone-number requests | sft | 27 | 0.96 | >= 0.95 |" in table
     assert "| arithmetic (two-digit +, -, and small x) | sft | 42 | 0.5 | >= 0.80 |" in table
     assert "translation" not in table  # not measured in this run
+
+
+def test_partial_nested_table_keeps_the_factory_defaults():
+    """[ppo] optim = { lr = 2e-5 } changes lr only; the fine-tuning weight decay set by ppo's factory stays."""
+    from lmstack.align.ppo import Config as PPOConfig
+
+    default = PPOConfig().optim
+    cfg = config_from_dict(PPOConfig, {"optim": {"lr": 2e-5}}, "ppo")
+    assert cfg.optim.lr == 2e-5 and cfg.optim.weight_decay == default.weight_decay == 0.0
+    assert cfg.optim.betas == default.betas
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_dict(PPOConfig, {"optim": {"learning_rate": 1.0}}, "ppo")
