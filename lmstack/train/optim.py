@@ -30,6 +30,8 @@ class OptimConfig:
     muon_lr: float = 0.02             # Muon learning rate (peak); scaled by the same schedule
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5
+    muon_momentum_warmup_steps: int = 0  # > 0: momentum rises linearly from muon_momentum_start (modded-nanogpt)
+    muon_momentum_start: float = 0.85
     block_size: int = 2048            # adamw8bit: elements per quantization block (Dettmers et al. 2021)
 
 
@@ -176,6 +178,23 @@ class MuonWithAdamW(torch.optim.Optimizer):
             if wd:
                 p.mul_(1.0 - lr * wd)
             p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+
+
+def muon_momentum(step: int, cfg: OptimConfig) -> float:
+    """Muon momentum at update ``step``: a low momentum while the early gradients change fast,
+    then the configured one (modded-nanogpt's 0.85 -> 0.95 over the first 300 steps)."""
+    if cfg.muon_momentum_warmup_steps <= 0 or step >= cfg.muon_momentum_warmup_steps:
+        return cfg.muon_momentum
+    frac = step / cfg.muon_momentum_warmup_steps
+    return cfg.muon_momentum_start + frac * (cfg.muon_momentum - cfg.muon_momentum_start)
+
+
+def set_muon_momentum(optimizer: torch.optim.Optimizer, step: int, cfg: OptimConfig) -> None:
+    if cfg.muon_momentum_warmup_steps <= 0:
+        return
+    for g in optimizer.param_groups:
+        if g.get("kind") == "muon":
+            g["momentum"] = muon_momentum(step, cfg)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
