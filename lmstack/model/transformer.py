@@ -495,6 +495,16 @@ class Transformer(nn.Module):
             kv_cache.advance(t, new_valid, position_ids)
 
         hidden = self.norm(x)
+        logits, loss = self._logits_and_loss(hidden, targets, fused_loss)
+        if aux_total is None:
+            aux_total = torch.zeros((), device=device)
+        return ModelOutput(logits=logits, loss=loss, hidden=hidden if return_hidden else None,
+                           aux_loss=aux_total)
+
+    def _logits_and_loss(self, hidden: torch.Tensor, targets: torch.Tensor | None, fused_loss: bool
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        cfg = self.config
+        b, t = hidden.shape[:2]
         if targets is not None and targets.shape != (b, t):
             raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(b, t)}")
         fused = fused_loss and targets is not None and type(self.lm_head) is nn.Linear
@@ -503,20 +513,15 @@ class Transformer(nn.Module):
             logits = self.lm_head(hidden)
             if cfg.logit_softcap > 0:
                 logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-
-        loss = None
-        if targets is not None:
-            flat_targets = targets.reshape(-1)
-            # sum / count instead of reduction="mean": no host sync (torch.compile friendly), and a
-            # batch with nothing to predict gives 0 (with a graph) instead of NaN.
-            if fused:
-                total = linear_cross_entropy(hidden.reshape(b * t, -1), self.lm_head.weight, flat_targets,
-                                             softcap=cfg.logit_softcap)
-            else:
-                total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
-                                        ignore_index=-100, reduction="sum")
-            loss = total / (flat_targets != -100).sum().clamp(min=1)
-        if aux_total is None:
-            aux_total = torch.zeros((), device=device)
-        return ModelOutput(logits=logits, loss=loss, hidden=hidden if return_hidden else None,
-                           aux_loss=aux_total)
+        if targets is None:
+            return logits, None
+        flat_targets = targets.reshape(-1)
+        # sum / count instead of reduction="mean": no host sync (torch.compile friendly), and a
+        # batch with nothing to predict gives 0 (with a graph) instead of NaN.
+        if fused:
+            total = linear_cross_entropy(hidden.reshape(b * t, -1), self.lm_head.weight, flat_targets,
+                                         softcap=cfg.logit_softcap)
+        else:
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
+                                    ignore_index=-100, reduction="sum")
+        return logits, total / (flat_targets != -100).sum().clamp(min=1)

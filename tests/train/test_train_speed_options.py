@@ -125,3 +125,43 @@ def test_doc_masked_training_step_equals_manual_doc_ids():
     assert abs(float(plain) - float(masked)) > 1e-4
     with pytest.raises(ValueError, match="doc_mask=true needs the tokenizer's bos_id"):
         Trainer(tiny_transformer(), cfg, train_tokens=tokens, progress=False)
+
+
+def test_batched_newton_schulz_equals_one_matrix_at_a_time():
+    from lmstack.train.optim import newton_schulz_orthogonalize
+    g = torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(0))
+    batched = newton_schulz_orthogonalize(g)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], newton_schulz_orthogonalize(g[i]), rtol=1e-5, atol=1e-6)
+    tall = newton_schulz_orthogonalize(g.mT)  # tall matrices go through the transpose
+    torch.testing.assert_close(tall, batched.mT, rtol=1e-5, atol=1e-6)
+
+
+def test_muon_step_equals_per_matrix_reference():
+    """The grouped Muon step gives the textbook per-matrix update (Nesterov momentum, NS, aspect scale)."""
+    from lmstack.train.optim import MuonWithAdamW, newton_schulz_orthogonalize
+    g = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in ((8, 12), (8, 12), (16, 8))]
+    start = [p.detach().clone() for p in params]
+    opt = MuonWithAdamW([{"params": params, "lr": 0.1, "weight_decay": 0.01, "kind": "muon"}], momentum=0.9)
+    grads = [torch.randn(p.shape, generator=g) for p in params]
+    for p, gr in zip(params, grads):
+        p.grad = gr.clone()
+    opt.step()
+    for p, p0, gr in zip(params, start, grads):
+        update = gr + 0.9 * gr  # buffer = grad after one step; Nesterov adds mu * buffer
+        expected = p0 * (1 - 0.1 * 0.01) - 0.1 * max(1.0, p.shape[0] / p.shape[1]) ** 0.5 * \
+            newton_schulz_orthogonalize(update)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_sets_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        Trainer(tiny_transformer(), small_cfg(num_threads=1), train_tokens=periodic_tokens(500, vocab=64),
+                progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="num_threads"):
+        small_cfg(num_threads=-2).validate()
