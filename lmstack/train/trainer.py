@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmstack.machine import persist_compile_cache, probe, probe_threads, resolve_dtype
+from lmstack.machine import persist_compile_cache, probe, resolve_dtype
 from lmstack.model.flops import flops_per_token
 from lmstack.model.io import read_safetensors
 from lmstack.model.transformer import Transformer, document_ids
@@ -45,7 +45,6 @@ class TrainConfig:
     dtype: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  # autocast dtype (on CPU too); auto = the faster here; fp8: lmstack.train.fp8
     fp8_scaling: Literal["tensor", "row"] = "tensor"  # dtype=fp8: one scale per tensor, or per row/column
     compile: bool = False           # torch.compile the model (its cache persists in ~/.cache/lmstack/inductor)
-    num_threads: int = 0            # intra-op threads: 0 = torch's default, -1 = measured (lmstack.machine.probe_threads)
     fused_loss: bool = True         # lm_head + cross-entropy in chunks, never the whole logits (Transformer)
     distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with >1 process
     tensor_parallel: int = 1        # > 1: DTensor tensor parallelism in groups of this many ranks, FSDP2 across them
@@ -74,8 +73,6 @@ class TrainConfig:
             raise ValueError(f"train config dtype={self.dtype!r}: choose auto, fp32, bf16 or fp8")
         if self.tensor_parallel < 1:
             raise ValueError(f"train config tensor_parallel={self.tensor_parallel} must be >= 1")
-        if self.num_threads < -1:
-            raise ValueError(f"train config num_threads={self.num_threads}: use a count, 0 (default) or -1 (measure)")
         if self.fp8_scaling not in ("tensor", "row"):
             raise ValueError(f"train config fp8_scaling={self.fp8_scaling!r}: choose tensor or row")
         for steps, start, end in (("seq_len_warmup_steps", "seq_len_start", "seq_len"),
@@ -143,8 +140,6 @@ class Trainer:
         else:
             self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
-        if cfg.num_threads:
-            torch.set_num_threads(probe_threads() if cfg.num_threads == -1 else cfg.num_threads)
         if cfg.compile:
             persist_compile_cache()
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model

@@ -155,13 +155,11 @@ def test_muon_step_equals_per_matrix_reference():
         torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_trainer_sets_the_thread_count():
-    before = torch.get_num_threads()
-    try:
-        Trainer(tiny_transformer(), small_cfg(num_threads=1), train_tokens=periodic_tokens(500, vocab=64),
-                progress=False)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(ValueError, match="num_threads"):
-        small_cfg(num_threads=-2).validate()
+
+def test_stage_thread_count(monkeypatch):
+    from lmstack import machine
+    from lmstack.train import stage
+    monkeypatch.setattr(machine, "probe_threads", lambda: 3)
+    assert stage._thread_count(-1) == 3 and stage._thread_count(2) == 2 and stage._thread_count(0) >= 1
+    with pytest.raises(ValueError, match="threads=-2"):
+        stage._thread_count(-2)
