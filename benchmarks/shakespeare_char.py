@@ -85,12 +85,15 @@ RECIPES = {
                    schedule=ScheduleConfig(kind="cosine", warmup_steps=100, min_lr_ratio=0.1)),
         budget=None),
     # lmstack's CPU recipe: Llama-style blocks, longer context, Muon for the hidden matrices,
-    # warmup-stable-decay schedule; same 116 s.
+    # warmup-stable-decay schedule; same 116 s. Records kept from benchmarks/SPEEDRUN.md: QK-norm and a
+    # sequence-length warm-up (32 -> 128 over the first 30% of the steps).
     "lmstack-best": dict(
-        model=dict(preset="llama-style", d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, tie_embeddings=True),
-        train=dict(batch_size=16, seq_len=128, steps=0, grad_clip=1.0,
+        model=dict(preset="llama-style", d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, tie_embeddings=True,
+                   qk_norm=True),
+        train=dict(batch_size=16, seq_len=128, steps=0, grad_clip=1.0, seq_len_start=32,
                    optim=OptimConfig(name="muon", lr=3e-3, muon_lr=0.03, weight_decay=0.0, betas=[0.9, 0.99]),
                    schedule=ScheduleConfig(kind="wsd", warmup_steps=30, min_lr_ratio=0.0, decay_frac=0.4)),
+        frac=dict(seq_len_warmup_steps=0.3),
         budget=ANCHOR_SECONDS),
 }
 
@@ -99,6 +102,7 @@ RECIPES = {
 # "model" keys go to ModelConfig, "train" keys to TrainConfig, "optim" keys to OptimConfig; "frac" keys
 # are warm-up lengths as a fraction of the run's (first estimated) step count, so they fit any budget.
 VARIANTS = {
+    "before_records": dict(model=dict(qk_norm=False), frac=dict(seq_len_warmup_steps=0.0)),
     "relu2": dict(model=dict(ffn_type="relu2", ffn_hidden=0)),
     "qk_norm": dict(model=dict(qk_norm=True)),
     "softcap": dict(model=dict(logit_softcap=15.0)),
@@ -142,7 +146,7 @@ def build(recipe: dict, vocab: int, steps: int, seed: int):
     t["optim"] = OptimConfig(**vars(t["optim"]))  # the trainer's schedule must not leak between runs
     for key, frac in recipe.get("frac", {}).items():
         target = t["optim"] if key.startswith("muon_") else t
-        value = max(1, int(frac * steps))
+        value = max(1, int(frac * steps)) if frac > 0 else 0  # a fraction of 0 turns the warm-up off
         if isinstance(target, dict):
             target[key] = value
         else:
