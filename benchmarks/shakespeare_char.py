@@ -202,7 +202,7 @@ def run(name, recipe, train, val, vocab, steps, seed, budget=None, curve_points=
     print(f"  {name}: final val loss over all {len(val):,} val characters: {final:.4f}", flush=True)
     return {"name": name, "steps": steps, "seconds": timer.elapsed, "val": final, "curve": curve,
             "cpu_seconds": timer.cpu_seconds, "wall_seconds": timer.wall_seconds, "seed": seed,
-            "pflop": flops_per_token(model, cfg.seq_len) * steps * cfg.batch_size * cfg.seq_len / 1e15,
+            "pflop": flops_per_token(model, cfg.seq_len) * tokens / 1e15,
             "params": model.num_params(), "tokens": tokens}
 
 
