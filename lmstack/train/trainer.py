@@ -299,8 +299,10 @@ class Trainer:
         for batch in eval_windows(self.val_tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
                                   max_batches=self.cfg.eval_batches, rank=self.data_rank,
                                   world_size=self.data_world):
+            x = batch.inputs.to(self.device)
+            extra = {"doc_ids": document_ids(x, self.bos_id)} if self.cfg.doc_mask else {}  # as in training
             with self.autocast():
-                out = self.forward_model(batch.inputs.to(self.device), targets=batch.targets.to(self.device))
+                out = self.forward_model(x, targets=batch.targets.to(self.device), **extra)
             n = batch.targets.numel()
             loss_sum += out.loss.float().item() * n
             count += n

@@ -123,6 +123,12 @@ def test_doc_masked_training_step_equals_manual_doc_ids():
     plain = ref(batch.inputs, targets=batch.targets).loss
     assert loss == pytest.approx(float(masked), rel=1e-5)
     assert abs(float(plain) - float(masked)) > 1e-4
+    # evaluation packs windows too, so it uses the same document mask
+    tr.val_tokens = tokens[:500]
+    masked_eval = tr.evaluate()["val_loss"]
+    tr.cfg.doc_mask = False
+    assert abs(tr.evaluate()["val_loss"] - masked_eval) > 1e-4
+    cfg.doc_mask = True
     with pytest.raises(ValueError, match="doc_mask=true needs the tokenizer's bos_id"):
         Trainer(tiny_transformer(), cfg, train_tokens=tokens, progress=False)
 
