@@ -39,3 +39,23 @@ def test_contention_report_flags_a_busy_machine():
     assert "WARNING" in text and text.endswith("result: contended=yes")
     watch.share = 0.02
     assert watch.report().endswith("result: contended=no") and "WARNING" not in watch.report()
+
+
+def test_probe_threads_picks_the_fewest_threads_near_the_fastest(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMSTACK_CACHE_DIR", str(tmp_path))
+    rates = {1: 10.0, 2: 19.0, 3: 19.5, 4: 18.0}  # 3 threads is fastest, 2 is within 5%
+    monkeypatch.setattr(machine, "_threads_rate", lambda budget: rates[torch.get_num_threads()])
+    before = torch.get_num_threads()
+    assert machine.probe_threads(candidates=[1, 2, 3, 4]) == 2
+    assert torch.get_num_threads() == before  # the probe restores the thread count
+    monkeypatch.setattr(machine, "_threads_rate", lambda budget: pytest.fail("measured twice"))
+    assert machine.probe_threads(candidates=[1, 2, 3, 4]) == 2  # cached per machine
+
+
+def test_compile_cache_lives_under_the_lmstack_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMSTACK_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_FX_GRAPH_CACHE", raising=False)
+    assert machine.persist_compile_cache() == tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert machine.persist_compile_cache() == tmp_path / "mine"  # a user's choice wins

@@ -103,6 +103,8 @@ def check_exportable(cfg) -> None:
         problems.append("MoE layers")
     if cfg.qk_norm or cfg.logit_softcap:
         problems.append("qk_norm / logit_softcap")
+    if cfg.value_embed_layers or cfg.unet_skips:
+        problems.append("value_embed_layers / unet_skips")
     if any(k != "full" for k in cfg.attention_pattern):
         problems.append(f"attention_pattern={cfg.attention_pattern}")
     if problems:

@@ -20,11 +20,11 @@ from .flops import flops_per_token, matmul_params
 from .io import load_config, load_pretrained, save_pretrained
 from .kv_cache import KVCache
 from .positions import PositionalEncoding, RotaryEmbedding, alibi_slopes, rope_inverse_frequencies
-from .transformer import MLP, Attention, Block, ModelOutput, MoE, RMSNorm, Transformer
+from .transformer import MLP, Attention, Block, ModelOutput, MoE, RMSNorm, Transformer, document_ids
 
 __all__ = [
     "PRESETS", "ModelConfig", "count_params", "Transformer", "ModelOutput", "KVCache",
     "save_pretrained", "load_pretrained", "load_config", "PositionalEncoding", "RotaryEmbedding",
     "alibi_slopes", "rope_inverse_frequencies", "RMSNorm", "MLP", "MoE", "Attention", "Block",
-    "flops_per_token", "matmul_params", "build_model", "RecurrentState",
+    "flops_per_token", "matmul_params", "build_model", "RecurrentState", "document_ids",
 ]

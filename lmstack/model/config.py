@@ -56,6 +56,9 @@ class ModelConfig:
     sliding_window: int = 128  # keys visible to a query, itself included, in sliding/local layers
     n_global_tokens: int = 4  # "local_global": the first tokens stay visible to every query
     qk_norm: bool = False  # RMSNorm on each head's q and k before RoPE (OLMo-2 / Qwen-3)
+    # speedrun options (modded-nanogpt); off by default
+    value_embed_layers: int = 0  # the first k layers add their own embedding of the input ids to v (zero-init)
+    unet_skips: bool = False  # layer n-1-i adds w_i * (input of layer i), i < n//2; w_i learned, init 1
     # mixture of experts (n_experts = 0: dense FFN in every layer)
     n_experts: int = 0
     moe_top_k: int = 2
@@ -139,6 +142,8 @@ class ModelConfig:
             bad("sliding_window", "must be positive")
         if self.n_global_tokens < 0:
             bad("n_global_tokens", "must be >= 0")
+        if not 0 <= self.value_embed_layers <= self.n_layers:
+            bad("value_embed_layers", f"must be in 0..n_layers={self.n_layers}")
         if self.n_experts < 0:
             bad("n_experts", "must be >= 0")
         if self.n_experts:
@@ -317,4 +322,7 @@ def count_params(cfg: ModelConfig) -> int:
         else:
             total += _mlp_params(cfg, cfg.ffn_hidden)
     total += _norm_params(cfg, d)
+    total += cfg.value_embed_layers * cfg.vocab_size * cfg.n_kv_heads * cfg.head_dim
+    if cfg.unet_skips:
+        total += cfg.n_layers // 2
     return total

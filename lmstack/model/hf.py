@@ -42,6 +42,8 @@ def _common_checks(cfg: ModelConfig, arch: str) -> None:
     _require(cfg.n_experts == 0, arch, "MoE layers (n_experts > 0) are not supported by this export")
     _require(not cfg.qk_norm, arch, "qk_norm=True has no equivalent (Qwen3/OLMo2 have it; not exported)")
     _require(cfg.logit_softcap == 0, arch, "logit_softcap has no equivalent")
+    _require(not cfg.value_embed_layers and not cfg.unet_skips, arch,
+             "value_embed_layers / unet_skips (speedrun options) have no equivalent")
     _require(all(k == "full" for k in cfg.attention_pattern) or cfg.sliding_window >= cfg.max_seq_len, arch,
              f"attention_pattern={cfg.attention_pattern} (sliding/local layers) has no equivalent")
 

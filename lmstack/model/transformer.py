@@ -35,7 +35,7 @@ class ModelOutput:
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * g (Zhang & Sennrich 2019); computed in fp32 for bf16 stability."""
+    """x / rms(x) * g (Zhang & Sennrich 2019); computed in at least fp32 for bf16 stability."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -44,9 +44,15 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))  # bf16/fp16 up to fp32; fp64 stays fp64
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """[B, T] document index of each token of packed rows whose documents start with ``bos_id``:
+    a BOS opens a new document; tokens before a row's first BOS are document 0."""
+    return (input_ids == bos_id).long().cumsum(dim=1)
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -161,11 +167,15 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                mask: torch.Tensor | None, is_causal: bool, kv_cache: KVCache | None) -> torch.Tensor:
+                mask: torch.Tensor | None, is_causal: bool, kv_cache: KVCache | None,
+                value_embed: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x)
+        if value_embed is not None:  # modded-nanogpt's value embeddings: token identity straight into v
+            v = v + value_embed.to(v.dtype)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -202,8 +212,8 @@ class Block(nn.Module):
         self.ffn = MoE(cfg) if cfg.layer_is_moe(layer) else MLP(cfg, cfg.ffn_hidden)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, mask, is_causal, kv_cache):
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, mask, is_causal, kv_cache))
+    def forward(self, x, rope, mask, is_causal, kv_cache, value_embed=None):
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), rope, mask, is_causal, kv_cache, value_embed))
         h = self.ffn(self.ffn_norm(x))
         if isinstance(h, tuple):
             h, aux = h
@@ -232,6 +242,9 @@ class Transformer(nn.Module):
             self.alibi_slopes = None
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        kv_dim = cfg.n_kv_heads * cfg.head_dim
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, kv_dim) for _ in range(cfg.value_embed_layers))
+        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layers // 2)) if cfg.unet_skips else None
         self.norm = make_norm(cfg, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
@@ -257,6 +270,10 @@ class Transformer(nn.Module):
                     nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        for table in self.value_embeds:
+            nn.init.zeros_(table.weight)  # the model starts as the one without value embeddings
+        if self.skip_weights is not None:
+            nn.init.ones_(self.skip_weights)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (a tied lm_head counts once)."""
@@ -332,11 +349,59 @@ class Transformer(nn.Module):
                 masks[kind] = allowed
         return masks, (past == 0 and plain_causal)
 
+    def _document_masks(self, masks: dict[str, torch.Tensor | None], doc_ids: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """AND "same document" into every layer type's mask (block-diagonal causal attention)."""
+        t = doc_ids.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+        allowed = ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]  # [B, 1, T, T]
+        out = {}
+        for kind, mask in masks.items():
+            if mask is None:
+                out[kind] = allowed
+            elif mask.dtype == torch.bool:
+                out[kind] = mask & allowed
+            else:  # ALiBi bias
+                out[kind] = mask.masked_fill(~allowed, float("-inf"))
+        return out
+
+    @staticmethod
+    def _check_documents(doc_ids, b, t, attention_mask, position_ids, kv_cache) -> torch.Tensor:
+        """Validate doc_ids; return positions that restart at 0 at each document's first token."""
+        if doc_ids.shape != (b, t):
+            raise ValueError(f"doc_ids shape {tuple(doc_ids.shape)} != input_ids shape {(b, t)}")
+        if kv_cache is not None or attention_mask is not None or position_ids is not None:
+            raise ValueError("doc_ids (packed training rows) cannot be combined with kv_cache, attention_mask "
+                             "or position_ids; it sets the mask and positions itself")
+        index = torch.arange(t, device=doc_ids.device).expand(b, t)
+        starts = torch.ones(b, t, dtype=torch.bool, device=doc_ids.device)
+        starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+        return index - first
+
+    def _run_layers(self, x, input_ids, rope, masks, is_causal, kv_cache):
+        """The blocks, with the optional value embeddings and U-net skips (modded-nanogpt)."""
+        n = len(self.layers)
+        skips: list[torch.Tensor] = []
+        aux_total = None
+        for i, block in enumerate(self.layers):
+            if self.skip_weights is not None:
+                if i < n // 2:
+                    skips.append(x)  # the input of encoder layer i feeds decoder layer n-1-i
+                elif i >= n - n // 2:
+                    x = x + self.skip_weights[n - 1 - i] * skips.pop()
+            ve = self.value_embeds[i](input_ids) if i < len(self.value_embeds) else None
+            x, aux = block(x, rope, masks[block.attention_type], is_causal, kv_cache, ve)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        return x, aux_total
+
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, *, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, return_hidden: bool = False,
-                fused_loss: bool = False, inputs_embeds: torch.Tensor | None = None) -> ModelOutput:
+                fused_loss: bool = False, inputs_embeds: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None) -> ModelOutput:
         """input_ids [B, T]. targets [B, T] are the next tokens (already shifted; -100 = ignore).
 
         fused_loss: with targets, compute the loss chunk by chunk without the [B, T, V] logits
@@ -349,6 +414,9 @@ class Transformer(nn.Module):
         0, 1, ... counted over real tokens only, continuing from the cache.
         inputs_embeds [B, T, D], when given, replaces the token embeddings of input_ids (which still
         set the shape): multimodal models splice projected image features in at placeholder slots.
+        doc_ids [B, T] (packed training rows, see :func:`document_ids`): a token attends only to
+        earlier tokens with the same id, and positions restart at 0 where the id changes, so each
+        document of the row is computed exactly as if it were alone.
         """
         cfg = self.config
         if input_ids.dim() != 2:
@@ -356,6 +424,8 @@ class Transformer(nn.Module):
         b, t = input_ids.shape
         device = input_ids.device
         past = kv_cache.length if kv_cache is not None else 0
+        if doc_ids is not None:
+            position_ids = self._check_documents(doc_ids, b, t, attention_mask, position_ids, kv_cache)
         if kv_cache is not None:
             kv_cache.check_room(t)
             if kv_cache.batch_size != b:
@@ -416,17 +486,25 @@ class Transformer(nn.Module):
             rope = self.rotary.tables(t, position_ids, dtype)
 
         masks, is_causal = self._attention_masks(t, past, key_valid, device)
-        aux_total = None
-        for block in self.layers:
-            x, aux = block(x, rope, masks[block.attention_type], is_causal, kv_cache)
-            if aux is not None:
-                aux_total = aux if aux_total is None else aux_total + aux
+        if doc_ids is not None:
+            masks, is_causal = self._document_masks(masks, doc_ids), False
+        x, aux_total = self._run_layers(x, input_ids, rope, masks, is_causal, kv_cache)
         if kv_cache is not None:
             if position_ids is None:
                 position_ids = torch.arange(t, device=device)[None]
             kv_cache.advance(t, new_valid, position_ids)
 
         hidden = self.norm(x)
+        logits, loss = self._logits_and_loss(hidden, targets, fused_loss)
+        if aux_total is None:
+            aux_total = torch.zeros((), device=device)
+        return ModelOutput(logits=logits, loss=loss, hidden=hidden if return_hidden else None,
+                           aux_loss=aux_total)
+
+    def _logits_and_loss(self, hidden: torch.Tensor, targets: torch.Tensor | None, fused_loss: bool
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        cfg = self.config
+        b, t = hidden.shape[:2]
         if targets is not None and targets.shape != (b, t):
             raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {(b, t)}")
         fused = fused_loss and targets is not None and type(self.lm_head) is nn.Linear
@@ -435,20 +513,15 @@ class Transformer(nn.Module):
             logits = self.lm_head(hidden)
             if cfg.logit_softcap > 0:
                 logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-
-        loss = None
-        if targets is not None:
-            flat_targets = targets.reshape(-1)
-            # sum / count instead of reduction="mean": no host sync (torch.compile friendly), and a
-            # batch with nothing to predict gives 0 (with a graph) instead of NaN.
-            if fused:
-                total = linear_cross_entropy(hidden.reshape(b * t, -1), self.lm_head.weight, flat_targets,
-                                             softcap=cfg.logit_softcap)
-            else:
-                total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
-                                        ignore_index=-100, reduction="sum")
-            loss = total / (flat_targets != -100).sum().clamp(min=1)
-        if aux_total is None:
-            aux_total = torch.zeros((), device=device)
-        return ModelOutput(logits=logits, loss=loss, hidden=hidden if return_hidden else None,
-                           aux_loss=aux_total)
+        if targets is None:
+            return logits, None
+        flat_targets = targets.reshape(-1)
+        # sum / count instead of reduction="mean": no host sync (torch.compile friendly), and a
+        # batch with nothing to predict gives 0 (with a graph) instead of NaN.
+        if fused:
+            total = linear_cross_entropy(hidden.reshape(b * t, -1), self.lm_head.weight, flat_targets,
+                                         softcap=cfg.logit_softcap)
+        else:
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets,
+                                    ignore_index=-100, reduction="sum")
+        return logits, total / (flat_targets != -100).sum().clamp(min=1)

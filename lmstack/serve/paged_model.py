@@ -85,6 +85,9 @@ def check_paged_support(model) -> None:
     if cfg.position_type == "alibi":
         raise NotImplementedError("serving ALiBi models through the paged cache is not implemented; "
                                   "use lmstack.generate for this model")
+    if getattr(cfg, "value_embed_layers", 0) or getattr(cfg, "unet_skips", False):
+        raise NotImplementedError("serving models with value_embed_layers / unet_skips through the paged cache "
+                                  "is not implemented; use lmstack.generate for this model")
     kinds = {blk.attention_type for blk in model.layers}
     if kinds - {"full"}:
         raise NotImplementedError(f"serving attention types {sorted(kinds - {'full'})} (sliding windows) through "

@@ -30,6 +30,8 @@ class OptimConfig:
     muon_lr: float = 0.02             # Muon learning rate (peak); scaled by the same schedule
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5
+    muon_momentum_warmup_steps: int = 0  # > 0: momentum rises linearly from muon_momentum_start (modded-nanogpt)
+    muon_momentum_start: float = 0.85
     block_size: int = 2048            # adamw8bit: elements per quantization block (Dettmers et al. 2021)
 
 
@@ -97,21 +99,23 @@ def newton_schulz_orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e
     """Approximate U V^T of g = U S V^T with the quintic Newton-Schulz iteration (Jordan 2024).
 
     The coefficients (3.4445, -4.7750, 2.0315) push all singular values into ~[0.7, 1.2] in 5
-    steps; exact orthogonality is not needed for a good update direction.
+    steps; exact orthogonality is not needed for a good update direction. ``g`` may carry leading
+    batch dimensions ``[..., m, n]``: each matrix is orthogonalised on its own, in one batched
+    matmul per iteration (how the optimizer treats all same-shape matrices of a model at once).
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     # bf16 is what the reference uses on GPU; on CPU float32 matmuls are faster than bf16 ones.
     x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
-    transposed = x.shape[0] > x.shape[1]
+    transposed = x.shape[-2] > x.shape[-1]
     if transposed:
-        x = x.T
-    x = x / (x.norm() + eps)
+        x = x.mT
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         poly = b * gram + c * gram @ gram
         x = a * x + poly @ x
     if transposed:
-        x = x.T
+        x = x.mT
     return x.to(g.dtype)
 
 
@@ -139,6 +143,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict) -> None:
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        by_shape: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -148,12 +153,17 @@ class MuonWithAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(p.grad)
             update = p.grad.add(buf, alpha=mu)  # Nesterov momentum
-            ortho = newton_schulz_orthogonalize(update, steps=group["ns_steps"])
+            by_shape.setdefault(tuple(p.shape), []).append((p, update))
+        # Same-shape matrices (q/k/v/o, the MLP's of every layer) are orthogonalised together:
+        # one batched matmul per Newton-Schulz iteration instead of one small matmul per matrix.
+        for shape, items in by_shape.items():
+            params = [p for p, _ in items]
+            ortho = newton_schulz_orthogonalize(torch.stack([u for _, u in items]), steps=group["ns_steps"])
             # Scale so the update RMS does not depend on the matrix aspect ratio (Jordan 2024).
-            scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+            scale = max(1.0, shape[0] / shape[1]) ** 0.5
             if wd:
-                p.mul_(1.0 - lr * wd)
-            p.add_(ortho, alpha=-lr * scale)
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_add_(params, list(ortho.unbind(0)), alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         # Decoupled weight decay Adam (Loshchilov & Hutter 2019).
@@ -176,6 +186,23 @@ class MuonWithAdamW(torch.optim.Optimizer):
             if wd:
                 p.mul_(1.0 - lr * wd)
             p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+
+
+def muon_momentum(step: int, cfg: OptimConfig) -> float:
+    """Muon momentum at update ``step``: a low momentum while the early gradients change fast,
+    then the configured one (modded-nanogpt's 0.85 -> 0.95 over the first 300 steps)."""
+    if cfg.muon_momentum_warmup_steps <= 0 or step >= cfg.muon_momentum_warmup_steps:
+        return cfg.muon_momentum
+    frac = step / cfg.muon_momentum_warmup_steps
+    return cfg.muon_momentum_start + frac * (cfg.muon_momentum - cfg.muon_momentum_start)
+
+
+def set_muon_momentum(optimizer: torch.optim.Optimizer, step: int, cfg: OptimConfig) -> None:
+    if cfg.muon_momentum_warmup_steps <= 0:
+        return
+    for g in optimizer.param_groups:
+        if g.get("kind") == "muon":
+            g["momentum"] = muon_momentum(step, cfg)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:

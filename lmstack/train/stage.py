@@ -54,12 +54,22 @@ class Config(TrainConfig):
     log_every: int = 10
     max_seconds: float = 420.0       # > 0: pick the step count so training takes about this long
                                      # (timed on the first warmup steps; `steps` is then the upper bound)
-    threads: int = 0                 # torch intra-op threads; 0 = all cores of this machine
+    threads: int = 0                 # torch intra-op threads; 0 = all cores of this machine; -1 = measured
+                                     # once per machine (lmstack.machine.probe_threads)
     fact_shots: int = 3              # solved examples before each fact prompt
     fact_eval_max: int = 200         # facts evaluated (sampled, fixed seed); 0 = all
     sample_prompts: list[str] = field(default_factory=lambda: ["The capital of France is", "Once upon a time",
                                                                "def main(", "法国的首都是"])
     sample_tokens: int = 48
+
+
+def _thread_count(threads: int) -> int:
+    if threads < -1:
+        raise ValueError(f"[pretrain] threads={threads}: use a count, 0 (all cores) or -1 (measure the best)")
+    if threads == -1:
+        from lmstack.machine import probe_threads
+        return probe_threads()
+    return threads or max(1, os.cpu_count() or 1)
 
 
 def build_model_config(cfg: Config, vocab_size: int) -> ModelConfig:
@@ -88,7 +98,7 @@ def run(ctx, cfg: Config):
 
     run_dir = ctx.run
     root = run_dir.path
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(_thread_count(cfg.threads))
     device = ctx.device
     info = init_distributed(device)
     if device.startswith("cuda") and info.enabled:

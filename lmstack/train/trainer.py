@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmstack.machine import probe, resolve_dtype
+from lmstack.machine import persist_compile_cache, probe, resolve_dtype
 from lmstack.model.flops import flops_per_token
 from lmstack.model.io import read_safetensors
-from lmstack.model.transformer import Transformer
+from lmstack.model.transformer import Transformer, document_ids
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.anomaly import AnomalyConfig, AnomalyGuard
 from lmstack.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, current, wrap_model
 from lmstack.train.loader import LOADER_MODES, LoaderMode, TokenLoader, eval_windows
-from lmstack.train.optim import OptimConfig, build_optimizer, set_lr
+from lmstack.train.optim import OptimConfig, build_optimizer, set_lr, set_muon_momentum
 from lmstack.train.schedule import ScheduleConfig, schedule_multiplier
 
 
@@ -44,7 +44,7 @@ class TrainConfig:
     grad_clip: float = 1.0          # 0 = no clipping
     dtype: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  # autocast dtype (on CPU too); auto = the faster here; fp8: lmstack.train.fp8
     fp8_scaling: Literal["tensor", "row"] = "tensor"  # dtype=fp8: one scale per tensor, or per row/column
-    compile: bool = False           # torch.compile the model
+    compile: bool = False           # torch.compile the model (its cache persists in ~/.cache/lmstack/inductor)
     fused_loss: bool = True         # lm_head + cross-entropy in chunks, never the whole logits (Transformer)
     distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with >1 process
     tensor_parallel: int = 1        # > 1: DTensor tensor parallelism in groups of this many ranks, FSDP2 across them
@@ -56,6 +56,12 @@ class TrainConfig:
     log_every: int = 10
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     peak_flops: float = 0.0         # FLOP/s for MFU; 0 = the machine probe's GEMM rate (lmstack.machine)
+    # less work per step / speedrun schedules (all off by default)
+    doc_mask: bool = False          # packed rows: attend within a document only, positions restart at each BOS
+    seq_len_warmup_steps: int = 0   # grow the trained context from seq_len_start to seq_len over these updates
+    seq_len_start: int = 32
+    batch_size_warmup_steps: int = 0  # grow the rows per micro-batch from batch_size_start to batch_size
+    batch_size_start: int = 4
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len"):
@@ -69,6 +75,27 @@ class TrainConfig:
             raise ValueError(f"train config tensor_parallel={self.tensor_parallel} must be >= 1")
         if self.fp8_scaling not in ("tensor", "row"):
             raise ValueError(f"train config fp8_scaling={self.fp8_scaling!r}: choose tensor or row")
+        for steps, start, end in (("seq_len_warmup_steps", "seq_len_start", "seq_len"),
+                                  ("batch_size_warmup_steps", "batch_size_start", "batch_size")):
+            if getattr(self, steps) < 0:
+                raise ValueError(f"train config {steps}={getattr(self, steps)} must be >= 0")
+            if getattr(self, steps) and not 1 <= getattr(self, start) <= getattr(self, end):
+                raise ValueError(f"train config {start}={getattr(self, start)} must be in 1..{end}={getattr(self, end)}")
+
+    def warmed_up(self, step: int) -> tuple[int, int]:
+        """(rows, context) trained at update ``step`` under the batch-size and sequence-length warm-ups:
+        linear from the start value to the full one, context rounded down to a multiple of
+        seq_len_start so that only a few shapes occur."""
+        rows = _ramp(step, self.batch_size_warmup_steps, self.batch_size_start, self.batch_size, 1)
+        context = _ramp(step, self.seq_len_warmup_steps, self.seq_len_start, self.seq_len, self.seq_len_start)
+        return rows, context
+
+
+def _ramp(step: int, steps: int, start: int, end: int, quantum: int) -> int:
+    if steps <= 0 or step >= steps:
+        return end
+    value = start + (end - start) * step / steps
+    return max(start, min(end, int(value // quantum) * quantum))
 
 
 @dataclass
@@ -113,6 +140,8 @@ class Trainer:
         else:
             self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
+        if cfg.compile:
+            persist_compile_cache()
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loader = TokenLoader(train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=seed,
@@ -137,6 +166,11 @@ class Trainer:
         # The fused linear + cross-entropy (lmstack.model.fused_ce) is a Transformer option; other
         # models (and tests' toy models) take only (inputs, targets).
         self._loss_kwargs = {"fused_loss": True} if cfg.fused_loss and isinstance(self.raw_model, Transformer) else {}
+        self.bos_id = bos_id
+        if cfg.doc_mask and (bos_id is None or not isinstance(self.raw_model, Transformer)):
+            raise ValueError("train config doc_mask=true needs the tokenizer's bos_id and an lmstack Transformer "
+                             f"(got bos_id={bos_id}, model {type(self.raw_model).__name__})")
+        self.last_update_tokens = self.tokens_per_update
         self._peak = cfg.peak_flops
         self.last_eval: dict | None = None
         self.resumed_from: int | None = None
@@ -265,8 +299,10 @@ class Trainer:
         for batch in eval_windows(self.val_tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
                                   max_batches=self.cfg.eval_batches, rank=self.data_rank,
                                   world_size=self.data_world):
+            x = batch.inputs.to(self.device)
+            extra = {"doc_ids": document_ids(x, self.bos_id)} if self.cfg.doc_mask else {}  # as in training
             with self.autocast():
-                out = self.forward_model(batch.inputs.to(self.device), targets=batch.targets.to(self.device))
+                out = self.forward_model(x, targets=batch.targets.to(self.device), **extra)
             n = batch.targets.numel()
             loss_sum += out.loss.float().item() * n
             count += n
@@ -289,10 +325,16 @@ class Trainer:
         """One optimizer update; returns (loss, grad_norm, verdict)."""
         cfg = self.cfg
         set_lr(self.optimizer, self._lr_multiplier())
+        set_muon_momentum(self.optimizer, self.step, cfg.optim)
+        rows, context = cfg.warmed_up(self.step)
+        self.last_update_tokens = rows * context * cfg.grad_accum * self.data_world
         loss_total = 0.0
         for micro in range(cfg.grad_accum):
-            batch = self.loader.next_batch()
-            x, y = batch.inputs.to(self.device), batch.targets.to(self.device)
+            batch = self.loader.next_batch()  # the loader advances by whole batches; warm-ups use a slice
+            x, y = batch.inputs[:rows, :context].to(self.device), batch.targets[:rows, :context].to(self.device)
+            kwargs = dict(self._loss_kwargs)
+            if cfg.doc_mask:
+                kwargs["doc_ids"] = document_ids(x, self.bos_id)
             sync = micro == cfg.grad_accum - 1
             no_sync = getattr(self.model, "no_sync", None)
             ctx = no_sync() if (no_sync is not None and not sync) else nullcontext()
@@ -300,7 +342,7 @@ class Trainer:
                 self.model.set_requires_gradient_sync(sync)
             with ctx:
                 with self.autocast():
-                    out = self.forward_model(x, targets=y, **self._loss_kwargs)
+                    out = self.forward_model(x, targets=y, **kwargs)
                     loss = out.loss
                     aux = getattr(out, "aux_loss", None)
                     if aux is not None and torch.is_tensor(aux):
@@ -346,8 +388,8 @@ class Trainer:
         while self.step < cfg.steps:
             loss, grad_norm, verdict = self.train_step()
             lr = self.optimizer.param_groups[0]["lr"]
-            tokens_done += self.tokens_per_update
-            tokens_window += self.tokens_per_update
+            tokens_done += self.last_update_tokens
+            tokens_window += self.last_update_tokens
             if verdict != "ok":
                 self.skipped += 1
                 self._event(f"anomaly_{verdict}", loss=loss, grad_norm=grad_norm)
