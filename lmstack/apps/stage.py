@@ -22,6 +22,7 @@ from lmstack.align import common
 from lmstack.apps import evaluate as E
 from lmstack.apps.agent import ModelPolicy, ReActAgent
 from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
+from lmstack.apps.copying import CopyConfig, copy_warmup, repeat_loss
 from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
 from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
@@ -45,6 +46,7 @@ class Config:
     dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
     rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
     rag_rerank: bool = False        # RAG retrieves through the reranker (its recall is reported either way)
+    copy: CopyConfig = field(default_factory=CopyConfig)  # copy warm-up before SFT (copying.py); steps=0: off
     steps: int = 300                # SFT steps on RAG + agent data
     batch_size: int = 16
     lr: float = 5e-4
@@ -175,6 +177,11 @@ def run(ctx, cfg: Config):
 
     # ------------------------------------------------------------ fine-tuning
     model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="apps")
+    copy_stats = {"repeat_loss_before": round(repeat_loss(model, tokenizer), 3)}
+    if cfg.copy.steps > 0:
+        copy_warmup(model, tokenizer, cfg.copy)
+        copy_stats["repeat_loss_after_warmup"] = round(repeat_loss(model, tokenizer), 3)
+    ctx.log(f"copying (loss on a repeated random string, nats): {copy_stats}")
     sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed, tokenizer, model.config.max_seq_len)
     ctx.log(f"SFT data: {data_stats}")
     sft_cfg = SftConfig(init_from=cfg.init_from, steps=cfg.steps, batch_size=cfg.batch_size,
@@ -187,7 +194,8 @@ def run(ctx, cfg: Config):
 
     # ------------------------------------------------------------ measurements
     metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path, reranker)
-    metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats)
+    copy_stats["repeat_loss_after_sft"] = round(repeat_loss(model, tokenizer), 3)
+    metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats, **copy_stats)
     if encoder is not None:
         metrics["dense_final_loss"] = round(sum(dense_history[-10:]) / len(dense_history[-10:]), 4)
     return StageResult(metrics=metrics, report=report, artifacts={
