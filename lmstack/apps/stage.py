@@ -29,7 +29,7 @@ from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
 from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
-from lmstack.apps.synthetic import augmented_graph, extra_fact_questions
+from lmstack.apps.synthetic import augmented_graph, copy_chat_examples, extra_fact_questions
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
 from lmstack.report import markdown_table, table_cell
@@ -56,6 +56,7 @@ class Config:
     n_rag_train: int = 1200         # RAG examples (0 = every training question)
     n_multihop_train: int = 600     # multi-hop tool traces (0 = all)
     world_rag_share: float = 0.2    # share of RAG examples about world people (facts the model already knows)
+    n_copy_chat: int = 800          # "repeat exactly: ..." chat examples that keep the copy mechanism in use
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
     prompt_style: str = "names"     # agent system prompt: names | compact | json
     agent_max_steps: int = 6
@@ -120,12 +121,13 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
         n = min(len(rows), int(cfg.replay_fraction * (len(rag) + len(agent))))
         replay = random.Random(seed).sample(rows, n)
     extract = extraction_sft_examples(kg, [p for p in entity_passages(kg) if allowed(p["entity"])])
-    data = rag + agent + extract + replay
+    copies = copy_chat_examples(big, cfg.n_copy_chat, seed, sorted(keep))
+    data = rag + agent + extract + replay + copies
     random.Random(seed).shuffle(data)
     path = run_path / "apps" / "sft_train.jsonl"
     atomic_write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data))
     return path, {"rag_examples": len(rag), "agent_examples": len(agent), "extraction_examples": len(extract),
-                  "replay_examples": len(replay), "fictional_people": len(fictional)}
+                  "replay_examples": len(replay), "copy_examples": len(copies), "fictional_people": len(fictional)}
 
 
 def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> dict[str, list]:

@@ -99,3 +99,37 @@ def extra_fact_questions(kg: KnowledgeGraph, entities, langs=("en", "zh")) -> li
                                     "entity": eid, "relation": relation, "answer": value_name(kg, value, lang),
                                     "group": kg.meta.get(eid, {}).get("group")})
     return out
+
+
+COPY_PROMPTS = {"en": ["Repeat exactly: {s}", "Copy this: {s}", "Say it back: {s}"],
+                "zh": ["原样重复：{s}", "照抄：{s}", "请复述：{s}"]}
+
+
+def copy_chat_examples(kg: KnowledgeGraph, n: int, seed: int, people: list[str] | None = None) -> list[dict]:
+    """Chat turns whose answer is a verbatim copy of a string in the question: names (of the graph's people,
+    fictional ones included), numbers, arithmetic expressions and city names. Mixed into SFT, they keep the
+    copy mechanism (``copying.py``) in use in the chat format, where the RAG and tool answers need it.
+    ``people``: whose names may appear (default: every person of the graph)."""
+    rng = random.Random(f"copy-chat:{seed}")
+    people = kg.entities_of_type("person") if people is None else list(people)
+    cities = kg.entities_of_type("city")
+    out = []
+    for i in range(n):
+        lang = "en" if i % 2 == 0 else "zh"
+        parts = []
+        for _ in range(rng.randint(2, 6)):
+            kind = rng.random()
+            if kind < 0.35 and people:
+                parts.append(kg.name(rng.choice(people), lang))
+            elif kind < 0.55 and cities:
+                parts.append(kg.name(rng.choice(cities), lang))
+            elif kind < 0.8:
+                parts.append(str(rng.randint(10, 99999)))
+            else:
+                a, b = rng.randint(10, 9999), rng.randint(2, 999)
+                parts.append(f"{a} {rng.choice('+-×')} {b}")
+        text = (", " if lang == "en" else "，").join(parts)
+        prompt = rng.choice(COPY_PROMPTS[lang]).format(s=text)
+        out.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
+                    "task": "copy", "answer": text, "lang": lang, "facts": []})
+    return out

@@ -6,7 +6,7 @@ import torch
 
 from lmstack.apps.copying import CopyConfig, copy_batch, copy_warmup, ordinary_id_range, repeat_loss
 from lmstack.apps.kg import kg_from_world
-from lmstack.apps.synthetic import EXTRA_TRAIN_QUESTIONS, augmented_graph, extra_fact_questions
+from lmstack.apps.synthetic import EXTRA_TRAIN_QUESTIONS, augmented_graph, copy_chat_examples, extra_fact_questions
 from lmstack.apps.worldqa import FACT_QUESTIONS, entity_passages, fact_questions, multihop_questions
 from lmstack.data.world import WorldConfig, build_world
 from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
@@ -52,6 +52,13 @@ def test_fictional_people_are_new_and_answerable_only_from_their_passages():
     extra = {t for by_lang in EXTRA_TRAIN_QUESTIONS.values() for ts in by_lang.values() for t in ts}
     assert extra and not evals & extra
     assert any(_person(big, q) in fictional for q in multihop_questions(big))
+    # copy turns answer with the question's string and name only the people they are allowed to
+    held = [p for p in kg.entities_of_type("person") if kg.meta[p]["group"] == "sft_only"]
+    copies = copy_chat_examples(big, 60, seed=0, people=sorted(fictional))
+    assert all(c["messages"][1]["content"] in c["messages"][0]["content"] for c in copies)
+    text = " ".join(c["messages"][0]["content"] for c in copies)
+    assert not any(big.name(p, lang) in text for p in held for lang in ("en", "zh"))
+    assert any(big.name(p, "en") in text for p in fictional)
 
 
 def _person(kg, q):
