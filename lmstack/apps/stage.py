@@ -46,7 +46,7 @@ class Config:
     dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
     rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
     rag_rerank: bool = False        # RAG retrieves through the reranker (its recall is reported either way)
-    copy: CopyConfig = field(default_factory=CopyConfig)  # copy warm-up before SFT (copying.py); steps=0: off
+    copy: CopyConfig = field(default_factory=CopyConfig)  # copy warm-up before SFT (copying.py); off by default
     steps: int = 300                # SFT steps on RAG + agent data
     batch_size: int = 16
     lr: float = 5e-4
@@ -56,7 +56,7 @@ class Config:
     n_rag_train: int = 1200         # RAG examples (0 = every training question)
     n_multihop_train: int = 600     # multi-hop tool traces (0 = all)
     world_rag_share: float = 0.2    # share of RAG examples about world people (facts the model already knows)
-    n_copy_chat: int = 800          # "repeat exactly: ..." chat examples that keep the copy mechanism in use
+    n_copy_chat: int = 0            # "repeat exactly: ..." chat turns in the SFT mix (800 did not help: notes)
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
     prompt_style: str = "names"     # agent system prompt: names | compact | json
     agent_max_steps: int = 6

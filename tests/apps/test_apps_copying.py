@@ -12,10 +12,17 @@ from lmstack.data.world import WorldConfig, build_world
 from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
 
 
-def test_copy_batch_repeats_the_string_after_bos():
-    x = copy_batch(3, 5, 10, 20, bos_id=1, gen=torch.Generator().manual_seed(0))
-    assert x.shape == (3, 11) and (x[:, 0] == 1).all()
-    assert torch.equal(x[:, 1:6], x[:, 6:]) and ((x[:, 1:] >= 10) & (x[:, 1:] < 20)).all()
+def test_copy_batch_repeats_the_string_at_varying_offsets():
+    x, repeat = copy_batch(64, 6, 10, 20, bos_id=1, gen=torch.Generator().manual_seed(0), max_gap=4)
+    assert x.shape == repeat.shape == (64, 17) and (x[:, 0] == 1).all() and not repeat[:, :4].any()
+    starts = set()
+    for row, mask in zip(x, repeat):
+        size = int(mask.sum())
+        start = int(mask.nonzero()[0])
+        assert 3 <= size <= 6 and torch.equal(row[start:start + size], row[1:1 + size])
+        starts.add(start - 1)
+    assert len(starts) > 3  # the repeat's offset varies: no fixed-distance shortcut
+    assert ((x[:, 1:] >= 10) & (x[:, 1:] < 20)).all()
 
 
 def test_warmup_teaches_a_tiny_model_to_copy():
@@ -26,8 +33,8 @@ def test_warmup_teaches_a_tiny_model_to_copy():
     model = tiny_model(tok.vocab_size, max_seq_len=64)
     before = repeat_loss(model, tok, length=8)
     assert before > 0.8 * math.log(high - low)  # an untrained model cannot copy
-    copy_warmup(model, tok, CopyConfig(steps=150, batch_size=16, length=8, lr=3e-3), progress=False)
-    assert repeat_loss(model, tok, length=8) < 0.3 * before
+    copy_warmup(model, tok, CopyConfig(steps=500, batch_size=32, length=8, lr=3e-3), progress=False)
+    assert repeat_loss(model, tok, length=8) < 0.8 * before  # 2 layers, 500 steps: 6.5 -> ~4.2 nats
 
 
 def test_fictional_people_are_new_and_answerable_only_from_their_passages():
