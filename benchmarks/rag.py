@@ -10,6 +10,12 @@ Part 2 (``--run``): the measurements of ``lmstack.apps.stage.measure`` on the ru
     .venv/bin/python benchmarks/rag.py --quick                      # part 1 on a small world
     .venv/bin/lmstack apps --run runs/speedrun                      # once, after `make run`
     .venv/bin/python benchmarks/rag.py --run runs/speedrun          # both parts, full size
+    .venv/bin/python benchmarks/rag.py --compare-init [--run runs/speedrun]   # part 3: MLM vs decoder init
+
+Part 3 (``--compare-init``, issue 20): the dense retriever initialised from a masked LM vs from the decoder,
+both pretrained from scratch with equal compute on the same tokens, fine-tuned with the same budget, scored
+by recall@1/@5 on the same held-out paraphrased questions (``lmstack.apps.dense_init``). With ``--run`` the
+run's tokenizer, world and training text are used, and the run's own pretrained decoder is a fourth row.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from lmstack.apps.worldqa import entity_passages
 from lmstack.data.world import WorldConfig, build_world
 
 
+def corpus_config(quick: bool) -> WorldConfig:
+    return WorldConfig(n_people=12, n_sft_only_people=4, n_cities=6, n_countries=8, bios_per_person=2,
+                       n_stories=20, n_geo_docs=6, n_quiz_docs=6, n_arith_docs=4, n_parallel_docs=6,
+                       n_sft_train=20, n_sft_eval=10, n_prefs_train=6, n_prefs_eval=4) if quick else WorldConfig()
+
+
 def corpus(quick: bool):
-    cfg = WorldConfig(n_people=12, n_sft_only_people=4, n_cities=6, n_countries=8, bios_per_person=2,
-                      n_stories=20, n_geo_docs=6, n_quiz_docs=6, n_arith_docs=4, n_parallel_docs=6,
-                      n_sft_train=20, n_sft_eval=10, n_prefs_train=6, n_prefs_eval=4) if quick else WorldConfig()
-    w = build_world(cfg, seed=1337)
+    w = build_world(corpus_config(quick), seed=1337)
     kg = kg_from_world(w)
     ids, texts = [], []
     for p in entity_passages(kg):
@@ -108,6 +117,52 @@ def bm25_part(quick: bool) -> tuple[list, dict]:
     return rows, results
 
 
+def init_part(run: Path | None, quick: bool) -> tuple[list, dict]:
+    from lmstack.apps.dense import DenseConfig
+    from lmstack.apps.dense_init import InitCompareConfig, compare_inits, world_retrieval_task
+
+    cfg = InitCompareConfig()
+    if quick:
+        cfg = InitCompareConfig(d_model=64, n_layers=2, pretrain_steps=60, dense=DenseConfig(steps=40, batch_size=16))
+    extra = {}
+    if run is not None:
+        import json
+
+        from lmstack.align import common
+        from lmstack.apps.kg import kg_from_world_json
+
+        tok = common.load_tokenizer(run)
+        kg = kg_from_world_json(run / "data" / "world" / "world.json")
+        with open(run / "data" / "train.jsonl", encoding="utf-8") as f:
+            texts = [json.loads(line)["text"] for line in f]
+        facts = common.read_jsonl(run / "data" / "world" / "facts_eval.jsonl")
+        if not quick:
+            extra["run's pretrained decoder"] = common.load_model(run, "pretrain", "cpu", needed_by="benchmarks/rag.py")
+    else:
+        from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+        w = build_world(corpus_config(quick), seed=1337)
+        kg = kg_from_world(w)
+        texts = [d["text"] for d in w.pretrain_docs()]
+        tok = train_tokenizer(texts, 1024 if quick else 4096, special_tokens=list(SPECIAL_TOKENS), progress=False)
+        facts = w.facts_eval
+    pairs, passages, eval_sets = world_retrieval_task(kg, facts)
+    rows = compare_inits(texts, tok, pairs, passages, eval_sets, cfg, extra, progress=True)
+    results = {}
+    table = []
+    for r in rows:
+        key = r["init"].replace(" ", "_").replace("'", "")
+        cells = [r["init"], r["family"], f"{r['params'] / 1e6:.2f}M",
+                 "-" if r["pretrain_loss"] is None else f"{r['pretrain_loss']:.3f}", f"{r['dense_loss']:.3f}"]
+        for name in eval_sets:
+            cells.append(f"{r[f'{name} recall@1']:.3f} / {r[f'{name} recall@5']:.3f}")
+            results[f"init_{key}_{name}_recall@1"] = f"{r[f'{name} recall@1']:.3f}"
+            results[f"init_{key}_{name}_recall@5"] = f"{r[f'{name} recall@5']:.3f}"
+        table.append(tuple(cells))
+    header = ["init", "family", "params", "pretrain loss", "dense loss"] + [f"{n} r@1 / r@5" for n in eval_sets]
+    return [header] + table, results
+
+
 def run_part(run: Path, quick: bool) -> tuple[str, dict]:
     from lmstack.align import common
     from lmstack.apps.dense import DenseEncoder
@@ -139,6 +194,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a small world; 8 questions per measurement with --run")
     p.add_argument("--run", type=Path, help="a run directory after the apps stage (adds part 2)")
+    p.add_argument("--compare-init", action="store_true", help="part 3 instead of part 2: the dense retriever "
+                   "from a masked LM vs from the decoder (with --run: on that run's tokenizer, world and text)")
     args = p.parse_args()
     rows, results = bm25_part(args.quick)
     print("## BM25: lmstack vs peers on the same tokens\n")
@@ -147,7 +204,16 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(str(c) for c in r) + " |")
-    if args.run:
+    if args.compare_init:
+        table, init_results = init_part(args.run, args.quick)
+        print("\n## Dense retriever initialisation: masked LM vs decoder (equal pretraining compute, same "
+              "fine-tuning)\n")
+        print("| " + " | ".join(table[0]) + " |")
+        print("|" + "---|" * len(table[0]))
+        for r in table[1:]:
+            print("| " + " | ".join(r) + " |")
+        results.update(init_results)
+    elif args.run:
         report, metrics = run_part(args.run, args.quick)
         print(f"\n## {args.run}: retrieval, RAG and agents\n")
         print(report)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 SYSTEM = {"en": "Answer from the passages and cite them as [n]. If they do not contain the answer, say so.",
@@ -119,23 +120,32 @@ class RagPipeline:
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
 
-    def _fit(self, question: str, passages: list[str]) -> list[dict]:
-        limit = getattr(self.model.config, "max_seq_len", None)
+    def _fit(self, question: str, passages: list[str], reserve: int | None = None) -> list[dict]:
+        limit = getattr(self.model.config, "max_seq_len", None) if self.model is not None else None
+        reserve = self.cfg.max_new_tokens if reserve is None else reserve
         while True:
             msgs = rag_messages(question, passages)
             n = len(self.tokenizer.encode_chat(msgs, add_generation_prompt=True)[0])
-            if not limit or n + self.cfg.max_new_tokens <= limit or not passages:
+            if not limit or n + reserve <= limit or not passages:
                 return msgs
             passages.pop()
+
+    def prompt(self, question: str, exclude_docs: Sequence[str] = (), reserve: int | None = None
+               ) -> tuple[list[dict], list]:
+        """The "context + question" chat messages for ``question`` and the hits they quote, in citation order
+        (passages are dropped from the end until the prompt leaves ``reserve`` tokens of the model's context;
+        ``lmstack rag ask`` and ``lmstack serve --rag`` both build their prompts here)."""
+        hits = self.retrieve(question, exclude_docs)
+        passages = [h.text for h in hits]
+        msgs = self._fit(question, passages, reserve)
+        return msgs, hits[:len(passages)]
 
     def ask(self, question: str, exclude_docs: Sequence[str] = ()) -> RagAnswer:
         from lmstack.generate import chat
 
-        hits = self.retrieve(question, exclude_docs)
-        passages = [h.text for h in hits]
-        msgs = self._fit(question, passages)
+        msgs, hits = self.prompt(question, exclude_docs)
         text = chat(self.model, self.tokenizer, [msgs], self.cfg)[0].text.strip()
-        return RagAnswer(question, text, passages, [h.doc_id for h in hits[:len(passages)]])
+        return RagAnswer(question, text, [h.text for h in hits], [h.doc_id for h in hits])
 
     def retrieve(self, question: str, exclude_docs: Sequence[str] = ()) -> list:
         """The top ``k`` chunks (``mode`` search, then the cross-encoder over the top ``rerank_depth`` if set)."""
@@ -149,3 +159,21 @@ class RagPipeline:
         from lmstack.generate import chat
 
         return chat(self.model, self.tokenizer, [[{"role": "user", "content": question}]], self.cfg)[0].text.strip()
+
+
+def load_index(index_dir: str | Path, tokenizer=None, device: str = "cpu"):
+    """A saved DocumentStore with the dense encoder it was built with (when it has one and ``tokenizer`` is
+    given), so that dense and hybrid search work on it."""
+    from lmstack.apps.dense import DenseEncoder
+    from lmstack.apps.store import DocumentStore
+    from lmstack.runs import read_json
+
+    index_dir = Path(index_dir)
+    if not (index_dir / "store.json").exists():
+        raise FileNotFoundError(f"{index_dir}: no store.json (build an index with `lmstack rag build DOCS --out "
+                                f"{index_dir}`, or use a run's apps/index)")
+    meta = read_json(index_dir / "store.json").get("encoder")
+    encoder = None
+    if tokenizer is not None and meta and meta.get("kind") == "dense":
+        encoder = DenseEncoder.load(meta["source"], tokenizer, device)
+    return DocumentStore.load(index_dir, encoder=encoder, tokenizer=tokenizer)

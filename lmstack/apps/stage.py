@@ -22,12 +22,14 @@ from lmstack.align import common
 from lmstack.apps import evaluate as E
 from lmstack.apps.agent import ModelPolicy, ReActAgent
 from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
+from lmstack.apps.copying import CopyConfig, copy_warmup, repeat_loss
 from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
 from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
 from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
+from lmstack.apps.synthetic import augmented_graph, copy_chat_examples, extra_fact_questions
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
 from lmstack.report import markdown_table, table_cell
@@ -44,11 +46,17 @@ class Config:
     dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
     rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
     rag_rerank: bool = False        # RAG retrieves through the reranker (its recall is reported either way)
+    copy: CopyConfig = field(default_factory=CopyConfig)  # copy warm-up before SFT (copying.py); off by default
     steps: int = 300                # SFT steps on RAG + agent data
     batch_size: int = 16
     lr: float = 5e-4
     no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
     n_arith_train: int = 300
+    n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
+    n_rag_train: int = 1200         # RAG examples (0 = every training question)
+    n_multihop_train: int = 600     # multi-hop tool traces (0 = all)
+    world_rag_share: float = 0.2    # share of RAG examples about world people (facts the model already knows)
+    n_copy_chat: int = 0            # "repeat exactly: ..." chat turns in the SFT mix (800 did not help: notes)
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
     prompt_style: str = "names"     # agent system prompt: names | compact | json
     agent_max_steps: int = 6
@@ -77,20 +85,35 @@ def _multihop_person(kg: KnowledgeGraph, q: dict) -> str:
 
 def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_path: Path, seed: int,
                    tokenizer=None, max_len: int = 0) -> tuple[Path, dict]:
+    """RAG, tool-use, extraction and replayed chat examples. Most RAG questions and tool traces are about
+    fictional people (``synthetic.py``), so reading the passage or copying the name into the tool call is the
+    only way to answer them; the held-out people stay out of everything."""
     train_people, _ = _split_people(kg)
     allowed = lambda e: not kg.objects(e, "type") == ["person"] or e in train_people  # noqa: E731
-    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
-    fact_qs = [q for q in fact_questions(kg, "train") if allowed(q["entity"])]
-    rag = rag_sft_examples(fact_qs, passages, lambda q, n: [h.text for h in store.search(q, n)], cfg.k,
+    big = augmented_graph(kg, cfg.n_fictional, seed)
+    fictional = set(big.entities_of_type("person")) - set(kg.entities_of_type("person"))
+    big_store = DocumentStore(StoreConfig())  # BM25 over world + fictional passages: realistic distractors
+    big_store.add_documents([p for p in entity_passages(big) if p["entity"] in fictional or allowed(p["entity"])])
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(big)}
+    world_qs = [q for q in fact_questions(kg, "train") if allowed(q["entity"])]
+    fict_qs = fact_questions(big, "train", entities=fictional) + extra_fact_questions(big, sorted(fictional))
+    n_rag = cfg.n_rag_train or len(world_qs) + len(fict_qs)
+    n_world = min(len(world_qs), round(n_rag * cfg.world_rag_share))
+    rng = random.Random(seed)
+    rag_qs = rng.sample(world_qs, n_world) + rng.sample(fict_qs, min(len(fict_qs), n_rag - n_world))
+    rag = rag_sft_examples(rag_qs, passages, lambda q, n: [h.text for h in big_store.search(q, n)], cfg.k,
                            cfg.no_answer_rate, seed)
-    tools = agent_tools(kg, store)
-    multihop = [dict(q) for q in multihop_questions(kg) if _multihop_person(kg, q) in train_people]
+    tools = agent_tools(big, big_store)
+    keep = train_people | fictional
+    multihop = [dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep]
+    if cfg.n_multihop_train and len(multihop) > cfg.n_multihop_train:
+        multihop = rng.sample(multihop, cfg.n_multihop_train)
     # one-hop facts: half answered with a KG lookup, half by searching the documents
-    sample = random.Random(seed).sample(fact_qs, min(len(fact_qs), 300))
+    sample = rng.sample(world_qs + fict_qs, min(len(world_qs + fict_qs), 300))
     facts = [dict(q, kind="fact" if i % 2 else "fact_search") for i, q in enumerate(sample)]
     items = arithmetic_questions(cfg.n_arith_train, seed=seed) + multihop + facts
     count = (lambda m: len(tokenizer.encode_chat(m)[0])) if tokenizer is not None else None  # noqa: E731
-    agent = agent_sft_examples(items, tools, kg, cfg.prompt_style, cfg.agent_max_steps, count, max_len)
+    agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:
@@ -98,12 +121,13 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
         n = min(len(rows), int(cfg.replay_fraction * (len(rag) + len(agent))))
         replay = random.Random(seed).sample(rows, n)
     extract = extraction_sft_examples(kg, [p for p in entity_passages(kg) if allowed(p["entity"])])
-    data = rag + agent + extract + replay
+    copies = copy_chat_examples(big, cfg.n_copy_chat, seed, sorted(keep))
+    data = rag + agent + extract + replay + copies
     random.Random(seed).shuffle(data)
     path = run_path / "apps" / "sft_train.jsonl"
     atomic_write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data))
     return path, {"rag_examples": len(rag), "agent_examples": len(agent), "extraction_examples": len(extract),
-                  "replay_examples": len(replay)}
+                  "replay_examples": len(replay), "copy_examples": len(copies), "fictional_people": len(fictional)}
 
 
 def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> dict[str, list]:
@@ -155,6 +179,11 @@ def run(ctx, cfg: Config):
 
     # ------------------------------------------------------------ fine-tuning
     model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="apps")
+    copy_stats = {"repeat_loss_before": round(repeat_loss(model, tokenizer), 3)}
+    if cfg.copy.steps > 0:
+        copy_warmup(model, tokenizer, cfg.copy)
+        copy_stats["repeat_loss_after_warmup"] = round(repeat_loss(model, tokenizer), 3)
+    ctx.log(f"copying (loss on a repeated random string, nats): {copy_stats}")
     sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed, tokenizer, model.config.max_seq_len)
     ctx.log(f"SFT data: {data_stats}")
     sft_cfg = SftConfig(init_from=cfg.init_from, steps=cfg.steps, batch_size=cfg.batch_size,
@@ -167,7 +196,8 @@ def run(ctx, cfg: Config):
 
     # ------------------------------------------------------------ measurements
     metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path, reranker)
-    metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats)
+    copy_stats["repeat_loss_after_sft"] = round(repeat_loss(model, tokenizer), 3)
+    metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats, **copy_stats)
     if encoder is not None:
         metrics["dense_final_loss"] = round(sum(dense_history[-10:]) / len(dense_history[-10:]), 4)
     return StageResult(metrics=metrics, report=report, artifacts={

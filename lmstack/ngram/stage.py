@@ -37,6 +37,9 @@ class Config:
     num_samples: int = 3
     sample_max_tokens: int = 60
     chunk_tokens: int = 4_000_000       # counting streams the shard in chunks of this many tokens
+    # > 0: also train the neural baselines (lmstack.eval.baselines: FFNN, LSTM, transformer, GLA) with the
+    # compute of this many transformer steps and add the equal-compute baseline table to the report
+    baselines_reference_steps: int = 0
 
     def __post_init__(self):
         if not self.orders or any(o < 1 or o > 10 for o in self.orders):
@@ -191,7 +194,31 @@ def run(ctx, cfg: Config):
                    "| source | docs | tokens | bytes | bits/byte |\n|---|---:|---:|---:|---:|\n" +
                    "".join(f"| {k} | {v['docs']} | {v['tokens']:,} | {v['bytes']:,} | {v['bpb']:.4f} |\n"
                            for k, v in per_source.items()))
+    if cfg.baselines_reference_steps > 0:
+        report += _baseline_section(ctx, cfg, train, val, val_bytes, bos, int(meta["vocab_size"]), rows, metrics)
     return StageResult(metrics=metrics, artifacts=artifacts, report=report)
+
+
+def _baseline_section(ctx, cfg, train, val, val_bytes, bos, vocab_size, rows, metrics) -> str:
+    """The equal-compute baseline table: this stage's best modified Kneser-Ney row, then the neural families
+    trained on the same train shard and scored on the same validation tokens."""
+    from lmstack.eval.baselines import BaselineRow, baseline_table, format_table
+
+    mkn = [r for r in rows if r["method"] == "modified_kneser_ney" and math.isfinite(r["val_bpb"])]
+    table = []
+    if mkn:
+        b = min(mkn, key=lambda r: r["val_bpb"])
+        table.append(BaselineRow(f"{b['order']}-gram MKN", 0, int(len(train)), 0.0, b["val_bpb"], None, None))
+    table += baseline_table(np.asarray(train), np.asarray(val), vocab_size=vocab_size, bos_id=bos,
+                            bytes_per_token=val_bytes / len(val), families=("ffnn", "lstm", "transformer", "gla"),
+                            reference_steps=cfg.baselines_reference_steps, max_val_tokens=len(val),
+                            seed=ctx.seed, log=ctx.log)
+    for r in table:
+        metrics[f"baseline_bpb_{r.name.split()[0].replace('-', '_')}"] = round(r.val_bpb, 4)
+    return ("\n**Baselines at equal compute** (issue 20; every neural row trains for the FLOPs of "
+            f"{cfg.baselines_reference_steps} transformer steps of 16x128 tokens on this train shard, scored on the "
+            "same validation tokens; the n-gram row is this stage's best modified Kneser-Ney, its n-gram count "
+            "is not reported here; timings are only comparable on an idle machine):\n\n" + format_table(table) + "\n")
 
 
 def _plot(ctx, rows, cfg) -> str | None:

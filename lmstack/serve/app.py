@@ -42,6 +42,7 @@ class ServerState:
     guardrails: Guardrails = field(default_factory=Guardrails)
     limits: Limits = field(default_factory=Limits)
     api_key: Optional[str] = None
+    rag: Any = None  # a lmstack.apps.rag.RagPipeline over the --rag index: requests may answer from it
     in_flight: int = 0
     started: float = field(default_factory=time.time)
 
@@ -277,6 +278,8 @@ def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[i
             msgs = [{"role": m["role"], "content": guard.check_request(m["content"], f"messages[{i}].content")}
                     for i, m in enumerate(req.prompts[0])]
             prefix = forced_tool_prefix(req.tool_choice) if req.tools else ""
+            if req.rag or (req.rag is None and state.rag is not None):
+                msgs = rag_prompt(state, req, msgs)
             ids = chat_prompt_ids(tok, with_tools(msgs, req.tools if req.tool_choice != "none" else []))
             if prefix:
                 ids = ids + list(tok.encode(prefix))
@@ -299,6 +302,22 @@ def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[i
         return out, reviews, [""] * len(out)
     except PIIRefused as e:
         raise APIError(400, str(e), "messages" if req.kind == "chat" else "prompt", "pii_detected") from None
+
+
+def rag_prompt(state: ServerState, req: ParsedRequest, msgs: list[dict]) -> list[dict]:
+    """The `lmstack rag ask` prompt for the last user turn (retrieved passages, numbered for [n] citations);
+    the passages it quotes go to ``req.citations``. Earlier turns are left out: the model learned RAG on
+    single questions, and its context holds little more than the passages."""
+    if state.rag is None:
+        raise APIError(400, "'rag': true needs a server started with --rag INDEX_DIR", "rag", "invalid_value")
+    question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), None)
+    if not question:
+        raise APIError(400, "'rag' needs a user message to retrieve for", "messages", "invalid_value")
+    max_len = state.engine.scheduler.max_len or 0
+    reserve = min(req.cfg.max_new_tokens, max_len // 4) if max_len else req.cfg.max_new_tokens
+    rag_msgs, hits = state.rag.prompt(question, reserve=reserve)
+    req.citations = [{"index": i, "doc_id": h.doc_id, "text": h.text} for i, h in enumerate(hits, start=1)]
+    return rag_msgs
 
 
 @dataclass
@@ -396,8 +415,9 @@ async def full_response(state: ServerState, req: ParsedRequest, job: Job, review
                 msg["tool_calls"] = c.tool_calls
             out.append({"index": c.index, "message": msg, "finish_reason": c.finish,
                         "logprobs": {"content": _chat_logprobs(tok, c.logprobs)} if req.logprobs else None})
-        return {"id": job.id, "object": "chat.completion", "created": job.created, "model": state.model_name,
+        body = {"id": job.id, "object": "chat.completion", "created": job.created, "model": state.model_name,
                 "choices": out, "usage": usage(job)}
+        return dict(body, citations=req.citations) if req.citations is not None else body
     out = []
     for c in ordered:
         echo = job.echo_texts[c.index // n_per_prompt]
@@ -437,6 +457,8 @@ async def stream_response(state: ServerState, req: ParsedRequest, job: Job, revi
             c = {"index": index, "text": text, "finish_reason": finish,
                  "logprobs": _completion_logprobs(tok, entries) if entries else None}
         body = dict(head, choices=[c])
+        if req.citations is not None and delta and delta.get("role"):
+            body["citations"] = req.citations  # the first chunk names the passages the answer cites
         if req.include_usage:
             body["usage"] = None
         return _sse(body)

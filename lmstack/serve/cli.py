@@ -34,7 +34,8 @@ def capacity_report(sched: Scheduler, typical_tokens: int) -> str:
 
 def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", model_name: Optional[str] = None,
                 sched_cfg: Optional[SchedulerConfig] = None, limits: Optional[Limits] = None, pii: str = "mask",
-                review: bool = True, review_threshold: Optional[float] = None, api_key: Optional[str] = None):
+                review: bool = True, review_threshold: Optional[float] = None, api_key: Optional[str] = None,
+                rag_index: Optional[str] = None, rag_k: int = 3, rag_mode: str = "auto"):
     """Load a run or checkpoint and build the ServerState the app serves (also used by tests)."""
     from lmstack.generate.cli import resolve_checkpoint
     from lmstack.model import load_pretrained
@@ -57,7 +58,18 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
     guard = Guardrails(pii=pii, reviewer=reviewer)
     sched = Scheduler(model, tokenizer, sched_cfg or SchedulerConfig())
     name = model_name or Path(path).resolve().name
-    return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key), ckpt
+    rag = rag_pipeline(rag_index, model, tokenizer, rag_k, rag_mode, device) if rag_index else None
+    return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag), ckpt
+
+
+def rag_pipeline(index_dir: str, model, tokenizer, k: int = 3, mode: str = "auto", device: str = "cpu"):
+    """The retrieval half of `lmstack rag ask` over INDEX_DIR, for chat requests to answer from."""
+    from lmstack.apps.rag import RagPipeline, load_index
+
+    store = load_index(index_dir, tokenizer, device)
+    if mode == "auto":
+        mode = "hybrid" if store.index is not None else "bm25"
+    return RagPipeline(store, model, tokenizer, k=k, mode=mode)
 
 
 def main(argv: list[str]) -> int:
@@ -88,6 +100,13 @@ def main(argv: list[str]) -> int:
     g.add_argument("--max-n", type=int, default=8)
     g.add_argument("--max-concurrent", type=int, default=64, help="requests in flight; more get 429")
     g.add_argument("--max-request-bytes", type=int, default=1 << 20)
+    g = p.add_argument_group("retrieval-augmented answers")
+    g.add_argument("--rag", metavar="INDEX_DIR", help="answer chat requests from this index (lmstack rag build, or "
+                   "RUN/apps/index): passages for the last user turn, cited as [n]; a request sends \"rag\": false "
+                   "to opt out")
+    g.add_argument("--rag-k", type=int, default=3, help="passages per prompt")
+    g.add_argument("--rag-mode", choices=["auto", "bm25", "dense", "hybrid"], default="auto",
+                   help="auto = hybrid when the index has dense vectors, else bm25")
     args = p.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -108,7 +127,8 @@ def main(argv: list[str]) -> int:
         state, ckpt = build_state(args.path, stage=args.stage, device=args.device, model_name=args.model_name,
                                   sched_cfg=sched_cfg, limits=limits, pii=args.pii, review=not args.no_review,
                                   review_threshold=args.review_threshold,
-                                  api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+                                  api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                                  rag_index=args.rag, rag_k=args.rag_k, rag_mode=args.rag_mode)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"lmstack serve: {e}", file=sys.stderr)
         return 2
@@ -123,6 +143,8 @@ def main(argv: list[str]) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and state.api_key is None:
         print(f"warning: listening on {args.host} without an API key; anyone who can reach it may use it "
               f"(--api-key or {API_KEY_ENV})", file=sys.stderr)
+    if state.rag is not None:
+        print(f"RAG: {args.rag} ({len(state.rag.store.chunks)} chunks, {state.rag.mode}, k={state.rag.k})", file=sys.stderr)
     print(f"web chat: http://{args.host}:{args.port}/   API: http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
     return 0

@@ -54,6 +54,8 @@ class ParsedRequest:
     tool_choice: Any = "auto"
     echo: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
+    rag: Optional[bool] = None  # lmstack extra: answer from the server's --rag index (None: the server's default)
+    citations: Optional[list] = None  # set when the prompt was built from retrieved passages
 
 
 def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool = False):
@@ -262,8 +264,11 @@ def parse_request(body: Any, kind: str, model_names: set[str], limits: Limits) -
         raise APIError(400, "'stream_options' must be an object", "stream_options", "invalid_type")
     echo = _bool(body, "echo", False)
     _unsupported(body)
+    rag = None if body.get("rag") is None else _bool(body, "rag", False)
+    if rag and kind != "chat":
+        raise APIError(400, "'rag' works on /v1/chat/completions only", "rag", "invalid_value")
     return ParsedRequest(kind, prompts, cfg, n=int(n), stream=stream, include_usage=bool(opts.get("include_usage")),
-                         logit_bias=_logit_bias(body),
+                         logit_bias=_logit_bias(body), rag=rag,
                          logprobs=logprobs, top_logprobs=int(top), tools=tools, tool_choice=tool_choice, echo=echo)
 
 
@@ -388,6 +393,7 @@ def chat_request_schema(limits: Limits) -> dict:
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": limits.max_tokens},
         "tools": {"type": "array", "items": tool},
         "tool_choice": {"anyOf": [{"type": "string", "enum": ["auto", "none", "required"]}, {"type": "object"}]},
+        "rag": {"type": ["boolean", "null"], "description": "lmstack extra: answer from the server's --rag index"},
     })}
 
 

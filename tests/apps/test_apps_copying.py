@@ -1,0 +1,73 @@
+"""Copy warm-up (copying.py) and the fictional people of the apps stage's SFT data (synthetic.py)."""
+
+import math
+
+import torch
+
+from lmstack.apps.copying import CopyConfig, copy_batch, copy_warmup, ordinary_id_range, repeat_loss
+from lmstack.apps.kg import kg_from_world
+from lmstack.apps.synthetic import EXTRA_TRAIN_QUESTIONS, augmented_graph, copy_chat_examples, extra_fact_questions
+from lmstack.apps.worldqa import FACT_QUESTIONS, entity_passages, fact_questions, multihop_questions
+from lmstack.data.world import WorldConfig, build_world
+from test_generate_common import small_tokenizer, tiny_model  # noqa: F401
+
+
+def test_copy_batch_repeats_the_string_at_varying_offsets():
+    x, repeat = copy_batch(64, 6, 10, 20, bos_id=1, gen=torch.Generator().manual_seed(0), max_gap=4)
+    assert x.shape == repeat.shape == (64, 17) and (x[:, 0] == 1).all() and not repeat[:, :4].any()
+    starts = set()
+    for row, mask in zip(x, repeat):
+        size = int(mask.sum())
+        start = int(mask.nonzero()[0])
+        assert 3 <= size <= 6 and torch.equal(row[start:start + size], row[1:1 + size])
+        starts.add(start - 1)
+    assert len(starts) > 3  # the repeat's offset varies: no fixed-distance shortcut
+    assert ((x[:, 1:] >= 10) & (x[:, 1:] < 20)).all()
+
+
+def test_warmup_teaches_a_tiny_model_to_copy():
+    tok = small_tokenizer()
+    low, high = ordinary_id_range(tok)
+    assert not set(tok.special_tokens.values()) & set(range(low, high))
+    torch.manual_seed(0)
+    model = tiny_model(tok.vocab_size, max_seq_len=64)
+    before = repeat_loss(model, tok, length=8)
+    assert before > 0.8 * math.log(high - low)  # an untrained model cannot copy
+    copy_warmup(model, tok, CopyConfig(steps=500, batch_size=32, length=8, lr=3e-3), progress=False)
+    assert repeat_loss(model, tok, length=8) < 0.8 * before  # 2 layers, 500 steps: 6.5 -> ~4.2 nats
+
+
+def test_fictional_people_are_new_and_answerable_only_from_their_passages():
+    w = build_world(WorldConfig(n_people=8, n_sft_only_people=2, n_cities=4, n_countries=4, n_sft_train=6,
+                                n_sft_eval=3, n_prefs_train=2, n_prefs_eval=2, n_stories=2, n_geo_docs=2,
+                                n_quiz_docs=2, n_arith_docs=1, n_parallel_docs=1, bios_per_person=1), seed=5)
+    kg = kg_from_world(w)
+    big = augmented_graph(kg, 30, seed=0)
+    fictional = set(big.entities_of_type("person")) - set(kg.entities_of_type("person"))
+    assert len(fictional) == 30 and all(big.meta[p]["group"] == "fictional" for p in fictional)
+    names = [kg.name(e, lang) for e in kg.entities_of_type("person") for lang in ("en", "zh")]
+    for p in fictional:
+        for lang in ("en", "zh"):
+            new = big.name(p, lang)
+            assert not any(new in old or old in new for old in names)  # no clash with a world name
+            assert big.objects(big.objects(p, "birthplace")[0], "type") == ["city"]  # a real world city
+    # the same renderers and templates work on them; the extra phrasings never equal an EVAL phrasing
+    passages = {(q["entity"], q["lang"]): q["text"] for q in entity_passages(big) if q["entity"] in fictional}
+    qs = fact_questions(big, "train", entities=fictional) + extra_fact_questions(big, sorted(fictional))
+    assert all(q["answer"] in passages[(q["entity"], q["lang"])] for q in qs)
+    evals = {t for by_lang in FACT_QUESTIONS.values() for lang in by_lang.values() for t in lang["eval"]}
+    extra = {t for by_lang in EXTRA_TRAIN_QUESTIONS.values() for ts in by_lang.values() for t in ts}
+    assert extra and not evals & extra
+    assert any(_person(big, q) in fictional for q in multihop_questions(big))
+    # copy turns answer with the question's string and name only the people they are allowed to
+    held = [p for p in kg.entities_of_type("person") if kg.meta[p]["group"] == "sft_only"]
+    copies = copy_chat_examples(big, 60, seed=0, people=sorted(fictional))
+    assert all(c["messages"][1]["content"] in c["messages"][0]["content"] for c in copies)
+    text = " ".join(c["messages"][0]["content"] for c in copies)
+    assert not any(big.name(p, lang) in text for p in held for lang in ("en", "zh"))
+    assert any(big.name(p, "en") in text for p in fictional)
+
+
+def _person(kg, q):
+    first = q["patterns"][0]
+    return first[0] if not first[0].startswith("?") else kg.query([tuple(p) for p in q["patterns"][:2]])[0]["?p"]

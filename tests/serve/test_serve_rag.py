@@ -1,0 +1,92 @@
+"""`lmstack serve --rag INDEX_DIR` through the real `openai` client: the prompt is the one `lmstack rag ask`
+builds (so greedy answers are equal), the response names the cited passages, and a request can opt out."""
+
+import httpx
+import openai
+import pytest
+
+from lmstack.apps.rag import RagPipeline, rag_messages
+from lmstack.apps.store import DocumentStore
+from lmstack.generate import GenerationConfig, chat
+from lmstack.serve.cli import rag_pipeline
+from serve_helpers import LiveServer, make_state, small_tokenizer, tiny_model
+
+DOCS = [{"id": "valmora", "text": "Li Wei was born in Valmora. Valmora is a city by the sea."},
+        {"id": "paris", "text": "Paris is the capital of France."},
+        {"id": "rain", "text": "It rains a lot in the mountains in spring."},
+        {"id": "tea", "text": "Li Wei drinks green tea every morning."}]
+QUESTION = "Where was Li Wei born?"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return small_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(tok.vocab_size, max_seq_len=256)
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    store = DocumentStore()
+    store.add_documents(DOCS)
+    return store.save(tmp_path_factory.mktemp("index") / "index")
+
+
+@pytest.fixture(scope="module")
+def server(model, tok, index_dir):
+    state = make_state(model, tok)
+    state.rag = rag_pipeline(str(index_dir), model, tok, k=2)
+    with LiveServer(state) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_rag_answer_equals_rag_ask_and_cites_the_retrieved_passages(client, server, model, tok):
+    pipe = RagPipeline(server.state.rag.store, model, tok, k=2, mode="bm25", max_new_tokens=16)
+    expected = pipe.ask(QUESTION)
+    assert expected.doc_ids[0] == "valmora"  # BM25 finds the passage that holds the answer
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
+                                       max_tokens=16, temperature=0)
+    assert r.choices[0].message.content.strip() == expected.text
+    cites = r.model_extra["citations"]
+    assert [c["doc_id"] for c in cites] == expected.doc_ids
+    assert [c["index"] for c in cites] == [1, 2] and cites[0]["text"] == expected.passages[0]
+
+
+def test_rag_uses_the_last_user_turn_and_the_rag_template(client, server, model, tok):
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about tea."},
+               {"role": "assistant", "content": "Tea is a drink."}, {"role": "user", "content": QUESTION}]
+    r = client.chat.completions.create(model="tiny", messages=history, max_tokens=12, temperature=0)
+    passages = [c["text"] for c in r.model_extra["citations"]]
+    ref = chat(model, tok, [rag_messages(QUESTION, passages)], GenerationConfig(max_new_tokens=12))[0]
+    assert r.choices[0].message.content == ref.text
+    assert r.usage.prompt_tokens == ref.prompt_tokens
+
+
+def test_rag_false_is_a_plain_chat_and_streaming_sends_the_citations_first(client, model, tok):
+    msgs = [{"role": "user", "content": QUESTION}]
+    plain = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0,
+                                           extra_body={"rag": False})
+    assert plain.choices[0].message.content == chat(model, tok, [msgs], GenerationConfig(max_new_tokens=10))[0].text
+    assert "citations" not in (plain.model_extra or {})
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0,
+                                                 stream=True))
+    assert [c["doc_id"] for c in chunks[0].model_extra["citations"]][0] == "valmora"
+    full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
+
+
+def test_rag_request_without_an_index_is_a_clear_400(model, tok):
+    with LiveServer(make_state(model, tok)) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "rag": True})
+        assert r.status_code == 400 and "--rag INDEX_DIR" in r.json()["error"]["message"]
+        r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "rag": True})
+        assert r.status_code == 400 and "chat/completions only" in r.json()["error"]["message"]
