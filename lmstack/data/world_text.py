@@ -768,3 +768,28 @@ ARITH_QUESTIONS = {
 }
 ARITH_ANSWERS = {"en": ["{a} {op} {b} = {c}.", "The answer is {c}.", "{a} {opw} {b} equals {c}."],
                  "zh": ["{a}{opw_zh}{b}等于{c}。", "答案是{c}。", "{a} {op} {b} = {c}。"]}
+
+
+# --------------------------------------------------------------------------------------------- copying
+
+# Pages whose names and codes are invented per page, so no model can have memorised them: the only way to
+# predict their second mention is to copy the first (the "induction head" behaviour of Olsson et al. 2022,
+# which retrieval-augmented answers and tool results depend on). {x}/{y}: invented names, {p}: an invented
+# place, {c}/{d}: codes.
+COPY_SYLLABLES = ["ka", "lo", "mi", "ru", "te", "van", "sor", "bel", "dri", "nu", "qua", "zel", "pim", "hod",
+                  "ari", "eth", "ul", "gor", "fen", "wyn", "tas", "rio", "bek", "mon", "sil", "dra", "oki", "jun"]
+COPY_TITLES = ["Visitor log", "Notes from the front desk", "Messages", "Station records", "Clerk's notebook"]
+COPY_PARAGRAPHS = [
+    "A traveller named {x} arrived from {p}. The clerk wrote down the name {x} and the ticket code {c}. "
+    "Later {x} asked for the ticket code again, and the clerk read it out: {c}.",
+    "{x} and {y} met at the station in {p}. {y} gave {x} a note with the number {c} on it. "
+    "When {x} lost the note, {y} said the number once more: {c}.",
+    "The package for {x} came from {p} with the label {c}. The porter called out: \"A package for {x}, "
+    "label {c}!\" and {x} signed for it.",
+    "Yesterday {x} moved to {p}. Asked where {x} lives now, a neighbour answered that {x} lives in {p}, "
+    "at house number {d}.",
+    "The password of the day is {c}. A guard named {x} repeated it to {y}: the password is {c}. "
+    "{y} wrote {c} on a card.",
+    "In {p}, the baker {x} sells bread to {y}. Every morning {y} says: \"Good morning, {x}.\" "
+    "And {x} answers: \"Good morning, {y}.\"",
+]

@@ -87,7 +87,7 @@ def world_config(cfg: KnowledgeConfig, condition: str) -> WorldConfig:
         bios_per_person=(cfg.bios_per_person * (2 if bilingual else 1)) if many else 1,
         bio_templates="varied" if many else "fixed", bio_permute=many, bio_full_names=True,
         bilingual_bios=bilingual, quiz_people="sft", n_quiz_docs=cfg.n_quiz_docs if condition == "qa_mixed" else 0,
-        n_stories=0, n_geo_docs=0, n_arith_docs=0, n_arith_drill_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0,
+        n_stories=0, n_geo_docs=0, n_arith_docs=0, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0,
         n_sft_train=0, n_sft_eval=0, n_prefs_train=0, n_prefs_eval=0, n_unknown_people=2, n_unknown_cities=2)
 
 

@@ -125,7 +125,7 @@ def tiny_setup(cfg: OveroptConfig) -> Setup:
     from lmstack.tokenizer import train_tokenizer
 
     world = build_world(WorldConfig(n_people=8, n_sft_only_people=2, n_cities=4, n_stories=4, n_geo_docs=2,
-                                    n_quiz_docs=2, n_arith_docs=2, n_parallel_docs=2, n_sft_train=60, n_sft_eval=40,
+                                    n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=2, n_sft_train=60, n_sft_eval=40,
                                     n_prefs_train=60, n_prefs_eval=20), cfg.seed)
     texts = [d["text"] for d in world.pretrain_docs()] + [m["content"] for ex in world.sft_train for m in ex["messages"]]
     tok = train_tokenizer(texts, 320, progress=False)

@@ -77,7 +77,7 @@ def build_data(cfg: ScalingConfig):
 
     geo, quiz, arith, parallel = cfg.world_other_docs
     world = build_world(WorldConfig(n_people=cfg.world_people, n_cities=24, n_stories=cfg.world_stories,
-                                    n_geo_docs=geo, n_quiz_docs=quiz, n_arith_docs=arith, n_parallel_docs=parallel,
+                                    n_geo_docs=geo, n_quiz_docs=quiz, n_arith_docs=arith, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=parallel,
                                     n_sft_train=0, n_sft_eval=0, n_prefs_train=0, n_prefs_eval=0), cfg.seed)
     docs = [d["text"] for d in world.pretrain_docs()]
     random.Random(cfg.seed).shuffle(docs)

@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("reason_run")
     world = build_world(WorldConfig(n_people=6, n_sft_only_people=2, n_cities=3, n_countries=4, bios_per_person=2,
-                                    n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_parallel_docs=4,
+                                    n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=4,
                                     n_sft_train=60, n_sft_eval=24, n_prefs_train=30, n_prefs_eval=10,
                                     n_unknown_people=4, n_unknown_cities=2), seed=0)
     world.write(root / "data" / "world")

@@ -31,7 +31,7 @@ def test_kg_build_query_ask(tmp_path, capsys):
     run = tmp_path / "run"
     w = build_world(WorldConfig(n_people=12, n_sft_only_people=2, n_cities=4, n_countries=4, n_sft_train=10,
                                 n_sft_eval=5, n_prefs_train=4, n_prefs_eval=2, n_stories=2, n_geo_docs=2,
-                                n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0, n_parallel_docs=2, bios_per_person=1), seed=4)
+                                n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=2, bios_per_person=1), seed=4)
     w.write(run / "data" / "world")
     assert main(["kg", "build", "--run", str(run)]) == 0
     assert (run / "apps" / "kg.json").exists()

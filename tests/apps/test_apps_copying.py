@@ -40,7 +40,7 @@ def test_warmup_teaches_a_tiny_model_to_copy():
 def test_fictional_people_are_new_and_answerable_only_from_their_passages():
     w = build_world(WorldConfig(n_people=8, n_sft_only_people=2, n_cities=4, n_countries=4, n_sft_train=6,
                                 n_sft_eval=3, n_prefs_train=2, n_prefs_eval=2, n_stories=2, n_geo_docs=2,
-                                n_quiz_docs=2, n_arith_docs=1, n_parallel_docs=1, bios_per_person=1), seed=5)
+                                n_quiz_docs=2, n_arith_docs=1, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=1, bios_per_person=1), seed=5)
     kg = kg_from_world(w)
     big = augmented_graph(kg, 30, seed=0)
     fictional = set(big.entities_of_type("person")) - set(kg.entities_of_type("person"))

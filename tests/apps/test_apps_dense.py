@@ -40,7 +40,7 @@ def test_info_nce_by_hand():
 def test_dpr_training_improves_retrieval_and_roundtrips(tok, tmp_path):
     kg = kg_from_world(build_world(WorldConfig(n_people=8, n_sft_only_people=0, n_cities=4, n_countries=4,
                                                n_sft_train=0, n_sft_eval=0, n_prefs_train=0, n_prefs_eval=0,
-                                               n_stories=1, n_geo_docs=1, n_quiz_docs=1, n_arith_docs=1, n_arith_drill_docs=0,
+                                               n_stories=1, n_geo_docs=1, n_quiz_docs=1, n_arith_docs=1, n_arith_drill_docs=0, n_copy_docs=0,
                                                n_parallel_docs=1, bios_per_person=1), seed=2))
     passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg, ["en"])
                 if p["entity"].startswith("p")}
@@ -86,7 +86,7 @@ def test_cross_encoder_reranker_fits_its_training_lists_and_roundtrips(tok, tmp_
 
     kg = kg_from_world(build_world(WorldConfig(n_people=6, n_sft_only_people=0, n_cities=3, n_countries=3,
                                                n_sft_train=0, n_sft_eval=0, n_prefs_train=0, n_prefs_eval=0,
-                                               n_stories=1, n_geo_docs=1, n_quiz_docs=1, n_arith_docs=1, n_arith_drill_docs=0,
+                                               n_stories=1, n_geo_docs=1, n_quiz_docs=1, n_arith_docs=1, n_arith_drill_docs=0, n_copy_docs=0,
                                                n_parallel_docs=1, bios_per_person=1), seed=4))
     passages = {p["entity"]: p["text"] for p in entity_passages(kg, ["en"]) if p["entity"].startswith("p")}
     qs = [q for q in fact_questions(kg, "train", ["en"]) if q["entity"] in passages][::8][:3]

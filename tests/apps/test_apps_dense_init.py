@@ -21,7 +21,7 @@ TOY = InitCompareConfig(d_model=32, n_layers=1, n_heads=2, seq_len=32, pretrain_
 def world():
     return build_world(WorldConfig(n_people=8, n_sft_only_people=2, n_cities=3, n_countries=3, n_sft_train=6,
                                    n_sft_eval=3, n_prefs_train=2, n_prefs_eval=2, n_stories=2, n_geo_docs=2,
-                                   n_quiz_docs=2, n_arith_docs=1, n_parallel_docs=1, bios_per_person=1), seed=3)
+                                   n_quiz_docs=2, n_arith_docs=1, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=1, bios_per_person=1), seed=3)
 
 
 @pytest.fixture(scope="module")

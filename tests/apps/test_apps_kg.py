@@ -14,7 +14,7 @@ NS = "http://lmstack.local/"
 def world():
     return build_world(WorldConfig(n_people=30, n_sft_only_people=6, n_cities=8, n_countries=8,
                                    n_sft_train=10, n_sft_eval=5, n_prefs_train=4, n_prefs_eval=2,
-                                   n_stories=2, n_geo_docs=2, n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0,
+                                   n_stories=2, n_geo_docs=2, n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0, n_copy_docs=0,
                                    n_parallel_docs=2, bios_per_person=1), seed=11)
 
 

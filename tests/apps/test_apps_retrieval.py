@@ -16,7 +16,7 @@ from lmstack.data.world import WorldConfig, build_world
 @pytest.fixture(scope="module")
 def world_corpus():
     w = build_world(WorldConfig(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=4, bios_per_person=2,
-                                n_stories=6, n_geo_docs=3, n_quiz_docs=3, n_arith_docs=2, n_arith_drill_docs=0, n_parallel_docs=3,
+                                n_stories=6, n_geo_docs=3, n_quiz_docs=3, n_arith_docs=2, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=3,
                                 n_sft_train=10, n_sft_eval=5, n_prefs_train=4, n_prefs_eval=2), seed=3)
     docs = [d["text"] for d in w.pretrain_docs()]
     chunks = [c for d in docs for c in chunk_by_sentences(d, 200, 0)]

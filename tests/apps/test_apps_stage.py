@@ -18,7 +18,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("apps-run")
     w = build_world(WorldConfig(n_people=8, n_sft_only_people=2, n_cities=4, n_countries=4, n_sft_train=20,
                                 n_sft_eval=5, n_prefs_train=4, n_prefs_eval=2, n_stories=2, n_geo_docs=2,
-                                n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0, n_parallel_docs=2, bios_per_person=1), seed=7)
+                                n_quiz_docs=2, n_arith_docs=2, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=2, bios_per_person=1), seed=7)
     w.write(root / "data" / "world")
     tok = small_tokenizer()
     tok.save(root / "tokenizer" / "tokenizer.json")

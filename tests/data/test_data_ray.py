@@ -13,7 +13,7 @@ from lmstack.runs import RunDir
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
 SMALL_WORLD = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=6, bios_per_person=4, n_stories=10,
-                   n_geo_docs=5, n_quiz_docs=5, n_arith_docs=10, n_arith_drill_docs=0, n_parallel_docs=10, n_sft_train=30, n_sft_eval=10,
+                   n_geo_docs=5, n_quiz_docs=5, n_arith_docs=10, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=10, n_sft_train=30, n_sft_eval=10,
                    n_prefs_train=20, n_prefs_eval=10, n_unknown_people=4, n_unknown_cities=4)
 
 

@@ -18,7 +18,7 @@ from lmstack.pipeline import StageContext
 from lmstack.runs import RunDir
 
 SMALL_WORLD = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=6, bios_per_person=4, n_stories=10,
-                   n_geo_docs=5, n_quiz_docs=5, n_arith_docs=10, n_arith_drill_docs=5, n_parallel_docs=10, n_sft_train=30, n_sft_eval=10,
+                   n_geo_docs=5, n_quiz_docs=5, n_arith_docs=10, n_arith_drill_docs=5, n_copy_docs=5, n_parallel_docs=10, n_sft_train=30, n_sft_eval=10,
                    n_prefs_train=20, n_prefs_eval=10, n_unknown_people=4, n_unknown_cities=4)
 ARTICLE = ("The old harbour town sits at the mouth of a wide river, and its history is written in the stones of "
            "its streets. Fishermen have lived there for centuries, and they still mend their nets on the quay in "

@@ -21,7 +21,7 @@ from lmstack.eval.answers import answer_matches, first_answer_span, is_idk, is_r
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 TINY = dict(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=4, bios_per_person=4, n_stories=12,
-            n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=0, n_parallel_docs=4, n_sft_train=60, n_sft_eval=30,
+            n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=2, n_copy_docs=2, n_parallel_docs=4, n_sft_train=60, n_sft_eval=30,
             n_prefs_train=30, n_prefs_eval=15, n_unknown_people=4, n_unknown_cities=4)
 
 
@@ -99,7 +99,7 @@ def test_sizes_follow_config(tiny):
     assert Counter(p.group for p in tiny.people) == {"pretrain+sft": 3, "pretrain_only": 3, "sft_only": 2}
     kinds = Counter(d["kind"] for d in tiny.pretrain_docs())
     assert {k: v for k, v in kinds.items() if k not in ("bio", "story")} == {
-        "geo": cfg.n_geo_docs, "quiz": cfg.n_quiz_docs, "arith": cfg.n_arith_docs + cfg.n_arith_drill_docs,
+        "geo": cfg.n_geo_docs, "quiz": cfg.n_quiz_docs, "arith": cfg.n_arith_docs + cfg.n_arith_drill_docs, "copy": cfg.n_copy_docs,
             "parallel": cfg.n_parallel_docs}
     by_kind = tiny.stats()["docs_by_kind"]
     assert by_kind["bio"]["items"] == cfg.n_people * cfg.bios_per_person  # one paragraph per person and round
@@ -482,7 +482,7 @@ def test_config_without_sft_people_is_rejected_or_empty():
 
 
 def test_biography_switches():
-    base = dict(TINY, n_stories=0, n_geo_docs=0, n_arith_docs=0, n_arith_drill_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0)
+    base = dict(TINY, n_stories=0, n_geo_docs=0, n_arith_docs=0, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=0, phone_in_bio_prob=0.0)
     full = build_world(WorldConfig(**base, bio_full_names=True), seed=7)
     pron = build_world(WorldConfig(**base), seed=7)
     for w, every_sentence in ((full, True), (pron, False)):

@@ -16,7 +16,7 @@ from lmstack.data.world.verifier import WorldVerifier
 @pytest.fixture(scope="module")
 def world():
     w = build_world(WorldConfig(n_people=6, n_sft_only_people=2, n_cities=4, n_countries=4, bios_per_person=2,
-                                n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_parallel_docs=4,
+                                n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=4,
                                 n_sft_train=20, n_sft_eval=10, n_prefs_train=10, n_prefs_eval=5,
                                 n_unknown_people=4, n_unknown_cities=2), seed=0)
     return w.to_json()

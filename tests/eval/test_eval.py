@@ -77,7 +77,7 @@ def test_validation_groups_split_world_prose_qa_and_code(tmp_path):
     from lmstack.eval.bpb import validation_groups
 
     world = build_world(WorldConfig(n_people=4, n_sft_only_people=1, n_cities=3, n_countries=3, bios_per_person=2,
-                                    n_stories=2, n_geo_docs=1, n_quiz_docs=2, n_arith_docs=1, n_arith_drill_docs=0, n_parallel_docs=1,
+                                    n_stories=2, n_geo_docs=1, n_quiz_docs=2, n_arith_docs=1, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=1,
                                     n_sft_train=4, n_sft_eval=4, n_prefs_train=3, n_prefs_eval=3,
                                     n_unknown_people=2, n_unknown_cities=2), seed=3)
     world.write(tmp_path / "data" / "world")

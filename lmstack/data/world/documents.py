@@ -218,6 +218,7 @@ def make_pretrain_docs(w: World) -> None:
         docs.append({"text": rng.choice(T.ARITH_TITLES[lang]) + "\n" + joiner[lang].join(lines),
                      "lang": lang, "kind": "arith"})
     docs += _arith_drills(w, rng, pretrain_people)
+    docs += _copy_pages(w, rng)
 
     # Parallel sentences: distinct pairs, one format per line (a format repeated on every line is boilerplate).
     for _ in range(cfg.n_parallel_docs):
@@ -236,6 +237,26 @@ def make_pretrain_docs(w: World) -> None:
 
     rng.shuffle(docs)
     w.docs = [{"text": d["text"], "source": "world", "lang": d["lang"], "kind": d["kind"]} for d in docs]
+
+
+def _invented_word(rng: random.Random) -> str:
+    return "".join(rng.choice(T.COPY_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def _copy_pages(w: World, rng: random.Random) -> list[dict]:
+    """Pages of invented names, places and codes, each stated and then repeated (see T.COPY_PARAGRAPHS)."""
+    docs = []
+    for _ in range(w.config.n_copy_docs):
+        picker = _Picker(rng)
+        paragraphs = []
+        for _ in range(rng.randint(3, 4)):
+            fields = dict(x=f"{_invented_word(rng)} {_invented_word(rng)}", y=f"{_invented_word(rng)} {_invented_word(rng)}",
+                          p=_invented_word(rng), c=f"{rng.randint(100, 99999)}", d=f"{rng.randint(2, 999)}")
+            paragraphs.append(picker.pick("copy", T.COPY_PARAGRAPHS).format(**fields))
+        w.doc_items["copy"] += len(paragraphs)
+        docs.append({"text": rng.choice(T.COPY_TITLES) + "\n\n" + "\n\n".join(paragraphs), "lang": "en",
+                     "kind": "copy"})
+    return docs
 
 
 def _arith_drills(w: World, rng: random.Random, people: Sequence[Person]) -> list[dict]:

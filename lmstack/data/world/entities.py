@@ -53,6 +53,7 @@ class WorldConfig:
     n_arith_docs: int = 160            # arithmetic written out with answers (word problems, EN and ZH)
     n_arith_drill_docs: int = 400      # pages of two-digit sums and differences stated in words (EN)
     n_parallel_docs: int = 120         # parallel EN/ZH sentences
+    n_copy_docs: int = 300             # pages of invented names and codes, each repeated: learning to copy
     phone_in_bio_prob: float = 0.3     # chance a biography states the phone number (PII in the corpus)
     n_sft_train: int = 3000
     n_sft_eval: int = 300
