@@ -51,8 +51,9 @@ def tensor_parallel_plan(model: nn.Module, tp_size: int, sequence_parallel: bool
     # their input gradients add up as partial sums and are reduced once at this boundary (Megatron's
     # "f" operator) instead of once per projection. With SP the boundary all-gathers the sequence.
     in_layout = Shard(1) if sequence_parallel else Replicate()
-    plan["attn"] = PrepareModuleInput(input_layouts=(in_layout, None, None, None, None),
-                                      desired_input_layouts=(Replicate(), None, None, None, None))
+    # attention takes (x, rope, mask, is_causal, kv_cache, value_embed): only x is a tensor to lay out
+    plan["attn"] = PrepareModuleInput(input_layouts=(in_layout, None, None, None, None, None),
+                                      desired_input_layouts=(Replicate(), None, None, None, None, None))
     plan["ffn"] = PrepareModuleInput(input_layouts=(in_layout,), desired_input_layouts=(Replicate(),))
     if sequence_parallel:
         plan["attn_norm"] = SequenceParallel()   # norms work on sequence shards
@@ -78,8 +79,8 @@ def apply_tensor_parallel(model: nn.Module, mesh, sequence_parallel: bool = Fals
         # the residual stream enters block 0 split along the sequence (a local slice, no traffic)
         # and is all-gathered again before the replicated final norm and output head
         parallelize_module(model.layers[0], mesh, PrepareModuleInput(
-            input_layouts=(Replicate(), None, None, None, None),
-            desired_input_layouts=(Shard(1), None, None, None, None)))
+            input_layouts=(Replicate(), None, None, None, None, None),
+            desired_input_layouts=(Shard(1), None, None, None, None, None)))
         parallelize_module(model.norm, mesh, PrepareModuleInput(
             input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True))
     return model
