@@ -21,6 +21,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
                       "one pretrained model, 4 ways to fine-tune it: which keeps the facts it read in pretraining"),
     "multimodal": ("lmstack.multimodal.cli",
                    "CLIP, image-to-text and speech-to-text on generated data (--set size=tiny|default, seed, projector)"),
+    "recsys": ("lmstack.experiments.recsys", "next-item recommendation: popularity, item-kNN, ALS vs prompt, title SFT, item-ID LM"),
 }
 
 
