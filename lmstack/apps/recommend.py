@@ -167,17 +167,23 @@ def _pad_batch(seqs: Sequence[list[int]], pad: int) -> torch.Tensor:
 @torch.no_grad()
 def score_continuations(model, prefix: list[int], continuations: Sequence[list[int]], batch_size: int = 128,
                         pad_id: int = 0) -> torch.Tensor:
-    """Sum of log p(continuation tokens | prefix) for each continuation (right padding; causal, so the padding
-    after a sequence never affects its own positions)."""
+    """Sum of log p(continuation tokens | prefix) for each continuation. The prefix runs once into a KV cache
+    that is then copied for a batch of continuations (right padding: causal, so a row's padding never
+    affects its own positions)."""
     model.eval()
+    if not prefix or any(not c for c in continuations):
+        raise ValueError("score_continuations: the prefix and every continuation need at least one token")
     scores = []
     for start in range(0, len(continuations), batch_size):
         chunk = continuations[start:start + batch_size]
-        x = _pad_batch([prefix + c for c in chunk], pad_id)
-        logp = F.log_softmax(model(x).logits.float(), dim=-1)
+        width = max(len(c) for c in chunk)
+        cache = model.new_kv_cache(1, len(prefix) + width)
+        first = F.log_softmax(model(torch.tensor([prefix]), kv_cache=cache).logits[0, -1].float(), dim=-1)
+        cache.reorder(torch.zeros(len(chunk), dtype=torch.long))
+        logp = F.log_softmax(model(_pad_batch(chunk, pad_id), kv_cache=cache).logits.float(), dim=-1)
         for row, c in enumerate(chunk):
-            pos = torch.arange(len(prefix) - 1, len(prefix) - 1 + len(c))
-            scores.append(logp[row, pos, torch.tensor(c)].sum())
+            rest = logp[row, torch.arange(len(c) - 1), torch.tensor(c[1:], dtype=torch.long)].sum()
+            scores.append(first[c[0]] + rest)
     return torch.stack(scores)
 
 
