@@ -13,6 +13,10 @@ from lmstack import DATA_DIR
 from lmstack.export.gguf import dequantize_q4_0, dequantize_q8_0, export_gguf, quantize_q4_0, quantize_q8_0
 from lmstack.model import ModelConfig, Transformer
 
+# Slow (run by `make bench`) until it has passed once against a finished llama-cpp-python build: the tolerances
+# for Q8_0 / Q4_0 are reasoned, not yet measured (the build did not finish on the contended machine).
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("gguf", reason="GGUF export needs the gguf package: pip install gguf")
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp from source, 10+ min): "
