@@ -13,10 +13,6 @@ from lmstack import DATA_DIR
 from lmstack.export.gguf import dequantize_q4_0, dequantize_q8_0, export_gguf, quantize_q4_0, quantize_q8_0
 from lmstack.model import ModelConfig, Transformer
 
-# Slow (run by `make bench`) until it has passed once against a finished llama-cpp-python build: the tolerances
-# for Q8_0 / Q4_0 are reasoned, not yet measured (the build did not finish on the contended machine).
-pytestmark = pytest.mark.slow
-
 pytest.importorskip("gguf", reason="GGUF export needs the gguf package: pip install gguf")
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (it builds llama.cpp from source, 10+ min): "
@@ -93,7 +89,9 @@ def _dequantized_copy(model, file_type: str):
     return clone
 
 
-@pytest.mark.parametrize("file_type,tol", [("q8_0", 0.02), ("q4_0", 0.03)])
+# Measured with llama-cpp-python 0.3.36: max |diff| / std = 0.027 (Q8_0) and 0.026 (Q4_0), mean 0.004; the Q4_0
+# rounding itself moves the logits by 0.50 x std, Q8_0's by 0.037.
+@pytest.mark.parametrize("file_type,tol", [("q8_0", 0.05), ("q4_0", 0.05)])
 def test_quantized_files_load_and_match_dequantized_lmstack(model_and_tokenizer, tmp_path, file_type, tol):
     """llama.cpp also quantizes the activations (to Q8 blocks) inside its matmuls, so the match is close, not exact:
     the tolerance is relative to the logits' spread, and the quantization's own effect must be larger."""
@@ -107,6 +105,7 @@ def test_quantized_files_load_and_match_dequantized_lmstack(model_and_tokenizer,
     spread = fp32.std()
     err = (theirs - same_weights).abs().max() / spread
     assert err < tol, f"{file_type}: max |llama.cpp - lmstack(dequantized)| = {err:.4f} x logit std"
+    assert (theirs - same_weights).abs().mean() / spread < 0.01
     assert torch.equal(theirs.argmax(-1), same_weights.argmax(-1))
     if file_type == "q4_0":  # 4 bits move the logits visibly; llama.cpp must follow the dequantized model
-        assert (theirs - fp32).abs().max() / spread > 2 * err
+        assert (theirs - fp32).abs().max() / spread > 5 * err
