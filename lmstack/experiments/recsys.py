@@ -209,7 +209,9 @@ def goal_verdict(metrics: dict, k: int) -> dict:
     key = f"ndcg@{k}"
     ours = metrics["item-ID (description init)"][key]
     best_simple = max(metrics["popularity"][key], metrics["item-kNN"][key])
-    return {"item_id_ndcg": ours, "best_of_popularity_and_knn": best_simple, "met": ours > best_simple}
+    se = metrics["item-ID (description init)"][key + "_se"]
+    return {"item_id_ndcg": ours, "best_of_popularity_and_knn": best_simple, "met": ours > best_simple,
+            "margin": ours - best_simple, "item_id_se": se, "clear": ours - best_simple > se}
 
 
 def save_plot(metrics: dict, k: int, path: Path) -> str:
@@ -246,7 +248,9 @@ def report(result: dict, plot: str, cat: Catalogue) -> str:
              markdown_table(["method", f"Recall@{k}", f"NDCG@{k}"], rows), "",
              f"![recommendation]({plot})", "",
              f"**Goal** (item-ID model beats popularity and item-kNN on NDCG@{k}): {goal['item_id_ndcg']:.3f} "
-             f"against {goal['best_of_popularity_and_knn']:.3f} -> **{verdict}**.", "",
+             f"against {goal['best_of_popularity_and_knn']:.3f} -> **{verdict}**" +
+             ("." if goal["clear"] else f", but by less than one standard error ({goal['item_id_se']:.3f}): "
+              "not a clear win at this size."), "",
              f"Training losses (mean of the last 20 steps): {result['training']}.", "",
              f"Chance level: Recall@{k} ≈ {k / (data['n_items'] - data['mean_history']):.3f} "
              "(k over the unseen items)."]
