@@ -34,7 +34,7 @@ METHODS = ("popularity", "item-kNN", "ALS", "prompt (base LM)", "title SFT", "it
 
 @dataclass
 class RecsysConfig:
-    """Defaults: about 20 min on 2 idle cores (most of it scoring every title for every evaluation user)."""
+    """Default sizes (not yet timed on an idle machine: a run from the speedrun checkpoint took over 21 CPU-minutes)."""
 
     seed: int = 0
     n_items: int = 120
