@@ -11,8 +11,9 @@ SparseGPT (and 2:4). Each row: bits/weight, file size, validation perplexity and
 fp32, fact-QA accuracy (--facts N) and batch-1 decode tok/s. Without --quick the same table is made
 for a ~20M-parameter model trained briefly on tinyshakespeare (--large-steps).
 Part "int8": batch-1 greedy decode tok/s of the int8 weight-only model against fp32 (fast decode step).
-Part "gguf": file sizes per GGUF type; with llama-cpp-python installed, llama.cpp's decode tok/s on the
-same Q8_0 file against lmstack's (the ratio has no goal yet).
+Part "gguf": file sizes per GGUF type; with llama-cpp-python installed (the `llamacpp` extra), decode tok/s of
+llama.cpp and lmstack on the same model: the F32 file against lmstack fp32 and the Q8_0 file against lmstack's
+int8 decode path, as ratios (no goal yet); without it the part says so and skips them.
 Part "distill": a smaller student trained on equal tokens with and without the teacher (logit KD),
 then used as the speculative draft of the teacher: acceptance rate and speed-up.
 Part "qlora": QLoRA adapter trained briefly, merged dequantize -> merge -> re-quantize; perplexity change.
@@ -147,23 +148,49 @@ def part_gguf(model, tok, val, args) -> list[str]:
             import llama_cpp
         except ImportError:
             print("\nllama-cpp-python is not installed: no llama.cpp speed comparison "
-                  "(pip install llama-cpp-python builds llama.cpp from source)")
+                  "(pip install -c constraints.txt -e '.[llamacpp]' builds llama.cpp from source, 10+ min)")
             return lines
         if args.quick:
+            llama_cpp.Llama(model_path=str(paths["q8_0"]), n_ctx=model.config.max_seq_len, verbose=False)
+            print("\n(--quick: llama.cpp loads the Q8_0 file; speed not measured)")
             return lines
-        llm = llama_cpp.Llama(model_path=str(paths["q8_0"]), n_ctx=model.config.max_seq_len, verbose=False)
-        prompt = [tok.bos_id] + list(map(int, val[:31]))
+        lines += llama_cpp_decode_table(llama_cpp, model, tok, paths, [tok.bos_id] + list(map(int, val[:31])))
+    return lines
+
+
+def llama_cpp_tokens_per_second(llm, prompt: list[int], new_tokens: int) -> float:
+    """Greedy batch-1 decoding through llama.cpp, timed like ``decode_tokens_per_second``: prompt + new tokens,
+    after a warm-up run."""
+    for n_new in (4, new_tokens):
+        llm.reset()
         t0 = time.perf_counter()
         n = 0
-        for token in llm.generate(prompt, temp=0.0):
+        for _ in llm.generate(prompt, temp=0.0, reset=True):
             n += 1
-            if n >= 128:
+            if n >= n_new:
                 break
-        theirs = n / (time.perf_counter() - t0)
-        from lmstack.compress.int8 import int8_weight_only
-        ours = decode_tokens_per_second(int8_weight_only(copy.deepcopy(model)), tok, prompt, 128)
-        print(f"\nllama.cpp Q8_0: {theirs:.0f} tok/s; lmstack int8: {ours:.0f} tok/s")
-        lines.append(f"result: lmstack_vs_llama_cpp_decode={ours / theirs:.3f}")
+        seconds = time.perf_counter() - t0
+    return n / max(seconds, 1e-9)
+
+
+def llama_cpp_decode_table(llama_cpp, model, tok, paths: dict, prompt: list[int], new_tokens: int = 128) -> list[str]:
+    """Decode tok/s of lmstack and llama.cpp on the same weights, with the same thread count: the F32 file
+    against lmstack fp32, the Q8_0 file against lmstack's int8 decode path."""
+    from lmstack.compress.int8 import int8_weight_only
+
+    threads = torch.get_num_threads()
+    pairs = (("f32", "F32 / fp32", model), ("q8_0", "Q8_0 / int8", int8_weight_only(copy.deepcopy(model))))
+    print(f"\n## Decode speed: lmstack vs llama.cpp on the same model (batch 1, greedy, {threads} threads, "
+          f"{len(prompt)}-token prompt + {new_tokens} tokens)\n\n| weights | llama.cpp tok/s | lmstack tok/s | lmstack / llama.cpp |"
+          "\n|---|---|---|---|")
+    lines = []
+    for kind, label, ours_model in pairs:
+        llm = llama_cpp.Llama(model_path=str(paths[kind]), n_ctx=model.config.max_seq_len, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+        theirs = max(llama_cpp_tokens_per_second(llm, prompt, new_tokens) for _ in range(3))
+        ours = max(decode_tokens_per_second(ours_model, tok, prompt, new_tokens) for _ in range(3))
+        print(f"| {label} | {theirs:.0f} | {ours:.0f} | {ours / theirs:.3f} |")
+        lines.append(f"result: lmstack_vs_llama_cpp_decode_{kind}={ours / theirs:.3f}")
     return lines
 
 

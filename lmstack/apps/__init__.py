@@ -14,5 +14,6 @@
     rag          "passages + question" prompts with [n] citations, RAG SFT data, RagPipeline
     extraction   triple extraction data and precision / recall against the graph
     memory       conversation memory that summarises and recalls evicted turns
+    recommend    next-item recommendation: Recall/NDCG, popularity, item-kNN, implicit ALS, LM recommenders
     evaluate     the measurements; stage: the ``apps`` pipeline stage; cli: ``lmstack rag | agent | kg``
 """

@@ -33,6 +33,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
                         "full fine-tuning vs LoRA vs QLoRA memory at the Llama-7B shape, counted on the meta device"),
     "multimodal": ("lmstack.multimodal.cli",
                    "CLIP, image-to-text and speech-to-text on generated data (--set size=tiny|default, seed, projector)"),
+    "recsys": ("lmstack.experiments.recsys", "next-item recommendation: popularity, item-kNN, ALS vs prompt, title SFT, item-ID LM"),
 }
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from lmstack import DATA_DIR
 from lmstack.export.gguf import (dequantize_q4_0, dequantize_q8_0, export_gguf, quantize_q4_0, quantize_q8_0,
                                  rope_rows_to_interleaved, tokenizer_fields)
 from lmstack.model import ModelConfig, Transformer
@@ -209,44 +208,6 @@ def test_unsupported_models_are_refused(tmp_path):
     cfg = ModelConfig.preset("gpt2-style", vocab_size=300, d_model=64, n_layers=1, n_heads=4, max_seq_len=32)
     with pytest.raises(NotImplementedError, match="llama-style"):
         export_gguf(Transformer(cfg), _ByteTokenizer(300), tmp_path / "x.gguf")
-
-
-@pytest.mark.slow
-def test_llama_cpp_loads_tokenizes_and_matches_logits(tmp_path):
-    """The real oracle: llama.cpp itself, through llama-cpp-python (a long source build, not in CI).
-    Uses a tokenizer with lmstack's gpt4 split rule and 3-digit groups, which is llama.cpp's
-    "llama-bpe" exactly, so tokenization must agree on English, Chinese and code."""
-    llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed: it builds llama.cpp from source (10+ min); "
-                            "pip install llama-cpp-python to run this parity test")
-    import json
-    from pathlib import Path
-
-    from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
-
-    data = DATA_DIR
-    en = (data / "en" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:40000]
-    zh = [json.loads(line)["text"] for line in (data / "zh" / "poetry.jsonl").read_text(encoding="utf-8").splitlines()[:100]]
-    code = Path(json.__file__).read_text(encoding="utf-8")
-    tok = train_tokenizer([en, *zh, code], 1024, pattern="gpt4", max_digits=3, special_tokens=list(SPECIAL_TOKENS),
-                          progress=False)
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                             max_seq_len=128)
-    model = Transformer(cfg).eval()
-    path = export_gguf(model, tok, tmp_path / "m.gguf", "f32")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False)
-    for text in ("ROMEO: But, soft! what light through yonder window breaks? 1234567 apples.",
-                 "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
-                 "def f(x):\n    return [i ** 2 for i in range(x)]  # squares\n"):
-        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == tok.encode(text), text
-    ids = [tok.bos_id] + tok.encode("ROMEO: But, soft! 床前明月光 def f(x): return 42")
-    llm.reset()
-    llm.eval(ids)
-    theirs = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
-    with torch.no_grad():
-        ours = model(torch.tensor([ids])).logits[0]
-    assert (theirs - ours).abs().max() < 1e-3
 
 
 def test_pre_tokenizer_choice():
