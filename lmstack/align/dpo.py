@@ -29,7 +29,7 @@ class Config:
     init_from: str = "sft"           # policy init and (frozen) reference
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
-    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (data/world/prefs_train_ai.jsonl)
+    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (rlaif/prefs_train_ai.jsonl)
     loss_type: DPOLossType = "sigmoid"  # sigmoid is the DPO loss
     beta: float = 0.1
     label_smoothing: float = 0.0     # conservative DPO / robust DPO noise rate

@@ -85,7 +85,7 @@ class Config:
     init_from: str = "sft"           # backbone checkpoint (InstructGPT starts the RM from the SFT model)
     train_file: str = ""             # "" = data/world/prefs_train.jsonl
     eval_file: str = ""              # "" = data/world/prefs_eval.jsonl
-    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (data/world/prefs_train_ai.jsonl)
+    labels: str = "world"            # "ai" = train on the rlaif stage's judge labels (rlaif/prefs_train_ai.jsonl)
     steps: int = 80
     batch_size: int = 16             # pairs per step
     max_len: int = 0                 # 0 = model max_seq_len

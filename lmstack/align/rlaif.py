@@ -11,7 +11,7 @@ every pair of ``prefs_train.jsonl`` it decides which answer is better, ignoring 
   label is the sign of log p("A") - log p("B") as its next token, averaged over both orders of the
   answers to cancel position bias (Lee et al. 2023, Sec. 2.1).
 
-Writes ``data/world/prefs_train_ai.jsonl`` (the same pairs, chosen/rejected as the judge ordered them,
+Writes ``rlaif/prefs_train_ai.jsonl`` (the same pairs, chosen/rejected as the judge ordered them,
 with the judge's margin) and reports agreement with the world's labels per category. The reward and
 dpo stages train on it with ``labels = "ai"``.
 """
@@ -143,7 +143,7 @@ def agreement_rows(pairs: list[PreferencePair], margins: list[float]) -> list[tu
 
 
 def ai_labels_path(run_path: Path) -> Path:
-    return run_path / "data" / "world" / AI_LABELS_FILE
+    return run_path / "rlaif" / AI_LABELS_FILE  # the rlaif stage's own directory: data/ belongs to the data stage
 
 
 def run(ctx, cfg: Config):

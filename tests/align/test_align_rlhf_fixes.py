@@ -127,7 +127,7 @@ def test_rlaif_stage_labels_pairs_and_reward_trains_on_them(run_dir, method, con
     assert ("without a constitution" in result.report) != constitution
     m = result.metrics
     assert m["pairs"] == 24 and 0.0 <= m["agreement"] <= 1.0
-    path = run_dir / "data" / "world" / rlaif.AI_LABELS_FILE
+    path = rlaif.ai_labels_path(run_dir)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) == 24
     assert sum(r["agrees_with_world"] for r in records) / 24 == pytest.approx(m["agreement"])
