@@ -181,6 +181,8 @@ class DialogBuilder:
                 items.append(makers[task]())
                 made += 1
         rng.shuffle(items)
+        if split == "train":
+            _drop_some_system_prompts(rng, items)
         return items
 
     def _sft_fact_qa(self, rng, split, fact: Fact) -> dict:
@@ -320,6 +322,18 @@ class DialogBuilder:
         return self._pref(rng.choice(T.PHONE_REQUESTS[split][lang]).format(**fields),
                           rng.choice(T.REFUSALS[lang]).format(**fields),
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
+
+
+# Share of training conversations without a system prompt. Users often send none (`lmstack chat`, the
+# server); a model that only ever saw one answered bare questions about half as well (measured on the
+# default run: facts of SFT people 0.32 bare vs 0.65 with a system prompt).
+NO_SYSTEM_SHARE = 0.3
+
+
+def _drop_some_system_prompts(rng: random.Random, items: list[dict]) -> None:
+    for item in items:
+        if item["messages"][0]["role"] == "system" and rng.random() < NO_SYSTEM_SHARE:
+            item["messages"] = item["messages"][1:]
 
 
 # ----------------------------------------------------------------------------------------- facts eval
