@@ -187,36 +187,6 @@ def score_continuations(model, prefix: list[int], continuations: Sequence[list[i
     return torch.stack(scores)
 
 
-def lr_at(step: int, total: int, peak: float) -> float:
-    """Linear warm-up over 5% of the steps, then cosine to 10% of the peak."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
-
-
-def train_loop(model, batches: Iterator, steps: int, peak_lr: float, desc: str, loss_fn=None) -> list[float]:
-    """AdamW with ``lr_at``'s schedule. ``loss_fn(model, x, y)`` defaults to the model's own LM loss."""
-    from tqdm import tqdm
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    losses = []
-    model.train()
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=2.0, disable=None):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, peak_lr)
-        x, y = next(batches)
-        loss = loss_fn(model, x, y) if loss_fn is not None else model(x, targets=y).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
-
-
 def history_prompt(titles: Sequence[str]) -> str:
     """The history as text, shared by the prompt-based and the title fine-tuned recommenders."""
     return "Liked: " + "; ".join(titles) + ". Next:"

@@ -8,7 +8,7 @@ gives them the same pieces, so that only the data differs between conditions:
 - one byte-level BPE per experiment (:func:`train_small_bpe`), trained on a sample of every source;
 - a training stream of exactly ``budget`` tokens built from a list of documents (:func:`fill_budget`), cut into
   non-overlapping windows that are visited once, shuffled or in the given order (:func:`window_stream`);
-- pretraining with the knowledge experiment's loop (``knowledge.train_steps``: AdamW, warmup + cosine), with
+- pretraining with the knowledge experiment's loop (``lmstack.train.simple.train_steps``: AdamW, warmup + cosine), with
   an optional held-out loss curve measured between steps (:func:`pretrain`);
 - measurements: held-out loss per source (:func:`heldout_loss`), exact greedy continuation of prefixes
   (:func:`memorised`) and few-shot fact accuracy (``lmstack.eval.facts``).
@@ -220,7 +220,7 @@ def pretrain(size: RunSize, stream: torch.Tensor, vocab_size: int, seed: int, de
 
     ``ordered`` keeps the stream's order (curriculum runs); ``curve`` is [(step, probe(model))] when
     ``curve_every`` and ``probe`` are given, ending with the trained model."""
-    from lmstack.experiments.knowledge import train_steps
+    from lmstack.train.simple import train_steps
 
     model = new_model(size, vocab_size, seed)
     batches = window_stream(stream, size.seq_len, size.batch_size, None if ordered else seed)

@@ -20,7 +20,6 @@ Every condition trains for the same number of steps, so compute is equal and onl
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 from lmstack.data import world_text as T
 from lmstack.data.world import World, WorldConfig, build_world, qa_prompt
 from lmstack.eval.answers import answer_matches
+from lmstack.train.simple import train_steps
 
 CONDITIONS = ("single", "multi", "bilingual", "qa_mixed")
 # The paper's QA accuracy on the held-out half of the people (its abstract and Section 4; bioS, 100k people,
@@ -110,40 +110,6 @@ def pretrain_stream(tokenizer, docs: list[str]) -> torch.Tensor:
     for text in docs:
         ids += [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
     return torch.tensor(ids, dtype=torch.long)
-
-
-def _lr(step: int, total: int, peak: float) -> float:
-    """Linear warmup, then cosine to 10% of the peak."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
-
-
-def train_steps(model, batches, steps: int, peak_lr: float, desc: str, replay=None) -> list[float]:
-    """AdamW over the trainable parameters; ``replay`` (batches of pretraining windows) adds their LM loss."""
-    from tqdm import tqdm
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    losses = []
-    model.train()
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=2.0, disable=None):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, peak_lr)
-        x, y = next(batches)
-        loss = model(x, targets=y).loss
-        total = loss
-        if replay is not None:
-            rx, ry = next(replay)
-            total = loss + model(rx, targets=ry).loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
 
 
 def window_batches(stream: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):

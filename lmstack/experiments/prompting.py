@@ -134,7 +134,8 @@ def chat_batches(tokenizer, conversations: list[list[dict]], batch_size: int, se
 
 def train_models(cfg: PromptingConfig, world, tokenizer, log) -> list[dict]:
     """Pretrain every size on the world's documents, then SFT a copy on its chat data."""
-    from lmstack.experiments.knowledge import pretrain_stream, train_steps, window_batches
+    from lmstack.experiments.knowledge import pretrain_stream, window_batches
+    from lmstack.train.simple import train_steps
     from lmstack.model import ModelConfig, Transformer
 
     stream = pretrain_stream(tokenizer, [d["text"] for d in world.pretrain_docs()])
@@ -225,7 +226,8 @@ def significant(m: dict, sign: int = 1) -> bool:
 
 def chain_of_thought(cfg: PromptingConfig, model: dict, tokenizer) -> list[dict]:
     """Fine-tune copies of the base model on direct answers and on scratchpads; greedy and voted accuracy."""
-    from lmstack.experiments.knowledge import qa_batches, train_steps
+    from lmstack.experiments.knowledge import qa_batches
+    from lmstack.train.simple import train_steps
     from lmstack.model import Transformer
 
     train, test = arith_split(cfg.cot_train, cfg.cot_eval, cfg.seed)

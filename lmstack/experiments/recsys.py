@@ -27,6 +27,7 @@ import torch
 
 from lmstack.apps import recommend as R
 from lmstack.data.world.catalogue import Catalogue, CatalogueConfig, build_catalogue
+from lmstack.train.simple import train_steps
 
 METHODS = ("popularity", "item-kNN", "ALS", "prompt (base LM)", "title SFT", "item-ID (description init)",
            "item-ID (random init)")
@@ -127,7 +128,7 @@ def base_language_model(cfg: RecsysConfig, cat: Catalogue, log=print):
             block = torch.stack([stream[s:s + seq + 1] for s in starts])
             yield block[:, :-1], block[:, 1:]
 
-    losses = R.train_loop(model, windows(), cfg.pretrain_steps, cfg.pretrain_lr, "catalogue pretrain")
+    losses = train_steps(model, windows(), cfg.pretrain_steps, cfg.pretrain_lr, "catalogue pretrain")
     return tokenizer, model, losses, origin
 
 
@@ -153,7 +154,7 @@ def lm_scores(cfg: RecsysConfig, cat: Catalogue, train, eval_users, log=print) -
     rng = random.Random(f"recsys-sft:{cfg.seed}")
     examples = R.text_examples(train, cfg.history_window)
     batches = R.prompt_and_answer_batches(tokenizer, examples, titles, cfg.batch_size, rng)
-    info["sft_loss"] = _tail(R.train_loop(sft, batches, cfg.sft_steps, cfg.sft_lr, "title SFT"))
+    info["sft_loss"] = _tail(train_steps(sft, batches, cfg.sft_steps, cfg.sft_lr, "title SFT"))
     scores["title SFT"] = R.text_scores(sft, tokenizer, titles, hist, cfg.history_window)
     del sft
 
@@ -164,7 +165,7 @@ def lm_scores(cfg: RecsysConfig, cat: Catalogue, train, eval_users, log=print) -
         rng = random.Random(f"recsys-id:{cfg.seed}")
         torch.manual_seed(cfg.seed)
         batches = R.item_id_batches(tokenizer, first, train, cfg.history_window, cfg.batch_size, rng)
-        losses = R.train_loop(model, batches, cfg.id_steps, cfg.id_lr, f"item-ID ({init})",
+        losses = train_steps(model, batches, cfg.id_steps, cfg.id_lr, f"item-ID ({init})",
                               R.item_loss(first, len(cat.items)))
         info[f"id_loss_{init}"] = _tail(losses)
         scores[f"item-ID ({init} init)"] = R.item_id_scores(model, tokenizer, first, len(cat.items), hist,
