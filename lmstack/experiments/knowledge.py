@@ -176,7 +176,7 @@ def finetune_and_evaluate(cfg: KnowledgeConfig, world: World, model, tokenizer, 
     train_qa = person_qa(world, "pretrain+sft", rng, per_fact=3)
     test_qa = person_qa(world, "pretrain_only", rng, per_fact=1)
     control_qa = person_qa(world, "sft_only", rng, per_fact=1)
-    losses = train_steps(model, qa_batches(tokenizer, train_qa, cfg.batch_size, rng), steps, lr, desc, replay)
+    losses = train_steps(model, qa_batches(tokenizer, train_qa, cfg.batch_size, rng), steps, lr, desc, replay=replay)
     train_probe = rng.sample(train_qa, min(len(train_qa), len(test_qa)))
     acc_train, _ = qa_accuracy(model, tokenizer, train_probe, cfg.max_new_tokens)
     acc_test, test_rows = qa_accuracy(model, tokenizer, test_qa, cfg.max_new_tokens)

@@ -166,7 +166,7 @@ def lm_scores(cfg: RecsysConfig, cat: Catalogue, train, eval_users, log=print) -
         torch.manual_seed(cfg.seed)
         batches = R.item_id_batches(tokenizer, first, train, cfg.history_window, cfg.batch_size, rng)
         losses = train_steps(model, batches, cfg.id_steps, cfg.id_lr, f"item-ID ({init})",
-                              R.item_loss(first, len(cat.items)))
+                             loss_fn=R.item_loss(first, len(cat.items)))
         info[f"id_loss_{init}"] = _tail(losses)
         scores[f"item-ID ({init} init)"] = R.item_id_scores(model, tokenizer, first, len(cat.items), hist,
                                                             cfg.history_window)

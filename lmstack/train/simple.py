@@ -17,7 +17,7 @@ def warmup_cosine_lr(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
 
 
-def train_steps(model, batches: Iterator, steps: int, peak_lr: float, desc: str, replay: Iterator | None = None,
+def train_steps(model, batches: Iterator, steps: int, peak_lr: float, desc: str, *, replay: Iterator | None = None,
                 loss_fn: Callable | None = None) -> list[float]:
     """Train for ``steps`` batches of ``(x, y)``; returns the loss per step. ``loss_fn(model, x, y)`` defaults
     to the model's LM loss; ``replay`` (batches of pretraining windows) adds their LM loss to every step."""
