@@ -54,10 +54,7 @@ def ngram_perplexities(texts: list[str], order: int) -> list[float]:
 
 def prepare(cfg: CurriculumConfig, seed: int) -> dict:
     """The documents of one budget (a seeded sample of the sources), their lengths and n-gram difficulty."""
-    from lmstack.data.world import WorldConfig, build_world
-
-    world = build_world(WorldConfig(), seed) if "world" in cfg.sources else None
-    docs = [d for name in cfg.sources for d in D.load_source(name, cfg.max_chars_per_source, seed, world=world)]
+    _, docs = D.load_sources(cfg.sources, cfg.max_chars_per_source, seed)
     train, held = D.split_heldout(docs, cfg.heldout_fraction, seed)
     tok = D.train_small_bpe([d["text"] for d in train], cfg.vocab_size)
     ids = D.encode_docs(tok, train)

@@ -73,10 +73,7 @@ def noisy_variants(docs: list[dict], seed: int) -> list[dict]:
 
 
 def prepare(cfg: DataQualityConfig, seed: int) -> dict:
-    from lmstack.data.world import WorldConfig, build_world
-
-    world = build_world(WorldConfig(), seed) if "world" in cfg.sources else None
-    raw = [d for name in cfg.sources for d in D.load_source(name, cfg.max_chars_per_source, seed, world=world)]
+    world, raw = D.load_sources(cfg.sources, cfg.max_chars_per_source, seed)
     clean, rejects, reasons = split_by_filters(raw)
     train, held = D.split_heldout(clean, cfg.heldout_fraction, seed)
     noisy = noisy_variants(train, seed) + rejects

@@ -126,6 +126,14 @@ def load_source(name: str, max_chars: int, seed: int = 0, world=None) -> list[di
     return out
 
 
+def load_sources(sources: list[str], max_chars: int, seed: int) -> tuple[object | None, list[dict]]:
+    """The experiment's documents from every named source, and the world they came from (None without it)."""
+    from lmstack.data.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(), seed) if "world" in sources else None
+    return world, [d for name in sources for d in load_source(name, max_chars, seed, world=world)]
+
+
 def split_heldout(docs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, held-out) at the document level, deterministic given ``seed``."""
     order = list(range(len(docs)))

@@ -65,10 +65,7 @@ def perturbed_copy(text: str, rng: random.Random, prob: float) -> str:
 
 
 def prepare(cfg: RepetitionConfig, seed: int) -> dict:
-    from lmstack.data.world import WorldConfig, build_world
-
-    world = build_world(WorldConfig(), seed) if "world" in cfg.sources else None
-    docs = [d for name in cfg.sources for d in D.load_source(name, cfg.max_chars_per_source, seed, world=world)]
+    world, docs = D.load_sources(cfg.sources, cfg.max_chars_per_source, seed)
     train, held = D.split_heldout(docs, cfg.heldout_fraction, seed)
     tok = D.train_small_bpe([d["text"] for d in train], cfg.vocab_size)
     ids = D.encode_docs(tok, train)
