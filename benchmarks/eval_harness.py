@@ -12,7 +12,6 @@ Without a run directory (or with --quick and none) a tiny random model and token
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -57,17 +56,10 @@ def tiny_setup():
 def hf_with_bos(model, tok, directory: Path) -> Path:
     """export_hf plus an HF tokenizer that prepends <|bos|> (lmstack's export adds no post-processor)."""
     from lmstack.model.hf import export_hf
+    from lmstack.tokenizer import add_bos_post_processor
 
     export_hf(model, directory, tokenizer=tok)
-    path = directory / "tokenizer.json"
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    bos = "<|bos|>"
-    bos_id = next(t["id"] for t in doc["added_tokens"] if t["content"] == bos)
-    first = [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
-    doc["post_processor"] = {"type": "TemplateProcessing", "single": first,
-                             "pair": first + [{"Sequence": {"id": "B", "type_id": 1}}],
-                             "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
-    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    add_bos_post_processor(directory)
     return directory
 
 

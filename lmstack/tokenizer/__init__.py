@@ -12,6 +12,6 @@ __all__ = [
     "learn_merges", "train_bpe", "train_tokenizer",
 ]
 
-from lmstack.tokenizer.interop import export_hf, export_tiktoken, load_tiktoken, to_hf_dict  # noqa: E402
+from lmstack.tokenizer.interop import add_bos_post_processor, export_hf, export_tiktoken, load_tiktoken, to_hf_dict  # noqa: E402
 
-__all__ += ["export_hf", "export_tiktoken", "load_tiktoken", "to_hf_dict"]
+__all__ += ["add_bos_post_processor", "export_hf", "export_tiktoken", "load_tiktoken", "to_hf_dict"]

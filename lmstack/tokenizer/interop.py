@@ -105,6 +105,21 @@ def export_hf(tok: Tokenizer, path: str | os.PathLike) -> Path:
     return target
 
 
+def add_bos_post_processor(hf_dir: str | os.PathLike, bos: str = "<|bos|>") -> Path:
+    """Make an exported ``tokenizer.json`` prepend ``bos`` when HF tools ask for special tokens (lmstack models
+    read <|bos|> first; lm-evaluation-harness encodes with ``add_special_tokens``). ``export_hf`` leaves it out
+    so that HF's encodings stay equal to lmstack's ``encode``."""
+    path = Path(hf_dir) / "tokenizer.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    bos_id = next(t["id"] for t in doc["added_tokens"] if t["content"] == bos)
+    first = [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+    doc["post_processor"] = {"type": "TemplateProcessing", "single": first,
+                             "pair": first + [{"Sequence": {"id": "B", "type_id": 1}}],
+                             "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def export_tiktoken(tok: Tokenizer, path: str | os.PathLike) -> None:
     """Write a tiktoken rank file (``base64 rank`` per line) for a byte-level vocabulary."""
     from lmstack.runs import atomic_write_text

@@ -20,7 +20,7 @@ from lmstack.eval.harness import evaluate_task  # noqa: E402
 from lmstack.eval.tasks import load_task_file  # noqa: E402
 from lmstack.model import ModelConfig, Transformer  # noqa: E402
 from lmstack.model.hf import export_hf  # noqa: E402
-from lmstack.tokenizer import train_tokenizer  # noqa: E402
+from lmstack.tokenizer import add_bos_post_processor, train_tokenizer  # noqa: E402
 
 TEXT = ("The king of Valmora rode north. The queen stayed in the city. Bread and wine for the guards. "
         "A storm came over the hills, and the river rose. Who keeps the keys of the tower? ") * 20
@@ -60,22 +60,6 @@ metric_list:
 """
 
 
-def _add_bos_post_processor(hf_dir, bos: str) -> None:
-    """Our exported tokenizer.json adds no special tokens; lmstack models read <|bos|> first, so make
-    the HF tokenizer prepend it when lm-eval asks for add_special_tokens."""
-    path = hf_dir / "tokenizer.json"
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    bos_id = next(t["id"] for t in doc["added_tokens"] if t["content"] == bos)
-    doc["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                 {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-    }
-    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-
-
 def test_multiple_choice_matches_lm_eval(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -91,7 +75,7 @@ def test_multiple_choice_matches_lm_eval(tmp_path, monkeypatch):
     ours = evaluate_task(spec, LocalBackend(model, tok, batch_size=3))
 
     hf_dir = export_hf(model, tmp_path / "hf", tokenizer=tok)
-    _add_bos_post_processor(hf_dir, "<|bos|>")
+    add_bos_post_processor(hf_dir)
     task_dir = tmp_path / "lm_eval_tasks"
     task_dir.mkdir()
     (task_dir / "parity_mc.yaml").write_text(TASK_YAML.format(data=tmp_path / "parity.jsonl"), encoding="utf-8")
