@@ -153,13 +153,14 @@ def init_part(run: Path | None, quick: bool) -> tuple[list, dict]:
     for r in rows:
         key = r["init"].replace(" ", "_").replace("'", "")
         cells = [r["init"], r["family"], f"{r['params'] / 1e6:.2f}M",
-                 "-" if r["pretrain_loss"] is None else f"{r['pretrain_loss']:.3f}", f"{r['dense_loss']:.3f}"]
+                 "-" if r["pretrain_loss"] is None else f"{r['pretrain_loss']:.3f}",
+                 "-" if r["cosine_before"] is None else f"{r['cosine_before']:.3f}", f"{r['dense_loss']:.3f}"]
         for name in eval_sets:
             cells.append(f"{r[f'{name} recall@1']:.3f} / {r[f'{name} recall@5']:.3f}")
             results[f"init_{key}_{name}_recall@1"] = f"{r[f'{name} recall@1']:.3f}"
             results[f"init_{key}_{name}_recall@5"] = f"{r[f'{name} recall@5']:.3f}"
         table.append(tuple(cells))
-    header = ["init", "family", "params", "pretrain loss", "dense loss"] + [f"{n} r@1 / r@5" for n in eval_sets]
+    header = ["init", "family", "params", "pretrain loss", "cosine before fine-tuning", "dense loss"] + [f"{n} r@1 / r@5" for n in eval_sets]
     return [header] + table, results
 
 

@@ -27,7 +27,12 @@ class InitCompareConfig:
     seq_len: int = 128             # pretraining window (and the models' max_seq_len)
     pretrain_steps: int = 600
     pretrain_batch: int = 16
-    pretrain_lr: float = 2e-3
+    pretrain_lr: float = 2e-3      # the decoder's (pre-norm) peak LR
+    # BERT's post-norm encoder collapses at the decoder's LR: at 2e-3 every input got the same pooled vector
+    # (pairwise cosine 1.000, MLM loss stuck at the unigram level) and the retriever trained on it stayed at
+    # chance. Post-LN needs a smaller LR and warm-up (Xiong et al. 2020, "On Layer Normalization in the
+    # Transformer Architecture"); 5e-4 trains (measured: benchmarks/rag.py --compare-init).
+    mlm_pretrain_lr: float = 5e-4
     dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
     seed: int = 0
 
@@ -50,7 +55,8 @@ def pretrain(model, tokens: torch.Tensor, cfg: InitCompareConfig, progress: bool
     if len(tokens) <= cfg.seq_len + 1:
         raise ValueError(f"pretraining needs more than {cfg.seq_len + 1} tokens, got {len(tokens)}")
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0)
+    peak_lr = cfg.mlm_pretrain_lr if model.config.family == "mlm" else cfg.pretrain_lr
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.0)
     model.train()
     history = []
     for step in tqdm(range(cfg.pretrain_steps), desc="pretrain", disable=not progress, leave=False):
@@ -61,11 +67,23 @@ def pretrain(model, tokens: torch.Tensor, cfg: InitCompareConfig, progress: bool
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in opt.param_groups:  # linear warm-up over the first 10% of steps
-            group["lr"] = cfg.pretrain_lr * min(1.0, (step + 1) / max(1, cfg.pretrain_steps // 10))
+            group["lr"] = peak_lr * min(1.0, (step + 1) / max(1, cfg.pretrain_steps // 10))
         opt.step()
         history.append(float(loss.detach()))
     model.eval()
     return history
+
+
+@torch.no_grad()
+def mean_pairwise_cosine(encoder, texts: Sequence[str]) -> float:
+    """Mean cosine between the pooled vectors of distinct texts. Near 1.0 means the encoder has collapsed
+    (every input maps to one direction): contrastive fine-tuning then has no gradient to start from."""
+    if len(texts) < 2:
+        raise ValueError("mean_pairwise_cosine needs at least 2 texts")
+    e = torch.from_numpy(encoder(list(texts)))
+    sims = e @ e.T
+    n = len(texts)
+    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
 
 
 def token_stream(texts: Sequence[str], tokenizer) -> torch.Tensor:
@@ -78,7 +96,9 @@ def token_stream(texts: Sequence[str], tokenizer) -> torch.Tensor:
 def compare_inits(texts: Sequence[str], tokenizer, pairs: Sequence[tuple[str, str]], passages: Sequence[dict],
                   eval_sets: dict[str, list], cfg: InitCompareConfig | None = None, extra_inits: dict | None = None,
                   progress: bool = False) -> list[dict]:
-    """One row per initialisation: {"init", "params", "pretrain_loss", "dense_loss", "<set> recall@1/@5"}.
+    """One row per initialisation: {"init", "params", "pretrain_loss", "cosine_before", "dense_loss",
+    "<set> recall@1/@5"}; ``cosine_before`` is the mean pairwise cosine of passage vectors before fine-tuning
+    (near 1.0: a collapsed encoder).
 
     ``texts``: pretraining text; ``pairs``: (question, passage) fine-tuning pairs; ``passages``: the corpus
     ({"id", "text"}); ``eval_sets``: name -> questions with "question", "entity", "lang" (gold = the entity's
@@ -106,11 +126,13 @@ def compare_inits(texts: Sequence[str], tokenizer, pairs: Sequence[tuple[str, st
                 hist = pretrain(model, tokens, cfg, progress)
                 pre_loss = sum(hist[-10:]) / len(hist[-10:])
         encoder = DenseEncoder(model, tokenizer, dataclasses.replace(cfg.dense, pooling="mean"))
+        spread_texts = [p["text"] for p in passages[:32]]
+        cosine_before = mean_pairwise_cosine(encoder, spread_texts) if len(spread_texts) > 1 else None
         dense_hist = train_dense(encoder, pairs, encoder.cfg, progress=progress)
         store = DocumentStore(encoder=encoder)
         store.add_documents(passages)
         row = {"init": name, "family": model.config.family, "params": sum(p.numel() for p in model.parameters()),
-               "pretrain_loss": pre_loss, "dense_loss": sum(dense_hist[-10:]) / len(dense_hist[-10:])}
+               "pretrain_loss": pre_loss, "cosine_before": cosine_before, "dense_loss": sum(dense_hist[-10:]) / len(dense_hist[-10:])}
         for set_name, questions in eval_sets.items():
             r = retrieval_recall(lambda q, k: store.search(q, k, mode="dense"), questions)
             row[f"{set_name} recall@1"], row[f"{set_name} recall@5"] = r["recall@1"], r["recall@5"]

@@ -1,20 +1,23 @@
 """Masked LM vs decoder as the dense retriever's initialisation (issue 20), at toy size."""
 
+import dataclasses
 import math
+
+import numpy as np
 
 import pytest
 import torch
 
 from lmstack.apps.dense import DenseConfig
-from lmstack.apps.dense_init import (InitCompareConfig, compare_inits, model_configs, pretrain, token_stream,
-                                     world_retrieval_task)
+from lmstack.apps.dense_init import (InitCompareConfig, compare_inits, mean_pairwise_cosine, model_configs, pretrain,
+                                     token_stream, world_retrieval_task)
 from lmstack.apps.kg import kg_from_world
 from lmstack.data.world import WorldConfig, build_world
 from lmstack.model import build_model
 from lmstack.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 TOY = InitCompareConfig(d_model=32, n_layers=1, n_heads=2, seq_len=32, pretrain_steps=30, pretrain_batch=8,
-                        pretrain_lr=1e-2, dense=DenseConfig(steps=6, batch_size=8, max_len=32))
+                        pretrain_lr=1e-2, mlm_pretrain_lr=1e-2, dense=DenseConfig(steps=6, batch_size=8, max_len=32))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,36 @@ def test_compare_inits_rows(tok, texts, world):
     assert [r["init"] for r in rows] == ["random decoder", "decoder", "mlm"]
     assert [r["family"] for r in rows] == ["transformer", "transformer", "mlm"]
     assert rows[0]["pretrain_loss"] is None and rows[1]["pretrain_loss"] and rows[2]["pretrain_loss"]
+    assert all(-1.0 <= r["cosine_before"] <= 1.0 for r in rows)
     for r in rows:
         for name in sets:
             assert 0.0 <= r[f"{name} recall@1"] <= r[f"{name} recall@5"] <= 1.0
         assert math.isfinite(r["dense_loss"])
+
+
+def test_the_masked_lm_pretrains_at_its_own_learning_rate(tok, texts):
+    """Post-LN BERT collapsed at the decoder's LR (issue 20): the MLM has its own, and it is the one used."""
+    cfg = InitCompareConfig(**{**TOY.__dict__, "mlm_pretrain_lr": 0.0})
+    torch.manual_seed(0)
+    mlm = build_model(model_configs(tok.vocab_size, cfg)["mlm"])
+    before = {k: v.clone() for k, v in mlm.state_dict().items()}
+    pretrain(mlm, token_stream(texts, tok), dataclasses.replace(cfg, pretrain_steps=3))
+    assert all(torch.equal(before[k], v) for k, v in mlm.state_dict().items())  # LR 0: nothing moved
+    decoder = build_model(model_configs(tok.vocab_size, cfg)["decoder"])
+    before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    pretrain(decoder, token_stream(texts, tok), dataclasses.replace(cfg, pretrain_steps=3))
+    assert not all(torch.equal(before[k], v) for k, v in decoder.state_dict().items())
+
+
+def test_mean_pairwise_cosine_flags_a_collapsed_encoder():
+    one_direction = lambda texts: np.tile(np.array([[0.6, 0.8, 0.0]], np.float32), (len(texts), 1))
+    assert mean_pairwise_cosine(one_direction, ["a", "b", "c"]) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+
+    def spread(texts):
+        v = rng.standard_normal((len(texts), 64)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    assert abs(mean_pairwise_cosine(spread, [str(i) for i in range(20)])) < 0.1
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_cosine(one_direction, ["a"])
