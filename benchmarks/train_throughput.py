@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--shape", choices=["llama-style", "default-run"], default="llama-style",
+                    help="llama-style: the ~7M preset; default-run: the default recipe's 1.3M pretraining model "
+                         "(d=128, 4 layers, 4/2 heads), where per-op overhead weighs more than at 7M")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd lmstack")
     ap.add_argument("--profile", action="store_true",
                     help="also print where each eager fp32 step spends its time (matmul / attention / other)")
@@ -89,7 +92,12 @@ def main(argv=None) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("llama-style", max_seq_len=args.seq)
+    shape = {}
+    if args.shape == "default-run":
+        from lmstack.train.stage import default_model_table
+
+        shape = {k: v for k, v in default_model_table().items() if k != "preset"}
+    cfg = ModelConfig.preset("llama-style", max_seq_len=args.seq, **shape)
     if args.quick:
         args.batch = min(args.batch, 4)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))

@@ -107,6 +107,20 @@ def persist_compile_cache() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
+def compile_unavailable(device: str) -> str:
+    """Why torch.compile cannot work here ("" when it can): TorchInductor writes C++ for the CPU (it needs a
+    compiler) and Triton kernels for CUDA."""
+    import importlib.util
+    import shutil
+
+    if str(device).startswith("cuda"):
+        return "" if importlib.util.find_spec("triton") else "TorchInductor needs the triton package for CUDA"
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "TorchInductor needs a C++ compiler for CPU kernels (none of $CXX, g++, c++, clang++ is on PATH)"
+    return ""
+
+
 # A thread count is chosen when it is within this factor of the fastest: fewer threads leave
 # cores to the data loader and to other processes, and scale worse on small matrices.
 THREADS_MARGIN = 1.05

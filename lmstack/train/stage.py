@@ -33,7 +33,7 @@ STAGE = "pretrain"
 ModelTable = Annotated[dict[str, Any], OverridesOf(ModelConfig, extra={"preset": Literal[tuple(PRESETS)]})]
 
 
-def _default_model() -> dict[str, Any]:
+def default_model_table() -> dict[str, Any]:
     # vocab_size comes from the tokenizer; max_seq_len from seq_len. Small and fast: on 2 CPU cores
     # more steps over the world's facts beat more parameters.
     return {"preset": "llama-style", "d_model": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2}
@@ -42,7 +42,7 @@ def _default_model() -> dict[str, Any]:
 @dataclass
 class Config(TrainConfig):
     """The ``[pretrain]`` recipe table: the TrainConfig fields plus the model and eval settings."""
-    model: ModelTable = field(default_factory=_default_model)
+    model: ModelTable = field(default_factory=default_model_table)
     steps: int = 2000
     batch_size: int = 16
     seq_len: int = 256
@@ -234,14 +234,16 @@ def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, m
         "val_loss": round(summary.val_loss, 4) if summary.val_loss is not None else None,
         "val_bpb": round(summary.val_bpb, 4) if summary.val_bpb is not None else None,
         "tok_per_s": round(summary.tok_per_s, 1), "mfu": round(summary.mfu, 4),
-        "dtype": summary.dtype, "peak_gflops": round(summary.peak_flops / 1e9, 1),
+        "dtype": summary.dtype, "peak_gflops": round(summary.peak_flops / 1e9, 1), "compiled": summary.compiled,
         "train_seconds": round(train_seconds, 1),
         "skipped_steps": summary.skipped_steps, "rollbacks": summary.rollbacks,
     }
     report = [f"Model: `{cfg.model.get('preset', 'llama-style')}` with {metrics['params_M']}M parameters "
               f"(d_model={model_cfg.d_model}, layers={model_cfg.n_layers}, heads={model_cfg.n_heads}/"
               f"{model_cfg.n_kv_heads} kv, vocab={model_cfg.vocab_size}, context={cfg.seq_len}); "
-              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {summary.dtype}"
+              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {summary.dtype}, "
+              f"{'torch.compile' if summary.compiled else 'eager'}"
+              + (f" ({summary.compile_note})" if summary.compile_note else "")
               + (" (chosen by the machine probe: " + _dtype_reason(ctx.device) + ")" if cfg.dtype == "auto" else "")
               + f". MFU {summary.mfu:.1%} against a measured {summary.peak_flops / 1e9:.0f} GFLOP/s "
               f"{summary.dtype} GEMM; FLOPs counted by `lmstack.model.flops_per_token` (tied lm_head included).", ""]

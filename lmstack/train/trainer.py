@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmstack.machine import persist_compile_cache, probe, resolve_dtype
+from lmstack.machine import compile_unavailable, persist_compile_cache, probe, resolve_dtype
 from lmstack.model.flops import flops_per_token
 from lmstack.model.io import read_safetensors
 from lmstack.model.transformer import Transformer, document_ids
@@ -114,6 +114,8 @@ class TrainSummary:
     resumed_from: int | None
     dtype: str = "fp32"             # what the run computed in ("auto" resolved)
     peak_flops: float = 0.0         # the MFU denominator
+    compiled: bool = False          # whether steps ran through torch.compile
+    compile_note: str = ""          # why not, when compile was asked for
 
 
 class Trainer:
@@ -140,9 +142,14 @@ class Trainer:
         else:
             self.model = wrap_model(self.raw_model, cfg.distributed, self.dist, device)
         self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"
+        self.forward_model = self.model
+        self.compile_note = ""
         if cfg.compile:
-            persist_compile_cache()
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+            self.compile_note = compile_unavailable(device)
+            if not self.compile_note:
+                persist_compile_cache()
+                self.forward_model = torch.compile(self.model)
+        self._compiled_once = False
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loader = TokenLoader(train_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=seed,
                                   mode=cfg.loader, bos_id=bos_id, rank=self.data_rank,
@@ -152,6 +159,8 @@ class Trainer:
         self.metrics_sink = metrics_sink if self.dist.is_main else None
         self.bytes_per_token = bytes_per_token
         self.log = log if self.dist.is_main else (lambda msg: None)
+        if self.compile_note:
+            self.log(f"compile=true skipped: {self.compile_note}")
         self.progress = progress and self.dist.is_main
         self.guard = AnomalyGuard(cfg.anomaly)
         self.step = 0
@@ -176,6 +185,21 @@ class Trainer:
         self.resumed_from: int | None = None
 
     # ------------------------------------------------------------------ helpers
+    def _forward(self, x, **kwargs):
+        """The (compiled) model's forward. Should compilation fail on the first call (a broken toolchain),
+        training goes on eagerly and says so, instead of dying minutes into a run."""
+        if self.forward_model is self.model or self._compiled_once:
+            return self.forward_model(x, **kwargs)
+        try:
+            out = self.forward_model(x, **kwargs)
+        except Exception as e:  # noqa: BLE001 -- any compiler failure; the eager model is the fallback
+            self.compile_note = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            self.log(f"{self.compile_note}; training continues without compile")
+            self.forward_model = self.model
+            return self.model(x, **kwargs)
+        self._compiled_once = True
+        return out
+
     def autocast(self):
         # with fp8 the linears cast their own operands; on CUDA the rest runs under bf16 autocast
         if self.dtype == "bf16" or (self.dtype == "fp8" and self.device.startswith("cuda")):
@@ -302,7 +326,7 @@ class Trainer:
             x = batch.inputs.to(self.device)
             extra = {"doc_ids": document_ids(x, self.bos_id)} if self.cfg.doc_mask else {}  # as in training
             with self.autocast():
-                out = self.forward_model(x, targets=batch.targets.to(self.device), **extra)
+                out = self._forward(x, targets=batch.targets.to(self.device), **extra)
             n = batch.targets.numel()
             loss_sum += out.loss.float().item() * n
             count += n
@@ -342,7 +366,7 @@ class Trainer:
                 self.model.set_requires_gradient_sync(sync)
             with ctx:
                 with self.autocast():
-                    out = self.forward_model(x, targets=y, **kwargs)
+                    out = self._forward(x, targets=y, **kwargs)
                     loss = out.loss
                     aux = getattr(out, "aux_loss", None)
                     if aux is not None and torch.is_tensor(aux):
@@ -436,4 +460,5 @@ class Trainer:
                             skipped_steps=self.skipped, rollbacks=self.rollbacks,
                             tok_per_s=tokens / seconds if seconds > 0 else 0.0, mfu=mfu,
                             events=list(self.events), resumed_from=self.resumed_from,
-                            dtype=self.dtype, peak_flops=self._peak)
+                            dtype=self.dtype, peak_flops=self._peak,
+                            compiled=self.forward_model is not self.model, compile_note=self.compile_note)

@@ -211,3 +211,36 @@ def test_trainer_resolves_auto_and_reports_it(monkeypatch, tmp_path):
                       metrics_sink=lambda r: None)
     summary = trainer.train()
     assert summary.dtype == "fp32" and summary.peak_flops == 50e9
+
+
+def test_a_failing_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    """A broken compiler toolchain must not kill a run: the first compiled call fails, training goes on eagerly."""
+    def broken_compile(model, **_):
+        def call(*args, **kwargs):
+            raise RuntimeError("InductorError: C++ compile error\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    logs = []
+    torch.manual_seed(0)
+    eager = Trainer(TinyLM(), small_cfg(steps=5), train_tokens=periodic_tokens(3000), seed=1, progress=False).train()
+    torch.manual_seed(0)
+    trainer = Trainer(TinyLM(), small_cfg(steps=5, compile=True), train_tokens=periodic_tokens(3000), seed=1,
+                      progress=False, log=logs.append)
+    s = trainer.train()
+    assert not s.compiled and "C++ compile error" in s.compile_note and "more detail" not in s.compile_note
+    assert any("continues without compile" in m for m in logs)
+    assert s.final_loss == pytest.approx(eager.final_loss)
+
+
+def test_compile_is_skipped_with_a_reason_when_no_compiler_exists(monkeypatch):
+    import lmstack.machine as machine
+
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr("shutil.which", lambda _: None)
+    reason = machine.compile_unavailable("cpu")
+    assert "C++ compiler" in reason
+    logs = []
+    s = Trainer(TinyLM(), small_cfg(steps=2, compile=True), train_tokens=periodic_tokens(3000), progress=False,
+                log=logs.append).train()
+    assert not s.compiled and "C++ compiler" in s.compile_note and any("skipped" in m for m in logs)
