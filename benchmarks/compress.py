@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=0, help="validation windows (default 64, quick 4)")
     p.add_argument("--facts", type=int, default=0, help="fact-QA questions per row (0 = skip)")
     p.add_argument("--distill-steps", type=int, default=0)
-    p.add_argument("--large-steps", type=int, default=100,
+    p.add_argument("--large-steps", type=int, default=200,
                    help="training steps (x 8 x 128 tokens) of the ~20M model; a few CPU minutes, cached in --out")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--int8-threads", type=int, default=1, help="threads per int8 GEMM call (0 = torch's setting)")

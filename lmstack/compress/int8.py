@@ -209,12 +209,15 @@ def _fastest(kernels: dict[str, Callable], in_features: int, device, rounds: int
         run(x)
         calls[name] = max(1, min(50, int(budget_s / max(time.perf_counter() - t0, 1e-7))))
     best = {name: float("inf") for name in kernels}
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # GPU kernels run asynchronously
     with torch.no_grad():
         for _ in range(rounds):
             for name, run in kernels.items():
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(calls[name]):
                     run(x)
+                sync()
                 best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
     return min(best, key=best.get)
 

@@ -169,3 +169,20 @@ def test_int8_gemm_thread_switch_restores_the_setting():
         assert torch.allclose(y, Int8DecodeWeight([model.layers[0].ffn.down_proj], mode="dynamic")(x))
     finally:
         torch.set_num_threads(before)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["qlinear", "dynamic"])
+def test_batched_int8_decode_stays_close_to_forward(mode, monkeypatch):
+    # qlinear rounds the activations with one scale for all rows: a batch of two must still decode closely
+    import lmstack.compress.int8 as int8_module
+    monkeypatch.setattr(int8_module, "MODE", mode)
+    model = int8_weight_only(_model())
+    dec = fast_decoder(model)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    cache_fast, cache_ref = model.new_kv_cache(2, 32), model.new_kv_cache(2, 32)
+    model(ids[:, :8], kv_cache=cache_fast)
+    model(ids[:, :8], kv_cache=cache_ref)
+    fast = torch.cat([dec.step(ids[:, t:t + 1], cache_fast) for t in range(8, 16)])
+    ref = torch.cat([model(ids[:, t:t + 1], kv_cache=cache_ref).logits[:, -1] for t in range(8, 16)])
+    assert kl_to_reference(fast, ref) < 1e-3
