@@ -126,7 +126,7 @@ def part_int8(model, tok, val, args, prefix: str = "") -> list[str]:
     step_kl = sum(decode_kl(model, int8, w[None, :seq]) for w in windows[:4]) / min(4, len(windows))
     lines = [f"result: {prefix}int8_kl={step_kl:.5f}", f"result: {prefix}int8_forward_kl={kl:.5f}"]
     choices = {f"{o}x{i}": k for (o, i, _, _), k in kernel_choices().items() if MODE == "auto"}
-    print(f"\n## int8 decoding, {prefix or 'default '}model (batch 1; int8 weights, kernel mode {MODE}"
+    print(f"\n## int8 decoding, {'~20M' if prefix else 'default'} model (batch 1; int8 weights, kernel mode {MODE}"
           f"{': ' + str(choices) if choices else ''})\n\nKL(fp32 || int8) on validation: forward (weight-only) "
           f"{kl:.5f}; fast decode step {step_kl:.5f}")
     if args.quick:
