@@ -42,7 +42,7 @@ class CompressConfig:
     group_size: int = 128          # input columns per scale; 0 = per output channel; 32 suits tiny models
     symmetric: bool = False
     act_order: bool = False        # GPTQ: columns by decreasing Hessian diagonal
-    block_size: int = 128          # GPTQ / SparseGPT lazy-batch width
+    block_size: int = 128          # GPTQ / SparseGPT lazy-batch width (SparseGPT: also its mask-selection block)
     percdamp: float = 0.01         # GPTQ / SparseGPT: damping, a fraction of mean(diag H)
     awq_grid: int = 20
     awq_clip: bool = True          # AWQ: also search each group's clipping range
@@ -92,7 +92,9 @@ class CompressConfig:
         if self.structured:
             parts.append(f"structured {self.structured} -{self.structured_ratio:.0%}")
         if self.prune:
-            parts.append(f"{self.prune} {self.n_m or f'{self.sparsity:.0%}'}")
+            # SparseGPT picks its mask per block of columns: a non-default block changes the result
+            block = f" mask-block {self.block_size}" if self.prune == "sparsegpt" and self.block_size != 128 else ""
+            parts.append(f"{self.prune} {self.n_m or f'{self.sparsity:.0%}'}{block}")
         if self.quantize == "nf4":
             parts.append("nf4")
         elif self.quantize == "smoothquant":

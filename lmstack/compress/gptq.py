@@ -123,8 +123,9 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                     block_size: int = 128, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT: returns (pruned weight [out, in] in the input dtype, keep-mask [out, in] bool).
 
-    Unstructured: in every block of ``block_size`` columns each row drops exactly
-    ``round(sparsity * block)`` weights with the smallest ``w^2 / [H^-1]_jj^2``. ``n_m = (n, m)``:
+    Unstructured: every block of ``block_size`` columns drops exactly ``round(sparsity * out * block)``
+    weights, those with the smallest ``w^2 / [H^-1]_jj^2`` over all its rows (as in the paper: rows
+    need not lose the same number; the layer's sparsity is exact). ``n_m = (n, m)``:
     in every m consecutive columns of a row, n weights are kept (2:4 keeps 2 of 4).
     """
     out, inp = weight.shape
@@ -142,11 +143,13 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         h_block = hinv[i1:i2, i1:i2]
         block_keep = torch.ones_like(block, dtype=torch.bool)
         if n_m is None:
+            # the paper's adaptive mask: the lowest scores of the whole block (all rows together), so
+            # rows whose weights matter less lose more of them
             score = block ** 2 / torch.diagonal(h_block)[None, :] ** 2
-            n_drop = int(round(sparsity * (i2 - i1)))
+            n_drop = int(round(sparsity * score.numel()))
             if n_drop:
-                drop = torch.topk(score, n_drop, dim=1, largest=False).indices
-                block_keep.scatter_(1, drop, False)
+                drop = torch.topk(score.flatten(), n_drop, largest=False).indices
+                block_keep.view(-1)[drop] = False
         for i in range(i2 - i1):
             if n_m is not None and i % group_m == 0:
                 cols = slice(i, i + group_m)

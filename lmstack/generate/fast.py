@@ -11,8 +11,8 @@ keys, by viewing each kv head's query group as the query-length axis. The copy c
 set of the matrices' memory while generating. Anything this step does not cover (MoE, sliding
 windows, ALiBi, qk-norm, LoRA, SmoothQuant layers, biases, learned positions) uses
 ``model.forward``, as does the batched engine's prefill. Quantized linears (lmstack.compress) run
-from their dequantized weights, int8 per-channel ones through ``lmstack.compress.int8``'s int8
-GEMM. Tests check it against the model's own forward and against HF generate.
+from their dequantized weights, int8 per-channel ones through whichever of ``lmstack.compress.int8``'s
+kernels measured fastest for their shape. Tests check it against the model's own forward and against HF generate.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def _decode_weight(modules, parts: int):
         return _Weight(modules[0].weight if len(modules) == 1 else torch.cat([m.weight for m in modules]), parts)
     if all(_quantized_kind(m) == "int8" for m in modules):
         from lmstack.compress.int8 import Int8DecodeWeight
-        return Int8DecodeWeight(modules)
+        # "dense": the same fp32 decode matmul as a plain model's, the fallback the int8 kernels are timed against
+        return Int8DecodeWeight(modules, dense=lambda w: _Weight(w, parts))
     from lmstack.compress.int8 import decode_dense_weight
     # otherwise compute in float with what each layer computes
     return _Weight(torch.cat([m.weight if type(m) is nn.Linear else decode_dense_weight(m) for m in modules]), parts)

@@ -19,18 +19,22 @@ def _model(seed=0):
     return Transformer(cfg).eval()
 
 
-@pytest.mark.parametrize("mode", ["weight_only", "dynamic"])
+@pytest.mark.parametrize("mode", ["weight_only", "dynamic", "qlinear", "dense"])
 def test_int8_weight_matches_dequantized_matmul(mode):
     model = int8_weight_only(_model())
     a = model.layers[0].attn
     assert int8_decodable(a.q_proj)
     w = Int8DecodeWeight([a.q_proj, a.k_proj, a.v_proj], mode=mode)
+    if w.mode != mode:
+        pytest.skip(f"kernel {mode} not available in this torch build")
     assert w.weight.dtype == torch.int8 and w.weight.shape == (64 + 32 + 32, 64)
     x = torch.randn(3, 64)
     dense = torch.cat([a.q_proj.dense_weight(), a.k_proj.dense_weight(), a.v_proj.dense_weight()])
     ref = x @ dense.t()
-    if mode == "weight_only":
+    if mode in ("weight_only", "dense"):
         assert torch.allclose(w(x), ref, atol=1e-5)
+    elif mode == "qlinear":  # activations rounded to 7 or 8 bits, one asymmetric scale for the whole tensor
+        assert (w(x) - ref).norm() / ref.norm() < 0.03
     else:  # activations rounded to int8 per row: relative error around 1/127 of the row's range
         assert w.mode == "dynamic"
         x_int = torch.round(x / (x.abs().amax(-1, keepdim=True) / 127)) * (x.abs().amax(-1, keepdim=True) / 127)
@@ -70,8 +74,36 @@ def test_fast_decode_of_4bit_models_equals_their_forward(method):
         assert (fast - ref).abs().max() < 1e-4
 
 
+def test_auto_mode_times_the_kernels_once_per_shape(monkeypatch):
+    import lmstack.compress.int8 as int8_module
+    model = int8_weight_only(_model())
+    monkeypatch.setattr(int8_module, "_CHOICES", {})
+    down = model.layers[0].ffn.down_proj
+    w = Int8DecodeWeight([down], mode="auto")
+    assert w.mode in int8_module.KERNELS
+    key = (down.out_features, down.in_features, torch.get_num_threads(), "cpu")
+    assert int8_module.kernel_choices() == {key: w.mode}
+    # the same shape again (the next layer) reuses the choice without timing anything
+    monkeypatch.setattr(int8_module, "_fastest", lambda *a, **k: pytest.fail("timed twice"))
+    assert Int8DecodeWeight([model.layers[1].ffn.down_proj], mode="auto").mode == w.mode
+    x = torch.randn(2, down.in_features)
+    ref = x @ down.dense_weight().t()
+    assert (w(x) - ref).norm() / ref.norm() < 0.03
+    with pytest.raises(ValueError, match="MODE must be one of"):
+        Int8DecodeWeight([down], mode="fast")
+
+
+def test_auto_mode_picks_the_fastest_kernel():
+    from lmstack.compress.int8 import _fastest
+    import time as time_module
+    slow = lambda x: time_module.sleep(2e-4) or x  # noqa: E731
+    fast = lambda x: x  # noqa: E731
+    assert _fastest({"slow": slow, "fast": fast}, 8, "cpu", rounds=2) == "fast"
+    assert _fastest({"fast": fast, "slow": slow}, 8, "cpu", rounds=2) == "fast"
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["weight_only", "dynamic"])
+@pytest.mark.parametrize("mode", ["weight_only", "dynamic", "qlinear", "dense", "auto"])
 def test_fast_int8_decode_matches_forward_and_is_close_to_fp32(mode, monkeypatch):
     import lmstack.compress.int8 as int8_module
     monkeypatch.setattr(int8_module, "MODE", mode)
@@ -89,7 +121,7 @@ def test_fast_int8_decode_matches_forward_and_is_close_to_fp32(mode, monkeypatch
         fast_logits.append(dec.step(ids[:, t:t + 1], cache_fast))
         ref_logits.append(int8(ids[:, t:t + 1], kv_cache=cache_ref).logits[:, -1])
     fast_logits, ref_logits = torch.cat(fast_logits), torch.cat(ref_logits)
-    if mode == "weight_only":
+    if dec._layers[0][1].mode in ("weight_only", "dense"):
         assert (fast_logits - ref_logits).abs().max() < 1e-4
     else:
         assert kl_to_reference(fast_logits, ref_logits) < 1e-3
@@ -137,3 +169,20 @@ def test_int8_gemm_thread_switch_restores_the_setting():
         assert torch.allclose(y, Int8DecodeWeight([model.layers[0].ffn.down_proj], mode="dynamic")(x))
     finally:
         torch.set_num_threads(before)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["qlinear", "dynamic"])
+def test_batched_int8_decode_stays_close_to_forward(mode, monkeypatch):
+    # qlinear rounds the activations with one scale for all rows: a batch of two must still decode closely
+    import lmstack.compress.int8 as int8_module
+    monkeypatch.setattr(int8_module, "MODE", mode)
+    model = int8_weight_only(_model())
+    dec = fast_decoder(model)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    cache_fast, cache_ref = model.new_kv_cache(2, 32), model.new_kv_cache(2, 32)
+    model(ids[:, :8], kv_cache=cache_fast)
+    model(ids[:, :8], kv_cache=cache_ref)
+    fast = torch.cat([dec.step(ids[:, t:t + 1], cache_fast) for t in range(8, 16)])
+    ref = torch.cat([model(ids[:, t:t + 1], kv_cache=cache_ref).logits[:, -1] for t in range(8, 16)])
+    assert kl_to_reference(fast, ref) < 1e-3
