@@ -168,17 +168,21 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     if cfg.schedule.warmup_steps < probe or cfg.steps <= probe:
         log(f"max_seconds ignored: needs schedule.warmup_steps >= {probe} and steps > {probe}")
         return
+    t_start = time.perf_counter()
     trainer.train(stop_at=1)  # first step pays one-off costs (allocator, thread pool, compile)
     t0 = time.perf_counter()
     trainer.train(stop_at=probe)
     per_step = all_reduce_mean((time.perf_counter() - t0) / (probe - 1), trainer.dist, trainer.reduce_device())
+    spent = all_reduce_mean(time.perf_counter() - t_start, trainer.dist, trainer.reduce_device())
     evals = (cfg.steps // cfg.eval_every) if cfg.eval_every else 0
     # Budget for ~1 eval's worth of time per eval_every (an eval is eval_batches forward passes).
     eval_share = evals * cfg.eval_batches * per_step / max(3 * cfg.grad_accum, 1)
-    fitted = int((cfg.max_seconds - eval_share) / per_step)
+    # The probe's own time (compilation included) comes out of the budget: compile must pay for itself.
+    fitted = probe + int((cfg.max_seconds - spent - eval_share) / per_step)
     cap = cfg.steps  # cfg and trainer.cfg are the same object
     trainer.cfg.steps = max(probe + 1, min(cap, fitted))
-    log(f"max_seconds={cfg.max_seconds:.0f}: {per_step:.3f}s/step -> {trainer.cfg.steps} steps (cap {cap})")
+    log(f"max_seconds={cfg.max_seconds:.0f}: first {probe} steps {spent:.1f}s, then {per_step:.3f}s/step -> "
+        f"{trainer.cfg.steps} steps (cap {cap})")
 
 
 def _dtype_reason(device: str) -> str:
