@@ -326,7 +326,8 @@ class Trainer:
             x = batch.inputs.to(self.device)
             extra = {"doc_ids": document_ids(x, self.bos_id)} if self.cfg.doc_mask else {}  # as in training
             with self.autocast():
-                out = self._forward(x, targets=batch.targets.to(self.device), **extra)
+                # eager: a compiled eval-mode graph would be a second compilation for a few batches
+                out = self.model(x, targets=batch.targets.to(self.device), **extra)
             n = batch.targets.numel()
             loss_sum += out.loss.float().item() * n
             count += n
