@@ -11,6 +11,7 @@ induction mechanism appear; the RAG / agent SFT that follows then uses it.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,11 @@ class CopyConfig:
     # the mechanism the warm-up built; 0 = off
     sft_batch_size: int = 0
     sft_weight: float = 1.0
+    # share of batches that are fresh natural-text "copy pages" (invented names, places and codes stated and
+    # then repeated, the world's COPY_PARAGRAPHS) instead of random strings: never seen before, so they cannot
+    # be memorised the way the pretraining's fixed copy pages are, and closer to the text of RAG answers
+    pages_share: float = 0.0
+    page_tokens: int = 128
 
 
 def copy_batch(n: int, length: int, low: int, high: int, bos_id: int, gen: torch.Generator,
@@ -103,6 +109,35 @@ def repeat_loss(model, tokenizer, length: int = 24, n: int = 16, seed: int = 123
     return float(nll[scored.to(nll.device)].mean())
 
 
+def copy_page_texts(n: int, rng) -> list[str]:
+    """``n`` fresh pages of 2-3 world copy paragraphs with newly invented names, places and codes."""
+    from lmstack.data import world_text as T
+
+    def word() -> str:
+        return "".join(rng.choice(T.COPY_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+    pages = []
+    for _ in range(n):
+        paragraphs = []
+        for _ in range(rng.randint(2, 3)):
+            fields = dict(x=f"{word()} {word()}", y=f"{word()} {word()}", p=word(),
+                          c=str(rng.randint(100, 99999)), d=str(rng.randint(2, 999)))
+            paragraphs.append(rng.choice(T.COPY_PARAGRAPHS).format(**fields))
+        pages.append("\n\n".join(paragraphs))
+    return pages
+
+
+def copy_page_batch(tokenizer, n: int, width: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    """([n, width] ids, targets with -100 on padding) of fresh copy pages, language-model loss on every token."""
+    x = torch.full((n, width), tokenizer.pad_id, dtype=torch.long)
+    targets = torch.full((n, width - 1), -100, dtype=torch.long)
+    for i, text in enumerate(copy_page_texts(n, rng)):
+        ids = ([tokenizer.bos_id] + tokenizer.encode(text))[:width]
+        x[i, :len(ids)] = torch.tensor(ids)
+        targets[i, :len(ids) - 1] = torch.tensor(ids[1:])
+    return x, targets
+
+
 class CopyLoss:
     """Draws copy batches and returns the model's loss on the predictable part of each repeat; used by the
     warm-up and, mixed into every step, by the apps SFT (``CopyConfig.sft_batch_size``)."""
@@ -113,13 +148,18 @@ class CopyLoss:
         self.bos_id = tokenizer.bos_id
         self.alphabet = small_alphabet(tokenizer) if cfg.small_alphabet_share > 0 else None
         self.gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
+        self.rng = random.Random(cfg.seed + seed_offset)
+        self.tokenizer = tokenizer
 
     def __call__(self) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        if self.cfg.pages_share > 0 and self.rng.random() < self.cfg.pages_share:
+            x, targets = copy_page_batch(self.tokenizer, self.batch_size, self.cfg.page_tokens, self.rng)
+            return self.model(x[:, :-1].to(device), targets=targets.to(device)).loss
         x, repeat = copy_batch(self.batch_size, self.cfg.length, self.low, self.high, self.bos_id, self.gen,
                                alphabet=self.alphabet, alphabet_share=self.cfg.small_alphabet_share)
         targets = x[:, 1:].clone()
         targets[~(repeat[:, 1:] & repeat[:, :-1])] = -100  # score the predictable part of the repeat only
-        device = next(self.model.parameters()).device
         return self.model(x[:, :-1].to(device), targets=targets.to(device)).loss
 
 
@@ -142,3 +182,30 @@ def copy_warmup(model, tokenizer, cfg: CopyConfig, progress: bool = True) -> lis
         history.append(float(loss.detach()))
     model.eval()
     return history
+
+
+@torch.no_grad()
+def page_copy_loss(model, tokenizer, n: int = 24, seed: int = 4321) -> dict[str, float]:
+    """In-distribution copying: loss (nats per token) on a code's digits where a fresh copy page first states
+    it and where it repeats it ("... the ticket code 31384. ... read it out: 31384.")."""
+    from lmstack.data import world_text as T
+
+    rng = random.Random(seed)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    first = repeat = 0.0
+    for _ in range(n):
+        code = str(rng.randint(10000, 99999))
+        words = ["".join(rng.choice(T.COPY_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize() for _ in range(3)]
+        text = T.COPY_PARAGRAPHS[0].format(x=f"{words[0]} {words[1]}", y="", p=words[2], c=code, d="")
+        ids = [tokenizer.bos_id] + tokenizer.encode(text)
+        logp = torch.log_softmax(model(torch.tensor([ids[:-1]], device=device)).logits.float(), -1)[0]
+        nll = -logp.gather(-1, torch.tensor(ids[1:], device=device)[:, None])[:, 0]
+        spans = []
+        for pos in (text.index(code), text.rindex(code)):
+            start, end = len(tokenizer.encode(text[:pos])), len(tokenizer.encode(text[:pos + len(code)]))
+            spans.append(float(nll[start:end].mean()))  # nll[j] scores ids[j + 1], the text's token j
+        first, repeat = first + spans[0], repeat + spans[1]
+    model.train(was_training)
+    return {"first": first / n, "repeat": repeat / n}

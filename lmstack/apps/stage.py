@@ -22,7 +22,7 @@ from lmstack.align import common
 from lmstack.apps import evaluate as E
 from lmstack.apps.agent import ModelPolicy, ReActAgent
 from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
-from lmstack.apps.copying import CopyConfig, CopyLoss, copy_warmup, repeat_loss
+from lmstack.apps.copying import CopyConfig, CopyLoss, copy_warmup, page_copy_loss, repeat_loss
 from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
 from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
@@ -212,9 +212,13 @@ def run(ctx, cfg: Config):
 
 
 def _copy_stats(model, tokenizer, when: str) -> dict:
-    """Loss on the repeat of random strings (whole vocabulary, and digits/letters only), in nats."""
+    """Loss on the repeat of random strings (whole vocabulary, and digits/letters only) and on a code's digits
+    where a fresh copy page repeats it, in nats per token (the page code's first showing as the reference)."""
+    page = page_copy_loss(model, tokenizer)
     return {f"repeat_loss_{when}": round(repeat_loss(model, tokenizer), 3),
-            f"repeat_loss_digits_{when}": round(repeat_loss(model, tokenizer, digits=True), 3)}
+            f"repeat_loss_digits_{when}": round(repeat_loss(model, tokenizer, digits=True), 3),
+            f"page_code_loss_first_{when}": round(page["first"], 3),
+            f"page_code_loss_repeat_{when}": round(page["repeat"], 3)}
 
 
 def _train_reranker(ctx, cfg: Config, kg, store, tokenizer, run_path: Path) -> CrossEncoder:

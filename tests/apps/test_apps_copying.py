@@ -122,3 +122,32 @@ def test_train_sft_adds_the_copy_loss_every_step(tmp_path):
         assert len(summary["history"]) == 3 and len(calls) == (3 if with_copy else 0)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.allclose(params[0], params[1])  # the copy loss's gradient reached the weights
+
+
+def test_copy_pages_are_fresh_and_repeat_what_they_state():
+    import random
+
+    from lmstack.apps.copying import copy_page_batch, copy_page_texts
+
+    a, b = copy_page_texts(20, random.Random(0)), copy_page_texts(20, random.Random(1))
+    assert not set(a) & set(b)  # a new seed gives new pages: nothing to memorise across batches
+    words = [w.strip('.,:!"') for page in a for w in page.split()]
+    codes = [w for w in words if w.isdigit()]
+    # the codes come back (a house number is stated once): most numbers on a page are said twice or more
+    assert codes and sum(codes.count(c) >= 2 for c in codes) > 0.6 * len(codes)
+    tok = small_tokenizer()
+    x, targets = copy_page_batch(tok, 4, 48, random.Random(0))
+    assert x.shape == (4, 48) and targets.shape == (4, 47) and (x[:, 0] == tok.bos_id).all()
+    real = targets != -100
+    assert torch.equal(targets[real], x[:, 1:][real]) and (x[:, 1:][~real] == tok.pad_id).all()
+
+
+def test_copy_loss_with_pages_and_page_copy_diagnostic():
+    from lmstack.apps.copying import page_copy_loss
+
+    tok = small_tokenizer()
+    model = tiny_model(tok.vocab_size, max_seq_len=160)
+    loss = CopyLoss(model, tok, CopyConfig(pages_share=1.0, page_tokens=64), batch_size=2)()
+    assert loss.requires_grad and math.isfinite(float(loss.detach()))
+    page = page_copy_loss(model, tok, n=3)
+    assert set(page) == {"first", "repeat"} and all(v > 0 for v in page.values())
