@@ -69,8 +69,9 @@ class LoRAStageConfig(Config):
     few_shot: int = 0                # the sft stage already reports the base-model baseline
 
 
-def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) -> dict:
-    """The SFT optimisation loop; returns summary metrics and the loss history."""
+def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, extra_loss=None) -> dict:
+    """The SFT optimisation loop; returns summary metrics and the loss history. ``extra_loss``: an optional
+    callable returning a loss tensor that is added to every step's loss (the apps stage's copy batches)."""
     max_len = cfg.max_len or common.model_max_len(model)
     if max_len > common.model_max_len(model):
         raise ValueError(f"{stage}.max_len={max_len} exceeds the model's max_seq_len={common.model_max_len(model)}")
@@ -102,12 +103,14 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str) 
         batch = collate_lm(next(stream), tokenizer.pad_id)
         ids, targets = batch["input_ids"].to(ctx.device), batch["targets"].to(ctx.device)
         loss, n_targets = common.sft_loss(model, ids, targets)
+        total = loss
         if replay is not None:
             window = replay.next_batch()
             lm_loss, _ = common.sft_loss(model, window.inputs.to(ctx.device), window.targets.to(ctx.device))
-            (loss + cfg.replay_weight * lm_loss).backward()
-        else:
-            loss.backward()
+            total = total + cfg.replay_weight * lm_loss
+        if extra_loss is not None:
+            total = total + extra_loss()
+        total.backward()
         grad_norm = common.optimizer_step(model, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         tokens_seen += int((ids != tokenizer.pad_id).sum())
         target_tokens += n_targets

@@ -22,7 +22,7 @@ from lmstack.align import common
 from lmstack.apps import evaluate as E
 from lmstack.apps.agent import ModelPolicy, ReActAgent
 from lmstack.apps.agent_data import PlanPolicy, agent_sft_examples, arithmetic_questions, plan_for
-from lmstack.apps.copying import CopyConfig, copy_warmup, repeat_loss
+from lmstack.apps.copying import CopyConfig, CopyLoss, copy_warmup, page_copy_loss, repeat_loss
 from lmstack.apps.dense import DenseConfig, DenseEncoder, train_dense
 from lmstack.apps.extraction import evaluate_extraction, extraction_sft_examples
 from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
@@ -58,6 +58,7 @@ class Config:
     world_rag_share: float = 0.2    # share of RAG examples about world people (facts the model already knows)
     n_copy_chat: int = 0            # "repeat exactly: ..." chat turns in the SFT mix (800 did not help: notes)
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
+    replay_batch_size: int = 0      # + LM loss on this many pretraining windows per SFT step (sft's replay)
     prompt_style: str = "names"     # agent system prompt: names | compact | json
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
@@ -179,24 +180,28 @@ def run(ctx, cfg: Config):
 
     # ------------------------------------------------------------ fine-tuning
     model = common.load_model(run_path, cfg.init_from, ctx.device, needed_by="apps")
-    copy_stats = {"repeat_loss_before": round(repeat_loss(model, tokenizer), 3)}
+    copy_stats = _copy_stats(model, tokenizer, "before")
     if cfg.copy.steps > 0:
         copy_warmup(model, tokenizer, cfg.copy)
-        copy_stats["repeat_loss_after_warmup"] = round(repeat_loss(model, tokenizer), 3)
+        copy_stats.update(_copy_stats(model, tokenizer, "after_warmup"))
     ctx.log(f"copying (loss on a repeated random string, nats): {copy_stats}")
     sft_path, data_stats = build_sft_data(kg, store, cfg, run_path, ctx.seed, tokenizer, model.config.max_seq_len)
     ctx.log(f"SFT data: {data_stats}")
     sft_cfg = SftConfig(init_from=cfg.init_from, steps=cfg.steps, batch_size=cfg.batch_size,
-                        optim=common.finetune_optim(lr=cfg.lr),
+                        optim=common.finetune_optim(lr=cfg.lr), replay_batch_size=cfg.replay_batch_size,
                         schedule=common.finetune_schedule(warmup_steps=min(10, cfg.steps // 10)))
-    summary = train_sft(model, tokenizer, sft_cfg, sft_path, ctx, "apps")
+    copy_in_sft = None
+    if cfg.copy.sft_batch_size > 0:  # keep the copy mechanism in use while SFT trains the chat format
+        copy_loss = CopyLoss(model, tokenizer, cfg.copy, cfg.copy.sft_batch_size, seed_offset=1)
+        copy_in_sft = lambda: cfg.copy.sft_weight * copy_loss()  # noqa: E731
+    summary = train_sft(model, tokenizer, sft_cfg, sft_path, ctx, "apps", extra_loss=copy_in_sft)
     out_dir = common.checkpoint_dir(run_path, "apps")
     common.save_finetuned(model, out_dir, None, {"stage": "apps", "steps": cfg.steps, "init_from": cfg.init_from,
                                                  "final_loss": summary["history"][-1]}, str(out_dir))
 
     # ------------------------------------------------------------ measurements
     metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path, reranker)
-    copy_stats["repeat_loss_after_sft"] = round(repeat_loss(model, tokenizer), 3)
+    copy_stats.update(_copy_stats(model, tokenizer, "after_sft"))
     metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats, **copy_stats)
     if encoder is not None:
         metrics["dense_final_loss"] = round(sum(dense_history[-10:]) / len(dense_history[-10:]), 4)
@@ -204,6 +209,16 @@ def run(ctx, cfg: Config):
         "kg": "apps/kg.json", "index": "apps/index", "sft_data": "apps/sft_train.jsonl",
         "checkpoint": "checkpoints/apps", **({"dense": "checkpoints/dense"} if encoder is not None else {}),
         **({"rerank": "checkpoints/rerank"} if reranker is not None else {})})
+
+
+def _copy_stats(model, tokenizer, when: str) -> dict:
+    """Loss on the repeat of random strings (whole vocabulary, and digits/letters only) and on a code's digits
+    where a fresh copy page repeats it, in nats per token (the page code's first showing as the reference)."""
+    page = page_copy_loss(model, tokenizer)
+    return {f"repeat_loss_{when}": round(repeat_loss(model, tokenizer), 3),
+            f"repeat_loss_digits_{when}": round(repeat_loss(model, tokenizer, digits=True), 3),
+            f"page_code_loss_first_{when}": round(page["first"], 3),
+            f"page_code_loss_repeat_{when}": round(page["repeat"], 3)}
 
 
 def _train_reranker(ctx, cfg: Config, kg, store, tokenizer, run_path: Path) -> CrossEncoder:

@@ -32,7 +32,9 @@ def test_apps_stage_end_to_end(run_dir):
     overrides = ["run.device=\"cpu\"", "apps.dense.steps=4", "apps.dense.batch_size=4", "apps.steps=3",
                  "apps.batch_size=4", "apps.eval_examples=3", "apps.n_arith_train=6", "apps.max_new_tokens=8",
                  "apps.agent_max_steps=2", "apps.k=2", "apps.rerank.steps=2",
-                 "apps.rerank.questions_per_batch=2", "apps.copy.steps=2", "apps.n_fictional=12",
+                 "apps.rerank.questions_per_batch=2", "apps.copy.steps=2", "apps.copy.sft_batch_size=2",
+                 "apps.copy.pages_share=0.5",
+                 "apps.n_fictional=12",
                  "apps.n_rag_train=40", "apps.n_multihop_train=10", "apps.n_copy_chat=8"]
     recipe = Recipe.load(None, overrides, raw={"run": {"name": "t"}, "apps": {}})
     result = run_stage(RunDir(run_dir), recipe, "apps")
@@ -43,6 +45,8 @@ def test_apps_stage_end_to_end(run_dir):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["rag_examples"] > 0 and m["agent_examples"] > 0 and m["extraction_examples"] > 0
     assert m["fictional_people"] == 12 and m["copy_examples"] == 8 and m["repeat_loss_before"] > 0 and "repeat_loss_after_warmup" in m
+    assert m["repeat_loss_digits_before"] > 0 and "repeat_loss_digits_after_sft" in m
+    assert m["page_code_loss_first_before"] > 0 and "page_code_loss_repeat_after_sft" in m
     kg = KnowledgeGraph.load(run_dir / "apps" / "kg.json")
     assert len(kg) > 50
     tok = small_tokenizer()
