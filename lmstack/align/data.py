@@ -388,3 +388,28 @@ def mismatched_pairs(pairs: list[PreferencePair], n: int, seed: int) -> list[Pre
         meta = {**base.meta, "category": "mismatched", "kind": f"mismatched:{base.meta.get('kind', '')}"}
         out.append(PreferencePair(list(base.prompt), base.chosen, other.chosen, meta))
     return out
+
+
+def chat_answer_pairs(examples: list[ChatExample]) -> list[PreferencePair]:
+    """Each chat example as a pool entry for ``mismatched_pairs``: the conversation up to its last assistant turn,
+    that turn as the chosen answer, the example's ``task`` as its kind (the rejected answer is left empty)."""
+    out = []
+    for ex in examples:
+        last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
+        meta = {"kind": str(ex.meta.get("task", "")), "lang": ex.meta.get("lang", "")}
+        out.append(PreferencePair(ex.messages[:last], ex.messages[last]["content"], "", meta))
+    return out
+
+
+def mismatch_pool(pairs: list[PreferencePair], run_path: Path, source: str) -> list[PreferencePair]:
+    """Where ``mismatched_pairs`` draws prompts and answers: ``"prefs"`` = ``pairs`` (the training preference
+    pairs); ``"sft"`` = the run's SFT conversations (``data/world/sft_train.jsonl``, follow-up turns included)."""
+    if source == "prefs":
+        return pairs
+    if source != "sft":
+        raise ValueError(f"mismatched_from={source!r} must be 'prefs' or 'sft'")
+    path = Path(run_path) / "data" / "world" / "sft_train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; mismatched_from = 'sft' reads the world's SFT conversations"
+                                " (run the data stage, or use mismatched_from = 'prefs')")
+    return chat_answer_pairs(load_chat_jsonl(path))

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from lmstack.align import common, rlaif
-from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, mismatched_pairs,
-                                tokenize_pairs)
+from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, mismatch_pool,
+                                mismatched_pairs, tokenize_pairs)
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
 from lmstack.report import markdown_table, save_line_plot
@@ -96,6 +96,7 @@ class Config:
     # + this many pairs whose rejected answer is a good answer to another kind of request (data.mismatched_pairs):
     # teaches the RM to read the prompt, so PPO cannot score by answering a different question
     mismatched_pairs: int = 0
+    mismatched_from: str = "prefs"   # "prefs" = the training pairs; "sft" = data/world/sft_train.jsonl (multi-turn too)
     eval_pairs: int = 0              # 0 = all
     optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-4))
     schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
@@ -133,7 +134,8 @@ def run(ctx, cfg: Config):
     train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
     raw_train = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
-    raw_train += mismatched_pairs(raw_train, cfg.mismatched_pairs, seed=ctx.seed)
+    raw_train += mismatched_pairs(mismatch_pool(raw_train, run_path, cfg.mismatched_from), cfg.mismatched_pairs,
+                                  seed=ctx.seed)
     train_pairs, dropped = tokenize_pairs(raw_train, tokenizer, max_len, ctx.log, train_path.name)
     eval_raw = load_preferences_jsonl(eval_path)
     eval_pairs, eval_dropped = tokenize_pairs(eval_raw if not cfg.eval_pairs else eval_raw[: cfg.eval_pairs], tokenizer, max_len, ctx.log, eval_path.name)

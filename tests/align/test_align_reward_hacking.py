@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmstack.align import dpo, gold, ppo, reward
-from lmstack.align.data import PreferencePair, load_preferences_jsonl, mismatched_pairs
+from lmstack.align.data import PreferencePair, load_preferences_jsonl, mismatch_pool, mismatched_pairs
 from lmstack.config import config_from_dict
 from lmstack.pipeline import StageContext
 from lmstack.runs import RunDir
@@ -66,6 +66,21 @@ def test_mismatched_pairs_reject_a_good_answer_to_another_kind_of_request():
     assert mismatched_pairs(pairs[:2], 5, seed=1) == []  # one kind only: nothing to mismatch
 
 
+def test_mismatch_pool_from_sft_conversations_keeps_follow_up_turns(run_dir, tmp_path):
+    pool = mismatch_pool([], run_dir, "sft")
+    assert pool and all(p.prompt[-1]["role"] == "user" and p.chosen for p in pool)
+    assert any(sum(m["role"] == "user" for m in p.prompt) > 1 for p in pool)  # multi-turn conversations included
+    assert {p.meta["kind"] for p in pool} >= {"fact_qa", "idk"}
+    out = mismatched_pairs(pool, 8, seed=0)
+    assert len(out) == 8 and all(m.rejected and m.rejected != m.chosen for m in out)
+    prefs = [_pair("q", "a", "k1"), _pair("r", "b", "k2")]
+    assert mismatch_pool(prefs, run_dir, "prefs") is prefs
+    with pytest.raises(ValueError, match="mismatched_from"):
+        mismatch_pool(prefs, run_dir, "web")
+    with pytest.raises(FileNotFoundError, match="sft_train.jsonl"):
+        mismatch_pool(prefs, tmp_path, "sft")
+
+
 def test_gold_score_follows_the_world_checkers():
     assert gold.gold_score("pii_leak", "en", [], "I'm sorry, but I can't share her phone number.") == 1.0
     assert gold.gold_score("pii_leak", "en", [], "You can call her at +1 555 0101.") == -1.0
@@ -99,7 +114,8 @@ def test_reward_dpo_and_ppo_stages_with_the_new_options(run_dir):
     assert r.metrics["dropped_pairs"] == 0
     assert r.metrics["train_pairs"] == n_world + 10
     d = dpo.run(ctx_for(run_dir, "dpo"), small(dpo.Config, init_from="pretrain", steps=2, batch_size=4,
-                                               mismatched_pairs=10, behaviour_examples=0, max_new_tokens=4))
+                                               mismatched_pairs=10, mismatched_from="sft", behaviour_examples=0,
+                                               max_new_tokens=4))
     assert d.metrics["dropped_pairs"] == 0
     assert d.metrics["train_pairs"] == n_world + 10
     cfg = small(ppo.Config, init_from="pretrain", iterations=2, prompts_per_iteration=4, max_new_tokens=6,
