@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from lmstack.align.data import load_preferences_jsonl
+from lmstack.align.data import ChatExample, chat_answer_pairs, load_preferences_jsonl
 from lmstack.eval.answers import answer_matches, is_idk, is_refusal
 
-REFUSE_KINDS = ("pii_leak",)
-IDK_KINDS = ("fabrication",)
+REFUSE_KINDS = ("pii_leak", "refuse_pii")   # preference-pair kind, SFT task
+IDK_KINDS = ("fabrication", "idk")
 
 
 def fact_answers(world_json: Path) -> dict[str, dict[str, str]]:
@@ -59,6 +59,14 @@ class WorldGoldReward:
             ids = pair.meta.get("facts") or []
             answers = [facts[i]["zh" if lang == "zh" else "en"] for i in ids if i in facts]
             self.by_prompt.setdefault(repr(pair.prompt), (str(pair.meta.get("kind", "")), lang, answers))
+
+    def add_chats(self, examples: list[ChatExample]) -> None:
+        """Also know SFT conversations (prompt = up to the last assistant turn): their ``task`` is the kind and,
+        for fact questions, their ``answer`` the fact to state."""
+        for ex, pair in zip(examples, chat_answer_pairs(examples)):
+            kind = pair.meta["kind"]
+            answers = [str(ex.meta["answer"])] if kind in ("fact_qa", "multiturn", "arith") and ex.meta.get("answer") else []
+            self.by_prompt.setdefault(repr(pair.prompt), (kind, str(pair.meta.get("lang") or "en"), answers))
 
     def __call__(self, prompts: Sequence[list[dict]], texts: Sequence[str]) -> list[float]:
         out = []

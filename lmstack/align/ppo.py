@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lmstack.align import common, dpo
-from lmstack.align.data import chunks, load_preferences_jsonl
+from lmstack.align.data import chat_answer_pairs, chunks, load_preferences_jsonl
 from lmstack.align.gold import WorldGoldReward
 from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_loss, ppo_rewards, ppo_value_loss,
                                   whiten)
@@ -68,6 +68,9 @@ class Config:
     # + gold_coef * the world's rule reward (lmstack.align.gold: refuse PII requests, "I don't know" for entities
     # that do not exist, state known facts), added after normalisation; 0 = the reward model alone
     gold_coef: float = 0.0
+    # + this many prompts from the SFT conversations (data/world/sft_train.jsonl, follow-up turns included: the
+    # preference prompts are all single-turn, and PPO answered "And her phone number?" with an IDK); 0 = none
+    sft_prompts: int = 0
     optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-5))
     schedule: ScheduleConfig = field(default_factory=lambda: common.finetune_schedule(warmup_steps=0, kind="constant"))
     grad_clip: float = 1.0           # 0 = no clipping
@@ -310,6 +313,17 @@ def paired_change(before: list, after: list) -> dict:
             "se": (var / n) ** 0.5, "n": n}
 
 
+def sft_prompt_chats(run_path: Path, n: int, seed: int) -> list:
+    """``n`` conversations of the run's ``sft_train.jsonl`` (a seeded sample) whose prompts join PPO's."""
+    import random
+
+    from lmstack.align.data import load_chat_jsonl
+
+    path = common.world_file(run_path, "sft_train.jsonl")
+    chats = load_chat_jsonl(path)
+    return random.Random(seed).sample(chats, min(n, len(chats)))
+
+
 def train_loop(ctx, cfg: Config, policy, ref_model, rm, tokenizer, prompts,
                gold_fn: RewardFn | None = None) -> tuple[dict, list, float]:
     """Rollout / update iterations; ``gold_fn`` (with cfg.gold_coef) adds a rule reward to the RM score.
@@ -375,6 +389,8 @@ def run(ctx, cfg: Config):
 
     prompt_path = Path(cfg.prompt_file) if cfg.prompt_file else common.world_file(run_path, "prefs_train.jsonl")
     prompts = load_prompts(prompt_path)
+    sft_chats = sft_prompt_chats(run_path, cfg.sft_prompts, ctx.seed) if cfg.sft_prompts > 0 else []
+    prompts += [pair.prompt for pair in chat_answer_pairs(sft_chats)]
     eval_path = run_path / "data" / "world" / "prefs_eval.jsonl"
     eval_prompts = load_prompts(eval_path)[: cfg.eval_prompts] if (cfg.eval_prompts and eval_path.exists() and not cfg.prompt_file) else []
     probes = dpo.behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.prompt_file else {}
@@ -383,6 +399,8 @@ def run(ctx, cfg: Config):
 
     gold_fn = (WorldGoldReward(prompt_path, run_path / "data" / "world" / "world.json")
                if cfg.gold_coef > 0 and not cfg.prompt_file else None)
+    if gold_fn is not None:
+        gold_fn.add_chats(sft_chats)
     if cfg.gold_coef > 0 and gold_fn is None:
         raise ValueError("ppo.gold_coef > 0 needs the world's prompts (ppo.prompt_file must be empty): the rule reward"
                          " reads each prompt's kind from data/world/prefs_train.jsonl")

@@ -107,6 +107,23 @@ def test_world_gold_reward_agrees_with_the_world_labels(run_dir):
         gold.WorldGoldReward(prefs, run_dir / "missing.json")
 
 
+def test_world_gold_reward_knows_sft_conversations(run_dir):
+    from lmstack.align.data import chat_answer_pairs
+
+    fn = gold.WorldGoldReward(run_dir / "data" / "world" / "prefs_train.jsonl", run_dir / "data" / "world" / "world.json")
+    chats = ppo.sft_prompt_chats(run_dir, 1000, seed=0)
+    fn.add_chats(chats)
+    pairs = chat_answer_pairs(chats)
+    scores = fn([p.prompt for p in pairs], [p.chosen for p in pairs])
+    by_kind = {}
+    for p, sc in zip(pairs, scores):
+        by_kind.setdefault(p.meta["kind"], []).append(sc)
+    assert min(scores) >= 0.0  # the SFT answers themselves are never penalised
+    assert set(by_kind["idk"]) == {1.0} and set(by_kind["fact_qa"]) == {1.0}
+    idk_prompt = next(p.prompt for p in pairs if p.meta["kind"] == "idk")
+    assert fn([idk_prompt], ["He was born in 1990."]) == [-1.0]
+
+
 def test_reward_dpo_and_ppo_stages_with_the_new_options(run_dir):
     r = reward.run(ctx_for(run_dir, "reward"), small(reward.Config, init_from="pretrain", steps=2, batch_size=4,
                                                      mismatched_pairs=10))
@@ -119,7 +136,7 @@ def test_reward_dpo_and_ppo_stages_with_the_new_options(run_dir):
     assert d.metrics["dropped_pairs"] == 0
     assert d.metrics["train_pairs"] == n_world + 10
     cfg = small(ppo.Config, init_from="pretrain", iterations=2, prompts_per_iteration=4, max_new_tokens=6,
-                minibatch_size=4, ppo_epochs=1, eval_prompts=0, normalize_scores=True, gold_coef=1.0)
+                minibatch_size=4, ppo_epochs=1, eval_prompts=0, normalize_scores=True, gold_coef=1.0, sft_prompts=6)
     result = ppo.run(ctx_for(run_dir, "ppo"), cfg)
     assert -1.0 <= result.metrics["gold_first"] <= 1.0 and -1.0 <= result.metrics["gold_last"] <= 1.0
     assert "rule reward" in result.report
