@@ -85,8 +85,8 @@ class Config:
             raise ValueError(f"GRPO needs group_size >= 2 (advantages are relative within a group), got {self.group_size}")
         if self.kl_target < 0 or self.kl_horizon <= 0:
             raise ValueError(f"ppo.kl_target must be >= 0 and ppo.kl_horizon > 0, got {self.kl_target}, {self.kl_horizon}")
-        if self.gold_coef < 0:
-            raise ValueError(f"ppo.gold_coef must be >= 0, got {self.gold_coef}")
+        if self.gold_coef < 0 or self.sft_prompts < 0:
+            raise ValueError(f"ppo.gold_coef and ppo.sft_prompts must be >= 0, got {self.gold_coef}, {self.sft_prompts}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r} must be 'k1' or 'k3'")
 

@@ -145,3 +145,5 @@ def test_reward_dpo_and_ppo_stages_with_the_new_options(run_dir):
 def test_gold_coef_is_checked():
     with pytest.raises(ValueError, match="gold_coef"):
         small(ppo.Config, gold_coef=-1.0)
+    with pytest.raises(ValueError, match="sft_prompts"):
+        small(ppo.Config, sft_prompts=-1)
