@@ -355,3 +355,61 @@ def length_grouped_batches(items: list, lengths: list[int], batch_size: int, *, 
         rng.shuffle(out)
         for b in out:
             yield [items[i] for i in b]
+
+
+def mismatched_pairs(pairs: list[PreferencePair], n: int, seed: int) -> list[PreferencePair]:
+    """``n`` extra pairs whose rejected answer is a good answer to a DIFFERENT kind of request.
+
+    Each new pair keeps a pair's prompt and chosen answer; the rejected answer is the chosen answer of another
+    pair with a different ``kind`` (same ``lang`` when one exists), e.g. an "I don't know" rejected for a phone
+    number request, a refusal rejected for a capital-city question. The world's pairs only contrast answers to
+    the same question, so a reward model can learn "refusals / IDK / facts are good" without reading the prompt;
+    PPO then finds the off-topic answers it scores highest. Pairs without a ``kind`` use the prompt as their kind.
+    """
+    if n <= 0 or len(pairs) < 2:
+        return []
+    rng = random.Random(seed)
+
+    def kind_of(p: PreferencePair) -> str:
+        return str(p.meta.get("kind") or repr(p.prompt))
+
+    by_lang: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_lang.setdefault(str(p.meta.get("lang", "")), []).append(i)
+    out: list[PreferencePair] = []
+    for _ in range(20 * n):  # bounded tries: a set with one kind only yields no pairs
+        if len(out) >= n:
+            break
+        base = pairs[rng.randrange(len(pairs))]
+        pool = by_lang.get(str(base.meta.get("lang", "")), [])
+        other = pairs[rng.choice(pool)] if pool else pairs[rng.randrange(len(pairs))]
+        if kind_of(other) == kind_of(base) or other.chosen.strip() == base.chosen.strip():
+            continue
+        meta = {**base.meta, "category": "mismatched", "kind": f"mismatched:{base.meta.get('kind', '')}"}
+        out.append(PreferencePair(list(base.prompt), base.chosen, other.chosen, meta))
+    return out
+
+
+def chat_answer_pairs(examples: list[ChatExample]) -> list[PreferencePair]:
+    """Each chat example as a pool entry for ``mismatched_pairs``: the conversation up to its last assistant turn,
+    that turn as the chosen answer, the example's ``task`` as its kind (the rejected answer is left empty)."""
+    out = []
+    for ex in examples:
+        last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
+        meta = {"kind": str(ex.meta.get("task", "")), "lang": ex.meta.get("lang", "")}
+        out.append(PreferencePair(ex.messages[:last], ex.messages[last]["content"], "", meta))
+    return out
+
+
+def mismatch_pool(pairs: list[PreferencePair], run_path: Path, source: str) -> list[PreferencePair]:
+    """Where ``mismatched_pairs`` draws prompts and answers: ``"prefs"`` = ``pairs`` (the training preference
+    pairs); ``"sft"`` = the run's SFT conversations (``data/world/sft_train.jsonl``, follow-up turns included)."""
+    if source == "prefs":
+        return pairs
+    if source != "sft":
+        raise ValueError(f"mismatched_from={source!r} must be 'prefs' or 'sft'")
+    path = Path(run_path) / "data" / "world" / "sft_train.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; mismatched_from = 'sft' reads the world's SFT conversations"
+                                " (run the data stage, or use mismatched_from = 'prefs')")
+    return chat_answer_pairs(load_chat_jsonl(path))

@@ -16,7 +16,7 @@ import torch
 
 from lmstack.align import common, evals, rlaif
 from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl,
-                                normalize_preference_record, tokenize_pairs)
+                                mismatch_pool, mismatched_pairs, normalize_preference_record, tokenize_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.report import markdown_table, save_line_plot, table_cell
@@ -49,6 +49,10 @@ class Config:
     # refusal / detox tuning: add this many pairs from lmstack.data.world.harmful (harmful requests refused,
     # harmless look-alikes answered) to the training pairs
     harmful_pairs: int = 0
+    # + this many pairs whose rejected answer is a good answer to another kind of request (data.mismatched_pairs),
+    # e.g. "I don't know" rejected for a phone-number request: DPO on the world's pairs alone spreads IDK answers
+    mismatched_pairs: int = 0
+    mismatched_from: str = "prefs"   # "prefs" = the training pairs; "sft" = data/world/sft_train.jsonl (multi-turn too)
     harmful_probes: int = 0          # harmful prompts (refusal rate) and look-alikes (false refusals) measured; 0 = skip
     max_new_tokens: int = 32
     log_every: int = 10
@@ -163,6 +167,7 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
 
         records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
         raw += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
+    raw += mismatched_pairs(mismatch_pool(raw, run_path, cfg.mismatched_from), cfg.mismatched_pairs, seed=0)
     train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from lmstack.align import common, dpo
-from lmstack.align.data import chunks, load_preferences_jsonl
+from lmstack.align.data import chat_answer_pairs, chunks, load_preferences_jsonl
+from lmstack.align.gold import WorldGoldReward
 from lmstack.align.losses import (gae, grpo_advantages, grpo_loss, ppo_policy_loss, ppo_rewards, ppo_value_loss,
                                   whiten)
 from lmstack.align.lora import LoRAAdapterConfig
@@ -64,6 +65,12 @@ class Config:
     kl_estimator: Literal["k1", "k3"] = "k1"  # PPO reward penalty estimator
     whiten_advantages: bool = True
     missing_end_penalty: float = 1.0  # subtracted from the score of a response cut off without <|end|>
+    # + gold_coef * the world's rule reward (lmstack.align.gold: refuse PII requests, "I don't know" for entities
+    # that do not exist, state known facts), added after normalisation; 0 = the reward model alone
+    gold_coef: float = 0.0
+    # + this many prompts from the SFT conversations (data/world/sft_train.jsonl, follow-up turns included: the
+    # preference prompts are all single-turn, and PPO answered "And her phone number?" with an IDK); 0 = none
+    sft_prompts: int = 0
     optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-5))
     schedule: ScheduleConfig = field(default_factory=lambda: common.finetune_schedule(warmup_steps=0, kind="constant"))
     grad_clip: float = 1.0           # 0 = no clipping
@@ -78,6 +85,8 @@ class Config:
             raise ValueError(f"GRPO needs group_size >= 2 (advantages are relative within a group), got {self.group_size}")
         if self.kl_target < 0 or self.kl_horizon <= 0:
             raise ValueError(f"ppo.kl_target must be >= 0 and ppo.kl_horizon > 0, got {self.kl_target}, {self.kl_horizon}")
+        if self.gold_coef < 0 or self.sft_prompts < 0:
+            raise ValueError(f"ppo.gold_coef and ppo.sft_prompts must be >= 0, got {self.gold_coef}, {self.sft_prompts}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r} must be 'k1' or 'k3'")
 
@@ -304,13 +313,27 @@ def paired_change(before: list, after: list) -> dict:
             "se": (var / n) ** 0.5, "n": n}
 
 
-def train_loop(ctx, cfg: Config, policy, ref_model, rm, tokenizer, prompts) -> tuple[dict, list, float]:
-    """Rollout / update iterations. Returns (per-iteration history, sample rows, seconds)."""
+def sft_prompt_chats(run_path: Path, n: int, seed: int) -> list:
+    """``n`` conversations of the run's ``sft_train.jsonl`` (a seeded sample) whose prompts join PPO's."""
+    import random
+
+    from lmstack.align.data import load_chat_jsonl
+
+    path = common.world_file(run_path, "sft_train.jsonl")
+    chats = load_chat_jsonl(path)
+    return random.Random(seed).sample(chats, min(n, len(chats)))
+
+
+def train_loop(ctx, cfg: Config, policy, ref_model, rm, tokenizer, prompts,
+               gold_fn: RewardFn | None = None) -> tuple[dict, list, float]:
+    """Rollout / update iterations; ``gold_fn`` (with cfg.gold_coef) adds a rule reward to the RM score.
+    Returns (per-iteration history, sample rows, seconds)."""
     optimizer = common.build_optimizer_for(policy, cfg.optim, cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else None)
     per_iter = cfg.prompts_per_iteration
     g = torch.Generator().manual_seed(ctx.seed)
     order = torch.randperm(len(prompts), generator=g).tolist()
-    hist = {k: [] for k in ("reward", "raw_reward", "kl", "kl_coef", "length", "policy_loss", "value_loss", "clip_frac")}
+    hist = {k: [] for k in ("reward", "raw_reward", "gold", "kl", "kl_coef", "length", "policy_loss", "value_loss",
+                            "clip_frac")}
     controller = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     moments = RunningMoments()
     timer = common.Timer()
@@ -324,12 +347,16 @@ def train_loop(ctx, cfg: Config, policy, ref_model, rm, tokenizer, prompts) -> t
         if cfg.normalize_scores:
             moments.update(roll.scores)
             roll.scores = (roll.scores - moments.mean) / max(moments.std, 1e-6)
+        gold = torch.tensor([float(x) for x in gold_fn(batch, roll.texts)]) if gold_fn is not None else None
+        if gold is not None and cfg.gold_coef > 0:
+            roll.scores = roll.scores + cfg.gold_coef * gold.to(roll.scores.device)
         update = ppo_update if cfg.algo == "ppo" else grpo_update
         coef = controller.value
         stats = update(policy, optimizer, roll, cfg, it, cfg.iterations, kl_coef=coef,
                        value_only=it < cfg.value_warmup_iterations)
         controller.update(stats["kl"], len(batch))
-        for key, value in (("reward", mean_score), ("raw_reward", float(roll.raw_scores.mean())), ("kl", stats["kl"]),
+        for key, value in (("reward", mean_score), ("raw_reward", float(roll.raw_scores.mean())),
+                           ("gold", float(gold.mean()) if gold is not None else float("nan")), ("kl", stats["kl"]),
                            ("kl_coef", coef), ("length", float(roll.lengths.float().mean())),
                            ("policy_loss", stats["policy_loss"]), ("value_loss", stats.get("value_loss", float("nan"))),
                            ("clip_frac", stats["clip_frac"])):
@@ -362,13 +389,22 @@ def run(ctx, cfg: Config):
 
     prompt_path = Path(cfg.prompt_file) if cfg.prompt_file else common.world_file(run_path, "prefs_train.jsonl")
     prompts = load_prompts(prompt_path)
+    sft_chats = sft_prompt_chats(run_path, cfg.sft_prompts, ctx.seed) if cfg.sft_prompts > 0 else []
+    prompts += [pair.prompt for pair in chat_answer_pairs(sft_chats)]
     eval_path = run_path / "data" / "world" / "prefs_eval.jsonl"
     eval_prompts = load_prompts(eval_path)[: cfg.eval_prompts] if (cfg.eval_prompts and eval_path.exists() and not cfg.prompt_file) else []
     probes = dpo.behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.prompt_file else {}
     scores_before, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
     gold_before = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
 
-    hist, samples, seconds = train_loop(ctx, cfg, policy, ref_model, rm, tokenizer, prompts)
+    gold_fn = (WorldGoldReward(prompt_path, run_path / "data" / "world" / "world.json")
+               if cfg.gold_coef > 0 and not cfg.prompt_file else None)
+    if gold_fn is not None:
+        gold_fn.add_chats(sft_chats)
+    if cfg.gold_coef > 0 and gold_fn is None:
+        raise ValueError("ppo.gold_coef > 0 needs the world's prompts (ppo.prompt_file must be empty): the rule reward"
+                         " reads each prompt's kind from data/world/prefs_train.jsonl")
+    hist, samples, seconds = train_loop(ctx, cfg, policy, ref_model, rm, tokenizer, prompts, gold_fn)
     scores_after, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
     gold_after = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
     change = paired_change(scores_before, scores_after)
@@ -390,6 +426,8 @@ def run(ctx, cfg: Config):
                "kl_max": max(hist["kl"]), "kl_coef_last": hist["kl_coef"][-1], "eval_reward_before": change["before"],
                "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"],
                "train_seconds": round(seconds, 1), **param_metrics}
+    if cfg.gold_coef > 0:
+        metrics.update(gold_first=_mean(hist["gold"][:n_third]), gold_last=_mean(hist["gold"][-n_third:]))
     gold_rows = dpo.behaviour_rows(probes, gold_before, gold_after, metrics) if probes else []
     report = _report(cfg, hist, samples, seconds, change, len(eval_prompts), plot, gold_rows)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
@@ -417,14 +455,17 @@ def _report(cfg: Config, hist: dict, samples: list, seconds: float, change: dict
             + (f" x {cfg.group_size} samples" if cfg.algo == "grpo" else "")
             + f", {cfg.ppo_epochs} epoch(s) per rollout batch, clip {cfg.clip_eps}, {kl_desc}"
             + (", RM scores normalised by running mean/std" if cfg.normalize_scores else "")
+            + (f", plus {cfg.gold_coef:g} x the world's rule reward (`lmstack.align.gold`: refuse PII requests, say"
+               " \"I don't know\" for entities that do not exist, state known facts; a verifier reward as in"
+               " DeepSeek-R1, not a learned one)" if cfg.gold_coef > 0 else "")
             + (f", GAE gamma={cfg.gamma} lambda={cfg.lam}, whitened advantages, value loss x{cfg.vf_coef},"
                f" {cfg.value_warmup_iterations} value warm-up iteration(s)" if cfg.algo == "ppo"
                else ", group-standardised advantages, k3 KL loss term")
             + f". Rollouts sampled with `lmstack.generate` (T={cfg.temperature}); {seconds:.1f}s of training.\n")
     verdict = ("rises beyond 3 standard errors" if change["diff"] > 3 * change["se"] else
                "does not rise beyond 3 standard errors")
-    rows = [(i + 1, hist["reward"][i], hist["raw_reward"][i], hist["kl"][i], hist["kl_coef"][i], hist["length"][i],
-             hist["clip_frac"][i]) for i in range(cfg.iterations)]
+    rows = [(i + 1, hist["reward"][i], hist["raw_reward"][i], hist["gold"][i], hist["kl"][i], hist["kl_coef"][i],
+             hist["length"][i], hist["clip_frac"][i]) for i in range(cfg.iterations)]
     report = [desc,
               f"Mean rollout RM score over the first third of training {first:.3f} -> last third {last:.3f}; KL to the"
               f" reference ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f}).\n",
@@ -435,8 +476,8 @@ def _report(cfg: Config, hist: dict, samples: list, seconds: float, change: dict
     if gold_rows:
         report += ["**Gold measures before / after** (greedy generation, judged by the world's checkers):\n",
                    markdown_table(dpo.BEHAVIOUR_HEADER, gold_rows), ""]
-    report += [markdown_table(["iteration", "RM score (rollouts)", "RM score (raw)", "KL", "KL coef", "response tokens",
-                               "clip fraction"], rows), ""]
+    report += [markdown_table(["iteration", "RM score (rollouts)", "RM score (raw)", "world rule reward", "KL", "KL coef",
+                               "response tokens", "clip fraction"], rows), ""]
     if samples:
         report.append(markdown_table(["iteration", "prompt", "sampled response", "RM score"],
                                      [(i + 1, table_cell(p), table_cell(t), sc) for i, p, t, sc in samples]))

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from lmstack.align import common, rlaif
-from lmstack.align.data import chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, tokenize_pairs
+from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, mismatch_pool,
+                                mismatched_pairs, tokenize_pairs)
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
 from lmstack.report import markdown_table, save_line_plot
@@ -92,6 +93,10 @@ class Config:
     margin: float = 0.0              # constant margin m in -log s(r_w - r_l - m); a record's "margin" field overrides it
     center_coef: float = 0.0         # + c * mean((r_w + r_l)^2) keeps rewards centred
     max_train_pairs: int = 0
+    # + this many pairs whose rejected answer is a good answer to another kind of request (data.mismatched_pairs):
+    # teaches the RM to read the prompt, so PPO cannot score by answering a different question
+    mismatched_pairs: int = 0
+    mismatched_from: str = "prefs"   # "prefs" = the training pairs; "sft" = data/world/sft_train.jsonl (multi-turn too)
     eval_pairs: int = 0              # 0 = all
     optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-4))
     schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
@@ -128,7 +133,10 @@ def run(ctx, cfg: Config):
 
     train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
-    train_pairs, dropped = tokenize_pairs(load_preferences_jsonl(train_path, cfg.max_train_pairs or None), tokenizer, max_len, ctx.log, train_path.name)
+    raw_train = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
+    raw_train += mismatched_pairs(mismatch_pool(raw_train, run_path, cfg.mismatched_from), cfg.mismatched_pairs,
+                                  seed=ctx.seed)
+    train_pairs, dropped = tokenize_pairs(raw_train, tokenizer, max_len, ctx.log, train_path.name)
     eval_raw = load_preferences_jsonl(eval_path)
     eval_pairs, eval_dropped = tokenize_pairs(eval_raw if not cfg.eval_pairs else eval_raw[: cfg.eval_pairs], tokenizer, max_len, ctx.log, eval_path.name)
 
