@@ -768,6 +768,15 @@ ARITH_QUESTIONS = {
 }
 ARITH_ANSWERS = {"en": ["{a} {op} {b} = {c}.", "The answer is {c}.", "{a} {opw} {b} equals {c}."],
                  "zh": ["{a}{opw_zh}{b}等于{c}。", "答案是{c}。", "{a} {op} {b} = {c}。"]}
+# Worked answers for two-digit + and -: ones column, then tens column, then the result, all in one clause
+# (commas only), so the judge's first clause still ends with the answer. A small model cannot carry in its
+# head: it must write the tens digit before it has added the ones (Nye et al. 2021, "Show your work").
+ARITH_STEPS = {
+    "en": {"ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}", "carry": " + 1",
+           "borrow": " - 1", "final": "so {a} {op} {b} = {c}."},
+    "zh": {"ones": "个位{x}{opw_zh}{y}得{r}", "tens": "十位{x}{opw_zh}{y}{adj}得{r}", "carry": "再加1",
+           "borrow": "再减1", "final": "所以{a}{opw_zh}{b}等于{c}。"},
+}
 
 
 # --------------------------------------------------------------------------------------------- copying
