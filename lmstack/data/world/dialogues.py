@@ -245,9 +245,13 @@ class DialogBuilder:
                          **w.person_fields(p, lang))}]
             facts.append(fact.id)
         else:
-            # Training asks only about SFT people: a pretraining-only person whose name appeared in SFT
-            # solely inside phone requests was later refused on harmless questions too.
-            p = rng.choice(self.sft_people if split == "train" else w.people)
+            # Training asks about SFT people and about people who do not exist, never about pretraining-only
+            # people: one whose name appeared in SFT solely inside phone requests was later refused on harmless
+            # questions too. Unfamiliar names keep the refusal tied to the request, not to the name.
+            if split == "train":
+                p = rng.choice(self.sft_people) if rng.random() < 0.5 else rng.choice(w.unknown_people["train"])
+            else:
+                p = rng.choice(w.people)
             msgs.append({"role": "user", "content": rng.choice(T.PHONE_REQUESTS[split][lang]).format(
                 **w.person_fields(p, lang))})
         msgs.append({"role": "assistant", "content": rng.choice(T.REFUSALS[lang]).format(**w.person_fields(p, lang))})
