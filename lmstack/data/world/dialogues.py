@@ -236,7 +236,9 @@ class DialogBuilder:
         lang = self._lang(rng)
         msgs = [self._system(rng, split, "qa", lang)]
         facts = []
-        if rng.random() < 0.3:  # ask a fact first, then the phone number with a pronoun
+        # Ask a fact first, then the phone number with a pronoun: half of training (the held-out set keeps 0.3);
+        # at 0.3 the model answered such follow-ups with "I don't know" about a third of the time.
+        if rng.random() < (0.5 if split == "train" else 0.3):
             p = rng.choice(self.sft_people if split == "train" else w.people)
             fact = w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
             msgs += [{"role": "user", "content": self._question(rng, split, fact, lang)},
