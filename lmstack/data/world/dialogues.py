@@ -10,7 +10,7 @@ from typing import Sequence
 
 from lmstack.data import world_text as T
 from lmstack.data.world.documents import arith_problem, sentence_pair
-from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_TASK_MIX, Cycle, Fact, Person, World, article, cap,
+from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_EVAL_TASK_MIX, SFT_TASK_MIX, Cycle, Fact, Person, World, article, cap,
                                          largest_remainder, sft_fact_ids)
 
 
@@ -148,7 +148,7 @@ class DialogBuilder:
     # -------------------------------------------------------------- SFT
     def sft(self, split: str, n: int) -> list[dict]:
         rng = self.w.rng(f"sft:{split}")
-        counts = largest_remainder(n, SFT_TASK_MIX)
+        counts = largest_remainder(n, SFT_TASK_MIX if split == "train" else SFT_EVAL_TASK_MIX)
         facts = self.sft_facts if split == "train" else self.all_facts
         people = self.sft_people if split == "train" else self.w.people
         fact_cycle = Cycle(rng, facts)
