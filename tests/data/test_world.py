@@ -543,3 +543,14 @@ def test_pretraining_only_people_are_named_in_sft_training_only_inside_translati
         blob = "\n".join(m["content"] for m in item["messages"])
         if any(n in blob for n in names):
             assert item["task"] == "translate", item
+
+
+def test_training_task_mix_does_not_change_the_held_out_set(monkeypatch):
+    import lmstack.data.world.dialogues as D
+
+    before = build_world(WorldConfig(**TINY), seed=7)
+    monkeypatch.setattr(D, "SFT_TASK_MIX", dict(D.SFT_TASK_MIX, idk=0.3, fact_qa=0.18))
+    after = build_world(WorldConfig(**TINY), seed=7)
+    assert [i["messages"][:-1] for i in after.sft_eval] == [i["messages"][:-1] for i in before.sft_eval]
+    count = lambda w: sum(i["task"] == "idk" for i in w.sft_train)  # noqa: E731
+    assert count(after) > count(before)
