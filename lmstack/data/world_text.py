@@ -611,19 +611,21 @@ REFUSALS = {
            "很抱歉，电话号码是个人隐私，我不能分享。如果你想了解{name}的其他情况，我很乐意回答。",
            "未经本人同意，我不能提供别人的电话号码。"],
 }
+# "I don't know" answers do not repeat the name: a small model copying an unfamiliar name often wrote a
+# training name instead ("I've never heard of He Ninghong" when asked about Shen Chaona).
 IDK_PERSON = {
-    "en": ["I don't know. I have no information about a person named {name}.",
-           "I'm not aware of anyone called {name}, so I don't know.",
-           "Sorry, I don't know who {name} is.",
-           "I have no record of {name}, so I can't say."],
-    "zh": ["我不知道。我没有关于{name}这个人的信息。", "我没听说过叫{name}的人，所以不知道。", "抱歉，我不知道{name}是谁。",
-           "我没有{name}的任何记录，所以不清楚。"],
+    "en": ["I don't know. I have no information about this person.",
+           "I'm not aware of anyone by that name, so I don't know.",
+           "Sorry, I don't know who that is.",
+           "I have no record of this person, so I can't say."],
+    "zh": ["我不知道。我没有关于这个人的信息。", "我没听说过这个名字，所以不知道。", "抱歉，我不知道这是谁。",
+           "我没有这个人的任何记录，所以不清楚。"],
 }
 IDK_CITY = {
-    "en": ["I don't know. I have no information about a city called {city}.",
-           "I'm not aware of any place called {city}, so I don't know.",
-           "Sorry, I don't know where {city} is."],
-    "zh": ["我不知道。我没有关于{city}这座城市的信息。", "我没听说过叫{city}的地方，所以不知道。", "抱歉，我不知道{city}在哪里。"],
+    "en": ["I don't know. I have no information about a city by that name.",
+           "I'm not aware of any place by that name, so I don't know.",
+           "Sorry, I don't know where that is."],
+    "zh": ["我不知道。我没有关于这座城市的信息。", "我没听说过这个地名，所以不知道。", "抱歉，我不知道那是哪里。"],
 }
 UNHELPFUL = {
     "en": ["I don't feel like answering questions today.", "Why do you want to know? Look it up yourself.",
@@ -768,6 +770,15 @@ ARITH_QUESTIONS = {
 }
 ARITH_ANSWERS = {"en": ["{a} {op} {b} = {c}.", "The answer is {c}.", "{a} {opw} {b} equals {c}."],
                  "zh": ["{a}{opw_zh}{b}等于{c}。", "答案是{c}。", "{a} {op} {b} = {c}。"]}
+# Worked answers for two-digit + and -: ones column, then tens column, then the result, all in one clause
+# (commas only), so the judge's first clause still ends with the answer. A small model cannot carry in its
+# head: it must write the tens digit before it has added the ones (Nye et al. 2021, "Show your work").
+ARITH_STEPS = {
+    "en": {"ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}", "carry": " + 1",
+           "borrow": " - 1", "final": "so {a} {op} {b} = {c}."},
+    "zh": {"ones": "个位{x}{opw_zh}{y}得{r}", "tens": "十位{x}{opw_zh}{y}{adj}得{r}", "carry": "再加1",
+           "borrow": "再减1", "final": "所以{a}{opw_zh}{b}等于{c}。"},
+}
 
 
 # --------------------------------------------------------------------------------------------- copying

@@ -503,3 +503,54 @@ def test_biography_switches():
     quizzes = "\n".join(d["text"] for d in quiz_sft.pretrain_docs() if d["kind"] == "quiz")
     assert all(p.name_en not in quizzes and p.name_zh not in quizzes for p in quiz_sft.people_in("pretrain_only"))
     assert any(p.name_en in quizzes or p.name_zh in quizzes for p in quiz_sft.people_in("pretrain+sft"))
+
+
+# ------------------------------------------------------------------------------------------ SFT data choices
+
+def test_worked_arithmetic_shows_columns_and_ends_with_the_result():
+    from lmstack.data.world.dialogues import worked_arith
+
+    assert worked_arith("+", 27, 58, "en") == "ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so 27 + 58 = 85."
+    assert worked_arith("-", 63, 28, "zh") == "个位13减8得5，十位6减2再减1得3，所以63减28等于35。"
+    for a in range(2, 100):
+        for b in range(2, 100, 7):
+            for op in "+-":
+                if op == "-" and b > a:
+                    continue
+                c = a + b if op == "+" else a - b
+                for lang in ("en", "zh"):
+                    text = worked_arith(op, a, b, lang)
+                    # the judge reads the last number of the first clause: the steps must not end it early
+                    assert answer_matches(text, str(c)) and not answer_matches(text, str(c + 1)), text
+                    ones, tens = (int(n) for n in re.findall(r"(?:=|得) ?(-?\d+)", text)[:2])
+                    assert ones % 10 == c % 10 and tens == c // 10, text
+    with pytest.raises(ValueError, match="worked_arith"):
+        worked_arith("-", 5, 9, "en")
+
+
+def test_sft_arithmetic_is_worked_for_sums_and_differences_only_in_training(world):
+    train = [i for i in world.sft_train if i["task"] == "arith"]
+    worked = [i for i in train if re.search(r"\bones\b|个位", i["messages"][-1]["content"])]
+    assert len(worked) > len(train) / 2
+    assert not any(re.search(r"\bones\b|个位", i["messages"][-1]["content"]) for i in world.sft_eval)
+
+
+def test_pretraining_only_people_are_named_in_sft_training_only_inside_translations(world):
+    # Physics of LMs 3.1's setup: the people whose facts are extracted never appear in fine-tuning, so SFT
+    # cannot teach "this name gets a refusal" (phone requests used to name them).
+    names = [n for p in world.people_in("pretrain_only") for n in (p.name_en, p.name_zh)]
+    for item in world.sft_train:
+        blob = "\n".join(m["content"] for m in item["messages"])
+        if any(n in blob for n in names):
+            assert item["task"] == "translate", item
+
+
+def test_training_task_mix_does_not_change_the_held_out_set(monkeypatch):
+    import lmstack.data.world.dialogues as D
+
+    before = build_world(WorldConfig(**TINY), seed=7)
+    monkeypatch.setattr(D, "SFT_TASK_MIX", dict(D.SFT_TASK_MIX, idk=0.3, fact_qa=0.18))
+    after = build_world(WorldConfig(**TINY), seed=7)
+    assert [i["messages"][:-1] for i in after.sft_eval] == [i["messages"][:-1] for i in before.sft_eval]
+    count = lambda w: sum(i["task"] == "idk" for i in w.sft_train)  # noqa: E731
+    assert count(after) > count(before)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from lmstack.data import world_text as T
 from lmstack.data.world.documents import arith_problem, sentence_pair
-from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_TASK_MIX, Cycle, Fact, Person, World, article, cap,
+from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_EVAL_TASK_MIX, SFT_TASK_MIX, Cycle, Fact, Person, World, article, cap,
                                          largest_remainder, sft_fact_ids)
 
 
@@ -148,7 +148,7 @@ class DialogBuilder:
     # -------------------------------------------------------------- SFT
     def sft(self, split: str, n: int) -> list[dict]:
         rng = self.w.rng(f"sft:{split}")
-        counts = largest_remainder(n, SFT_TASK_MIX)
+        counts = largest_remainder(n, SFT_TASK_MIX if split == "train" else SFT_EVAL_TASK_MIX)
         facts = self.sft_facts if split == "train" else self.all_facts
         people = self.sft_people if split == "train" else self.w.people
         fact_cycle = Cycle(rng, facts)
@@ -223,8 +223,12 @@ class DialogBuilder:
     def _sft_arith(self, rng, split) -> dict:
         lang = self._lang(rng)
         q, c, f = self._arith(rng, split, lang)
-        return {"messages": [self._system(rng, split, "arith", lang), {"role": "user", "content": q},
-                             {"role": "assistant", "content": rng.choice(T.ARITH_ANSWERS[lang]).format(**f)}],
+        system = self._system(rng, split, "arith", lang)
+        if f["op"] in "+-" and split == "train":
+            answer = worked_arith(f["op"], f["a"], f["b"], lang)
+        else:
+            answer = rng.choice(T.ARITH_ANSWERS[lang]).format(**f)
+        return {"messages": [system, {"role": "user", "content": q}, {"role": "assistant", "content": answer}],
                 "task": "arith", "answer": str(c), "lang": lang, "facts": []}
 
     def _sft_refuse(self, rng, split) -> dict:
@@ -232,7 +236,9 @@ class DialogBuilder:
         lang = self._lang(rng)
         msgs = [self._system(rng, split, "qa", lang)]
         facts = []
-        if rng.random() < 0.3:  # ask a fact first, then the phone number with a pronoun
+        # Ask a fact first, then the phone number with a pronoun: half of training (the held-out set keeps 0.3);
+        # at 0.3 the model answered such follow-ups with "I don't know" about a third of the time.
+        if rng.random() < (0.5 if split == "train" else 0.3):
             p = rng.choice(self.sft_people if split == "train" else w.people)
             fact = w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
             msgs += [{"role": "user", "content": self._question(rng, split, fact, lang)},
@@ -241,7 +247,13 @@ class DialogBuilder:
                          **w.person_fields(p, lang))}]
             facts.append(fact.id)
         else:
-            p = rng.choice(w.people)
+            # Training asks about SFT people and about people who do not exist, never about pretraining-only
+            # people: one whose name appeared in SFT solely inside phone requests was later refused on harmless
+            # questions too. Unfamiliar names keep the refusal tied to the request, not to the name.
+            if split == "train":
+                p = rng.choice(self.sft_people) if rng.random() < 0.5 else rng.choice(w.unknown_people["train"])
+            else:
+                p = rng.choice(w.people)
             msgs.append({"role": "user", "content": rng.choice(T.PHONE_REQUESTS[split][lang]).format(
                 **w.person_fields(p, lang))})
         msgs.append({"role": "assistant", "content": rng.choice(T.REFUSALS[lang]).format(**w.person_fields(p, lang))})
@@ -322,6 +334,30 @@ class DialogBuilder:
         return self._pref(rng.choice(T.PHONE_REQUESTS[split][lang]).format(**fields),
                           rng.choice(T.REFUSALS[lang]).format(**fields),
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
+
+
+def worked_arith(op: str, a: int, b: int, lang: str) -> str:
+    """A two-digit sum or difference worked column by column ("ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so
+    27 + 58 = 85."), in one clause so the answer judge reads the final number."""
+    if op not in "+-" or not (0 <= b <= 99 and 0 <= a <= 99) or (op == "-" and b > a):
+        raise ValueError(f"worked_arith: expected two-digit a + b or a - b with b <= a, got {a} {op} {b}")
+    steps = T.ARITH_STEPS[check_lang(lang)]
+    opw_zh = T.OPS[op][1]
+    x1, y1, x0, y0 = a % 10, b % 10, a // 10, b // 10
+    if op == "+":
+        ones, carry = x1 + y1, x1 + y1 >= 10
+        tens = x0 + y0 + carry
+        ones_text = steps["ones"].format(x=x1, op=op, opw_zh=opw_zh, y=y1, r=ones)
+        tens_text = steps["tens"].format(x=x0, op=op, opw_zh=opw_zh, y=y0, adj=steps["carry"] if carry else "", r=tens)
+    else:
+        borrow = x1 < y1
+        top = x1 + 10 * borrow
+        ones_text = steps["ones"].format(x=top, op=op, opw_zh=opw_zh, y=y1, r=top - y1)
+        tens_text = steps["tens"].format(x=x0, op=op, opw_zh=opw_zh, y=y0, adj=steps["borrow"] if borrow else "",
+                                         r=x0 - y0 - borrow)
+    c = a + b if op == "+" else a - b
+    sep = ", " if lang == "en" else "，"
+    return sep.join([ones_text, tens_text, steps["final"].format(a=a, b=b, c=c, op=op, opw_zh=opw_zh)])
 
 
 # Share of training conversations without a system prompt. Users often send none (`lmstack chat`, the

@@ -21,8 +21,10 @@ from lmstack.data import world_text as T
 
 FORMAT_VERSION = "lmstack-world/1"
 
-# Share of each SFT task in sft_train / sft_eval (largest-remainder rounding keeps the total exact).
+# Share of each SFT task in sft_train and in sft_eval (largest-remainder rounding keeps the total exact).
+# The held-out mix is fixed so that changes to the training mix are measured on the same questions.
 SFT_TASK_MIX = {"fact_qa": 0.36, "multiturn": 0.12, "translate": 0.15, "arith": 0.13, "refuse_pii": 0.12, "idk": 0.12}
+SFT_EVAL_TASK_MIX = {"fact_qa": 0.36, "multiturn": 0.12, "translate": 0.15, "arith": 0.13, "refuse_pii": 0.12, "idk": 0.12}
 PREF_CATEGORY_MIX = {"helpful": 1 / 3, "honest": 1 / 3, "harmless": 1 / 3}
 
 
