@@ -5,10 +5,10 @@ import pytest
 import torch
 
 # The small models and tokenizers that tests in several folders build on live beside the tests they
-# came from (generate/test_generate_common.py, train/test_train_helpers.py); make them importable
+# came from (generate/test_generate_common.py, train/test_train_helpers.py, align/align_tiny_run.py); make them importable
 # from every folder, whatever order pytest collects the folders in.
 _HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE / "generate"), str(_HERE / "train")]
+sys.path[:0] = [str(_HERE / "generate"), str(_HERE / "train"), str(_HERE / "align")]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,9 +10,7 @@ import torch
 
 from lmstack.align import dpo, ppo, reward, sft
 from lmstack.align.lora import LoRAAdapterConfig
-from lmstack.config import config_from_dict
-from lmstack.pipeline import StageContext
-from lmstack.runs import RunDir
+from align_tiny_run import build_tiny_run, ctx_for, small
 
 
 
@@ -21,36 +19,6 @@ from lmstack.runs import RunDir
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     return build_tiny_run(tmp_path_factory.mktemp("align_run"))
-
-
-def build_tiny_run(root):
-    """data/world/*, tokenizer/tokenizer.json and checkpoints/pretrain (a random tiny model)."""
-    from lmstack.data.world import WorldConfig, build_world
-    from lmstack.model import ModelConfig, Transformer, save_pretrained
-    from lmstack.tokenizer import train_tokenizer
-
-    world = build_world(WorldConfig(n_people=6, n_sft_only_people=2, n_cities=3, n_countries=4, bios_per_person=2,
-                                    n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=4,
-                                    n_sft_train=60, n_sft_eval=24, n_prefs_train=40, n_prefs_eval=16,
-                                    n_unknown_people=4, n_unknown_cities=2), seed=0)
-    world.write(root / "data" / "world")
-    texts = [d["text"] for d in world.pretrain_docs()]
-    texts += [m["content"] for ex in world.sft_train for m in ex["messages"]]
-    tok = train_tokenizer(texts, 320, progress=False)
-    tok.save(root / "tokenizer" / "tokenizer.json")
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                             max_seq_len=160)
-    save_pretrained(Transformer(cfg), root / "checkpoints" / "pretrain")
-    return root
-
-
-def ctx_for(root, stage):
-    return StageContext(run=RunDir(root), seed=0, device="cpu", recipe={}, stage=stage)
-
-
-def small(cls, **kw):
-    return config_from_dict(cls, kw, cls.__module__)
 
 
 def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):

@@ -5,45 +5,22 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lmstack.align import ppo, reason, reward, self_instruct
+from align_tiny_run import build_tiny_run, ctx_for, small
 from lmstack.config import config_from_dict
-from lmstack.pipeline import StageContext
-from lmstack.runs import RunDir
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """data/world/*, tokenizer, checkpoints/pretrain (random, tiny) copied as checkpoints/sft, and a reward model."""
+    """The tiny run, its random model copied as checkpoints/sft, and a reward model."""
     import shutil
 
-    from lmstack.data.world import WorldConfig, build_world
-    from lmstack.model import ModelConfig, Transformer, save_pretrained
-    from lmstack.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("reason_run")
-    world = build_world(WorldConfig(n_people=6, n_sft_only_people=2, n_cities=3, n_countries=4, bios_per_person=2,
-                                    n_stories=4, n_geo_docs=4, n_quiz_docs=4, n_arith_docs=4, n_arith_drill_docs=0, n_copy_docs=0, n_parallel_docs=4,
-                                    n_sft_train=60, n_sft_eval=24, n_prefs_train=30, n_prefs_eval=10,
-                                    n_unknown_people=4, n_unknown_cities=2), seed=0)
-    world.write(root / "data" / "world")
-    texts = [d["text"] for d in world.pretrain_docs()] + [m["content"] for ex in world.sft_train for m in ex["messages"]]
-    texts += ["Compute (12 + 7) * 3.\n12 + 7 = 19\n19 * 3 = 57\nAnswer: 57"]
-    tok = train_tokenizer(texts, 320, progress=False)
-    tok.save(root / "tokenizer" / "tokenizer.json")
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("llama-style", vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                             max_seq_len=192)
-    save_pretrained(Transformer(cfg), root / "checkpoints" / "pretrain")
+    root = build_tiny_run(tmp_path_factory.mktemp("reason_run"), n_prefs_train=30, n_prefs_eval=10, max_seq_len=192,
+                          extra_texts=["Compute (12 + 7) * 3.\n12 + 7 = 19\n19 * 3 = 57\nAnswer: 57"])
     shutil.copytree(root / "checkpoints" / "pretrain", root / "checkpoints" / "sft")
-    reward.run(ctx_for(root, "reward"), config_from_dict(reward.Config, {"init_from": "pretrain", "steps": 2, "batch_size": 4},
-                                                          "reward"))
+    reward.run(ctx_for(root, "reward"), small(reward.Config, init_from="pretrain", steps=2, batch_size=4))
     return root
-
-
-def ctx_for(root, stage):
-    return StageContext(run=RunDir(root), seed=0, device="cpu", recipe={}, stage=stage)
 
 
 def test_rule_reward_scores_answer_and_format():
