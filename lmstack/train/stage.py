@@ -245,10 +245,10 @@ def _finish(ctx, cfg: Config, model, tokenizer, summary, train_seconds: float, m
     report = [f"Model: `{cfg.model.get('preset', 'llama-style')}` with {metrics['params_M']}M parameters "
               f"(d_model={model_cfg.d_model}, layers={model_cfg.n_layers}, heads={model_cfg.n_heads}/"
               f"{model_cfg.n_kv_heads} kv, vocab={model_cfg.vocab_size}, context={cfg.seq_len}); "
-              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {summary.dtype}, "
-              f"{'torch.compile' if summary.compiled else 'eager'}"
-              + (f" ({summary.compile_note})" if summary.compile_note else "")
+              f"optimizer {cfg.optim.name}, schedule {cfg.schedule.kind}, dtype {summary.dtype}"
               + (" (chosen by the machine probe: " + _dtype_reason(ctx.device) + ")" if cfg.dtype == "auto" else "")
+              + f", {'torch.compile' if summary.compiled else 'eager'}"
+              + (f" ({summary.compile_note})" if summary.compile_note else "")
               + f". MFU {summary.mfu:.1%} against a measured {summary.peak_flops / 1e9:.0f} GFLOP/s "
               f"{summary.dtype} GEMM; FLOPs counted by `lmstack.model.flops_per_token` (tied lm_head included).", ""]
     if summary.resumed_from is not None:
