@@ -87,6 +87,9 @@ class Config:
             raise ValueError(f"ppo.kl_target must be >= 0 and ppo.kl_horizon > 0, got {self.kl_target}, {self.kl_horizon}")
         if self.gold_coef < 0 or self.sft_prompts < 0:
             raise ValueError(f"ppo.gold_coef and ppo.sft_prompts must be >= 0, got {self.gold_coef}, {self.sft_prompts}")
+        if self.gold_coef > 0 and self.prompt_file:
+            raise ValueError("ppo.gold_coef > 0 needs the world's prompts (ppo.prompt_file must be empty): the rule reward"
+                             " reads each prompt's kind from data/world/prefs_train.jsonl")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator={self.kl_estimator!r} must be 'k1' or 'k3'")
 
@@ -348,7 +351,7 @@ def train_loop(ctx, cfg: Config, policy, ref_model, rm, tokenizer, prompts,
             moments.update(roll.scores)
             roll.scores = (roll.scores - moments.mean) / max(moments.std, 1e-6)
         gold = torch.tensor([float(x) for x in gold_fn(batch, roll.texts)]) if gold_fn is not None else None
-        if gold is not None and cfg.gold_coef > 0:
+        if gold is not None:
             roll.scores = roll.scores + cfg.gold_coef * gold.to(roll.scores.device)
         update = ppo_update if cfg.algo == "ppo" else grpo_update
         coef = controller.value
@@ -397,13 +400,10 @@ def run(ctx, cfg: Config):
     scores_before, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
     gold_before = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
 
-    gold_fn = (WorldGoldReward(prompt_path, run_path / "data" / "world" / "world.json")
-               if cfg.gold_coef > 0 and not cfg.prompt_file else None)
-    if gold_fn is not None:
+    gold_fn = None
+    if cfg.gold_coef > 0:  # Config checked that the prompts are the world's
+        gold_fn = WorldGoldReward(prompt_path, run_path / "data" / "world" / "world.json")
         gold_fn.add_chats(sft_chats)
-    if cfg.gold_coef > 0 and gold_fn is None:
-        raise ValueError("ppo.gold_coef > 0 needs the world's prompts (ppo.prompt_file must be empty): the rule reward"
-                         " reads each prompt's kind from data/world/prefs_train.jsonl")
     hist, samples, seconds = train_loop(ctx, cfg, policy, ref_model, rm, tokenizer, prompts, gold_fn)
     scores_after, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
     gold_after = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
