@@ -111,16 +111,13 @@ def repeat_loss(model, tokenizer, length: int = 24, n: int = 16, seed: int = 123
 def copy_page_texts(n: int, rng) -> list[str]:
     """``n`` fresh pages of 2-3 world copy paragraphs with newly invented names, places and codes."""
     from lmstack.data import world_text as T
-
-    def word() -> str:
-        return "".join(rng.choice(T.COPY_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    from lmstack.data.world.documents import copy_paragraph_fields
 
     pages = []
     for _ in range(n):
         paragraphs = []
         for _ in range(rng.randint(2, 3)):
-            fields = dict(x=f"{word()} {word()}", y=f"{word()} {word()}", p=word(),
-                          c=str(rng.randint(100, 99999)), d=str(rng.randint(2, 999)))
+            fields = copy_paragraph_fields(rng)
             paragraphs.append(rng.choice(T.COPY_PARAGRAPHS).format(**fields))
         pages.append("\n\n".join(paragraphs))
     return pages
@@ -188,6 +185,7 @@ def page_copy_loss(model, tokenizer, n: int = 24, seed: int = 4321) -> dict[str,
     """In-distribution copying: loss (nats per token) on a code's digits where a fresh copy page first states
     it and where it repeats it ("... the ticket code 31384. ... read it out: 31384.")."""
     from lmstack.data import world_text as T
+    from lmstack.data.world.documents import invented_word
 
     rng = random.Random(seed)
     device = next(model.parameters()).device
@@ -196,7 +194,7 @@ def page_copy_loss(model, tokenizer, n: int = 24, seed: int = 4321) -> dict[str,
     first = repeat = 0.0
     for _ in range(n):
         code = str(rng.randint(10000, 99999))
-        words = ["".join(rng.choice(T.COPY_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize() for _ in range(3)]
+        words = [invented_word(rng) for _ in range(3)]
         text = T.COPY_PARAGRAPHS[0].format(x=f"{words[0]} {words[1]}", y="", p=words[2], c=code, d="")
         ids = [tokenizer.bos_id] + tokenizer.encode(text)
         logp = torch.log_softmax(model(torch.tensor([ids[:-1]], device=device)).logits.float(), -1)[0]

@@ -239,8 +239,15 @@ def make_pretrain_docs(w: World) -> None:
     w.docs = [{"text": d["text"], "source": "world", "lang": d["lang"], "kind": d["kind"]} for d in docs]
 
 
-def _invented_word(rng: random.Random) -> str:
+def invented_word(rng: random.Random) -> str:
+    """A made-up capitalised word of 2-3 syllables (names, places on copy pages)."""
     return "".join(rng.choice(T.COPY_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def copy_paragraph_fields(rng: random.Random) -> dict[str, str]:
+    """Fresh values for one of T.COPY_PARAGRAPHS: two invented names (x, y), a place (p), a code (c), a count (d)."""
+    return dict(x=f"{invented_word(rng)} {invented_word(rng)}", y=f"{invented_word(rng)} {invented_word(rng)}",
+                p=invented_word(rng), c=f"{rng.randint(100, 99999)}", d=f"{rng.randint(2, 999)}")
 
 
 def _copy_pages(w: World, rng: random.Random) -> list[dict]:
@@ -250,8 +257,7 @@ def _copy_pages(w: World, rng: random.Random) -> list[dict]:
         picker = _Picker(rng)
         paragraphs = []
         for _ in range(rng.randint(3, 4)):
-            fields = dict(x=f"{_invented_word(rng)} {_invented_word(rng)}", y=f"{_invented_word(rng)} {_invented_word(rng)}",
-                          p=_invented_word(rng), c=f"{rng.randint(100, 99999)}", d=f"{rng.randint(2, 999)}")
+            fields = copy_paragraph_fields(rng)  # drawn before the template: the world's random stream stays as it was
             paragraphs.append(picker.pick("copy", T.COPY_PARAGRAPHS).format(**fields))
         w.doc_items["copy"] += len(paragraphs)
         docs.append({"text": rng.choice(T.COPY_TITLES) + "\n\n" + "\n\n".join(paragraphs), "lang": "en",
