@@ -138,34 +138,41 @@ class Int8DecodeWeight:
             self.scales_127 = self.scales / 127.0  # folds the activation scale's 1/127 into the output rescale
         self._packed = self._dense = None
         self._reduce_range = not _cpu_has_vnni()
-        dense = dense or _plain_matmul
-        available = self._available(dense)
+        builders, built = self._builders(dense or _plain_matmul), {}
         if mode == "auto":
             key = (*self.weight.shape, torch.get_num_threads(), self.weight.device.type)
-            if key not in _CHOICES or _CHOICES[key] not in available:
-                _CHOICES[key] = _fastest(available, self.weight.shape[1], self.weight.device)
+            if key not in _CHOICES:
+                # first weight of this shape: build every kernel and time them; later ones build only the winner
+                built = {name: kernel for name, build in builders.items() if (kernel := build()) is not None}
+                _CHOICES[key] = _fastest(built, self.weight.shape[1], self.weight.device)
             mode = _CHOICES[key]
-        elif mode not in available:
-            mode = "weight_only"  # e.g. "dynamic" asked for on a GPU: the exact kernel
-        self.mode = mode
-        self._run = available[mode]
+        run = built.get(mode) or (builders[mode]() if mode in builders else None)
+        if run is None:
+            mode, run = "weight_only", self._weight_only  # e.g. "dynamic" asked for on a GPU: the exact kernel
+        self.mode, self._run = mode, run
         if mode != "dense":
             self._dense = None  # the fp32 copy only stays when it is used
         if mode != "qlinear":
             self._packed = None
 
-    def _available(self, dense) -> dict[str, Callable]:
-        kernels = {"weight_only": self._weight_only}
-        on_cpu = self.weight.device.type == "cpu"
-        if on_cpu:
+    def _builders(self, dense) -> dict[str, Callable[[], Callable | None]]:
+        """Kernel name -> a function that prepares the kernel (packs the weight, makes the fp32 copy) and
+        returns it, or None where this torch build lacks it. Only the kernels that are used get built."""
+        def qlinear():
             self._packed = _pack_qlinear(self.weight, self.scales)
-            if self._packed is not None:
-                kernels["qlinear"] = self._qlinear
+            return self._qlinear if self._packed is not None else None
+
+        def dense_kernel():
+            self._dense = dense(self.weight.float() * self.scales[:, None])
+            return self._dense
+
+        builders = {"weight_only": lambda: self._weight_only}
+        if self.weight.device.type == "cpu":
+            builders["qlinear"] = qlinear
             if _INT_MM is not None:
-                kernels["dynamic"] = self._dynamic
-        self._dense = dense(self.weight.float() * self.scales[:, None])
-        kernels["dense"] = self._dense
-        return kernels
+                builders["dynamic"] = lambda: self._dynamic
+        builders["dense"] = dense_kernel
+        return builders
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 and self.mode != "dense":

@@ -93,6 +93,27 @@ def test_auto_mode_times_the_kernels_once_per_shape(monkeypatch):
         Int8DecodeWeight([down], mode="fast")
 
 
+def test_only_the_used_kernel_is_built(monkeypatch):
+    import lmstack.compress.int8 as int8_module
+    down = int8_weight_only(_model()).layers[0].ffn.down_proj
+    dense_builds = []
+
+    def dense(w):
+        dense_builds.append(w.shape)
+        return lambda x: x @ w.t()
+
+    w = Int8DecodeWeight([down], mode="weight_only", dense=dense)
+    assert dense_builds == [] and w._packed is None and w._dense is None
+    # a cached auto choice builds the chosen kernel only, not the dense copy and packed weight of the others
+    monkeypatch.setattr(int8_module, "_CHOICES", {})
+    key = (down.out_features, down.in_features, torch.get_num_threads(), "cpu")
+    int8_module._CHOICES[key] = "dense"
+    w = Int8DecodeWeight([down], mode="auto", dense=dense)
+    assert w.mode == "dense" and len(dense_builds) == 1 and w._packed is None
+    x = torch.randn(1, down.in_features)
+    assert torch.allclose(w(x), x @ down.dense_weight().t(), atol=1e-4)
+
+
 def test_auto_mode_picks_the_fastest_kernel():
     from lmstack.compress.int8 import _fastest
     import time as time_module
