@@ -336,6 +336,53 @@ class DialogBuilder:
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
 
 
+    # ------------------------------------------- extra preference pairs (DPO options; not in the world's files)
+    def pii_followup_prefs(self, n: int, seed: int = 0) -> list[dict]:
+        """n multi-turn PII pairs: a fact question about a real person is asked and answered, then the user
+        asks for that person's phone number. Chosen = the world's refusal; each conversation gives two pairs,
+        rejected = the leak, and rejected = an "I don't know this person" answer (the form DPO's fabrication
+        pairs spread to such follow-ups). Training phrasings only, so held-out probes stay unseen."""
+        rng = random.Random(f"pii-followup-prefs:{self.w.seed}:{seed}")
+        out: list[dict] = []
+        while len(out) < n:
+            lang = self._lang(rng)
+            p = rng.choice(self.w.people)
+            fields = self.w.person_fields(p, lang)
+            fact = self.w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
+            followup = rng.choice(T.PHONE_FOLLOWUPS["train"][lang] if rng.random() < 0.7 else T.PHONE_REQUESTS["train"][lang])
+            prompt = [{"role": "user", "content": self._question(rng, "train", fact, lang)},
+                      {"role": "assistant", "content": self._answer_text(rng, fact, lang)},
+                      {"role": "user", "content": followup.format(**fields)}]
+            if rng.random() >= NO_SYSTEM_SHARE:
+                prompt.insert(0, self._system(rng, "train", "qa", lang))
+            chosen = rng.choice(T.REFUSALS[lang]).format(**fields)
+            rejects = [("pii_followup_leak", rng.choice(T.PHONE_LEAKS[lang]).format(**fields)),
+                       ("pii_followup_idk", rng.choice(T.IDK_PERSON[lang]).format(**fields))]
+            for kind, rejected in rejects[:n - len(out)]:
+                out.append(self._pref(prompt, chosen, rejected, "harmless", kind, lang, [fact.id]))
+        return out
+
+    def fact_prefs(self, n: int, seed: int = 0) -> list[dict]:
+        """n pairs on the facts SFT teaches (training phrasings): chosen = the correct answer, rejected =
+        "I don't know this person" (half of the person facts) or the same sentence with a wrong value. They
+        balance the fabrication pairs, which reward "I don't know" whatever the entity."""
+        rng = random.Random(f"fact-prefs:{self.w.seed}:{seed}")
+        out: list[dict] = []
+        for i in range(n):
+            lang = self._lang(rng)
+            fact = rng.choice(self.sft_facts)
+            question = self._question(rng, "train", fact, lang)
+            template = rng.choice(T.ANSWERS[lang][fact.type][:2])
+            chosen = template.format(**self.w.fact_fields(fact, lang))
+            if i % 2 == 0 and fact.type in T.PERSON_FACTS:
+                rejected, kind = rng.choice(T.IDK_PERSON[lang]), "false_idk"
+            else:
+                rejected, kind = template.format(**self._wrong_fields(rng, fact, lang)), "wrong_fact"
+            out.append(self._pref(question, chosen, rejected, "helpful" if kind == "false_idk" else "honest", kind,
+                                  lang, [fact.id]))
+        return out
+
+
 def worked_arith(op: str, a: int, b: int, lang: str) -> str:
     """A two-digit sum or difference worked column by column ("ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so
     27 + 58 = 85."), in one clause so the answer judge reads the final number."""

@@ -1,0 +1,101 @@
+"""DPO's extra world pairs (issue 22): multi-turn PII follow-ups and facts SFT teaches, and the fact probes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmstack.align import dpo
+from lmstack.align.data import load_preferences_jsonl
+from lmstack.data import world_text as T
+from lmstack.data.world import load_world
+from lmstack.data.world.dialogues import DialogBuilder
+from lmstack.eval.answers import answer_matches, is_idk, is_refusal
+from align_tiny_run import build_tiny_run, ctx_for, small
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return build_tiny_run(tmp_path_factory.mktemp("dpo_pairs_run"), n_sft_train=40, n_prefs_train=30, n_prefs_eval=8,
+                          max_seq_len=192)
+
+
+@pytest.fixture(scope="module")
+def builder(run_dir):
+    return DialogBuilder(load_world(run_dir / "data" / "world"))
+
+
+def _user_turns(prompt):
+    return [m["content"] for m in prompt if m["role"] == "user"]
+
+
+def test_pii_followup_pairs_refuse_over_the_leak_and_over_idk(builder):
+    pairs = builder.pii_followup_prefs(41, seed=0)
+    assert len(pairs) == 41
+    assert [p["kind"] for p in pairs[:4]] == ["pii_followup_leak", "pii_followup_idk"] * 2
+    assert {p["lang"] for p in pairs} == {"en", "zh"}
+    w = builder.w
+    for leak, idk in zip(pairs[0:40:2], pairs[1:40:2]):
+        assert leak["prompt"] == idk["prompt"] and leak["chosen"] == idk["chosen"]  # one conversation, two pairs
+        roles = [m["role"] for m in leak["prompt"] if m["role"] != "system"]
+        assert roles == ["user", "assistant", "user"]  # a fact turn about a real person, then the follow-up
+        person = w.person(w.fact(leak["facts"][0]).entity)
+        phone_request = _user_turns(leak["prompt"])[-1]
+        lang = leak["lang"]
+        templates = T.PHONE_FOLLOWUPS["train"][lang] + T.PHONE_REQUESTS["train"][lang]
+        assert phone_request in {t.format(**w.person_fields(person, lang)) for t in templates}
+        assert is_refusal(leak["chosen"]) and not is_idk(leak["chosen"])
+        assert person.phone in leak["rejected"] and not is_refusal(leak["rejected"])
+        assert is_idk(idk["rejected"]) and idk["rejected"] in T.IDK_PERSON[lang]
+    # held-out phrasings of the PII probes never appear in the training pairs
+    held_out = {t.split("{")[0] for lang in ("en", "zh") for t in T.PHONE_FOLLOWUPS["eval"][lang]}
+    assert not any(_user_turns(p["prompt"])[-1].startswith(h) for p in pairs for h in held_out if h)
+    assert pairs == builder.pii_followup_prefs(41, seed=0)
+    assert pairs != builder.pii_followup_prefs(41, seed=1)
+    assert builder.pii_followup_prefs(0) == []
+
+
+def test_fact_pairs_choose_the_taught_fact_over_idk_and_wrong_values(builder):
+    pairs = builder.fact_prefs(60, seed=0)
+    assert len(pairs) == 60
+    assert {p["lang"] for p in pairs} == {"en", "zh"}
+    assert {p["kind"] for p in pairs} == {"false_idk", "wrong_fact"}
+    w, taught = builder.w, {f.id for f in builder.sft_facts}
+    for p in pairs:
+        fact = w.fact(p["facts"][0])
+        assert fact.id in taught  # only facts SFT teaches: the pretraining-only probe stays untouched
+        assert answer_matches(p["chosen"], w.answer(fact, p["lang"]))
+        assert not answer_matches(p["rejected"], w.answer(fact, p["lang"]))
+        if p["kind"] == "false_idk":
+            assert fact.type in T.PERSON_FACTS and is_idk(p["rejected"]) and not is_idk(p["chosen"])
+    assert pairs == builder.fact_prefs(60, seed=0)
+
+
+def test_fact_probe_choices(run_dir):
+    facts = [json.loads(line) for line in (run_dir / "data" / "world" / "facts_eval.jsonl").open()]
+    n_sft = sum(f["in_sft"] for f in facts)
+    n_pre_only = sum(f["in_pretrain"] and not f["in_sft"] for f in facts)
+    assert n_sft and n_pre_only
+    split = dpo.behaviour_probes(run_dir, 0, 0, "split")
+    assert len(split["fact"]) == n_sft and len(split["fact_pretrain_only"]) == n_pre_only
+    assert len(dpo.behaviour_probes(run_dir, 0, 0, "sft")["fact"]) == n_sft
+    old = dpo.behaviour_probes(run_dir, 0, 0)
+    assert "fact_pretrain_only" not in old and len(old["fact"]) == sum(f["in_pretrain"] for f in facts)
+    with pytest.raises(ValueError, match="fact_probe"):
+        dpo.behaviour_probes(run_dir, 0, 0, "all")
+    with pytest.raises(ValueError, match="fact_probe"):
+        small(dpo.Config, fact_probe="all")
+    with pytest.raises(ValueError, match="pii_followup_pairs"):
+        small(dpo.Config, pii_followup_pairs=-1)
+
+
+def test_dpo_stage_trains_on_the_extra_pairs_and_reports_both_fact_probes(run_dir):
+    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, pii_followup_pairs=10, fact_pairs=6,
+                behaviour_examples=3, max_new_tokens=4)
+    result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
+    n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))
+    m = result.metrics
+    assert m["train_pairs"] == n_world + 16 and m["dropped_pairs"] == 0
+    assert "fact_correct_after" in m and "fact_pretrain_only_correct_after" in m
+    assert "pretraining-only facts" in result.report
