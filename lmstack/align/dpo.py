@@ -63,6 +63,9 @@ class Config:
     # + this many pairs on the facts SFT teaches: the correct answer chosen over "I don't know" / a wrong value
     # (DialogBuilder.fact_prefs); they balance the fabrication pairs, which reward "I don't know" everywhere
     fact_pairs: int = 0
+    # + this many pairs on people who do not exist: "I don't know" chosen over a made-up answer in any answer form
+    # (DialogBuilder.unknown_prefs; the world's fabrication pairs use two forms only)
+    idk_pairs: int = 0
     # which held-out facts the "correct facts" probe asks: "sft" = facts SFT and the fact pairs teach (held-out
     # phrasings); "pretrain" = every fact seen in pretraining (mixes in pretraining-only people, which no pair
     # covers); "split" = "sft" as the fact probe plus the pretraining-only facts as a second probe
@@ -79,7 +82,7 @@ class Config:
             raise ValueError(f"dpo.sft_coef must be >= 0, got {self.sft_coef}")
         if self.fact_probe not in FACT_PROBES:
             raise ValueError(f"dpo.fact_probe={self.fact_probe!r} must be one of {FACT_PROBES}")
-        for key in ("harmful_pairs", "mismatched_pairs", "pii_followup_pairs", "fact_pairs"):
+        for key in ("harmful_pairs", "mismatched_pairs", "pii_followup_pairs", "fact_pairs", "idk_pairs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"dpo.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -200,14 +203,15 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
 
 
 def world_extra_pairs(cfg: Config, run_path: Path) -> list:
-    """The multi-turn PII pairs and the fact pairs that ``cfg`` asks for, built from the run's world."""
-    if cfg.pii_followup_pairs <= 0 and cfg.fact_pairs <= 0:
+    """The multi-turn PII, fact and unknown-person pairs that ``cfg`` asks for, built from the run's world."""
+    if cfg.pii_followup_pairs <= 0 and cfg.fact_pairs <= 0 and cfg.idk_pairs <= 0:
         return []
     from lmstack.data.world import load_world
     from lmstack.data.world.dialogues import DialogBuilder
 
     builder = DialogBuilder(load_world(run_path / "data" / "world"))
-    records = builder.pii_followup_prefs(cfg.pii_followup_pairs) + builder.fact_prefs(cfg.fact_pairs)
+    records = builder.pii_followup_prefs(cfg.pii_followup_pairs) + builder.fact_prefs(cfg.fact_pairs) + \
+        builder.unknown_prefs(cfg.idk_pairs)
     return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]
 
 

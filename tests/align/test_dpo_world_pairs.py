@@ -1,4 +1,5 @@
-"""DPO's extra world pairs (issue 22): multi-turn PII follow-ups and facts SFT teaches, and the fact probes."""
+"""DPO's extra world pairs (issue 22): multi-turn PII follow-ups, facts SFT teaches, people who do not exist;
+and the fact probes."""
 
 from __future__ import annotations
 
@@ -56,20 +57,40 @@ def test_pii_followup_pairs_refuse_over_the_leak_and_over_idk(builder):
     assert builder.pii_followup_prefs(0) == []
 
 
-def test_fact_pairs_choose_the_taught_fact_over_idk_and_wrong_values(builder):
-    pairs = builder.fact_prefs(60, seed=0)
-    assert len(pairs) == 60
+def test_fact_pairs_choose_the_taught_fact_over_each_kind_of_error(builder):
+    pairs = builder.fact_prefs(80, seed=0)
+    assert len(pairs) == 80
     assert {p["lang"] for p in pairs} == {"en", "zh"}
-    assert {p["kind"] for p in pairs} == {"false_idk", "wrong_fact"}
+    assert {p["kind"] for p in pairs} == {"false_idk", "false_refusal", "off_question", "wrong_fact"}
     w, taught = builder.w, {f.id for f in builder.sft_facts}
     for p in pairs:
         fact = w.fact(p["facts"][0])
         assert fact.id in taught  # only facts SFT teaches: the pretraining-only probe stays untouched
-        assert answer_matches(p["chosen"], w.answer(fact, p["lang"]))
+        assert answer_matches(p["chosen"], w.answer(fact, p["lang"])) and not is_idk(p["chosen"])
         assert not answer_matches(p["rejected"], w.answer(fact, p["lang"]))
+        if p["kind"] != "wrong_fact":
+            assert fact.type in T.PERSON_FACTS
         if p["kind"] == "false_idk":
-            assert fact.type in T.PERSON_FACTS and is_idk(p["rejected"]) and not is_idk(p["chosen"])
-    assert pairs == builder.fact_prefs(60, seed=0)
+            assert is_idk(p["rejected"])
+        elif p["kind"] == "false_refusal":
+            assert is_refusal(p["rejected"])
+        elif p["kind"] == "off_question":  # a true statement about another attribute of the same person
+            others = [w.fact(f"person:{fact.entity}:{t}") for t in T.PERSON_FACTS if t != fact.type]
+            assert any(answer_matches(p["rejected"], w.answer(o, p["lang"])) for o in others)
+    assert pairs == builder.fact_prefs(80, seed=0)
+
+
+def test_unknown_person_pairs_choose_idk_over_any_made_up_answer(builder):
+    pairs = builder.unknown_prefs(40, seed=0)
+    assert len(pairs) == 40 and {p["lang"] for p in pairs} == {"en", "zh"}
+    w = builder.w
+    names = {u[f"name_{lang}"] for u in w.unknown_people["train"] for lang in ("en", "zh")}
+    held_out = {u[f"name_{lang}"] for u in w.unknown_people["eval"] for lang in ("en", "zh")}
+    for p in pairs:
+        assert any(name in p["prompt"] for name in names)
+        assert not any(name in p["prompt"] for name in held_out)  # the IDK probe's names stay unseen
+        assert is_idk(p["chosen"]) and not is_idk(p["rejected"]) and not is_refusal(p["rejected"])
+    assert pairs == builder.unknown_prefs(40, seed=0)
 
 
 def test_fact_probe_choices(run_dir):
@@ -91,11 +112,11 @@ def test_fact_probe_choices(run_dir):
 
 
 def test_dpo_stage_trains_on_the_extra_pairs_and_reports_both_fact_probes(run_dir):
-    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, pii_followup_pairs=10, fact_pairs=6,
+    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, pii_followup_pairs=10, fact_pairs=6, idk_pairs=4,
                 behaviour_examples=3, max_new_tokens=4)
     result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
     n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))
     m = result.metrics
-    assert m["train_pairs"] == n_world + 16 and m["dropped_pairs"] == 0
+    assert m["train_pairs"] == n_world + 20 and m["dropped_pairs"] == 0
     assert "fact_correct_after" in m and "fact_pretrain_only_correct_after" in m
     assert "pretraining-only facts" in result.report

@@ -363,23 +363,51 @@ class DialogBuilder:
         return out
 
     def fact_prefs(self, n: int, seed: int = 0) -> list[dict]:
-        """n pairs on the facts SFT teaches (training phrasings): chosen = the correct answer, rejected =
-        "I don't know this person" (half of the person facts) or the same sentence with a wrong value. They
-        balance the fabrication pairs, which reward "I don't know" whatever the entity."""
+        """n pairs on the facts SFT teaches (training phrasings): chosen = the correct answer; rejected, in turn,
+        = "I don't know this person" (``false_idk``), a phone-number refusal (``false_refusal``), a true
+        statement about another attribute of the person (``off_question``: "She is a doctor." asked for her
+        hobby) and the same sentence with a wrong value (``wrong_fact``), the SFT model's four kinds of error
+        on these questions. Non-person facts get ``wrong_fact`` only. They balance the fabrication pairs,
+        which reward "I don't know" whatever the entity."""
         rng = random.Random(f"fact-prefs:{self.w.seed}:{seed}")
         out: list[dict] = []
         for i in range(n):
             lang = self._lang(rng)
             fact = rng.choice(self.sft_facts)
-            question = self._question(rng, "train", fact, lang)
+            fields = self.w.fact_fields(fact, lang)
             template = rng.choice(T.ANSWERS[lang][fact.type][:2])
-            chosen = template.format(**self.w.fact_fields(fact, lang))
-            if i % 2 == 0 and fact.type in T.PERSON_FACTS:
-                rejected, kind = rng.choice(T.IDK_PERSON[lang]), "false_idk"
+            kind = FACT_PAIR_KINDS[i % len(FACT_PAIR_KINDS)] if fact.type in T.PERSON_FACTS else "wrong_fact"
+            if kind == "false_idk":
+                rejected = rng.choice(T.IDK_PERSON[lang])
+            elif kind == "false_refusal":
+                rejected = rng.choice(T.REFUSALS[lang]).format(**fields)
+            elif kind == "off_question":
+                other = self.w.fact(f"person:{fact.entity}:{rng.choice([t for t in T.PERSON_FACTS if t != fact.type])}")
+                rejected = rng.choice(T.ANSWERS[lang][other.type][:2]).format(**self.w.fact_fields(other, lang))
             else:
-                rejected, kind = template.format(**self._wrong_fields(rng, fact, lang)), "wrong_fact"
-            out.append(self._pref(question, chosen, rejected, "helpful" if kind == "false_idk" else "honest", kind,
-                                  lang, [fact.id]))
+                rejected = template.format(**self._wrong_fields(rng, fact, lang))
+            out.append(self._pref(self._question(rng, "train", fact, lang), template.format(**fields), rejected,
+                                  "honest" if kind == "wrong_fact" else "helpful", kind, lang, [fact.id]))
+        return out
+
+
+    def unknown_prefs(self, n: int, seed: int = 0) -> list[dict]:
+        """n pairs about people who do not exist (training names and phrasings): chosen = "I don't know",
+        rejected = a made-up answer in any of the world's answer forms, about the asked attribute or another
+        one ("He was born in 1987." asked for a hobby), the SFT model's fabrications on the held-out names.
+        The world's fabrication pairs use only the two answer forms that repeat the name."""
+        rng = random.Random(f"unknown-prefs:{self.w.seed}:{seed}")
+        out: list[dict] = []
+        for _ in range(n):
+            lang = self._lang(rng)
+            entity = rng.choice(self.w.unknown_people["train"])
+            question, asked = self._unknown_question(rng, "train", "person", entity, lang)
+            fields = dict(self.w.person_fields(rng.choice(self.w.people), lang))
+            fields.update(self.w.person_fields(entity, lang))
+            told = asked if rng.random() < 0.5 else rng.choice(T.PERSON_FACTS)
+            rejected = rng.choice(T.ANSWERS[lang][told] + [T.FOLLOWUP_ANSWERS[lang][told]]).format(**fields)
+            out.append(self._pref(question, self._idk_text(rng, "person", entity, lang), rejected, "honest",
+                                  "fabrication_any_form", lang, []))
         return out
 
 
@@ -406,6 +434,9 @@ def worked_arith(op: str, a: int, b: int, lang: str) -> str:
     sep = ", " if lang == "en" else "，"
     return sep.join([ones_text, tens_text, steps["final"].format(a=a, b=b, c=c, op=op, opw_zh=opw_zh)])
 
+
+# The rejected answers of DialogBuilder.fact_prefs, in turn.
+FACT_PAIR_KINDS = ("false_idk", "false_refusal", "off_question", "wrong_fact")
 
 # Share of training conversations without a system prompt. Users often send none (`lmstack chat`, the
 # server); a model that only ever saw one answered bare questions about half as well (measured on the
