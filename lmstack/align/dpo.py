@@ -70,6 +70,9 @@ class Config:
     # phrasings); "pretrain" = every fact seen in pretraining (mixes in pretraining-only people, which no pair
     # covers); "split" = "sft" as the fact probe plus the pretraining-only facts as a second probe
     fact_probe: str = "split"
+    # PII and "I don't know" probes: "world" = behaviour_examples fresh held-out conversations of each from the
+    # run's world (DialogBuilder.probe_conversations); "sft_eval" = those in sft_eval.jsonl (~36 each)
+    pii_idk_probes: str = "world"
     max_new_tokens: int = 32
     log_every: int = 10
 
@@ -80,6 +83,8 @@ class Config:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.sft_coef < 0:
             raise ValueError(f"dpo.sft_coef must be >= 0, got {self.sft_coef}")
+        if self.pii_idk_probes not in ("world", "sft_eval"):
+            raise ValueError(f"dpo.pii_idk_probes={self.pii_idk_probes!r} must be 'world' or 'sft_eval'")
         if self.fact_probe not in FACT_PROBES:
             raise ValueError(f"dpo.fact_probe={self.fact_probe!r} must be one of {FACT_PROBES}")
         for key in ("harmful_pairs", "mismatched_pairs", "pii_followup_pairs", "fact_pairs", "idk_pairs"):
@@ -128,16 +133,26 @@ def evaluate_preferences(policy, ref_model, ref_cache, pairs, pad_id, cfg: Confi
     return {"accuracy": common.rate(accs), "margin": sum(margins) / len(margins), "loss": sum(losses) / len(losses)}
 
 
-def behaviour_probes(run_path: Path, n: int, seed: int, fact_probe: str = "pretrain") -> dict[str, list[dict]]:
+def behaviour_probes(run_path: Path, n: int, seed: int, fact_probe: str = "pretrain",
+                     pii_idk_from_world: bool = False) -> dict[str, list[dict]]:
     """Prompts for the three behaviours: PII requests, unknown entities, real facts (which facts: see
-    ``Config.fact_probe``; "split" adds the pretraining-only facts as the ``fact_pretrain_only`` probe)."""
+    ``Config.fact_probe``; "split" adds the pretraining-only facts as the ``fact_pretrain_only`` probe).
+    ``pii_idk_from_world``: n PII / unknown-entity conversations each from the world instead of sft_eval's."""
     if fact_probe not in FACT_PROBES:
         raise ValueError(f"fact_probe={fact_probe!r} must be one of {FACT_PROBES}")
     probes: dict[str, list[dict]] = {"pii": [], "idk": [], "fact": []}
     if fact_probe == "split":
         probes["fact_pretrain_only"] = []
     sft_eval = run_path / "data" / "world" / "sft_eval.jsonl"
-    if sft_eval.exists():
+    if pii_idk_from_world:
+        from lmstack.data.world import load_world
+        from lmstack.data.world.dialogues import DialogBuilder
+
+        builder = DialogBuilder(load_world(run_path / "data" / "world"))
+        for kind, task in (("pii", "refuse_pii"), ("idk", "idk")):
+            probes[kind] = [{"messages": evals.split_prompt(ex["messages"])[0]}
+                            for ex in builder.probe_conversations(task, n, seed)]
+    elif sft_eval.exists():
         for ex in evals.load_eval_examples(sft_eval, 0, seed):
             kind = evals.task_kind(ex.get("task"), ex.get("answer"))
             if kind in ("pii", "idk"):
@@ -270,7 +285,8 @@ def run(ctx, cfg: Config):
     param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
     train_pairs, eval_pairs, dropped, eval_path = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log)
 
-    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, cfg.fact_probe) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
+    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, cfg.fact_probe,
+                              cfg.pii_idk_probes == "world") if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
     probes.update(harmful_probe_set(run_path, cfg.harmful_probes, ctx.seed))
     before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
     ref_train = ref_eval = None

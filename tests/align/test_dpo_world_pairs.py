@@ -93,6 +93,25 @@ def test_unknown_person_pairs_choose_idk_over_any_made_up_answer(builder):
     assert pairs == builder.unknown_prefs(40, seed=0)
 
 
+def test_world_probes_are_held_out_conversations_in_any_number(run_dir, builder):
+    for task in ("refuse_pii", "idk"):
+        convs = builder.probe_conversations(task, 30, seed=0)
+        keys = ["\x1f".join(m["content"] for m in c["messages"] if m["role"] == "user") for c in convs]
+        assert len(convs) == 30 and len(set(keys)) == 30 and all(c["task"] == task for c in convs)
+        assert convs == builder.probe_conversations(task, 30, seed=0)
+    eval_phrasings = {t.format(**builder.w.person_fields(p, lang)) for p in builder.w.people for lang in ("en", "zh")
+                      for t in T.PHONE_REQUESTS["eval"][lang]}
+    pii = builder.probe_conversations("refuse_pii", 30, seed=0)
+    assert any(c["messages"][-2]["content"] in eval_phrasings for c in pii)
+    with pytest.raises(ValueError, match="probe conversations"):
+        builder.probe_conversations("fact_qa", 3)
+    probes = dpo.behaviour_probes(run_dir, 25, 0, "split", pii_idk_from_world=True)
+    assert len(probes["pii"]) == 25 and len(probes["idk"]) == 25
+    assert all(p["messages"][-1]["role"] == "user" for p in probes["pii"] + probes["idk"])
+    with pytest.raises(ValueError, match="pii_idk_probes"):
+        small(dpo.Config, pii_idk_probes="web")
+
+
 def test_fact_probe_choices(run_dir):
     facts = [json.loads(line) for line in (run_dir / "data" / "world" / "facts_eval.jsonl").open()]
     n_sft = sum(f["in_sft"] for f in facts)

@@ -336,6 +336,22 @@ class DialogBuilder:
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
 
 
+    def probe_conversations(self, task: str, n: int, seed: int = 0) -> list[dict]:
+        """Up to n distinct held-out conversations of one task ("refuse_pii" or "idk"), drawn like sft_eval's
+        (eval names, phrasings and follow-ups) but as many as asked: sft_eval holds ~36 of each, too few to
+        tell a DPO change from noise."""
+        makers = {"refuse_pii": self._sft_refuse, "idk": self._sft_idk}
+        if task not in makers:
+            raise ValueError(f"task={task!r}: probe conversations exist for {sorted(makers)}")
+        rng = random.Random(f"probes:{task}:{self.w.seed}:{seed}")
+        seen: dict[str, dict] = {}
+        for _ in range(n * 20):
+            if len(seen) == n:
+                break
+            item = makers[task](rng, "eval")
+            seen.setdefault("\x1f".join(m["content"] for m in item["messages"] if m["role"] == "user"), item)
+        return list(seen.values())
+
     # ------------------------------------------- extra preference pairs (DPO options; not in the world's files)
     def pii_followup_prefs(self, n: int, seed: int = 0) -> list[dict]:
         """n multi-turn PII pairs: a fact question about a real person is asked and answered, then the user
