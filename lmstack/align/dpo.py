@@ -57,9 +57,9 @@ class Config:
     mismatched_pairs: int = 0
     mismatched_from: str = "prefs"   # "prefs" = the training pairs; "sft" = data/world/sft_train.jsonl (multi-turn too)
     harmful_probes: int = 0          # harmful prompts (refusal rate) and look-alikes (false refusals) measured; 0 = skip
-    # + this many multi-turn PII pairs (a fact question, then "and his phone number?"): refusal chosen over the
-    # leak and over "I don't know this person" (DialogBuilder.pii_followup_prefs); the world's PII pairs are single-turn
-    pii_followup_pairs: int = 0
+    # + this many PII pairs, half of them multi-turn (a fact question, then "and his phone number?"): refusal
+    # chosen over the leak and over "I don't know this person" (DialogBuilder.pii_prefs); the world's are single-turn
+    pii_pairs: int = 0
     # + this many pairs on the facts SFT teaches: the correct answer chosen over "I don't know" / a wrong value
     # (DialogBuilder.fact_prefs); they balance the fabrication pairs, which reward "I don't know" everywhere
     fact_pairs: int = 0
@@ -87,7 +87,7 @@ class Config:
             raise ValueError(f"dpo.pii_idk_probes={self.pii_idk_probes!r} must be 'world' or 'sft_eval'")
         if self.fact_probe not in FACT_PROBES:
             raise ValueError(f"dpo.fact_probe={self.fact_probe!r} must be one of {FACT_PROBES}")
-        for key in ("harmful_pairs", "mismatched_pairs", "pii_followup_pairs", "fact_pairs", "idk_pairs"):
+        for key in ("harmful_pairs", "mismatched_pairs", "pii_pairs", "fact_pairs", "idk_pairs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"dpo.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -219,13 +219,13 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
 
 def world_extra_pairs(cfg: Config, run_path: Path) -> list:
     """The multi-turn PII, fact and unknown-person pairs that ``cfg`` asks for, built from the run's world."""
-    if cfg.pii_followup_pairs <= 0 and cfg.fact_pairs <= 0 and cfg.idk_pairs <= 0:
+    if cfg.pii_pairs <= 0 and cfg.fact_pairs <= 0 and cfg.idk_pairs <= 0:
         return []
     from lmstack.data.world import load_world
     from lmstack.data.world.dialogues import DialogBuilder
 
     builder = DialogBuilder(load_world(run_path / "data" / "world"))
-    records = builder.pii_followup_prefs(cfg.pii_followup_pairs) + builder.fact_prefs(cfg.fact_pairs) + \
+    records = builder.pii_prefs(cfg.pii_pairs) + builder.fact_prefs(cfg.fact_pairs) + \
         builder.unknown_prefs(cfg.idk_pairs)
     return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]
 

@@ -1,4 +1,4 @@
-"""DPO's extra world pairs (issue 22): multi-turn PII follow-ups, facts SFT teaches, people who do not exist;
+"""DPO's extra world pairs (issue 22): PII requests with multi-turn follow-ups, facts SFT teaches, people who do not exist;
 and the fact probes."""
 
 from __future__ import annotations
@@ -31,30 +31,37 @@ def _user_turns(prompt):
     return [m["content"] for m in prompt if m["role"] == "user"]
 
 
-def test_pii_followup_pairs_refuse_over_the_leak_and_over_idk(builder):
-    pairs = builder.pii_followup_prefs(41, seed=0)
-    assert len(pairs) == 41
-    assert [p["kind"] for p in pairs[:4]] == ["pii_followup_leak", "pii_followup_idk"] * 2
+def test_pii_pairs_refuse_over_the_leak_and_over_idk_in_one_and_two_turns(builder):
+    pairs = builder.pii_prefs(81, seed=0)
+    assert len(pairs) == 81
+    assert {p["kind"] for p in pairs} == {"pii_followup_leak", "pii_followup_idk", "pii_single_leak", "pii_single_idk"}
     assert {p["lang"] for p in pairs} == {"en", "zh"}
     w = builder.w
-    for leak, idk in zip(pairs[0:40:2], pairs[1:40:2]):
+    for leak, idk in zip(pairs[0:80:2], pairs[1:80:2]):
         assert leak["prompt"] == idk["prompt"] and leak["chosen"] == idk["chosen"]  # one conversation, two pairs
+        assert leak["kind"].endswith("_leak") and idk["kind"].endswith("_idk")
         roles = [m["role"] for m in leak["prompt"] if m["role"] != "system"]
-        assert roles == ["user", "assistant", "user"]  # a fact turn about a real person, then the follow-up
-        person = w.person(w.fact(leak["facts"][0]).entity)
-        phone_request = _user_turns(leak["prompt"])[-1]
         lang = leak["lang"]
-        templates = T.PHONE_FOLLOWUPS["train"][lang] + T.PHONE_REQUESTS["train"][lang]
+        if leak["kind"].startswith("pii_followup"):
+            assert roles == ["user", "assistant", "user"]  # a fact turn about a real person, then the follow-up
+            person = w.person(w.fact(leak["facts"][0]).entity)
+            templates = T.PHONE_FOLLOWUPS["train"][lang] + T.PHONE_REQUESTS["train"][lang]
+        else:
+            assert roles == ["user"]
+            person = next(p for p in w.people if p.phone in leak["rejected"])
+            templates = T.PHONE_REQUESTS["train"][lang]
+        phone_request = _user_turns(leak["prompt"])[-1]
         assert phone_request in {t.format(**w.person_fields(person, lang)) for t in templates}
         assert is_refusal(leak["chosen"]) and not is_idk(leak["chosen"])
         assert person.phone in leak["rejected"] and not is_refusal(leak["rejected"])
         assert is_idk(idk["rejected"]) and idk["rejected"] in T.IDK_PERSON[lang]
-    # held-out phrasings of the PII probes never appear in the training pairs
-    held_out = {t.split("{")[0] for lang in ("en", "zh") for t in T.PHONE_FOLLOWUPS["eval"][lang]}
-    assert not any(_user_turns(p["prompt"])[-1].startswith(h) for p in pairs for h in held_out if h)
-    assert pairs == builder.pii_followup_prefs(41, seed=0)
-    assert pairs != builder.pii_followup_prefs(41, seed=1)
-    assert builder.pii_followup_prefs(0) == []
+    assert all(p["kind"].startswith("pii_followup") for p in builder.pii_prefs(20, seed=0, followup_share=1.0))
+    assert all(p["kind"].startswith("pii_single") for p in builder.pii_prefs(20, seed=0, followup_share=0.0))
+    with pytest.raises(ValueError, match="followup_share"):
+        builder.pii_prefs(2, followup_share=1.5)
+    assert pairs == builder.pii_prefs(81, seed=0)
+    assert pairs != builder.pii_prefs(81, seed=1)
+    assert builder.pii_prefs(0) == []
 
 
 def test_fact_pairs_choose_the_taught_fact_over_each_kind_of_error(builder):
@@ -126,12 +133,12 @@ def test_fact_probe_choices(run_dir):
         dpo.behaviour_probes(run_dir, 0, 0, "all")
     with pytest.raises(ValueError, match="fact_probe"):
         small(dpo.Config, fact_probe="all")
-    with pytest.raises(ValueError, match="pii_followup_pairs"):
-        small(dpo.Config, pii_followup_pairs=-1)
+    with pytest.raises(ValueError, match="pii_pairs"):
+        small(dpo.Config, pii_pairs=-1)
 
 
 def test_dpo_stage_trains_on_the_extra_pairs_and_reports_both_fact_probes(run_dir):
-    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, pii_followup_pairs=10, fact_pairs=6, idk_pairs=4,
+    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, pii_pairs=10, fact_pairs=6, idk_pairs=4,
                 behaviour_examples=3, max_new_tokens=4)
     result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
     n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))

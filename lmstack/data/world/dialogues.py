@@ -353,29 +353,37 @@ class DialogBuilder:
         return list(seen.values())
 
     # ------------------------------------------- extra preference pairs (DPO options; not in the world's files)
-    def pii_followup_prefs(self, n: int, seed: int = 0) -> list[dict]:
-        """n multi-turn PII pairs: a fact question about a real person is asked and answered, then the user
-        asks for that person's phone number. Chosen = the world's refusal; each conversation gives two pairs,
-        rejected = the leak, and rejected = an "I don't know this person" answer (the form DPO's fabrication
-        pairs spread to such follow-ups). Training phrasings only, so held-out probes stay unseen."""
-        rng = random.Random(f"pii-followup-prefs:{self.w.seed}:{seed}")
+    def pii_prefs(self, n: int, seed: int = 0, followup_share: float = 0.5) -> list[dict]:
+        """n PII pairs about real people; ``followup_share`` of the conversations first ask and answer a fact
+        question about the person, then ask "and his phone number?" (the world's own PII pairs are single-turn),
+        the rest ask for the number at once. Chosen = the world's refusal; each conversation gives two pairs,
+        rejected = the leak, and rejected = "I don't know this person", the answer the SFT model gives to
+        unfamiliar phrasings and DPO's fabrication pairs spread. Training phrasings only."""
+        if not 0.0 <= followup_share <= 1.0:
+            raise ValueError(f"followup_share={followup_share} must be in [0, 1]")
+        rng = random.Random(f"pii-prefs:{self.w.seed}:{seed}")
         out: list[dict] = []
         while len(out) < n:
             lang = self._lang(rng)
             p = rng.choice(self.w.people)
             fields = self.w.person_fields(p, lang)
-            fact = self.w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
-            followup = rng.choice(T.PHONE_FOLLOWUPS["train"][lang] if rng.random() < 0.7 else T.PHONE_REQUESTS["train"][lang])
-            prompt = [{"role": "user", "content": self._question(rng, "train", fact, lang)},
-                      {"role": "assistant", "content": self._answer_text(rng, fact, lang)},
-                      {"role": "user", "content": followup.format(**fields)}]
+            prompt, facts, turns = [], [], "single"
+            if rng.random() < followup_share:
+                fact = self.w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
+                prompt = [{"role": "user", "content": self._question(rng, "train", fact, lang)},
+                          {"role": "assistant", "content": self._answer_text(rng, fact, lang)}]
+                facts, turns = [fact.id], "followup"
+                request = rng.choice(T.PHONE_FOLLOWUPS["train"][lang] if rng.random() < 0.7 else T.PHONE_REQUESTS["train"][lang])
+            else:
+                request = rng.choice(T.PHONE_REQUESTS["train"][lang])
+            prompt.append({"role": "user", "content": request.format(**fields)})
             if rng.random() >= NO_SYSTEM_SHARE:
                 prompt.insert(0, self._system(rng, "train", "qa", lang))
             chosen = rng.choice(T.REFUSALS[lang]).format(**fields)
-            rejects = [("pii_followup_leak", rng.choice(T.PHONE_LEAKS[lang]).format(**fields)),
-                       ("pii_followup_idk", rng.choice(T.IDK_PERSON[lang]).format(**fields))]
+            rejects = [(f"pii_{turns}_leak", rng.choice(T.PHONE_LEAKS[lang]).format(**fields)),
+                       (f"pii_{turns}_idk", rng.choice(T.IDK_PERSON[lang]))]
             for kind, rejected in rejects[:n - len(out)]:
-                out.append(self._pref(prompt, chosen, rejected, "harmless", kind, lang, [fact.id]))
+                out.append(self._pref(prompt, chosen, rejected, "harmless", kind, lang, facts))
         return out
 
     def fact_prefs(self, n: int, seed: int = 0) -> list[dict]:
