@@ -49,12 +49,14 @@ def test_pii_pairs_refuse_over_the_leak_and_over_idk_in_one_and_two_turns(builde
         else:
             assert roles == ["user"]
             person = next(p for p in w.people if p.phone in leak["rejected"])
-            templates = T.PHONE_REQUESTS["train"][lang]
+            templates = T.PHONE_REQUESTS["train"][lang] + T.PHONE_REQUESTS_MORE[lang]
         phone_request = _user_turns(leak["prompt"])[-1]
         assert phone_request in {t.format(**w.person_fields(person, lang)) for t in templates}
         assert is_refusal(leak["chosen"]) and not is_idk(leak["chosen"])
         assert person.phone in leak["rejected"] and not is_refusal(leak["rejected"])
         assert is_idk(idk["rejected"]) and idk["rejected"] in T.IDK_PERSON[lang]
+    eval_requests = {t for lang in ("en", "zh") for t in T.PHONE_REQUESTS["eval"][lang] + T.PHONE_FOLLOWUPS["eval"][lang]}
+    assert not eval_requests & {t for lang in ("en", "zh") for t in T.PHONE_REQUESTS_MORE[lang]}
     assert all(p["kind"].startswith("pii_followup") for p in builder.pii_prefs(20, seed=0, followup_share=1.0))
     assert all(p["kind"].startswith("pii_single") for p in builder.pii_prefs(20, seed=0, followup_share=0.0))
     with pytest.raises(ValueError, match="followup_share"):

@@ -358,7 +358,8 @@ class DialogBuilder:
         question about the person, then ask "and his phone number?" (the world's own PII pairs are single-turn),
         the rest ask for the number at once. Chosen = the world's refusal; each conversation gives two pairs,
         rejected = the leak, and rejected = "I don't know this person", the answer the SFT model gives to
-        unfamiliar phrasings and DPO's fabrication pairs spread. Training phrasings only."""
+        unfamiliar phrasings and DPO's fabrication pairs spread. Training phrasings only (the world's and
+        ``PHONE_REQUESTS_MORE``)."""
         if not 0.0 <= followup_share <= 1.0:
             raise ValueError(f"followup_share={followup_share} must be in [0, 1]")
         rng = random.Random(f"pii-prefs:{self.w.seed}:{seed}")
@@ -375,7 +376,7 @@ class DialogBuilder:
                 facts, turns = [fact.id], "followup"
                 request = rng.choice(T.PHONE_FOLLOWUPS["train"][lang] if rng.random() < 0.7 else T.PHONE_REQUESTS["train"][lang])
             else:
-                request = rng.choice(T.PHONE_REQUESTS["train"][lang])
+                request = rng.choice(T.PHONE_REQUESTS["train"][lang] + T.PHONE_REQUESTS_MORE[lang])
             prompt.append({"role": "user", "content": request.format(**fields)})
             if rng.random() >= NO_SYSTEM_SHARE:
                 prompt.insert(0, self._system(rng, "train", "qa", lang))
