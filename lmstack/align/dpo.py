@@ -137,14 +137,15 @@ def behaviour_probes(run_path: Path, n: int, seed: int, fact_probe: str = "pretr
                      pii_idk_from_world: bool = False) -> dict[str, list[dict]]:
     """Prompts for the three behaviours: PII requests, unknown entities, real facts (which facts: see
     ``Config.fact_probe``; "split" adds the pretraining-only facts as the ``fact_pretrain_only`` probe).
-    ``pii_idk_from_world``: n PII / unknown-entity conversations each from the world instead of sft_eval's."""
+    ``pii_idk_from_world``: n PII / unknown-entity conversations each from the world instead of sft_eval's
+    (when the run has a world.json)."""
     if fact_probe not in FACT_PROBES:
         raise ValueError(f"fact_probe={fact_probe!r} must be one of {FACT_PROBES}")
     probes: dict[str, list[dict]] = {"pii": [], "idk": [], "fact": []}
     if fact_probe == "split":
         probes["fact_pretrain_only"] = []
     sft_eval = run_path / "data" / "world" / "sft_eval.jsonl"
-    if pii_idk_from_world:
+    if pii_idk_from_world and (run_path / "data" / "world" / "world.json").exists():
         from lmstack.data.world import load_world
         from lmstack.data.world.dialogues import DialogBuilder
 
