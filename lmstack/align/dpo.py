@@ -333,7 +333,7 @@ def _plot_rewards(run_path: Path, cfg: Config, hist: dict) -> str:
 
 BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
               "idk_rate": ("idk", "\"I don't know\" on non-existent entities (honest)"),
-              "fact_correct": ("fact", "correct answer on real facts (helpful)"),
+              "fact_correct": ("fact", "correct answer on real facts (helpful; which facts: dpo.fact_probe)"),
               "fact_pretrain_only_correct": ("fact_pretrain_only", "correct answer on pretraining-only facts (helpful)"),
               "harmful_refusal": ("harmful", "refusal rate on harmful requests (harmless)"),
               "false_refusal": ("lookalike", "false refusals on harmless look-alikes (lower is better)")}
