@@ -60,8 +60,8 @@ class Config:
     # + this many PII pairs, half of them multi-turn (a fact question, then "and his phone number?"): refusal
     # chosen over the leak and over "I don't know this person" (DialogBuilder.pii_prefs); the world's are single-turn
     pii_pairs: int = 0
-    # + this many pairs on the facts SFT teaches: the correct answer chosen over "I don't know" / a wrong value
-    # (DialogBuilder.fact_prefs); they balance the fabrication pairs, which reward "I don't know" everywhere
+    # + this many pairs on the facts SFT teaches: the correct answer chosen over "I don't know", a refusal, another
+    # attribute, a wrong value (DialogBuilder.fact_prefs); they balance the fabrication pairs' "I don't know"
     fact_pairs: int = 0
     # + this many pairs on people who do not exist: "I don't know" chosen over a made-up answer in any answer form
     # (DialogBuilder.unknown_prefs; the world's fabrication pairs use two forms only)
@@ -219,7 +219,7 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
 
 
 def world_extra_pairs(cfg: Config, run_path: Path) -> list:
-    """The multi-turn PII, fact and unknown-person pairs that ``cfg`` asks for, built from the run's world."""
+    """The PII, fact and unknown-person pairs that ``cfg`` asks for, built from the run's world."""
     if cfg.pii_pairs <= 0 and cfg.fact_pairs <= 0 and cfg.idk_pairs <= 0:
         return []
     from lmstack.data.world import load_world
