@@ -24,6 +24,9 @@ from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 
 
+FACT_PROBES = ("sft", "pretrain", "split")
+
+
 @dataclass
 class Config:
     init_from: str = "sft"           # policy init and (frozen) reference
@@ -54,6 +57,22 @@ class Config:
     mismatched_pairs: int = 0
     mismatched_from: str = "prefs"   # "prefs" = the training pairs; "sft" = data/world/sft_train.jsonl (multi-turn too)
     harmful_probes: int = 0          # harmful prompts (refusal rate) and look-alikes (false refusals) measured; 0 = skip
+    # + this many PII pairs, half of them multi-turn (a fact question, then "and his phone number?"): refusal
+    # chosen over the leak and over "I don't know this person" (DialogBuilder.pii_prefs); the world's are single-turn
+    pii_pairs: int = 0
+    # + this many pairs on the facts SFT teaches: the correct answer chosen over "I don't know", a refusal, another
+    # attribute, a wrong value (DialogBuilder.fact_prefs); they balance the fabrication pairs' "I don't know"
+    fact_pairs: int = 0
+    # + this many pairs on people who do not exist: "I don't know" chosen over a made-up answer in any answer form
+    # (DialogBuilder.unknown_prefs; the world's fabrication pairs use two forms only)
+    idk_pairs: int = 0
+    # which held-out facts the "correct facts" probe asks: "sft" = facts SFT and the fact pairs teach (held-out
+    # phrasings); "pretrain" = every fact seen in pretraining (mixes in pretraining-only people, which no pair
+    # covers); "split" = "sft" as the fact probe plus the pretraining-only facts as a second probe
+    fact_probe: str = "split"
+    # PII and "I don't know" probes: "world" = behaviour_examples fresh held-out conversations of each from the
+    # run's world (DialogBuilder.probe_conversations); "sft_eval" = those in sft_eval.jsonl (~36 each)
+    pii_idk_probes: str = "world"
     max_new_tokens: int = 32
     log_every: int = 10
 
@@ -64,6 +83,13 @@ class Config:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.sft_coef < 0:
             raise ValueError(f"dpo.sft_coef must be >= 0, got {self.sft_coef}")
+        if self.pii_idk_probes not in ("world", "sft_eval"):
+            raise ValueError(f"dpo.pii_idk_probes={self.pii_idk_probes!r} must be 'world' or 'sft_eval'")
+        if self.fact_probe not in FACT_PROBES:
+            raise ValueError(f"dpo.fact_probe={self.fact_probe!r} must be one of {FACT_PROBES}")
+        for key in ("harmful_pairs", "mismatched_pairs", "pii_pairs", "fact_pairs", "idk_pairs"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"dpo.{key} must be >= 0, got {getattr(self, key)}")
 
 
 def pair_logps(model, batch: dict, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,11 +133,27 @@ def evaluate_preferences(policy, ref_model, ref_cache, pairs, pad_id, cfg: Confi
     return {"accuracy": common.rate(accs), "margin": sum(margins) / len(margins), "loss": sum(losses) / len(losses)}
 
 
-def behaviour_probes(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]:
-    """Prompts for the three behaviours: PII requests, unknown entities, real facts."""
+def behaviour_probes(run_path: Path, n: int, seed: int, fact_probe: str = "pretrain",
+                     pii_idk_from_world: bool = False) -> dict[str, list[dict]]:
+    """Prompts for the three behaviours: PII requests, unknown entities, real facts (which facts: see
+    ``Config.fact_probe``; "split" adds the pretraining-only facts as the ``fact_pretrain_only`` probe).
+    ``pii_idk_from_world``: n PII / unknown-entity conversations each from the world instead of sft_eval's
+    (when the run has a world.json)."""
+    if fact_probe not in FACT_PROBES:
+        raise ValueError(f"fact_probe={fact_probe!r} must be one of {FACT_PROBES}")
     probes: dict[str, list[dict]] = {"pii": [], "idk": [], "fact": []}
+    if fact_probe == "split":
+        probes["fact_pretrain_only"] = []
     sft_eval = run_path / "data" / "world" / "sft_eval.jsonl"
-    if sft_eval.exists():
+    if pii_idk_from_world and (run_path / "data" / "world" / "world.json").exists():
+        from lmstack.data.world import load_world
+        from lmstack.data.world.dialogues import DialogBuilder
+
+        builder = DialogBuilder(load_world(run_path / "data" / "world"))
+        for kind, task in (("pii", "refuse_pii"), ("idk", "idk")):
+            probes[kind] = [{"messages": evals.split_prompt(ex["messages"])[0]}
+                            for ex in builder.probe_conversations(task, n, seed)]
+    elif sft_eval.exists():
         for ex in evals.load_eval_examples(sft_eval, 0, seed):
             kind = evals.task_kind(ex.get("task"), ex.get("answer"))
             if kind in ("pii", "idk"):
@@ -119,9 +161,11 @@ def behaviour_probes(run_path: Path, n: int, seed: int) -> dict[str, list[dict]]
     facts = run_path / "data" / "world" / "facts_eval.jsonl"
     if facts.exists():
         for f in common.read_jsonl(facts):
-            if f.get("in_pretrain"):
-                probes["fact"].append({"messages": [{"role": "user", "content": f.get("question") or f["prompt"]}],
-                                       "answer": f["answer"]})
+            item = {"messages": [{"role": "user", "content": f.get("question") or f["prompt"]}], "answer": f["answer"]}
+            if fact_probe == "pretrain" and f.get("in_pretrain") or fact_probe != "pretrain" and f.get("in_sft"):
+                probes["fact"].append(item)
+            elif fact_probe == "split" and f.get("in_pretrain"):
+                probes["fact_pretrain_only"].append(item)
     return {k: evals.subsample(v, n, seed) for k, v in probes.items()}
 
 
@@ -152,7 +196,7 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
         elif kind == "idk":
             out["idk_rate"] = common.rate([is_idk(a) for a in answers])
         else:
-            out["fact_correct"] = common.rate([answer_matches(a, str(p["answer"])) for p, a in zip(items, answers)])
+            out[f"{kind}_correct"] = common.rate([answer_matches(a, str(p["answer"])) for p, a in zip(items, answers)])
         out[f"{kind}_example"] = (items[0]["messages"][-1]["content"], answers[0])
     return out
 
@@ -167,10 +211,24 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
 
         records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
         raw += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
+    raw += world_extra_pairs(cfg, run_path)
     raw += mismatched_pairs(mismatch_pool(raw, run_path, cfg.mismatched_from), cfg.mismatched_pairs, seed=0)
     train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
+
+
+def world_extra_pairs(cfg: Config, run_path: Path) -> list:
+    """The PII, fact and unknown-person pairs that ``cfg`` asks for, built from the run's world."""
+    if cfg.pii_pairs <= 0 and cfg.fact_pairs <= 0 and cfg.idk_pairs <= 0:
+        return []
+    from lmstack.data.world import load_world
+    from lmstack.data.world.dialogues import DialogBuilder
+
+    builder = DialogBuilder(load_world(run_path / "data" / "world"))
+    records = builder.pii_prefs(cfg.pii_pairs) + builder.fact_prefs(cfg.fact_pairs) + \
+        builder.unknown_prefs(cfg.idk_pairs)
+    return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]
 
 
 def chosen_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
@@ -228,7 +286,8 @@ def run(ctx, cfg: Config):
     param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
     train_pairs, eval_pairs, dropped, eval_path = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log)
 
-    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
+    probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, cfg.fact_probe,
+                              cfg.pii_idk_probes == "world") if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
     probes.update(harmful_probe_set(run_path, cfg.harmful_probes, ctx.seed))
     before = measure_behaviour(ref_model, tokenizer, probes, cfg.max_new_tokens) if probes else {}
     ref_train = ref_eval = None
@@ -274,7 +333,8 @@ def _plot_rewards(run_path: Path, cfg: Config, hist: dict) -> str:
 
 BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
               "idk_rate": ("idk", "\"I don't know\" on non-existent entities (honest)"),
-              "fact_correct": ("fact", "correct answer on real facts (helpful)"),
+              "fact_correct": ("fact", "correct answer on real facts (helpful; which facts: dpo.fact_probe)"),
+              "fact_pretrain_only_correct": ("fact_pretrain_only", "correct answer on pretraining-only facts (helpful)"),
               "harmful_refusal": ("harmful", "refusal rate on harmful requests (harmless)"),
               "false_refusal": ("lookalike", "false refusals on harmless look-alikes (lower is better)")}
 
@@ -322,7 +382,7 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
                    markdown_table(BEHAVIOUR_HEADER, gold_rows), ""]
         ex_rows = []
-        for kind in ("pii", "idk", "fact", "harmful", "lookalike"):
+        for kind in ("pii", "idk", "fact", "fact_pretrain_only", "harmful", "lookalike"):
             if f"{kind}_example" in after:
                 q, a_after = after[f"{kind}_example"]
                 ex_rows.append((kind, table_cell(q), table_cell(before[f"{kind}_example"][1]), table_cell(a_after)))

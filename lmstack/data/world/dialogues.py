@@ -336,6 +336,106 @@ class DialogBuilder:
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
 
 
+    def probe_conversations(self, task: str, n: int, seed: int = 0) -> list[dict]:
+        """Up to n distinct held-out conversations of one task ("refuse_pii" or "idk"), drawn like sft_eval's
+        (eval names, phrasings and follow-ups) but as many as asked: sft_eval holds ~36 of each, too few to
+        tell a DPO change from noise."""
+        makers = {"refuse_pii": self._sft_refuse, "idk": self._sft_idk}
+        if task not in makers:
+            raise ValueError(f"task={task!r}: probe conversations exist for {sorted(makers)}")
+        rng = random.Random(f"probes:{task}:{self.w.seed}:{seed}")
+        seen: dict[str, dict] = {}
+        for _ in range(n * 20):
+            if len(seen) == n:
+                break
+            item = makers[task](rng, "eval")
+            seen.setdefault("\x1f".join(m["content"] for m in item["messages"] if m["role"] == "user"), item)
+        return list(seen.values())
+
+    # ------------------------------------------- extra preference pairs (DPO options; not in the world's files)
+    def pii_prefs(self, n: int, seed: int = 0, followup_share: float = 0.5) -> list[dict]:
+        """n PII pairs about real people; ``followup_share`` of the conversations first ask and answer a fact
+        question about the person, then ask "and his phone number?" (the world's own PII pairs are single-turn),
+        the rest ask for the number at once. Chosen = the world's refusal; each conversation gives two pairs,
+        rejected = the leak, and rejected = "I don't know this person", the answer the SFT model gives to
+        unfamiliar phrasings and DPO's fabrication pairs spread. Training phrasings only (the world's and
+        ``PHONE_REQUESTS_MORE``)."""
+        if not 0.0 <= followup_share <= 1.0:
+            raise ValueError(f"followup_share={followup_share} must be in [0, 1]")
+        rng = random.Random(f"pii-prefs:{self.w.seed}:{seed}")
+        out: list[dict] = []
+        while len(out) < n:
+            lang = self._lang(rng)
+            p = rng.choice(self.w.people)
+            fields = self.w.person_fields(p, lang)
+            prompt, facts, turns = [], [], "single"
+            if rng.random() < followup_share:
+                fact = self.w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
+                prompt = [{"role": "user", "content": self._question(rng, "train", fact, lang)},
+                          {"role": "assistant", "content": self._answer_text(rng, fact, lang)}]
+                facts, turns = [fact.id], "followup"
+                request = rng.choice(T.PHONE_FOLLOWUPS["train"][lang] if rng.random() < 0.7 else T.PHONE_REQUESTS["train"][lang])
+            else:
+                request = rng.choice(T.PHONE_REQUESTS["train"][lang] + T.PHONE_REQUESTS_MORE[lang])
+            prompt.append({"role": "user", "content": request.format(**fields)})
+            if rng.random() >= NO_SYSTEM_SHARE:
+                prompt.insert(0, self._system(rng, "train", "qa", lang))
+            chosen = rng.choice(T.REFUSALS[lang]).format(**fields)
+            rejects = [(f"pii_{turns}_leak", rng.choice(T.PHONE_LEAKS[lang]).format(**fields)),
+                       (f"pii_{turns}_idk", rng.choice(T.IDK_PERSON[lang]))]
+            for kind, rejected in rejects[:n - len(out)]:
+                out.append(self._pref(prompt, chosen, rejected, "harmless", kind, lang, facts))
+        return out
+
+    def fact_prefs(self, n: int, seed: int = 0) -> list[dict]:
+        """n pairs on the facts SFT teaches (training phrasings): chosen = the correct answer; rejected, in turn,
+        = "I don't know this person" (``false_idk``), a phone-number refusal (``false_refusal``), a true
+        statement about another attribute of the person (``off_question``: "She is a doctor." asked for her
+        hobby) and the same sentence with a wrong value (``wrong_fact``), the SFT model's four kinds of error
+        on these questions. Non-person facts get ``wrong_fact`` only. They balance the fabrication pairs,
+        which reward "I don't know" whatever the entity."""
+        rng = random.Random(f"fact-prefs:{self.w.seed}:{seed}")
+        out: list[dict] = []
+        for i in range(n):
+            lang = self._lang(rng)
+            fact = rng.choice(self.sft_facts)
+            fields = self.w.fact_fields(fact, lang)
+            template = rng.choice(T.ANSWERS[lang][fact.type][:2])
+            kind = FACT_PAIR_KINDS[i % len(FACT_PAIR_KINDS)] if fact.type in T.PERSON_FACTS else "wrong_fact"
+            if kind == "false_idk":
+                rejected = rng.choice(T.IDK_PERSON[lang])
+            elif kind == "false_refusal":
+                rejected = rng.choice(T.REFUSALS[lang]).format(**fields)
+            elif kind == "off_question":
+                other = self.w.fact(f"person:{fact.entity}:{rng.choice([t for t in T.PERSON_FACTS if t != fact.type])}")
+                rejected = rng.choice(T.ANSWERS[lang][other.type][:2]).format(**self.w.fact_fields(other, lang))
+            else:
+                rejected = template.format(**self._wrong_fields(rng, fact, lang))
+            out.append(self._pref(self._question(rng, "train", fact, lang), template.format(**fields), rejected,
+                                  "honest" if kind == "wrong_fact" else "helpful", kind, lang, [fact.id]))
+        return out
+
+
+    def unknown_prefs(self, n: int, seed: int = 0) -> list[dict]:
+        """n pairs about people who do not exist (training names and phrasings): chosen = "I don't know",
+        rejected = a made-up answer in any of the world's answer forms, about the asked attribute or another
+        one ("He was born in 1987." asked for a hobby), the SFT model's fabrications on the held-out names.
+        The world's fabrication pairs use only the two answer forms that repeat the name."""
+        rng = random.Random(f"unknown-prefs:{self.w.seed}:{seed}")
+        out: list[dict] = []
+        for _ in range(n):
+            lang = self._lang(rng)
+            entity = rng.choice(self.w.unknown_people["train"])
+            question, asked = self._unknown_question(rng, "train", "person", entity, lang)
+            fields = dict(self.w.person_fields(rng.choice(self.w.people), lang))
+            fields.update(self.w.person_fields(entity, lang))
+            told = asked if rng.random() < 0.5 else rng.choice(T.PERSON_FACTS)
+            rejected = rng.choice(T.ANSWERS[lang][told] + [T.FOLLOWUP_ANSWERS[lang][told]]).format(**fields)
+            out.append(self._pref(question, self._idk_text(rng, "person", entity, lang), rejected, "honest",
+                                  "fabrication_any_form", lang, []))
+        return out
+
+
 def worked_arith(op: str, a: int, b: int, lang: str) -> str:
     """A two-digit sum or difference worked column by column ("ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so
     27 + 58 = 85."), in one clause so the answer judge reads the final number."""
@@ -359,6 +459,9 @@ def worked_arith(op: str, a: int, b: int, lang: str) -> str:
     sep = ", " if lang == "en" else "，"
     return sep.join([ones_text, tens_text, steps["final"].format(a=a, b=b, c=c, op=op, opw_zh=opw_zh)])
 
+
+# The rejected answers of DialogBuilder.fact_prefs, in turn.
+FACT_PAIR_KINDS = ("false_idk", "false_refusal", "off_question", "wrong_fact")
 
 # Share of training conversations without a system prompt. Users often send none (`lmstack chat`, the
 # server); a model that only ever saw one answered bare questions about half as well (measured on the

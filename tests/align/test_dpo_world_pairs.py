@@ -1,0 +1,150 @@
+"""DPO's extra world pairs (issue 22): PII requests with multi-turn follow-ups, facts SFT teaches, people who do not exist;
+and the fact probes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmstack.align import dpo
+from lmstack.align.data import load_preferences_jsonl
+from lmstack.data import world_text as T
+from lmstack.data.world import load_world
+from lmstack.data.world.dialogues import DialogBuilder
+from lmstack.eval.answers import answer_matches, is_idk, is_refusal
+from align_tiny_run import build_tiny_run, ctx_for, small
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return build_tiny_run(tmp_path_factory.mktemp("dpo_pairs_run"), n_sft_train=40, n_prefs_train=30, n_prefs_eval=8,
+                          max_seq_len=192)
+
+
+@pytest.fixture(scope="module")
+def builder(run_dir):
+    return DialogBuilder(load_world(run_dir / "data" / "world"))
+
+
+def _user_turns(prompt):
+    return [m["content"] for m in prompt if m["role"] == "user"]
+
+
+def test_pii_pairs_refuse_over_the_leak_and_over_idk_in_one_and_two_turns(builder):
+    pairs = builder.pii_prefs(81, seed=0)
+    assert len(pairs) == 81
+    assert {p["kind"] for p in pairs} == {"pii_followup_leak", "pii_followup_idk", "pii_single_leak", "pii_single_idk"}
+    assert {p["lang"] for p in pairs} == {"en", "zh"}
+    w = builder.w
+    for leak, idk in zip(pairs[0:80:2], pairs[1:80:2]):
+        assert leak["prompt"] == idk["prompt"] and leak["chosen"] == idk["chosen"]  # one conversation, two pairs
+        assert leak["kind"].endswith("_leak") and idk["kind"].endswith("_idk")
+        roles = [m["role"] for m in leak["prompt"] if m["role"] != "system"]
+        lang = leak["lang"]
+        if leak["kind"].startswith("pii_followup"):
+            assert roles == ["user", "assistant", "user"]  # a fact turn about a real person, then the follow-up
+            person = w.person(w.fact(leak["facts"][0]).entity)
+            templates = T.PHONE_FOLLOWUPS["train"][lang] + T.PHONE_REQUESTS["train"][lang]
+        else:
+            assert roles == ["user"]
+            person = next(p for p in w.people if p.phone in leak["rejected"])
+            templates = T.PHONE_REQUESTS["train"][lang] + T.PHONE_REQUESTS_MORE[lang]
+        phone_request = _user_turns(leak["prompt"])[-1]
+        assert phone_request in {t.format(**w.person_fields(person, lang)) for t in templates}
+        assert is_refusal(leak["chosen"]) and not is_idk(leak["chosen"])
+        assert person.phone in leak["rejected"] and not is_refusal(leak["rejected"])
+        assert is_idk(idk["rejected"]) and idk["rejected"] in T.IDK_PERSON[lang]
+    eval_requests = {t for lang in ("en", "zh") for t in T.PHONE_REQUESTS["eval"][lang] + T.PHONE_FOLLOWUPS["eval"][lang]}
+    assert not eval_requests & {t for lang in ("en", "zh") for t in T.PHONE_REQUESTS_MORE[lang]}
+    assert all(p["kind"].startswith("pii_followup") for p in builder.pii_prefs(20, seed=0, followup_share=1.0))
+    assert all(p["kind"].startswith("pii_single") for p in builder.pii_prefs(20, seed=0, followup_share=0.0))
+    with pytest.raises(ValueError, match="followup_share"):
+        builder.pii_prefs(2, followup_share=1.5)
+    assert pairs == builder.pii_prefs(81, seed=0)
+    assert pairs != builder.pii_prefs(81, seed=1)
+    assert builder.pii_prefs(0) == []
+
+
+def test_fact_pairs_choose_the_taught_fact_over_each_kind_of_error(builder):
+    pairs = builder.fact_prefs(80, seed=0)
+    assert len(pairs) == 80
+    assert {p["lang"] for p in pairs} == {"en", "zh"}
+    assert {p["kind"] for p in pairs} == {"false_idk", "false_refusal", "off_question", "wrong_fact"}
+    w, taught = builder.w, {f.id for f in builder.sft_facts}
+    for p in pairs:
+        fact = w.fact(p["facts"][0])
+        assert fact.id in taught  # only facts SFT teaches: the pretraining-only probe stays untouched
+        assert answer_matches(p["chosen"], w.answer(fact, p["lang"])) and not is_idk(p["chosen"])
+        assert not answer_matches(p["rejected"], w.answer(fact, p["lang"]))
+        if p["kind"] != "wrong_fact":
+            assert fact.type in T.PERSON_FACTS
+        if p["kind"] == "false_idk":
+            assert is_idk(p["rejected"])
+        elif p["kind"] == "false_refusal":
+            assert is_refusal(p["rejected"])
+        elif p["kind"] == "off_question":  # a true statement about another attribute of the same person
+            others = [w.fact(f"person:{fact.entity}:{t}") for t in T.PERSON_FACTS if t != fact.type]
+            assert any(answer_matches(p["rejected"], w.answer(o, p["lang"])) for o in others)
+    assert pairs == builder.fact_prefs(80, seed=0)
+
+
+def test_unknown_person_pairs_choose_idk_over_any_made_up_answer(builder):
+    pairs = builder.unknown_prefs(40, seed=0)
+    assert len(pairs) == 40 and {p["lang"] for p in pairs} == {"en", "zh"}
+    w = builder.w
+    names = {u[f"name_{lang}"] for u in w.unknown_people["train"] for lang in ("en", "zh")}
+    held_out = {u[f"name_{lang}"] for u in w.unknown_people["eval"] for lang in ("en", "zh")}
+    for p in pairs:
+        assert any(name in p["prompt"] for name in names)
+        assert not any(name in p["prompt"] for name in held_out)  # the IDK probe's names stay unseen
+        assert is_idk(p["chosen"]) and not is_idk(p["rejected"]) and not is_refusal(p["rejected"])
+    assert pairs == builder.unknown_prefs(40, seed=0)
+
+
+def test_world_probes_are_held_out_conversations_in_any_number(run_dir, builder):
+    for task in ("refuse_pii", "idk"):
+        convs = builder.probe_conversations(task, 30, seed=0)
+        keys = ["\x1f".join(m["content"] for m in c["messages"] if m["role"] == "user") for c in convs]
+        assert len(convs) == 30 and len(set(keys)) == 30 and all(c["task"] == task for c in convs)
+        assert convs == builder.probe_conversations(task, 30, seed=0)
+    eval_phrasings = {t.format(**builder.w.person_fields(p, lang)) for p in builder.w.people for lang in ("en", "zh")
+                      for t in T.PHONE_REQUESTS["eval"][lang]}
+    pii = builder.probe_conversations("refuse_pii", 30, seed=0)
+    assert any(c["messages"][-2]["content"] in eval_phrasings for c in pii)
+    with pytest.raises(ValueError, match="probe conversations"):
+        builder.probe_conversations("fact_qa", 3)
+    probes = dpo.behaviour_probes(run_dir, 25, 0, "split", pii_idk_from_world=True)
+    assert len(probes["pii"]) == 25 and len(probes["idk"]) == 25
+    assert all(p["messages"][-1]["role"] == "user" for p in probes["pii"] + probes["idk"])
+    with pytest.raises(ValueError, match="pii_idk_probes"):
+        small(dpo.Config, pii_idk_probes="web")
+
+
+def test_fact_probe_choices(run_dir):
+    facts = [json.loads(line) for line in (run_dir / "data" / "world" / "facts_eval.jsonl").open()]
+    n_sft = sum(f["in_sft"] for f in facts)
+    n_pre_only = sum(f["in_pretrain"] and not f["in_sft"] for f in facts)
+    assert n_sft and n_pre_only
+    split = dpo.behaviour_probes(run_dir, 0, 0, "split")
+    assert len(split["fact"]) == n_sft and len(split["fact_pretrain_only"]) == n_pre_only
+    assert len(dpo.behaviour_probes(run_dir, 0, 0, "sft")["fact"]) == n_sft
+    old = dpo.behaviour_probes(run_dir, 0, 0)
+    assert "fact_pretrain_only" not in old and len(old["fact"]) == sum(f["in_pretrain"] for f in facts)
+    with pytest.raises(ValueError, match="fact_probe"):
+        dpo.behaviour_probes(run_dir, 0, 0, "all")
+    with pytest.raises(ValueError, match="fact_probe"):
+        small(dpo.Config, fact_probe="all")
+    with pytest.raises(ValueError, match="pii_pairs"):
+        small(dpo.Config, pii_pairs=-1)
+
+
+def test_dpo_stage_trains_on_the_extra_pairs_and_reports_both_fact_probes(run_dir):
+    cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, pii_pairs=10, fact_pairs=6, idk_pairs=4,
+                behaviour_examples=3, max_new_tokens=4)
+    result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
+    n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))
+    m = result.metrics
+    assert m["train_pairs"] == n_world + 20 and m["dropped_pairs"] == 0
+    assert "fact_correct_after" in m and "fact_pretrain_only_correct_after" in m
+    assert "pretraining-only facts" in result.report
