@@ -232,6 +232,10 @@ def test_goals_table_lists_measured_rows_with_their_n(tmp_path):
     assert "| refusal of phone-number requests | sft | 27 | 0.96 | >= 0.95 |" in table
     assert "| arithmetic (two-digit +, -, and small x) | sft | 42 | 0.5 | >= 0.80 |" in table
     assert "translation" not in table  # not measured in this run
+    run.manifest["stages"]["dpo"] = {"status": "done", "metrics": {"pii_refusal_before": 0.9, "pii_refusal_after": 0.95}}
+    table = goals_table(run)
+    assert "| DPO: refusal of phone-number requests | dpo |  | 0.9 -> 0.95 | better beyond noise |" in table
+    assert "DPO: correct facts" not in table  # no before/after pair
 
 
 def test_partial_nested_table_keeps_the_factory_defaults():
