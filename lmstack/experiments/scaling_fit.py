@@ -51,15 +51,23 @@ class ChinchillaFit:
     def optimum(self, compute: float) -> tuple[float, float]:
         """(N_opt, D_opt) for ``compute = 6 N D`` FLOPs."""
         a, b = self.alpha, self.beta
-        g = (a * self.A / (b * self.B)) ** (1 / (a + b))
-        return g * (compute / 6) ** (b / (a + b)), (compute / 6) ** (a / (a + b)) / g
+        if not (a * self.A > 0 and b * self.B > 0):
+            return float("nan"), float("nan")  # one term is a constant: loss does not trade N against D
+        # in logs: a fit with an exponent near 0 sends N_opt or D_opt past a float's range (then inf, not an error)
+        log_g = (math.log(a * self.A) - math.log(b * self.B)) / (a + b)
+        log_c = math.log(compute / 6)
+        with np.errstate(over="ignore"):
+            return float(np.exp(log_g + log_c * b / (a + b))), float(np.exp(log_c * a / (a + b) - log_g))
 
     def optimal_tokens_for(self, n: float) -> float:
         """The D at which ``n`` parameters are compute-optimal (the inverse of N_opt(C))."""
         a, b = self.alpha, self.beta
-        g = (a * self.A / (b * self.B)) ** (1 / (a + b))
-        compute = 6 * (n / g) ** ((a + b) / b)
-        return self.optimum(compute)[1]
+        if not (a * self.A > 0 and b * self.B > 0):
+            return float("nan")
+        log_g = (math.log(a * self.A) - math.log(b * self.B)) / (a + b)
+        log_c = (math.log(n) - log_g) * (a + b) / b  # log(C / 6) at which N_opt = n
+        with np.errstate(over="ignore"):
+            return float(np.exp(log_c * a / (a + b) - log_g))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -188,7 +196,9 @@ def bootstrap_chinchilla(n, d, loss, compute: float, *, samples: int = 100, seed
         n_opt, d_opt = fit.optimum(compute)
         draws["alpha"].append(fit.alpha)
         draws["beta"].append(fit.beta)
-        draws["tokens_per_param"].append(d_opt / n_opt)
+        ratio = d_opt / n_opt if n_opt > 0 else float("nan")
+        if math.isfinite(ratio):  # a degenerate resample (a constant term) has no optimum
+            draws["tokens_per_param"].append(ratio)
     out = {"samples": len(draws["alpha"])}
     for key, values in draws.items():
         if values:

@@ -67,3 +67,12 @@ def test_helpers():
     assert alpha == pytest.approx(0.5, abs=0.05) and e == pytest.approx(2.0, abs=0.05)
     with pytest.raises(ValueError, match=">= 5"):
         fit_chinchilla([1, 2], [1, 2], [1, 2])
+
+
+def test_optimum_of_a_degenerate_fit_is_nan_not_an_error():
+    # a bootstrap resample can fit A = 0 (loss flat in N): there is no N-D trade-off, so no optimum
+    flat = ChinchillaFit(E=1.0, A=0.0, B=10.0, alpha=0.3, beta=0.3)
+    assert all(math.isnan(x) for x in flat.optimum(1e15)) and math.isnan(flat.optimal_tokens_for(1e6))
+    tiny_alpha = ChinchillaFit(E=0.3, A=2.0, B=40.0, alpha=1e-4, beta=0.2)
+    n_opt, d_opt = tiny_alpha.optimum(1e12)  # would overflow a float outside log space
+    assert n_opt > 0 and not math.isnan(d_opt)
