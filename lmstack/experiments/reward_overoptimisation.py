@@ -409,7 +409,7 @@ def claims(result: dict) -> list[str]:
              f"- **Larger / better-fed RMs can be trusted further.** Gold at the largest n: best "
              f"{best['key']} ({best['best_of_n_summary']['final_gold']:.3f}, pair accuracy "
              f"{best['heldout_pair_accuracy']:.3f}), worst {worst['key']} ({worst['best_of_n_summary']['final_gold']:.3f}, "
-             f"pair accuracy {worst['heldout_pair_accuracy']:.3f})."]
+             f"pair accuracy {worst['heldout_pair_accuracy']:.3f}). {scale_verdict(proxies)}"]
     for p in result["ppo"]:
         s = p["summary"]
         lines.append(f"- **PPO against {p['key']}.** KL reached {max(r['kl'] for r in p['curve']):.2f} nats/sequence "
@@ -418,6 +418,40 @@ def claims(result: dict) -> list[str]:
                      f"{s['final_gold']:.3f} (falls after the peak: {'yes' if s['falls'] else 'no'}; rollout batches of "
                      f"{result['config']['ppo_prompts_per_iteration']} training prompts, the same each iteration, are noisy).")
     return lines + [""]
+
+
+def scale_contrasts(proxies: list[dict]) -> list[dict]:
+    """Gold at the largest n of the biggest vs the smallest RM at each data amount, and of the most vs the least
+    data at each RM size, with the standard error of the difference (the two picks' SEs over prompts combined)."""
+    contrasts = []
+    for axis, fixed in (("pairs", "layers"), ("layers", "pairs")):
+        groups: dict[int, list[dict]] = {}
+        for p in proxies:
+            groups.setdefault(p[fixed], []).append(p)
+        for value, group in sorted(groups.items()):
+            lo, hi = min(group, key=lambda p: p[axis]), max(group, key=lambda p: p[axis])
+            if lo[axis] == hi[axis]:
+                continue
+            a, b = lo["best_of_n"][-1], hi["best_of_n"][-1]
+            contrasts.append({"axis": axis, "fixed": f"{fixed}={value}", "low": lo["key"], "high": hi["key"],
+                              "diff": b["gold"] - a["gold"], "se": math.hypot(a["gold_se"], b["gold_se"])})
+    return contrasts
+
+
+def scale_verdict(proxies: list[dict]) -> str:
+    """Holds when every larger-RM / more-data contrast is >= 0 and one is beyond 2 SE; contradicted when one is
+    below -2 SE; otherwise not resolved."""
+    contrasts = scale_contrasts(proxies)
+    if not contrasts:
+        return "Verdict: **not tested** (one RM size and one data amount)."
+    text = "; ".join(f"{c['high']} - {c['low']} = {c['diff']:+.3f} ± {c['se']:.3f}" for c in contrasts)
+    if any(c["diff"] < -2 * c["se"] for c in contrasts):
+        verdict = "contradicted here (a larger or better-fed RM does significantly worse)"
+    elif all(c["diff"] >= 0 for c in contrasts) and any(c["diff"] > 2 * c["se"] for c in contrasts):
+        verdict = "holds"
+    else:
+        verdict = "not resolved within noise"
+    return f"Larger minus smaller RM, more minus less data: {text}. Verdict: **{verdict}**."
 
 
 def experiment_main(overrides: list[str], out: Path) -> int:

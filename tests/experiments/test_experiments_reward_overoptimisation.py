@@ -55,3 +55,22 @@ def test_toy_run_with_the_fallback_model(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="make run"):
         from lmstack.experiments.reward_overoptimisation import load_setup
         load_setup(OveroptConfig(base_run="/nonexistent/run", tiny_fallback=False))
+
+
+def test_scale_verdict_compares_bigger_and_better_fed_rms():
+    from lmstack.experiments.reward_overoptimisation import scale_contrasts, scale_verdict
+
+    def rm(layers, pairs, gold, se=0.02):
+        return {"key": f"L{layers}_P{pairs}", "layers": layers, "pairs": pairs,
+                "best_of_n": [{"gold": 0.1, "gold_se": se}, {"gold": gold, "gold_se": se}]}
+
+    better = [rm(1, 64, 0.30), rm(1, 800, 0.40), rm(4, 64, 0.35), rm(4, 800, 0.50)]
+    contrasts = scale_contrasts(better)
+    assert [(c["low"], c["high"]) for c in contrasts] == [("L1_P64", "L1_P800"), ("L4_P64", "L4_P800"),
+                                                          ("L1_P64", "L4_P64"), ("L1_P800", "L4_P800")]
+    assert contrasts[0]["diff"] == pytest.approx(0.10) and contrasts[0]["se"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert "**holds**" in scale_verdict(better)
+    worse = [rm(1, 64, 0.50), rm(1, 800, 0.20)]
+    assert "**contradicted" in scale_verdict(worse)
+    assert "**not resolved" in scale_verdict([rm(1, 64, 0.30), rm(1, 800, 0.31)])
+    assert "**not tested**" in scale_verdict([rm(1, 64, 0.30)])
