@@ -188,13 +188,41 @@ def fact_items(world_dir: Path, n: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(items, min(n, len(items)))
 
 
+def in_document_format(docs: list[dict]) -> list[dict]:
+    """Fact items whose answer (``spaced_answer``) and choices carry the separator of the world's own QA
+    documents (``QA_FORMAT``: a space after "Answer:", nothing after "答案："), for specs with
+    ``target_delimiter=""``: solved examples then read exactly like the QA lists the models were pretrained
+    on and like ``lmstack.data.world.few_shot_prompt``, which the other fact evaluations use."""
+    from lmstack.data.world_text import QA_FORMAT
+
+    out = []
+    for d in docs:
+        sep = QA_FORMAT[d.get("lang") or "en"][1]
+        extra = {"choices": [sep + c for c in d["choices"]]} if "choices" in d else {}
+        out.append({**d, "spaced_answer": sep + str(d["answer"]), **extra})
+    return out
+
+
+# Question-answer pairs in the world's QA documents (and few_shot_prompt) are separated by a blank line.
+QA_PAIR_DELIMITER = "\n\n"
+
+
+def icl_generation_spec(seed: int) -> TaskSpec:
+    """Generated answers to fact questions (items from ``in_document_format``), scored by containment and by
+    the answer's log-probability."""
+    return TaskSpec(name="icl_facts", type="generate", template="{prompt}", target="{spaced_answer}",
+                    target_delimiter="", fewshot_delimiter=QA_PAIR_DELIMITER, fewshot_match="lang",
+                    metrics=["contains", "answer_logprob"], max_new_tokens=12, seed=seed)
+
+
 def icl_curves(cfg: PromptingConfig, model: dict, tokenizer, world_dir: Path) -> list[dict]:
-    gen_spec = TaskSpec(name="icl_facts", type="generate", template="{prompt}", target="{answer}", fewshot_delimiter="\n",
-                        fewshot_match="lang", metrics=["contains", "answer_logprob"], max_new_tokens=12, seed=cfg.seed)
+    """0..k-shot fact questions, with the solved examples laid out as in the world's own QA documents."""
+    gen_spec = icl_generation_spec(cfg.seed)
     mc_spec, mc_docs = world_facts_mc(world_dir, cfg.seed)
-    mc_docs = random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs)))
-    items = fact_items(world_dir, cfg.eval_items, cfg.seed)
-    pool = fact_items(world_dir, 10 ** 6, cfg.seed + 1)
+    mc_spec = dataclasses.replace(mc_spec, target_delimiter="", fewshot_delimiter=QA_PAIR_DELIMITER)
+    mc_docs = in_document_format(random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs))))
+    items = in_document_format(fact_items(world_dir, cfg.eval_items, cfg.seed))
+    pool = in_document_format(fact_items(world_dir, 10 ** 6, cfg.seed + 1))
     rows = []
     for kind in ("base", "sft"):
         backend = LocalBackend(model[kind], tokenizer, batch_size=32)
@@ -432,9 +460,14 @@ def verdict_icl(summary: dict) -> str:
     """Which models gain from the shots on each metric, counting only gains beyond 2 paired SEs."""
     gains = summary["icl_gain"]
     up = {key: [k for k, v in gains.items() if significant(v[key])] for key in ("exact", "logprob", "mc_acc")}
+    down = {key: [k for k, v in gains.items() if significant(v[key], -1)] for key in ("exact", "logprob", "mc_acc")}
     text = (f"Verdict: shots raise exact match beyond noise for {', '.join(up['exact']) or 'no model'}; "
             f"the answer's log-probability for {', '.join(up['logprob']) or 'no model'}; "
             f"multiple-choice accuracy for {', '.join(up['mc_acc']) or 'no model'}.")
+    if any(down.values()):
+        text += (f" Shots LOWER them beyond noise for: exact match {', '.join(down['exact']) or 'none'}; log-probability "
+                 f"{', '.join(down['logprob']) or 'none'}; multiple choice {', '.join(down['mc_acc']) or 'none'}, "
+                 "against the GPT-3 claim.")
     hidden = [k for k in up["logprob"] if k not in up["exact"]]
     if hidden:
         text += (f" Where exact match shows no gain but log p(answer) does ({', '.join(hidden)}), the discrete "
@@ -454,8 +487,8 @@ def verdict_cot(summary: dict) -> str:
     if better:
         text += " Trained steps help without the ~100B scale Wei et al. needed for prompted chain of thought."
     else:
-        text += (" At this scale and training length the models have not learned the multi-step arithmetic "
-                 "either way, so the comparison says little; the default size trains longer.")
+        text += (" Where both styles score low, the models have not learned the multi-step arithmetic either way "
+                 "at this size and training length (--set cot_steps=... trains longer), so the comparison says little.")
     return text
 
 
