@@ -66,3 +66,21 @@ def test_icl_shots_read_like_the_worlds_qa_documents():
     assert solved_example(spec, docs[1]).endswith("答案：北京")
     mc = in_document_format([{**raw[1], "choices": ["北京", "上海"]}, {**raw[3], "choices": ["1962", "1970"]}])
     assert mc[0]["choices"] == ["北京", "上海"] and mc[1]["choices"] == [" 1962", " 1970"]
+
+
+def test_template_verdict_uses_the_paired_gap():
+    from lmstack.experiments.prompting import template_spread, template_verdict
+
+    def row(name, items):
+        return {"template": name, "exact": 0.0, "n": len(items), "mc_acc": sum(items) / len(items),
+                "mc_items": [float(x) for x in items]}
+
+    # the same 40 questions: template b gets 10 more right than a, and no question the other way
+    a, b = [1] * 10 + [0] * 30, [1] * 20 + [0] * 20
+    real = template_spread([row("a", a), row("b", b)])
+    assert real["mc_range"] == 0.25 and (real["best"], real["worst"]) == ("b", "a")
+    assert "exceeds 2 paired SEs for m/base" in template_verdict({"m/base": real})
+    # two templates that each get 5 questions the other misses: a 0 gap, no dependence shown
+    c = [1] * 5 + [0] * 5 + [1] * 10 + [0] * 20
+    d = [0] * 5 + [1] * 5 + [1] * 10 + [0] * 20
+    assert "for no model" in template_verdict({"m/base": template_spread([row("c", c), row("d", d)])})
