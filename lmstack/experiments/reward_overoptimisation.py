@@ -404,8 +404,11 @@ def claims(result: dict) -> list[str]:
              f"the pick rises with n for {len(rising)} of {len(proxies)} RMs; gold falls after its peak by more than "
              f"two standard errors for {len(falls)} ({', '.join(falls) or 'none'}). Verdict: **"
              f"{'reproduced for some proxies' if falls else 'not seen in this KL range'}**"
-             f" (best-of-{result['config']['bon_samples']} reaches only KL {bon_kl(result['config']['bon_samples']):.2f} "
-             "nats; Gao et al. see the peak of small RMs at a few nats).",
+             + (f" (gold peaks by KL {max(p['best_of_n_summary']['peak_at'] for p in proxies):.2f} nats for every proxy, "
+                f"at most {max(p['best_of_n_summary']['peak_gold'] - p['best_of_n_summary']['start_gold'] for p in proxies):+.3f} "
+                "above a plain sample; Gao et al. see the gold peak of small RMs at a few nats)." if falls else
+                f" (best-of-{result['config']['bon_samples']} reaches only KL {bon_kl(result['config']['bon_samples']):.2f} "
+                "nats; Gao et al. see the peak of small RMs at a few nats)."),
              f"- **Larger / better-fed RMs can be trusted further.** Gold at the largest n: best "
              f"{best['key']} ({best['best_of_n_summary']['final_gold']:.3f}, pair accuracy "
              f"{best['heldout_pair_accuracy']:.3f}), worst {worst['key']} ({worst['best_of_n_summary']['final_gold']:.3f}, "
@@ -416,8 +419,25 @@ def claims(result: dict) -> list[str]:
                      f"(last batch {p['curve'][-1]['kl']:.2f}); proxy "
                      f"{s['proxy_gain']:+.3f}; gold {s['start_gold']:.3f} -> peak {s['peak_gold']:.3f} -> "
                      f"{s['final_gold']:.3f} (falls after the peak: {'yes' if s['falls'] else 'no'}; rollout batches of "
-                     f"{result['config']['ppo_prompts_per_iteration']} training prompts, the same each iteration, are noisy).")
+                     f"{result['config']['ppo_prompts_per_iteration']} training prompts, the same each iteration, are noisy). "
+                     + proxy_trend(p["curve"]))
     return lines + [""]
+
+
+def proxy_trend(curve: list[dict]) -> str:
+    """Whether the optimiser kept raising the proxy: Gao et al.'s picture needs the proxy still rising while gold
+    falls; a proxy that also falls back means the optimisation itself degraded (e.g. PPO without a KL penalty)."""
+    start = curve[0]["proxy"]
+    peak = max(curve, key=lambda r: r["proxy"])
+    gain, kept = peak["proxy"] - start, curve[-1]["proxy"] - start
+    if gain <= 0:
+        return "The proxy never rose above its start: the optimisation did not work."
+    if kept >= 0.5 * gain:
+        return (f"The proxy kept at least half its peak gain (peak {peak['proxy']:.2f} at iteration {peak['iteration']}, "
+                f"last {curve[-1]['proxy']:.2f}), so gold fell while the proxy stayed high: over-optimisation.")
+    return (f"The proxy itself fell back (peak {peak['proxy']:.2f} at iteration {peak['iteration']}, last "
+            f"{curve[-1]['proxy']:.2f}, start {start:.2f}): beyond that point the policy degraded for the proxy too, "
+            "so the later gold loss is optimiser instability (no KL penalty), not only over-optimisation.")
 
 
 def scale_contrasts(proxies: list[dict]) -> list[dict]:

@@ -74,3 +74,14 @@ def test_scale_verdict_compares_bigger_and_better_fed_rms():
     assert "**contradicted" in scale_verdict(worse)
     assert "**not resolved" in scale_verdict([rm(1, 64, 0.30), rm(1, 800, 0.31)])
     assert "**not tested**" in scale_verdict([rm(1, 64, 0.30)])
+
+
+def test_proxy_trend_separates_overoptimisation_from_collapse():
+    from lmstack.experiments.reward_overoptimisation import proxy_trend
+
+    def curve(proxies):
+        return [{"iteration": i, "proxy": x} for i, x in enumerate(proxies)]
+
+    assert "over-optimisation" in proxy_trend(curve([1.0, 3.0, 4.0, 3.8]))
+    assert "fell back" in proxy_trend(curve([2.0, 5.2, 3.0, 2.5]))
+    assert "never rose" in proxy_trend(curve([2.0, 1.5, 1.0]))
