@@ -234,6 +234,26 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor) -> list[dict]:
     return rows
 
 
+def task_breakdown(examples: list[dict], texts: list[list[str]], proxy: torch.Tensor, gold: torch.Tensor) -> dict:
+    """Per task: gold of a plain sample vs of the proxy's pick among all samples, and how often an answer says
+    "I don't know" (the world's ``is_idk``) among all samples vs among the picks: shows WHAT a proxy rewards."""
+    from lmstack.eval.answers import is_idk
+
+    pick = proxy.argmax(-1)
+    rows: dict[str, dict] = {}
+    for i, ex in enumerate(examples):
+        r = rows.setdefault(ex["task"], {"n": 0, "plain_gold": 0.0, "picked_gold": 0.0, "idk_all": 0.0, "idk_picked": 0.0})
+        r["n"] += 1
+        r["plain_gold"] += float(gold[i].mean())
+        r["picked_gold"] += float(gold[i, pick[i]])
+        r["idk_all"] += sum(is_idk(t) for t in texts[i]) / len(texts[i])
+        r["idk_picked"] += float(is_idk(texts[i][int(pick[i])]))
+    total = {k: sum(r[k] for r in rows.values()) for k in ("n", "idk_all", "idk_picked")}
+    out = {task: {k: (v if k == "n" else v / r["n"]) for k, v in r.items()} for task, r in sorted(rows.items())}
+    out["all"] = {"n": total["n"], "idk_all": total["idk_all"] / total["n"], "idk_picked": total["idk_picked"] / total["n"]}
+    return out
+
+
 def peak_summary(curve: list[dict], x: str = "kl") -> dict:
     """Where gold peaks, and whether it then falls by more than two standard errors."""
     best = max(curve, key=lambda r: r["gold"])
@@ -316,6 +336,7 @@ def run_experiment(cfg: OveroptConfig, out_dir: str | Path, log=print) -> dict:
             info["key"] = key
             info["best_of_n"] = best_of_n_curve(proxy, gold)
             info["best_of_n_summary"] = peak_summary(info["best_of_n"])
+            info["by_task"] = task_breakdown(examples, texts, proxy, gold)
             proxies.append(info)
             rms[(layers, n_pairs)] = rm
             log(f"[reward_overoptimisation] RM {key}: held-out pair accuracy {info['heldout_pair_accuracy']:.3f}; "
@@ -383,7 +404,7 @@ def report(result: dict, plot: str) -> str:
              "", "## Best-of-n", "",
              markdown_table(["RM", "blocks", "block params", "pairs", "held-out pair acc.", "gold n=1",
                              "gold peak", f"gold n={cfg['bon_samples']}", "proxy gain", "gold falls after peak"], rows),
-             "", f"![over-optimisation]({plot})", ""]
+             "", f"![over-optimisation]({plot})", ""] + task_table(result)
     for p in result["ppo"]:
         lines += [f"## PPO against {p['key']}", "",
                   markdown_table(["iteration", "KL", "proxy", "gold"],
@@ -391,6 +412,23 @@ def report(result: dict, plot: str) -> str:
                                   for r in p["curve"]]), ""]
     lines += claims(result)
     return "\n".join(lines) + "\n"
+
+
+def task_table(result: dict) -> list[str]:
+    """Gold of a plain sample -> of each proxy's best-of-all pick, per task, and the "I don't know" share."""
+    from lmstack.report import markdown_table
+
+    proxies = [p for p in result["proxies"] if "by_task" in p]
+    if not proxies:
+        return []
+    tasks = [t for t in proxies[0]["by_task"] if t != "all"]
+    n = {t: proxies[0]["by_task"][t]["n"] for t in tasks}
+    rows = [[p["key"]] + [f"{p['by_task'][t]['plain_gold']:.2f} -> {p['by_task'][t]['picked_gold']:.2f}" for t in tasks]
+            + [f"{p['by_task']['all']['idk_all']:.2f} -> {p['by_task']['all']['idk_picked']:.2f}"] for p in proxies]
+    return [f"### What the proxies pick (best-of-{result['config']['bon_samples']}, per task)", "",
+            "Gold of a plain sample -> gold of the proxy's pick; last column: share of answers that say \"I don't "
+            "know\" among all samples -> among the picks (right only for the `idk` task).", "",
+            markdown_table(["RM"] + [f"{t} (n={n[t]})" for t in tasks] + ['"I don\'t know" share'], rows), ""]
 
 
 def claims(result: dict) -> list[str]:
@@ -413,6 +451,7 @@ def claims(result: dict) -> list[str]:
              f"{best['key']} ({best['best_of_n_summary']['final_gold']:.3f}, pair accuracy "
              f"{best['heldout_pair_accuracy']:.3f}), worst {worst['key']} ({worst['best_of_n_summary']['final_gold']:.3f}, "
              f"pair accuracy {worst['heldout_pair_accuracy']:.3f}). {scale_verdict(proxies)}"]
+    lines += hack_claim(proxies)
     for p in result["ppo"]:
         s = p["summary"]
         lines.append(f"- **PPO against {p['key']}.** KL reached {max(r['kl'] for r in p['curve']):.2f} nats/sequence "
@@ -422,6 +461,24 @@ def claims(result: dict) -> list[str]:
                      f"{result['config']['ppo_prompts_per_iteration']} training prompts, the same each iteration, are noisy). "
                      + proxy_trend(p["curve"]))
     return lines + [""]
+
+
+def hack_claim(proxies: list[dict]) -> list[str]:
+    """What the proxies' picks have in common: the "I don't know" share, and the tasks whose gold the picks lower."""
+    proxies = [p for p in proxies if "by_task" in p]
+    if not proxies:
+        return []
+    share_all = proxies[0]["by_task"]["all"]["idk_all"]
+    picked = [p["by_task"]["all"]["idk_picked"] for p in proxies]
+    tasks = [t for t in proxies[0]["by_task"] if t != "all"]
+    lower = [t for t in tasks if sum(p["by_task"][t]["picked_gold"] < p["by_task"][t]["plain_gold"] for p in proxies)
+             > len(proxies) / 2]
+    return [f"- **What the proxies reward.** {share_all:.0%} of the policy's samples say \"I don't know\"; "
+            f"{min(picked):.0%}-{max(picked):.0%} of the proxies' best-of-all picks do. "
+            f"Gold of the pick is below a plain sample's for most proxies on: {', '.join(lower) or 'no task'} "
+            "(table above). A proxy that over-rewards one answer style (here the style its preference pairs "
+            "favour, e.g. declining to answer about made-up people) is exploited by any optimiser that searches "
+            "for high proxy scores."]
 
 
 def proxy_trend(curve: list[dict]) -> str:

@@ -85,3 +85,17 @@ def test_proxy_trend_separates_overoptimisation_from_collapse():
     assert "over-optimisation" in proxy_trend(curve([1.0, 3.0, 4.0, 3.8]))
     assert "fell back" in proxy_trend(curve([2.0, 5.2, 3.0, 2.5]))
     assert "never rose" in proxy_trend(curve([2.0, 1.5, 1.0]))
+
+
+def test_task_breakdown_shows_what_the_proxy_picks():
+    from lmstack.experiments.reward_overoptimisation import hack_claim, task_breakdown
+
+    examples = [{"task": "fact_qa"}, {"task": "idk"}]
+    texts = [["He was born in 1962.", "I don't know who that is."], ["He was born in 1970.", "I don't know who that is."]]
+    gold = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    proxy = torch.tensor([[0.1, 0.9], [0.2, 0.8]])  # prefers "I don't know" everywhere
+    b = task_breakdown(examples, texts, proxy, gold)
+    assert b["fact_qa"] == pytest.approx({"n": 1, "plain_gold": 0.5, "picked_gold": 0.0, "idk_all": 0.5, "idk_picked": 1.0})
+    assert b["idk"]["picked_gold"] == 1.0 and b["all"] == pytest.approx({"n": 2, "idk_all": 0.5, "idk_picked": 1.0})
+    text = hack_claim([{"key": "L1_P1", "by_task": b}])[0]
+    assert "50% of the policy's samples" in text and "100%-100%" in text and "on: fact_qa (" in text
