@@ -285,10 +285,12 @@ def dedup_verdict(result: dict, noise: float) -> str:
             f"{before:+.3f} before dedup, {after:+.3f} after; memorised {mem_before:.2f} before, {mem_after:.2f} after. ")
     if len(seeds) < 2:
         text += "(One seed: seed noise is not measured, so read the verdict as provisional.) "
-    if before > bar or mem_before > 0:
+    effects = [name for name, present in (("held-out loss", before > bar), ("memorisation", mem_before > 0)) if present]
+    if effects:
         fixed = after <= bar and mem_after <= 0.5 * mem_before
-        return text + ("Verdict: **dedup removes the effect.**" if fixed else
-                       "Verdict: **dedup does not fully remove the effect** (compare the rows above).")
+        what = " and ".join(effects)
+        return text + (f"Verdict: **dedup removes the effect** (on {what})." if fixed else
+                       f"Verdict: **dedup does not fully remove the effect** (on {what}; compare the rows above).")
     return text + (f"Verdict: **nothing to remove** at this size: k={k} was not worse than k=1 beyond "
                    f"{bar:.3f} and nothing was memorised, so dedup works on the data (copies removed) but cannot "
                    "show a benefit here.")
