@@ -182,7 +182,8 @@ def test_repetition_dedup_verdict():
                   "dedup": {"copies_removed": 60, "copies_total": 64}} for s in seeds]
         return {"runs": runs, "dedup": dedup}
 
-    assert "**dedup removes the effect.**" in dedup_verdict(result(3.0, 3.2, 0.5, 3.0, 0.0), noise=0.02)
+    assert "**dedup removes the effect** (on held-out loss and memorisation)" in dedup_verdict(
+        result(3.0, 3.2, 0.5, 3.0, 0.0), noise=0.02)
     assert "does not fully remove" in dedup_verdict(result(3.0, 3.2, 0.5, 3.15, 0.4), noise=0.02)
     text = dedup_verdict(result(3.0, 3.005, 0.0, 3.0, 0.0), noise=0.02)
     assert "**nothing to remove**" in text and "removed 94% of the copies" in text
