@@ -188,13 +188,41 @@ def fact_items(world_dir: Path, n: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(items, min(n, len(items)))
 
 
+def in_document_format(docs: list[dict]) -> list[dict]:
+    """Fact items whose answer (``spaced_answer``) and choices carry the separator of the world's own QA
+    documents (``QA_FORMAT``: a space after "Answer:", nothing after "答案："), for specs with
+    ``target_delimiter=""``: solved examples then read exactly like the QA lists the models were pretrained
+    on and like ``lmstack.data.world.few_shot_prompt``, which the other fact evaluations use."""
+    from lmstack.data.world_text import QA_FORMAT
+
+    out = []
+    for d in docs:
+        sep = QA_FORMAT[d.get("lang") or "en"][1]
+        extra = {"choices": [sep + c for c in d["choices"]]} if "choices" in d else {}
+        out.append({**d, "spaced_answer": sep + str(d["answer"]), **extra})
+    return out
+
+
+# Question-answer pairs in the world's QA documents (and few_shot_prompt) are separated by a blank line.
+QA_PAIR_DELIMITER = "\n\n"
+
+
+def icl_generation_spec(seed: int) -> TaskSpec:
+    """Generated answers to fact questions (items from ``in_document_format``), scored by containment and by
+    the answer's log-probability."""
+    return TaskSpec(name="icl_facts", type="generate", template="{prompt}", target="{spaced_answer}",
+                    target_delimiter="", fewshot_delimiter=QA_PAIR_DELIMITER, fewshot_match="lang",
+                    metrics=["contains", "answer_logprob"], max_new_tokens=12, seed=seed)
+
+
 def icl_curves(cfg: PromptingConfig, model: dict, tokenizer, world_dir: Path) -> list[dict]:
-    gen_spec = TaskSpec(name="icl_facts", type="generate", template="{prompt}", target="{answer}", fewshot_delimiter="\n",
-                        fewshot_match="lang", metrics=["contains", "answer_logprob"], max_new_tokens=12, seed=cfg.seed)
+    """0..k-shot fact questions, with the solved examples laid out as in the world's own QA documents."""
+    gen_spec = icl_generation_spec(cfg.seed)
     mc_spec, mc_docs = world_facts_mc(world_dir, cfg.seed)
-    mc_docs = random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs)))
-    items = fact_items(world_dir, cfg.eval_items, cfg.seed)
-    pool = fact_items(world_dir, 10 ** 6, cfg.seed + 1)
+    mc_spec = dataclasses.replace(mc_spec, target_delimiter="", fewshot_delimiter=QA_PAIR_DELIMITER)
+    mc_docs = in_document_format(random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs))))
+    items = in_document_format(fact_items(world_dir, cfg.eval_items, cfg.seed))
+    pool = in_document_format(fact_items(world_dir, 10 ** 6, cfg.seed + 1))
     rows = []
     for kind in ("base", "sft"):
         backend = LocalBackend(model[kind], tokenizer, batch_size=32)
@@ -265,7 +293,8 @@ def template_sensitivity(cfg: PromptingConfig, model: dict, tokenizer, world_dir
             g = evaluate_task(gen, backend, mc_docs, num_fewshot=cfg.template_shots)
             m = evaluate_task(mc, backend, mc_docs, num_fewshot=cfg.template_shots)
             rows.append({"model": model["name"], "kind": kind, "template": name, "n": m["n"],
-                         "exact": g["metrics"]["contains"]["value"], "mc_acc": m["metrics"]["acc"]["value"]})
+                         "exact": g["metrics"]["contains"]["value"], "mc_acc": m["metrics"]["acc"]["value"],
+                         "mc_items": [float(it["pred"] == it["gold"]) for it in m["items"]]})
     return rows
 
 
@@ -320,10 +349,7 @@ def summarize(result: dict) -> dict:
     spread = {}
     for r in result["templates"]:
         spread.setdefault(f"{r['model']}/{r['kind']}", []).append(r)
-    spread = {k: {"exact_range": max(x["exact"] for x in v) - min(x["exact"] for x in v),
-                  "mc_range": max(x["mc_acc"] for x in v) - min(x["mc_acc"] for x in v),
-                  "mc_std": statistics.pstdev([x["mc_acc"] for x in v]),
-                  "mc_se": max(binomial_se(x["mc_acc"], x["n"]) for x in v)} for k, v in spread.items()}
+    spread = {k: template_spread(v) for k, v in spread.items()}
     cot = {}
     for r in result["cot"]:
         cot.setdefault(r["model"], {})[r["style"]] = {"greedy": r["greedy"], "voted": r["voted"]}
@@ -332,6 +358,19 @@ def summarize(result: dict) -> dict:
             d, s = m["direct"]["greedy"], m["steps"]["greedy"]
             m["steps_minus_direct"] = {"value": s["value"] - d["value"], "se": (s["se"] ** 2 + d["se"] ** 2) ** 0.5}
     return {"icl_gain": gains, "template_spread": spread, "cot": cot, "shots": [lo, hi]}
+
+
+def template_spread(rows: list[dict]) -> dict:
+    """Spread of one model's accuracy over the templates. ``mc_range_se``: the standard error of the best minus
+    the worst template, paired over the same questions (the questions' difficulty cancels; the pair is chosen
+    after the fact, so 2 of these SEs is a lenient bar)."""
+    best, worst = max(rows, key=lambda x: x["mc_acc"]), min(rows, key=lambda x: x["mc_acc"])
+    paired = (paired_gain(best["mc_items"], worst["mc_items"])["se"]
+              if "mc_items" in best and len(best["mc_items"]) > 1 else float("nan"))
+    return {"exact_range": max(x["exact"] for x in rows) - min(x["exact"] for x in rows),
+            "mc_range": best["mc_acc"] - worst["mc_acc"], "mc_std": statistics.pstdev([x["mc_acc"] for x in rows]),
+            "mc_se": max(binomial_se(x["mc_acc"], x["n"]) for x in rows), "mc_range_se": paired,
+            "best": best["template"], "worst": worst["template"]}
 
 
 def save_plots(result: dict, out: Path) -> dict[str, str]:
@@ -414,27 +453,38 @@ def report(result: dict, plots: dict[str, str]) -> str:
     lines += ["## 3. Prompt sensitivity", "",
               f"The same English fact questions in {len(TEMPLATES)} paraphrased templates, {cfg['template_shots']}-shot: "
               + "; ".join(f"`{k}` = {v!r}" for k, v in TEMPLATES.items()), "",
-              "| model | " + " | ".join(TEMPLATES) + " | range | std |", "|---|" + "---:|" * (len(TEMPLATES) + 2)]
+              "| model | " + " | ".join(TEMPLATES) + " | range ± paired SE | std |", "|---|" + "---:|" * (len(TEMPLATES) + 2)]
     for key, spread in summary["template_spread"].items():
         accs = {r["template"]: r["mc_acc"] for r in result["templates"] if f"{r['model']}/{r['kind']}" == key}
         lines.append(f"| {key} (MC acc) | " + " | ".join(f"{accs[t]:.3f}" for t in TEMPLATES) +
-                     f" | {spread['mc_range']:.3f} | {spread['mc_std']:.3f} |")
-    widest = max(summary["template_spread"].items(), key=lambda kv: kv[1]["mc_range"])
-    lines += ["", f"Verdict: the template alone moves MC accuracy by up to {widest[1]['mc_range']:.3f} ({widest[0]}; "
-              f"one template's binomial SE is about {widest[1]['mc_se']:.3f}) on the same questions"
-              + ("; larger than 2 SE, so a single-prompt score hides real prompt dependence."
-                 if widest[1]["mc_range"] > 2 * widest[1]["mc_se"] else
-                 "; within 2 SE of one template, so no prompt dependence beyond noise is shown here.")]
+                     f" | {spread['mc_range']:.3f} ± {spread['mc_range_se']:.3f} | {spread['mc_std']:.3f} |")
+    lines += ["", template_verdict(summary["template_spread"])]
     return "\n".join(lines) + "\n"
+
+
+def template_verdict(spreads: dict) -> str:
+    """Which models' best-minus-worst template gap exceeds 2 paired SEs."""
+    widest_key, widest = max(spreads.items(), key=lambda kv: kv[1]["mc_range"])
+    real = [k for k, v in spreads.items() if v["mc_range"] > 2 * v["mc_range_se"]]
+    return (f"Verdict: the template alone moves MC accuracy by up to {widest['mc_range']:.3f} ({widest_key}: "
+            f"`{widest['best']}` vs `{widest['worst']}`, paired SE {widest['mc_range_se']:.3f}) on the same questions. "
+            f"The best-minus-worst gap exceeds 2 paired SEs for {', '.join(real) or 'no model'}"
+            + ("; there a single-prompt score hides real prompt dependence." if real else
+               "; no prompt dependence beyond noise is shown here."))
 
 
 def verdict_icl(summary: dict) -> str:
     """Which models gain from the shots on each metric, counting only gains beyond 2 paired SEs."""
     gains = summary["icl_gain"]
     up = {key: [k for k, v in gains.items() if significant(v[key])] for key in ("exact", "logprob", "mc_acc")}
+    down = {key: [k for k, v in gains.items() if significant(v[key], -1)] for key in ("exact", "logprob", "mc_acc")}
     text = (f"Verdict: shots raise exact match beyond noise for {', '.join(up['exact']) or 'no model'}; "
             f"the answer's log-probability for {', '.join(up['logprob']) or 'no model'}; "
             f"multiple-choice accuracy for {', '.join(up['mc_acc']) or 'no model'}.")
+    if any(down.values()):
+        text += (f" Shots LOWER them beyond noise for: exact match {', '.join(down['exact']) or 'none'}; log-probability "
+                 f"{', '.join(down['logprob']) or 'none'}; multiple choice {', '.join(down['mc_acc']) or 'none'}, "
+                 "against the GPT-3 claim.")
     hidden = [k for k in up["logprob"] if k not in up["exact"]]
     if hidden:
         text += (f" Where exact match shows no gain but log p(answer) does ({', '.join(hidden)}), the discrete "
@@ -454,8 +504,8 @@ def verdict_cot(summary: dict) -> str:
     if better:
         text += " Trained steps help without the ~100B scale Wei et al. needed for prompted chain of thought."
     else:
-        text += (" At this scale and training length the models have not learned the multi-step arithmetic "
-                 "either way, so the comparison says little; the default size trains longer.")
+        text += (" Where both styles score low, the models have not learned the multi-step arithmetic either way "
+                 "at this size and training length (--set cot_steps=... trains longer), so the comparison says little.")
     return text
 
 

@@ -262,9 +262,38 @@ def report(result: dict, plot: str) -> str:
         f"Measured (mean over seeds): after dedup and retraining on the same budget the held-out loss is "
         f"{D.mean(x['heldout_loss'] for x in result['dedup']):.3f} (k=1 baseline {base:.3f}, k={d['k']} before dedup "
         f"{losses[ks.index(d['k'])]:.3f}) and the memorised share of the subset is "
-        f"{D.mean(x['memorised']['exact'] for x in result['dedup']):.3f}. Dedup can only remove an effect that is "
-        "there: compare these with the k rows above and their seed spread.", ""]
+        f"{D.mean(x['memorised']['exact'] for x in result['dedup']):.3f}. " + dedup_verdict(result, noise), ""]
     return "\n".join(lines)
+
+
+def dedup_verdict(result: dict, noise: float) -> str:
+    """Did dedup remove the copies, and was there an effect (loss above k=1, or memorisation) for it to remove?"""
+    d = result["dedup"]
+    k = d[0]["k"]
+    seeds = sorted({x["seed"] for x in d})
+    loss = {(r["k"], r["seed"]): r["heldout_loss"] for r in result["runs"]}
+    mem = {(r["k"], r["seed"]): r["memorised"]["exact"] for r in result["runs"]}
+    if not all((kk, s) in loss for kk in (1, k) for s in seeds):
+        return "Verdict: needs the k=1 and k=%d runs of the same seeds." % k
+    removed = D.mean(x["dedup"]["copies_removed"] / max(1, x["dedup"]["copies_total"]) for x in d)
+    before = D.mean(loss[(k, s)] - loss[(1, s)] for s in seeds)
+    after = D.mean(x["heldout_loss"] - loss[(1, x["seed"])] for x in d)
+    mem_before = D.mean(mem[(k, s)] for s in seeds)
+    mem_after = D.mean(x["memorised"]["exact"] for x in d)
+    bar = max(noise if noise == noise else 0.0, 0.01)
+    text = (f"Dedup removed {removed:.0%} of the copies. Held-out loss minus k=1 (paired by seed): k={k} "
+            f"{before:+.3f} before dedup, {after:+.3f} after; memorised {mem_before:.2f} before, {mem_after:.2f} after. ")
+    if len(seeds) < 2:
+        text += "(One seed: seed noise is not measured, so read the verdict as provisional.) "
+    effects = [name for name, present in (("held-out loss", before > bar), ("memorisation", mem_before > 0)) if present]
+    if effects:
+        fixed = after <= bar and mem_after <= 0.5 * mem_before
+        what = " and ".join(effects)
+        return text + (f"Verdict: **dedup removes the effect** (on {what})." if fixed else
+                       f"Verdict: **dedup does not fully remove the effect** (on {what}; compare the rows above).")
+    return text + (f"Verdict: **nothing to remove** at this size: k={k} was not worse than k=1 beyond "
+                   f"{bar:.3f} and nothing was memorised, so dedup works on the data (copies removed) but cannot "
+                   "show a benefit here.")
 
 
 def experiment_main(overrides: list[str], out: Path) -> int:

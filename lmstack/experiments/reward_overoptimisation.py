@@ -234,6 +234,26 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor) -> list[dict]:
     return rows
 
 
+def task_breakdown(examples: list[dict], texts: list[list[str]], proxy: torch.Tensor, gold: torch.Tensor) -> dict:
+    """Per task: gold of a plain sample vs of the proxy's pick among all samples, and how often an answer says
+    "I don't know" (the world's ``is_idk``) among all samples vs among the picks: shows WHAT a proxy rewards."""
+    from lmstack.eval.answers import is_idk
+
+    pick = proxy.argmax(-1)
+    rows: dict[str, dict] = {}
+    for i, ex in enumerate(examples):
+        r = rows.setdefault(ex["task"], {"n": 0, "plain_gold": 0.0, "picked_gold": 0.0, "idk_all": 0.0, "idk_picked": 0.0})
+        r["n"] += 1
+        r["plain_gold"] += float(gold[i].mean())
+        r["picked_gold"] += float(gold[i, pick[i]])
+        r["idk_all"] += sum(is_idk(t) for t in texts[i]) / len(texts[i])
+        r["idk_picked"] += float(is_idk(texts[i][int(pick[i])]))
+    total = {k: sum(r[k] for r in rows.values()) for k in ("n", "idk_all", "idk_picked")}
+    out = {task: {k: (v if k == "n" else v / r["n"]) for k, v in r.items()} for task, r in sorted(rows.items())}
+    out["all"] = {"n": total["n"], "idk_all": total["idk_all"] / total["n"], "idk_picked": total["idk_picked"] / total["n"]}
+    return out
+
+
 def peak_summary(curve: list[dict], x: str = "kl") -> dict:
     """Where gold peaks, and whether it then falls by more than two standard errors."""
     best = max(curve, key=lambda r: r["gold"])
@@ -316,6 +336,7 @@ def run_experiment(cfg: OveroptConfig, out_dir: str | Path, log=print) -> dict:
             info["key"] = key
             info["best_of_n"] = best_of_n_curve(proxy, gold)
             info["best_of_n_summary"] = peak_summary(info["best_of_n"])
+            info["by_task"] = task_breakdown(examples, texts, proxy, gold)
             proxies.append(info)
             rms[(layers, n_pairs)] = rm
             log(f"[reward_overoptimisation] RM {key}: held-out pair accuracy {info['heldout_pair_accuracy']:.3f}; "
@@ -383,7 +404,7 @@ def report(result: dict, plot: str) -> str:
              "", "## Best-of-n", "",
              markdown_table(["RM", "blocks", "block params", "pairs", "held-out pair acc.", "gold n=1",
                              "gold peak", f"gold n={cfg['bon_samples']}", "proxy gain", "gold falls after peak"], rows),
-             "", f"![over-optimisation]({plot})", ""]
+             "", f"![over-optimisation]({plot})", ""] + task_table(result)
     for p in result["ppo"]:
         lines += [f"## PPO against {p['key']}", "",
                   markdown_table(["iteration", "KL", "proxy", "gold"],
@@ -391,6 +412,23 @@ def report(result: dict, plot: str) -> str:
                                   for r in p["curve"]]), ""]
     lines += claims(result)
     return "\n".join(lines) + "\n"
+
+
+def task_table(result: dict) -> list[str]:
+    """Gold of a plain sample -> of each proxy's best-of-all pick, per task, and the "I don't know" share."""
+    from lmstack.report import markdown_table
+
+    proxies = [p for p in result["proxies"] if "by_task" in p]
+    if not proxies:
+        return []
+    tasks = [t for t in proxies[0]["by_task"] if t != "all"]
+    n = {t: proxies[0]["by_task"][t]["n"] for t in tasks}
+    rows = [[p["key"]] + [f"{p['by_task'][t]['plain_gold']:.2f} -> {p['by_task'][t]['picked_gold']:.2f}" for t in tasks]
+            + [f"{p['by_task']['all']['idk_all']:.2f} -> {p['by_task']['all']['idk_picked']:.2f}"] for p in proxies]
+    return [f"### What the proxies pick (best-of-{result['config']['bon_samples']}, per task)", "",
+            "Gold of a plain sample -> gold of the proxy's pick; last column: share of answers that say \"I don't "
+            "know\" among all samples -> among the picks (right only for the `idk` task).", "",
+            markdown_table(["RM"] + [f"{t} (n={n[t]})" for t in tasks] + ['"I don\'t know" share'], rows), ""]
 
 
 def claims(result: dict) -> list[str]:
@@ -404,20 +442,93 @@ def claims(result: dict) -> list[str]:
              f"the pick rises with n for {len(rising)} of {len(proxies)} RMs; gold falls after its peak by more than "
              f"two standard errors for {len(falls)} ({', '.join(falls) or 'none'}). Verdict: **"
              f"{'reproduced for some proxies' if falls else 'not seen in this KL range'}**"
-             f" (best-of-{result['config']['bon_samples']} reaches only KL {bon_kl(result['config']['bon_samples']):.2f} "
-             "nats; Gao et al. see the peak of small RMs at a few nats).",
+             + (f" (gold peaks by KL {max(p['best_of_n_summary']['peak_at'] for p in proxies):.2f} nats for every proxy, "
+                f"at most {max(p['best_of_n_summary']['peak_gold'] - p['best_of_n_summary']['start_gold'] for p in proxies):+.3f} "
+                "above a plain sample; Gao et al. see the gold peak of small RMs at a few nats)." if falls else
+                f" (best-of-{result['config']['bon_samples']} reaches only KL {bon_kl(result['config']['bon_samples']):.2f} "
+                "nats; Gao et al. see the peak of small RMs at a few nats)."),
              f"- **Larger / better-fed RMs can be trusted further.** Gold at the largest n: best "
              f"{best['key']} ({best['best_of_n_summary']['final_gold']:.3f}, pair accuracy "
              f"{best['heldout_pair_accuracy']:.3f}), worst {worst['key']} ({worst['best_of_n_summary']['final_gold']:.3f}, "
-             f"pair accuracy {worst['heldout_pair_accuracy']:.3f})."]
+             f"pair accuracy {worst['heldout_pair_accuracy']:.3f}). {scale_verdict(proxies)}"]
+    lines += hack_claim(proxies)
     for p in result["ppo"]:
         s = p["summary"]
         lines.append(f"- **PPO against {p['key']}.** KL reached {max(r['kl'] for r in p['curve']):.2f} nats/sequence "
                      f"(last batch {p['curve'][-1]['kl']:.2f}); proxy "
                      f"{s['proxy_gain']:+.3f}; gold {s['start_gold']:.3f} -> peak {s['peak_gold']:.3f} -> "
                      f"{s['final_gold']:.3f} (falls after the peak: {'yes' if s['falls'] else 'no'}; rollout batches of "
-                     f"{result['config']['ppo_prompts_per_iteration']} training prompts, the same each iteration, are noisy).")
+                     f"{result['config']['ppo_prompts_per_iteration']} training prompts, the same each iteration, are noisy). "
+                     + proxy_trend(p["curve"]))
     return lines + [""]
+
+
+def hack_claim(proxies: list[dict]) -> list[str]:
+    """What the proxies' picks have in common: the "I don't know" share, and the tasks whose gold the picks lower."""
+    proxies = [p for p in proxies if "by_task" in p]
+    if not proxies:
+        return []
+    share_all = proxies[0]["by_task"]["all"]["idk_all"]
+    picked = [p["by_task"]["all"]["idk_picked"] for p in proxies]
+    tasks = [t for t in proxies[0]["by_task"] if t != "all"]
+    lower = [t for t in tasks if sum(p["by_task"][t]["picked_gold"] < p["by_task"][t]["plain_gold"] for p in proxies)
+             > len(proxies) / 2]
+    return [f"- **What the proxies reward.** {share_all:.0%} of the policy's samples say \"I don't know\"; "
+            f"{min(picked):.0%}-{max(picked):.0%} of the proxies' best-of-all picks do. "
+            f"Gold of the pick is below a plain sample's for most proxies on: {', '.join(lower) or 'no task'} "
+            "(table above). A proxy that over-rewards one answer style (here the style its preference pairs "
+            "favour, e.g. declining to answer about made-up people) is exploited by any optimiser that searches "
+            "for high proxy scores."]
+
+
+def proxy_trend(curve: list[dict]) -> str:
+    """Whether the optimiser kept raising the proxy: Gao et al.'s picture needs the proxy still rising while gold
+    falls; a proxy that also falls back means the optimisation itself degraded (e.g. PPO without a KL penalty)."""
+    start = curve[0]["proxy"]
+    peak = max(curve, key=lambda r: r["proxy"])
+    gain, kept = peak["proxy"] - start, curve[-1]["proxy"] - start
+    if gain <= 0:
+        return "The proxy never rose above its start: the optimisation did not work."
+    if kept >= 0.5 * gain:
+        return (f"The proxy kept at least half its peak gain (peak {peak['proxy']:.2f} at iteration {peak['iteration']}, "
+                f"last {curve[-1]['proxy']:.2f}), so gold fell while the proxy stayed high: over-optimisation.")
+    return (f"The proxy itself fell back (peak {peak['proxy']:.2f} at iteration {peak['iteration']}, last "
+            f"{curve[-1]['proxy']:.2f}, start {start:.2f}): beyond that point the policy degraded for the proxy too, "
+            "so the later gold loss is optimiser instability (no KL penalty), not only over-optimisation.")
+
+
+def scale_contrasts(proxies: list[dict]) -> list[dict]:
+    """Gold at the largest n of the biggest vs the smallest RM at each data amount, and of the most vs the least
+    data at each RM size, with the standard error of the difference (the two picks' SEs over prompts combined)."""
+    contrasts = []
+    for axis, fixed in (("pairs", "layers"), ("layers", "pairs")):
+        groups: dict[int, list[dict]] = {}
+        for p in proxies:
+            groups.setdefault(p[fixed], []).append(p)
+        for value, group in sorted(groups.items()):
+            lo, hi = min(group, key=lambda p: p[axis]), max(group, key=lambda p: p[axis])
+            if lo[axis] == hi[axis]:
+                continue
+            a, b = lo["best_of_n"][-1], hi["best_of_n"][-1]
+            contrasts.append({"axis": axis, "fixed": f"{fixed}={value}", "low": lo["key"], "high": hi["key"],
+                              "diff": b["gold"] - a["gold"], "se": math.hypot(a["gold_se"], b["gold_se"])})
+    return contrasts
+
+
+def scale_verdict(proxies: list[dict]) -> str:
+    """Holds when every larger-RM / more-data contrast is >= 0 and one is beyond 2 SE; contradicted when one is
+    below -2 SE; otherwise not resolved."""
+    contrasts = scale_contrasts(proxies)
+    if not contrasts:
+        return "Verdict: **not tested** (one RM size and one data amount)."
+    text = "; ".join(f"{c['high']} - {c['low']} = {c['diff']:+.3f} ± {c['se']:.3f}" for c in contrasts)
+    if any(c["diff"] < -2 * c["se"] for c in contrasts):
+        verdict = "contradicted here (a larger or better-fed RM does significantly worse)"
+    elif all(c["diff"] >= 0 for c in contrasts) and any(c["diff"] > 2 * c["se"] for c in contrasts):
+        verdict = "holds"
+    else:
+        verdict = "not resolved within noise"
+    return f"Larger minus smaller RM, more minus less data: {text}. Verdict: **{verdict}**."
 
 
 def experiment_main(overrides: list[str], out: Path) -> int:

@@ -170,3 +170,21 @@ def test_experiment_names_accept_underscores(capsys):
     with pytest.raises(SystemExit):
         main(["data_quality", "--help"])
     assert "data-quality" in capsys.readouterr().out
+
+
+def test_repetition_dedup_verdict():
+    from lmstack.experiments.repetition import dedup_verdict
+
+    def result(loss_k1, loss_k, mem_k, loss_after, mem_after, seeds=(0, 1)):
+        runs = [{"k": k, "seed": s, "heldout_loss": loss, "memorised": {"exact": m}}
+                for s in seeds for k, loss, m in ((1, loss_k1, 0.0), (64, loss_k, mem_k))]
+        dedup = [{"k": 64, "seed": s, "heldout_loss": loss_after, "memorised": {"exact": mem_after},
+                  "dedup": {"copies_removed": 60, "copies_total": 64}} for s in seeds]
+        return {"runs": runs, "dedup": dedup}
+
+    assert "**dedup removes the effect** (on held-out loss and memorisation)" in dedup_verdict(
+        result(3.0, 3.2, 0.5, 3.0, 0.0), noise=0.02)
+    assert "does not fully remove" in dedup_verdict(result(3.0, 3.2, 0.5, 3.15, 0.4), noise=0.02)
+    text = dedup_verdict(result(3.0, 3.005, 0.0, 3.0, 0.0), noise=0.02)
+    assert "**nothing to remove**" in text and "removed 94% of the copies" in text
+    assert "One seed" in dedup_verdict(result(3.0, 3.005, 0.0, 3.0, 0.0, seeds=(0,)), noise=0.0)

@@ -44,3 +44,43 @@ def test_config_errors_are_clear():
         PromptingConfig(d_models=[16, 32], n_layers=[1])
     with pytest.raises(ValueError, match="speedrun"):
         PromptingConfig(speedrun=str(random.random()))
+
+
+def test_icl_shots_read_like_the_worlds_qa_documents():
+    """The ICL prompts must match few_shot_prompt (a blank line between pairs, no space after 答案：); a
+    newline-only delimiter and "答案： x" are formats the models never read in pretraining."""
+    from lmstack.data.world import few_shot_prompt
+    from lmstack.eval.tasks import fewshot_context, solved_example
+    from lmstack.experiments.prompting import icl_generation_spec, in_document_format
+
+    raw = [{"prompt": "问题：甲是哪年出生的？\n答案：", "question": "甲是哪年出生的？", "answer": "1990", "lang": "zh"},
+           {"prompt": "问题：乙住在哪里？\n答案：", "question": "乙住在哪里？", "answer": "北京", "lang": "zh"},
+           {"prompt": "Question: Where does A live?\nAnswer:", "question": "Where does A live?", "answer": "Oslo",
+            "lang": "en"},
+           {"prompt": "Question: When was B born?\nAnswer:", "question": "When was B born?", "answer": "1962",
+            "lang": "en"}]
+    docs = in_document_format(raw)
+    spec = icl_generation_spec(seed=0)
+    assert fewshot_context(spec, docs[0], 0, docs, 1) == few_shot_prompt(raw[0], [raw[1]])
+    assert fewshot_context(spec, docs[2], 2, docs, 1) == few_shot_prompt(raw[2], [raw[3]])
+    assert solved_example(spec, docs[1]).endswith("答案：北京")
+    mc = in_document_format([{**raw[1], "choices": ["北京", "上海"]}, {**raw[3], "choices": ["1962", "1970"]}])
+    assert mc[0]["choices"] == ["北京", "上海"] and mc[1]["choices"] == [" 1962", " 1970"]
+
+
+def test_template_verdict_uses_the_paired_gap():
+    from lmstack.experiments.prompting import template_spread, template_verdict
+
+    def row(name, items):
+        return {"template": name, "exact": 0.0, "n": len(items), "mc_acc": sum(items) / len(items),
+                "mc_items": [float(x) for x in items]}
+
+    # the same 40 questions: template b gets 10 more right than a, and no question the other way
+    a, b = [1] * 10 + [0] * 30, [1] * 20 + [0] * 20
+    real = template_spread([row("a", a), row("b", b)])
+    assert real["mc_range"] == 0.25 and (real["best"], real["worst"]) == ("b", "a")
+    assert "exceeds 2 paired SEs for m/base" in template_verdict({"m/base": real})
+    # two templates that each get 5 questions the other misses: a 0 gap, no dependence shown
+    c = [1] * 5 + [0] * 5 + [1] * 10 + [0] * 20
+    d = [0] * 5 + [1] * 5 + [1] * 10 + [0] * 20
+    assert "for no model" in template_verdict({"m/base": template_spread([row("c", c), row("d", d)])})

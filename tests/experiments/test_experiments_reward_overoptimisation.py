@@ -55,3 +55,47 @@ def test_toy_run_with_the_fallback_model(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="make run"):
         from lmstack.experiments.reward_overoptimisation import load_setup
         load_setup(OveroptConfig(base_run="/nonexistent/run", tiny_fallback=False))
+
+
+def test_scale_verdict_compares_bigger_and_better_fed_rms():
+    from lmstack.experiments.reward_overoptimisation import scale_contrasts, scale_verdict
+
+    def rm(layers, pairs, gold, se=0.02):
+        return {"key": f"L{layers}_P{pairs}", "layers": layers, "pairs": pairs,
+                "best_of_n": [{"gold": 0.1, "gold_se": se}, {"gold": gold, "gold_se": se}]}
+
+    better = [rm(1, 64, 0.30), rm(1, 800, 0.40), rm(4, 64, 0.35), rm(4, 800, 0.50)]
+    contrasts = scale_contrasts(better)
+    assert [(c["low"], c["high"]) for c in contrasts] == [("L1_P64", "L1_P800"), ("L4_P64", "L4_P800"),
+                                                          ("L1_P64", "L4_P64"), ("L1_P800", "L4_P800")]
+    assert contrasts[0]["diff"] == pytest.approx(0.10) and contrasts[0]["se"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert "**holds**" in scale_verdict(better)
+    worse = [rm(1, 64, 0.50), rm(1, 800, 0.20)]
+    assert "**contradicted" in scale_verdict(worse)
+    assert "**not resolved" in scale_verdict([rm(1, 64, 0.30), rm(1, 800, 0.31)])
+    assert "**not tested**" in scale_verdict([rm(1, 64, 0.30)])
+
+
+def test_proxy_trend_separates_overoptimisation_from_collapse():
+    from lmstack.experiments.reward_overoptimisation import proxy_trend
+
+    def curve(proxies):
+        return [{"iteration": i, "proxy": x} for i, x in enumerate(proxies)]
+
+    assert "over-optimisation" in proxy_trend(curve([1.0, 3.0, 4.0, 3.8]))
+    assert "fell back" in proxy_trend(curve([2.0, 5.2, 3.0, 2.5]))
+    assert "never rose" in proxy_trend(curve([2.0, 1.5, 1.0]))
+
+
+def test_task_breakdown_shows_what_the_proxy_picks():
+    from lmstack.experiments.reward_overoptimisation import hack_claim, task_breakdown
+
+    examples = [{"task": "fact_qa"}, {"task": "idk"}]
+    texts = [["He was born in 1962.", "I don't know who that is."], ["He was born in 1970.", "I don't know who that is."]]
+    gold = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    proxy = torch.tensor([[0.1, 0.9], [0.2, 0.8]])  # prefers "I don't know" everywhere
+    b = task_breakdown(examples, texts, proxy, gold)
+    assert b["fact_qa"] == pytest.approx({"n": 1, "plain_gold": 0.5, "picked_gold": 0.0, "idk_all": 0.5, "idk_picked": 1.0})
+    assert b["idk"]["picked_gold"] == 1.0 and b["all"] == pytest.approx({"n": 2, "idk_all": 0.5, "idk_picked": 1.0})
+    text = hack_claim([{"key": "L1_P1", "by_task": b}])[0]
+    assert "50% of the policy's samples" in text and "100%-100%" in text and "on: fact_qa (" in text
