@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = TaskSpec(name="lmstack_bench_mc", type="multiple_choice", template="{prompt}", choices="choices", gold="gold")
     if (args.run / "checkpoints").is_dir():
         backend = load_backend(str(args.run), args.checkpoint, batch_size=args.batch_size)
-        docs = world_facts_mc(args.run / "data" / "world", 1234)[1]
+        docs = world_facts_mc(args.run / "data" / "world", 1234, in_document=False)[1]
         source = f"{args.run} ({args.checkpoint}), world_facts_mc 0-shot"
     else:
         model, tok, docs = tiny_setup()

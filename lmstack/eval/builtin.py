@@ -35,15 +35,37 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def in_document_format(docs: list[dict]) -> list[dict]:
+    """Fact items whose answer (``spaced_answer``) and choices carry the separator of the world's own QA
+    documents (``QA_FORMAT``: a space after "Answer:", nothing after "答案："), for specs with
+    ``target_delimiter=""``: solved examples then read exactly like the QA lists the models were pretrained
+    on and like ``lmstack.data.world.few_shot_prompt``, which the other fact evaluations use. At this scale a layout the
+    models never read costs more than any number of shots gains (``lmstack experiment prompting``)."""
+    from lmstack.data.world_text import QA_FORMAT
+
+    out = []
+    for d in docs:
+        sep = QA_FORMAT[d.get("lang") or "en"][1]
+        extra = {"choices": [sep + c for c in d["choices"]]} if "choices" in d else {}
+        out.append({**d, "spaced_answer": sep + str(d["answer"]), **extra})
+    return out
+
+
+# Question-answer pairs in the world's QA documents (and few_shot_prompt) are separated by a blank line.
+QA_PAIR_DELIMITER = "\n\n"
+
+
 def world_facts(world: Path, seed: int) -> tuple[TaskSpec, list[dict]]:
-    docs = _read_jsonl(world / "facts_eval.jsonl")
-    spec = TaskSpec(name="world_facts", type="generate", template="{prompt}", target="{answer}", num_fewshot=3,
-                    fewshot_delimiter="\n", fewshot_match="lang", metrics=["contains", "exact_match", "f1"], max_new_tokens=16,
+    docs = in_document_format(_read_jsonl(world / "facts_eval.jsonl"))
+    spec = TaskSpec(name="world_facts", type="generate", template="{prompt}", target="{spaced_answer}",
+                    target_delimiter="", num_fewshot=3, fewshot_delimiter=QA_PAIR_DELIMITER, fewshot_match="lang",
+                    metrics=["contains", "exact_match", "f1"], max_new_tokens=16,
                     description="held-out fact questions, answer generated after 3 solved examples")
     return spec, docs
 
 
-def world_facts_mc(world: Path, seed: int, n_choices: int = 4) -> tuple[TaskSpec, list[dict]]:
+def world_facts_mc(world: Path, seed: int, n_choices: int = 4, in_document: bool = True) -> tuple[TaskSpec, list[dict]]:
+    """``in_document=False``: plain choices for specs that put their own delimiter (a space) before them."""
     facts = _read_jsonl(world / "facts_eval.jsonl")
     rng = random.Random(seed)
     by_kind: dict[tuple, list[str]] = {}
@@ -60,10 +82,10 @@ def world_facts_mc(world: Path, seed: int, n_choices: int = 4) -> tuple[TaskSpec
         rng.shuffle(choices)
         docs.append({**f, "choices": choices, "gold": choices.index(f["answer"])})
     spec = TaskSpec(name="world_facts_mc", type="multiple_choice", template="{prompt}", choices="choices",
-                    gold="gold", num_fewshot=2, fewshot_delimiter="\n", fewshot_match="lang",
-                    target_delimiter=" ",
+                    gold="gold", num_fewshot=2, fewshot_delimiter=QA_PAIR_DELIMITER if in_document else "\n",
+                    fewshot_match="lang", target_delimiter="" if in_document else " ",
                     description="held-out fact questions, 4 choices of the same type, by log-likelihood")
-    return spec, docs
+    return spec, in_document_format(docs) if in_document else docs
 
 
 def world_chat(name: str) -> Callable[[Path, int], tuple[TaskSpec, list[dict]]]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from lmstack.eval.backends import LocalBackend
-from lmstack.eval.builtin import world_facts_mc, write_jsonl
+from lmstack.eval.builtin import QA_PAIR_DELIMITER, in_document_format, world_facts_mc, write_jsonl
 from lmstack.eval.harness import evaluate_task
 from lmstack.eval.metrics import binomial_se
 from lmstack.eval.tasks import TaskSpec
@@ -188,23 +188,6 @@ def fact_items(world_dir: Path, n: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(items, min(n, len(items)))
 
 
-def in_document_format(docs: list[dict]) -> list[dict]:
-    """Fact items whose answer (``spaced_answer``) and choices carry the separator of the world's own QA
-    documents (``QA_FORMAT``: a space after "Answer:", nothing after "答案："), for specs with
-    ``target_delimiter=""``: solved examples then read exactly like the QA lists the models were pretrained
-    on and like ``lmstack.data.world.few_shot_prompt``, which the other fact evaluations use."""
-    from lmstack.data.world_text import QA_FORMAT
-
-    out = []
-    for d in docs:
-        sep = QA_FORMAT[d.get("lang") or "en"][1]
-        extra = {"choices": [sep + c for c in d["choices"]]} if "choices" in d else {}
-        out.append({**d, "spaced_answer": sep + str(d["answer"]), **extra})
-    return out
-
-
-# Question-answer pairs in the world's QA documents (and few_shot_prompt) are separated by a blank line.
-QA_PAIR_DELIMITER = "\n\n"
 
 
 def icl_generation_spec(seed: int) -> TaskSpec:
@@ -218,9 +201,8 @@ def icl_generation_spec(seed: int) -> TaskSpec:
 def icl_curves(cfg: PromptingConfig, model: dict, tokenizer, world_dir: Path) -> list[dict]:
     """0..k-shot fact questions, with the solved examples laid out as in the world's own QA documents."""
     gen_spec = icl_generation_spec(cfg.seed)
-    mc_spec, mc_docs = world_facts_mc(world_dir, cfg.seed)
-    mc_spec = dataclasses.replace(mc_spec, target_delimiter="", fewshot_delimiter=QA_PAIR_DELIMITER)
-    mc_docs = in_document_format(random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs))))
+    mc_spec, mc_docs = world_facts_mc(world_dir, cfg.seed)  # laid out as the world's QA documents
+    mc_docs = random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs)))
     items = in_document_format(fact_items(world_dir, cfg.eval_items, cfg.seed))
     pool = in_document_format(fact_items(world_dir, 10 ** 6, cfg.seed + 1))
     rows = []
@@ -280,7 +262,7 @@ def chain_of_thought(cfg: PromptingConfig, model: dict, tokenizer) -> list[dict]
 
 def template_sensitivity(cfg: PromptingConfig, model: dict, tokenizer, world_dir: Path) -> list[dict]:
     """English fact questions in each paraphrased template, few-shot, generated answer and 4-way choice."""
-    mc_spec, mc_docs = world_facts_mc(world_dir, cfg.seed)
+    mc_spec, mc_docs = world_facts_mc(world_dir, cfg.seed, in_document=False)
     mc_docs = [d for d in mc_docs if d.get("lang") == "en" and d.get("question")]
     mc_docs = random.Random(cfg.seed).sample(mc_docs, min(cfg.eval_items, len(mc_docs)))
     rows = []

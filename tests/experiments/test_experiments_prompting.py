@@ -51,7 +51,8 @@ def test_icl_shots_read_like_the_worlds_qa_documents():
     newline-only delimiter and "答案： x" are formats the models never read in pretraining."""
     from lmstack.data.world import few_shot_prompt
     from lmstack.eval.tasks import fewshot_context, solved_example
-    from lmstack.experiments.prompting import icl_generation_spec, in_document_format
+    from lmstack.eval.builtin import in_document_format
+    from lmstack.experiments.prompting import icl_generation_spec
 
     raw = [{"prompt": "问题：甲是哪年出生的？\n答案：", "question": "甲是哪年出生的？", "answer": "1990", "lang": "zh"},
            {"prompt": "问题：乙住在哪里？\n答案：", "question": "乙住在哪里？", "answer": "北京", "lang": "zh"},
