@@ -617,10 +617,11 @@ def mix_and_write(cfg: Config, ctx, docs: list[Doc], scores: np.ndarray, data_di
     train_only = frozenset({FRESH_COPY_SOURCE} if cfg.mix.copy_pages else ())
     train_order, val_order = plan_mix(sources, [d.id for d in docs], np.array([d.chars for d in docs]), scores,
                                       weights, cfg.mix, ctx.seed, train_only=train_only)
+    dropped: set[int] = set()
     if cfg.mix.copy_pages:
-        dropped = _world_copy_page_indices(cfg, docs)
+        dropped = _world_copy_page_indices(cfg, docs) - set(val_order)
         train_order = [i for i in train_order if i not in dropped]
-        stats.world_copy_pages_dropped = len(dropped - set(val_order))
+        stats.world_copy_pages_dropped = len(dropped)
     if not train_order:
         top = Counter()
         for st in stats.filter_stats.values():
@@ -631,7 +632,9 @@ def mix_and_write(cfg: Config, ctx, docs: list[Doc], scores: np.ndarray, data_di
     available: dict[str, list[int]] = {s.label: [0, 0] for s in cfg.sources}
     if cfg.mix.copy_pages:
         available[FRESH_COPY_SOURCE] = [0, 0]
-    for d in docs:
+    for i, d in enumerate(docs):
+        if i in dropped:
+            continue  # the world's train copy pages are not available to train: the world row's epochs stay right
         available[d.source][0] += 1
         available[d.source][1] += d.nbytes
     stats.mix_table = mix_table(train_order, val_order, sources, nbytes, {k: tuple(v) for k, v in available.items()}, weights)

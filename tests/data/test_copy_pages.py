@@ -75,6 +75,8 @@ def test_train_copy_pages_are_fresh_distinct_and_counted(both_runs):
     assert row["share"] == pytest.approx(sum(len(t.encode()) for t in fresh) / total, rel=1e-6)
     assert stats["world_copy_pages_dropped_from_train"] == len(world_pages) - sum(
         r["text"] in world_pages for r in rows["val"])
+    world_row = next(r for r in stats["mix"] if r["source"] == "world")
+    assert world_row["epochs"] == pytest.approx(3.0)                  # weight 3: dropped pages not counted
     assert "copy_pages" in result.report and "generated, distinct pages" in result.report
 
 
