@@ -27,12 +27,18 @@ class MixConfig:
     order: MixOrder = "shuffled"    # score: best first; none: input order
     weights: dict[str, float] = field(default_factory=dict)   # per source name; overrides the source's own weight
     min_val_docs: int = 1           # every source with >= 2 documents gets at least this many val docs
+    # > 0: the world's copy pages leave the train split (validation keeps them) and this many distinct, freshly
+    # generated copy pages join train as the source "copy_pages" (weight 1 unless weights says otherwise, no val
+    # share). Repeated pages get memorised instead of copied; a page seen once can only be predicted by copying.
+    copy_pages: int = 0
 
     def __post_init__(self):
         if self.order not in ORDERS:
             raise ValueError(f"order {self.order!r} is not one of {', '.join(ORDERS)}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.copy_pages < 0:
+            raise ValueError(f"copy_pages must be >= 0, got {self.copy_pages}")
         for k, w in self.weights.items():
             if w < 0:
                 raise ValueError(f"weight of source {k!r} must be >= 0, got {w}")
@@ -55,17 +61,22 @@ def copies(seed: int, source: str, doc_id: str, weight: float) -> int:
 
 
 def plan_mix(sources: list[str], ids: list[str], lengths: np.ndarray, scores: np.ndarray | None,
-             weights: dict[str, float], cfg: MixConfig, seed: int) -> tuple[list[int], list[int]]:
+             weights: dict[str, float], cfg: MixConfig, seed: int,
+             train_only: frozenset[str] = frozenset()) -> tuple[list[int], list[int]]:
     """Return (train order, val order) as lists of document indices (train may repeat indices).
 
     The split happens before the weights, so copies of a validation document never reach train;
-    validation is not re-weighted (it measures each source as it is), but sources with weight 0 are left out."""
+    validation is not re-weighted (it measures each source as it is), but sources with weight 0 are left out.
+    Sources in ``train_only`` give validation nothing (generated text whose val counterpart lives elsewhere)."""
     val_idx, train_pool = [], []
     by_source: dict[str, list[int]] = {}
     for i, s in enumerate(sources):
         by_source.setdefault(s, []).append(i)
     for s, members in by_source.items():
         if weights.get(s, 1.0) == 0:
+            continue
+        if s in train_only:
+            train_pool.extend(members)
             continue
         chosen = [i for i in members if is_val(seed, s, ids[i], cfg.val_fraction)]
         if cfg.val_fraction > 0 and len(chosen) < cfg.min_val_docs and len(members) >= 2:

@@ -72,14 +72,20 @@ class Config:
         if self.shard_docs < 1:
             raise ValueError("shard_docs must be >= 1")
         names = [s.label for s in self.sources]
+        if self.mix.copy_pages and FRESH_COPY_SOURCE in names:
+            raise ValueError(f"mix.copy_pages adds a source named {FRESH_COPY_SOURCE!r}; rename the [[data.sources]] "
+                             f"entry of that name")
         dup = [n for n, c in Counter(names).items() if c > 1]
         if dup:
             raise ValueError(f"two sources are named {dup[0]!r}; give each [[data.sources]] a distinct name")
-        unknown = sorted(set(self.mix.weights) - set(names))
+        unknown = sorted(set(self.mix.weights) - set(names) - ({FRESH_COPY_SOURCE} if self.mix.copy_pages else set()))
         if unknown:
             raise ValueError(f"mix.weights: unknown source {unknown[0]!r}; sources are: {', '.join(names)}")
         if not self.sources:
             raise ValueError("no data sources: add at least one [[data.sources]] table")
+
+
+FRESH_COPY_SOURCE = "copy_pages"   # the source name of data.mix.copy_pages's generated pages
 
 
 # --- map ---------------------------------------------------------------------------------------
@@ -342,6 +348,7 @@ class DataStats:
     quality_pr: dict[str, Any] = field(default_factory=dict)
     quality_examples: list[tuple] = field(default_factory=list)
     mix_table: list[dict] = field(default_factory=list)
+    world_copy_pages_dropped: int = 0   # distinct world copy pages taken out of train by data.mix.copy_pages
     train_docs: int = 0
     val_docs: int = 0
     train_bytes: int = 0
@@ -379,6 +386,7 @@ class DataStats:
             "quality": {"removed": self.removed_quality, **self.quality_pr},
             "kinds_after_filters": dict(self.kinds), "langs_after_filters": dict(self.langs),
             "mix": self.mix_table,
+            "world_copy_pages_dropped_from_train": self.world_copy_pages_dropped,
             "train": {"docs": self.train_docs, "bytes": self.train_bytes},
             "val": {"docs": self.val_docs, "bytes": self.val_bytes},
             "seconds": {k: round(v, 2) for k, v in self.timings.items()},
@@ -424,6 +432,8 @@ def read_and_map(cfg: Config, ctx, world, refs: list[str], work: Path, stats: Da
         for spec in cfg.sources:
             st = stats.read_stats.setdefault(spec.label, ReadStats(strict=cfg.strict or spec.strict))
             yield from iter_source(spec, st, seed=ctx.seed, world=world)
+        if cfg.mix.copy_pages:
+            yield from fresh_copy_docs(cfg.mix.copy_pages, ctx.seed, world, stats)
 
     from tqdm import tqdm
     bar = tqdm(desc="data map", unit="doc", mininterval=1.0, disable=None)
@@ -548,7 +558,10 @@ def quality_filter(cfg: Config, ctx, docs: list[Doc], data_dir: Path, stats: Dat
 
 def _quality_scores(cfg: Config, ctx, docs: list[Doc], data_dir: Path, stats: DataStats) -> np.ndarray:
     rng = random.Random(ctx.seed)
-    sample = sorted(rng.sample(range(len(docs)), min(len(docs), cfg.quality.max_train_docs)))
+    # Generated copy pages (data.mix.copy_pages) are not "clean text" examples: they would outnumber the real
+    # sources and teach the classifier that prose and code are noise (without them, the sample is as before).
+    pool = [i for i, d in enumerate(docs) if d.source != FRESH_COPY_SOURCE]
+    sample = sorted(pool[j] for j in rng.sample(range(len(pool)), min(len(pool), cfg.quality.max_train_docs)))
     store = DocStore()
     clf, stats.quality_pr = train_quality_classifier([docs[i].load(store)["text"] for i in sample], cfg.quality,
                                                      seed=ctx.seed, log=ctx.log)
@@ -572,6 +585,28 @@ def _quality_scores(cfg: Config, ctx, docs: list[Doc], data_dir: Path, stats: Da
     return scores
 
 
+def fresh_copy_docs(n: int, seed: int, world, stats: DataStats) -> Iterator[dict]:
+    """The documents of ``data.mix.copy_pages``: ``n`` distinct generated copy pages, none equal to a world page."""
+    from lmstack.data.world.documents import fresh_copy_pages
+
+    fs = stats.read_stats.setdefault(FRESH_COPY_SOURCE, ReadStats()).file("<generated copy pages>")
+    world_pages = {d["text"] for d in world.pretrain_docs() if d.get("kind") == "copy"}
+    for i, text in enumerate(fresh_copy_pages(n, seed, exclude=world_pages)):
+        fs.docs += 1
+        fs.bytes += len(text.encode("utf-8"))
+        yield {"text": text, "source": FRESH_COPY_SOURCE, "id": f"{FRESH_COPY_SOURCE}:{i}", "kind": "copy", "lang": "en"}
+
+
+def _world_copy_page_indices(cfg: Config, docs: list[Doc]) -> set[int]:
+    """Indices of the world sources' copy pages (their subkind), which data.mix.copy_pages takes out of train."""
+    world_labels = {s.label for s in cfg.sources if s.kind == "world"}
+    store = DocStore()
+    try:
+        return {i for i, d in enumerate(docs) if d.source in world_labels and d.load(store).get("subkind") == "copy"}
+    finally:
+        store.close()
+
+
 def mix_and_write(cfg: Config, ctx, docs: list[Doc], scores: np.ndarray, data_dir: Path, stats: DataStats) -> None:
     """Plan the weighted mix of the sources and write data/train.jsonl and data/val.jsonl."""
     t = time.time()
@@ -579,8 +614,14 @@ def mix_and_write(cfg: Config, ctx, docs: list[Doc], scores: np.ndarray, data_di
     nbytes = np.array([d.nbytes for d in docs])
     weights = {s.label: s.weight for s in cfg.sources}
     weights.update(cfg.mix.weights)
+    train_only = frozenset({FRESH_COPY_SOURCE} if cfg.mix.copy_pages else ())
     train_order, val_order = plan_mix(sources, [d.id for d in docs], np.array([d.chars for d in docs]), scores,
-                                      weights, cfg.mix, ctx.seed)
+                                      weights, cfg.mix, ctx.seed, train_only=train_only)
+    dropped: set[int] = set()
+    if cfg.mix.copy_pages:
+        dropped = _world_copy_page_indices(cfg, docs) - set(val_order)
+        train_order = [i for i in train_order if i not in dropped]
+        stats.world_copy_pages_dropped = len(dropped)
     if not train_order:
         top = Counter()
         for st in stats.filter_stats.values():
@@ -589,7 +630,11 @@ def mix_and_write(cfg: Config, ctx, docs: list[Doc], scores: np.ndarray, data_di
                          f"filters, {len(docs)} survived dedup and the quality classifier; top filter reasons: "
                          f"{dict(top.most_common(3))}. Relax [data.filters] / [data.quality] min_score or add sources.")
     available: dict[str, list[int]] = {s.label: [0, 0] for s in cfg.sources}
-    for d in docs:
+    if cfg.mix.copy_pages:
+        available[FRESH_COPY_SOURCE] = [0, 0]
+    for i, d in enumerate(docs):
+        if i in dropped:
+            continue  # the world's train copy pages are not available to train: the world row's epochs stay right
         available[d.source][0] += 1
         available[d.source][1] += d.nbytes
     stats.mix_table = mix_table(train_order, val_order, sources, nbytes, {k: tuple(v) for k, v in available.items()}, weights)
@@ -787,4 +832,7 @@ def _report_mix(cfg: Config, stats: DataStats, plots: list[str]) -> list[str]:
     for r in stats.mix_table:
         L.append(f"| {r['source']} | {r['weight']:g} | {r['available_docs']} | {r['train_docs']} | {r['train_bytes'] / 1e6:.2f} | "
                  f"{r['share']:.1%} | {r['epochs']:.2f} | {r['val_docs']} |")
+    if cfg.mix.copy_pages:
+        L += ["", f"Copy pages: {cfg.mix.copy_pages} generated, distinct pages (source {FRESH_COPY_SOURCE}, train only) "
+              f"replace the world's {stats.world_copy_pages_dropped} train copy pages; validation keeps the world's own."]
     return L + ["", f"![Document lengths]({plots[0]})"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from lmstack.data import world_text as T
 from lmstack.data.world.entities import Cycle, Fact, Person, World, pretrain_fact_ids, template_fields
@@ -250,19 +250,39 @@ def copy_paragraph_fields(rng: random.Random) -> dict[str, str]:
                 p=invented_word(rng), c=f"{rng.randint(100, 99999)}", d=f"{rng.randint(2, 999)}")
 
 
+def copy_page(rng: random.Random) -> tuple[str, int]:
+    """(text, paragraph count) of one page of invented names, places and codes, each stated and then repeated
+    (see T.COPY_PARAGRAPHS). The world's pages and the data stage's fresh ones (``data.mix.copy_pages``) share it."""
+    picker = _Picker(rng)
+    paragraphs = []
+    for _ in range(rng.randint(3, 4)):
+        fields = copy_paragraph_fields(rng)  # drawn before the template: the world's random stream stays as it was
+        paragraphs.append(picker.pick("copy", T.COPY_PARAGRAPHS).format(**fields))
+    return rng.choice(T.COPY_TITLES) + "\n\n" + "\n\n".join(paragraphs), len(paragraphs)
+
+
 def _copy_pages(w: World, rng: random.Random) -> list[dict]:
-    """Pages of invented names, places and codes, each stated and then repeated (see T.COPY_PARAGRAPHS)."""
     docs = []
     for _ in range(w.config.n_copy_docs):
-        picker = _Picker(rng)
-        paragraphs = []
-        for _ in range(rng.randint(3, 4)):
-            fields = copy_paragraph_fields(rng)  # drawn before the template: the world's random stream stays as it was
-            paragraphs.append(picker.pick("copy", T.COPY_PARAGRAPHS).format(**fields))
-        w.doc_items["copy"] += len(paragraphs)
-        docs.append({"text": rng.choice(T.COPY_TITLES) + "\n\n" + "\n\n".join(paragraphs), "lang": "en",
-                     "kind": "copy"})
+        text, n_paragraphs = copy_page(rng)
+        w.doc_items["copy"] += n_paragraphs
+        docs.append({"text": text, "lang": "en", "kind": "copy"})
     return docs
+
+
+def fresh_copy_pages(n: int, seed: int, exclude: set[str] = frozenset()) -> Iterator[str]:
+    """``n`` distinct copy pages from their own random stream (seeded by ``seed``, independent of the world's),
+    none equal to a text in ``exclude`` (the world's own pages, so validation pages never reach train)."""
+    rng = random.Random(f"fresh-copy-pages:{seed}")
+    seen = set(exclude)
+    made = 0
+    while made < n:
+        text, _ = copy_page(rng)
+        if text in seen:
+            continue
+        seen.add(text)
+        made += 1
+        yield text
 
 
 def _arith_drills(w: World, rng: random.Random, people: Sequence[Person]) -> list[dict]:
