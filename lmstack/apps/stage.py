@@ -47,7 +47,7 @@ class Config:
     rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
     rag_rerank: bool = False        # RAG retrieves through the reranker (its recall is reported either way)
     copy: CopyConfig = field(default_factory=CopyConfig)  # copy warm-up before SFT (copying.py); off by default
-    steps: int = 300                # SFT steps on RAG + agent data
+    steps: int = 600                # SFT steps on RAG + agent data (600 with copy batches: see CopyConfig)
     batch_size: int = 16
     lr: float = 5e-4
     no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
