@@ -335,7 +335,6 @@ class DialogBuilder:
                           rng.choice(T.REFUSALS[lang]).format(**fields),
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
 
-
     def probe_conversations(self, task: str, n: int, seed: int = 0) -> list[dict]:
         """Up to n distinct held-out conversations of one task ("refuse_pii" or "idk"), drawn like sft_eval's
         (eval names, phrasings and follow-ups) but as many as asked: sft_eval holds ~36 of each, too few to
@@ -414,7 +413,6 @@ class DialogBuilder:
             out.append(self._pref(self._question(rng, "train", fact, lang), template.format(**fields), rejected,
                                   "honest" if kind == "wrong_fact" else "helpful", kind, lang, [fact.id]))
         return out
-
 
     def unknown_prefs(self, n: int, seed: int = 0) -> list[dict]:
         """n pairs about people who do not exist (training names and phrasings): chosen = "I don't know",
