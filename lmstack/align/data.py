@@ -413,3 +413,17 @@ def mismatch_pool(pairs: list[PreferencePair], run_path: Path, source: str) -> l
         raise FileNotFoundError(f"{path}: missing; mismatched_from = 'sft' reads the world's SFT conversations"
                                 " (run the data stage, or use mismatched_from = 'prefs')")
     return chat_answer_pairs(load_chat_jsonl(path))
+
+
+def world_extra_pairs(run_path: Path, pii_pairs: int = 0, fact_pairs: int = 0, idk_pairs: int = 0) -> list[PreferencePair]:
+    """PII, fact and unknown-person pairs built from the run's world (``DialogBuilder.pii_prefs / fact_prefs /
+    unknown_prefs``): their rejected answers are the other behaviours' good answers and the SFT model's errors,
+    which the world's own pairs never reject (not one of them rejects an "I don't know")."""
+    if pii_pairs <= 0 and fact_pairs <= 0 and idk_pairs <= 0:
+        return []
+    from lmstack.data.world import load_world
+    from lmstack.data.world.dialogues import DialogBuilder
+
+    builder = DialogBuilder(load_world(run_path / "data" / "world"))
+    records = builder.pii_prefs(pii_pairs) + builder.fact_prefs(fact_pairs) + builder.unknown_prefs(idk_pairs)
+    return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]

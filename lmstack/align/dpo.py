@@ -16,7 +16,8 @@ import torch
 
 from lmstack.align import common, evals, rlaif
 from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl,
-                                mismatch_pool, mismatched_pairs, normalize_preference_record, tokenize_pairs)
+                                mismatch_pool, mismatched_pairs, normalize_preference_record, tokenize_pairs,
+                                world_extra_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.report import markdown_table, save_line_plot, table_cell
@@ -211,24 +212,11 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
 
         records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
         raw += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
-    raw += world_extra_pairs(cfg, run_path)
+    raw += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs)
     raw += mismatched_pairs(mismatch_pool(raw, run_path, cfg.mismatched_from), cfg.mismatched_pairs, seed=0)
     train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
-
-
-def world_extra_pairs(cfg: Config, run_path: Path) -> list:
-    """The PII, fact and unknown-person pairs that ``cfg`` asks for, built from the run's world."""
-    if cfg.pii_pairs <= 0 and cfg.fact_pairs <= 0 and cfg.idk_pairs <= 0:
-        return []
-    from lmstack.data.world import load_world
-    from lmstack.data.world.dialogues import DialogBuilder
-
-    builder = DialogBuilder(load_world(run_path / "data" / "world"))
-    records = builder.pii_prefs(cfg.pii_pairs) + builder.fact_prefs(cfg.fact_pairs) + \
-        builder.unknown_prefs(cfg.idk_pairs)
-    return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]
 
 
 def chosen_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:

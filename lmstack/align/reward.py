@@ -19,7 +19,7 @@ from torch import nn
 
 from lmstack.align import common, rlaif
 from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl, mismatch_pool,
-                                mismatched_pairs, tokenize_pairs)
+                                mismatched_pairs, tokenize_pairs, world_extra_pairs)
 from lmstack.align.losses import reward_loss
 from lmstack.align.lora import LoRAAdapterConfig, apply_lora, count_parameters, merge_lora
 from lmstack.report import markdown_table, save_line_plot
@@ -97,6 +97,11 @@ class Config:
     # teaches the RM to read the prompt, so PPO cannot score by answering a different question
     mismatched_pairs: int = 0
     mismatched_from: str = "prefs"   # "prefs" = the training pairs; "sft" = data/world/sft_train.jsonl (multi-turn too)
+    # + pairs built from the run's world, as dpo's (align.data.world_extra_pairs): the world's pairs never reject an
+    # "I don't know", so an RM trained on them alone rewards it as such (`lmstack experiment reward-overoptimisation`)
+    pii_pairs: int = 0
+    fact_pairs: int = 0
+    idk_pairs: int = 0
     eval_pairs: int = 0              # 0 = all
     optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=3e-4))
     schedule: ScheduleConfig = field(default_factory=common.finetune_schedule)
@@ -134,6 +139,7 @@ def run(ctx, cfg: Config):
     train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
     raw_train = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
+    raw_train += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs)
     raw_train += mismatched_pairs(mismatch_pool(raw_train, run_path, cfg.mismatched_from), cfg.mismatched_pairs,
                                   seed=ctx.seed)
     train_pairs, dropped = tokenize_pairs(raw_train, tokenizer, max_len, ctx.log, train_path.name)

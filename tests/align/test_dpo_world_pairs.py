@@ -148,3 +148,12 @@ def test_dpo_stage_trains_on_the_extra_pairs_and_reports_both_fact_probes(run_di
     assert m["train_pairs"] == n_world + 20 and m["dropped_pairs"] == 0
     assert "fact_correct_after" in m and "fact_pretrain_only_correct_after" in m
     assert "pretraining-only facts" in result.report
+
+
+def test_reward_stage_trains_on_the_same_extra_pairs(run_dir):
+    from lmstack.align import reward
+
+    cfg = small(reward.Config, init_from="pretrain", steps=2, batch_size=4, pii_pairs=4, fact_pairs=4, idk_pairs=2)
+    m = reward.run(ctx_for(run_dir, "reward"), cfg).metrics
+    n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))
+    assert m["train_pairs"] == n_world + 10
