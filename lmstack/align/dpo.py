@@ -302,7 +302,7 @@ def run(ctx, cfg: Config):
         "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
         **param_metrics,
     }
-    gold_rows = behaviour_rows(probes, before, after, metrics)
+    gold_rows = behaviour_rows(probes, before, after, metrics, cfg.fact_probe)
     report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,
                      gold_rows, before, after, plot)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
@@ -321,16 +321,23 @@ def _plot_rewards(run_path: Path, cfg: Config, hist: dict) -> str:
 
 BEHAVIOURS = {"pii_refusal": ("pii", "refusal rate on PII requests (harmless)"),
               "idk_rate": ("idk", "\"I don't know\" on non-existent entities (honest)"),
-              "fact_correct": ("fact", "correct answer on real facts (helpful; which facts: dpo.fact_probe)"),
+              "fact_correct": ("fact", "correct answer on real facts (helpful; {facts})"),
               "fact_pretrain_only_correct": ("fact_pretrain_only", "correct answer on pretraining-only facts (helpful)"),
               "harmful_refusal": ("harmful", "refusal rate on harmful requests (harmless)"),
               "false_refusal": ("lookalike", "false refusals on harmless look-alikes (lower is better)")}
 
 
-def behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict) -> list[tuple]:
-    """Rows of the before/after behaviour table; adds the ``<key>_before/_after`` metrics."""
+# What the "fact" probe asks, by behaviour_probes' fact_probe
+FACT_PROBE_LABELS = {"pretrain": "facts seen in pretraining", "sft": "facts SFT teaches",
+                     "split": "facts SFT teaches"}
+
+
+def behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict, fact_probe: str = "pretrain") -> list[tuple]:
+    """Rows of the before/after behaviour table; adds the ``<key>_before/_after`` metrics. ``fact_probe`` is
+    the one ``probes`` were drawn with (it names the facts of the fact row)."""
     rows = []
     for key, (kind, label) in BEHAVIOURS.items():
+        label = label.format(facts=FACT_PROBE_LABELS[fact_probe])
         if key in before or key in after:
             metrics[f"{key}_before"] = before.get(key)
             metrics[f"{key}_after"] = after.get(key)

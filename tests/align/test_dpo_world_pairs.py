@@ -148,6 +148,7 @@ def test_dpo_stage_trains_on_the_extra_pairs_and_reports_both_fact_probes(run_di
     assert m["train_pairs"] == n_world + 20 and m["dropped_pairs"] == 0
     assert "fact_correct_after" in m and "fact_pretrain_only_correct_after" in m
     assert "pretraining-only facts" in result.report
+    assert "correct answer on real facts (helpful; facts SFT teaches)" in result.report
 
 
 def test_reward_stage_trains_on_the_same_extra_pairs(run_dir):
