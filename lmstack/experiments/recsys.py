@@ -232,6 +232,15 @@ def save_plot(metrics: dict, k: int, path: Path) -> str:
     return path.name
 
 
+def goal_margin_text(goal: dict) -> str:
+    """How far the item-ID model is ahead of (or behind) the best simple baseline, in its standard errors."""
+    se = goal["item_id_se"]
+    if goal["met"]:
+        return "." if goal["clear"] else f", but by less than one standard error ({se:.3f}): not a clear win at this size."
+    behind = -goal["margin"]
+    return f": behind by {behind:.3f}" + (f" ({behind / se:.1f} standard errors)." if se > 0 else ".")
+
+
 def report(result: dict, plot: str, cat: Catalogue) -> str:
     from lmstack.report import markdown_table
 
@@ -249,9 +258,7 @@ def report(result: dict, plot: str, cat: Catalogue) -> str:
              markdown_table(["method", f"Recall@{k}", f"NDCG@{k}"], rows), "",
              f"![recommendation]({plot})", "",
              f"**Goal** (item-ID model beats popularity and item-kNN on NDCG@{k}): {goal['item_id_ndcg']:.3f} "
-             f"against {goal['best_of_popularity_and_knn']:.3f} -> **{verdict}**" +
-             ("." if goal["clear"] else f", but by less than one standard error ({goal['item_id_se']:.3f}): "
-              "not a clear win at this size."), "",
+             f"against {goal['best_of_popularity_and_knn']:.3f} -> **{verdict}**{goal_margin_text(goal)}", "",
              f"Training losses (mean of the last 20 steps): {result['training']}.", "",
              f"Chance level: Recall@{k} ≈ {k / (data['n_items'] - data['mean_history']):.3f} "
              "(k over the unseen items)."]

@@ -34,3 +34,15 @@ def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="n_eval_users"):
         RecsysConfig(n_users=10, n_eval_users=20)
     assert main(["recsys", "--set", "base=/nonexistent/ckpt", "--set", "n_users=20", "--set", "n_eval_users=5"]) == 2
+
+
+def test_goal_text_says_how_far_behind_or_ahead():
+    from lmstack.experiments.recsys import goal_margin_text, goal_verdict
+
+    def metrics(ours, knn):
+        return {"item-ID (description init)": {"ndcg@10": ours, "ndcg@10_se": 0.017},
+                "popularity": {"ndcg@10": 0.05}, "item-kNN": {"ndcg@10": knn}}
+
+    assert goal_margin_text(goal_verdict(metrics(0.118, 0.159), 10)) == ": behind by 0.041 (2.4 standard errors)."
+    assert "less than one standard error" in goal_margin_text(goal_verdict(metrics(0.165, 0.159), 10))
+    assert goal_margin_text(goal_verdict(metrics(0.2, 0.159), 10)) == "."
