@@ -176,8 +176,12 @@ class Int8DecodeWeight:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 and self.mode != "dense":
-            return (x @ self.weight.t().to(x.dtype)) * self.scales.to(x.dtype)
+            return self._in_dtype(x)
         return self._run(x)
+
+    def _in_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """The product in x's own dtype (the int8 kernels take fp32 activations only)."""
+        return (x @ self.weight.t().to(x.dtype)) * self.scales.to(x.dtype)
 
     def _qlinear(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
@@ -202,7 +206,7 @@ class Int8DecodeWeight:
     def _weight_only(self, x: torch.Tensor) -> torch.Tensor:
         if _WEIGHT_ONLY_KERNEL is not None and self.weight.device.type == "cpu":
             return _WEIGHT_ONLY_KERNEL(x.contiguous(), self.weight, self.scales)
-        return (x @ self.weight.t().to(x.dtype)) * self.scales.to(x.dtype)
+        return self._in_dtype(x)
 
 
 def _fastest(kernels: dict[str, Callable], in_features: int, device, rounds: int = 5, budget_s: float = 2e-3) -> str:

@@ -188,8 +188,6 @@ def fact_items(world_dir: Path, n: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(items, min(n, len(items)))
 
 
-
-
 def icl_generation_spec(seed: int) -> TaskSpec:
     """Generated answers to fact questions (items from ``in_document_format``), scored by containment and by
     the answer's log-probability."""
