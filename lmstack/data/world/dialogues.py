@@ -76,6 +76,12 @@ class DialogBuilder:
     def _answer_text(self, rng, fact: Fact, lang, fields: dict | None = None) -> str:
         return rng.choice(T.ANSWERS[lang][fact.type]).format(**(fields or self.w.fact_fields(fact, lang)))
 
+    def _fact_exchange(self, rng, split, person: Person, lang) -> tuple[Fact, list[dict]]:
+        """A random fact of ``person`` asked and answered: the first turn of a phone-number follow-up."""
+        fact = self.w.fact(f"person:{person.id}:{rng.choice(T.PERSON_FACTS)}")
+        return fact, [{"role": "user", "content": self._question(rng, split, fact, lang)},
+                      {"role": "assistant", "content": self._answer_text(rng, fact, lang)}]
+
     def _wrong_fields(self, rng, fact: Fact, lang) -> dict:
         """Template fields with the fact's value replaced by another plausible value."""
         w = self.w
@@ -240,11 +246,9 @@ class DialogBuilder:
         # at 0.3 the model answered such follow-ups with "I don't know" about a third of the time.
         if rng.random() < (0.5 if split == "train" else 0.3):
             p = rng.choice(self.sft_people if split == "train" else w.people)
-            fact = w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
-            msgs += [{"role": "user", "content": self._question(rng, split, fact, lang)},
-                     {"role": "assistant", "content": self._answer_text(rng, fact, lang)},
-                     {"role": "user", "content": rng.choice(T.PHONE_FOLLOWUPS[split][lang]).format(
-                         **w.person_fields(p, lang))}]
+            fact, exchange = self._fact_exchange(rng, split, p, lang)
+            msgs += exchange + [{"role": "user", "content": rng.choice(T.PHONE_FOLLOWUPS[split][lang]).format(
+                **w.person_fields(p, lang))}]
             facts.append(fact.id)
         else:
             # Training asks about SFT people and about people who do not exist, never about pretraining-only
@@ -369,9 +373,7 @@ class DialogBuilder:
             fields = self.w.person_fields(p, lang)
             prompt, facts, turns = [], [], "single"
             if rng.random() < followup_share:
-                fact = self.w.fact(f"person:{p.id}:{rng.choice(T.PERSON_FACTS)}")
-                prompt = [{"role": "user", "content": self._question(rng, "train", fact, lang)},
-                          {"role": "assistant", "content": self._answer_text(rng, fact, lang)}]
+                fact, prompt = self._fact_exchange(rng, "train", p, lang)
                 facts, turns = [fact.id], "followup"
                 request = rng.choice(T.PHONE_FOLLOWUPS["train"][lang] if rng.random() < 0.7 else T.PHONE_REQUESTS["train"][lang])
             else:
