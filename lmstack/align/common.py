@@ -212,8 +212,9 @@ def generation_config(max_new_tokens: int, **kw):
 
 
 def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                 batch_size: int = 32) -> list[str | None]:
-    """Greedy answers through lmstack.generate (the same path the chat CLI and server use).
+                 batch_size: int = 32, **generation) -> list[str | None]:
+    """Greedy answers through lmstack.generate (the same path the chat CLI and server use); ``generation``
+    overrides GenerationConfig fields (e.g. strategy="sample", temperature, seed).
     A conversation whose prompt alone fills the model's context gets None (callers skip and count it)."""
     from lmstack.generate import chat
 
@@ -222,7 +223,7 @@ def chat_answers(model: nn.Module, tokenizer, conversations: list[list[dict]], m
             if len(tokenizer.encode_chat(c, add_generation_prompt=True)[0]) < limit - 1]
     out: list[str | None] = [None] * len(conversations)
     if keep:
-        gens = chat(model, tokenizer, [conversations[i] for i in keep], generation_config(max_new_tokens),
+        gens = chat(model, tokenizer, [conversations[i] for i in keep], generation_config(max_new_tokens, **generation),
                     batch_size=batch_size)
         for i, g in zip(keep, gens):
             out[i] = g.text.strip()

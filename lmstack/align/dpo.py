@@ -9,6 +9,7 @@ know" rate on questions about non-existent entities (honest) and correct-fact ra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import torch
 
 from lmstack.align import common, evals, rlaif
 from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl,
-                                mismatch_pool, mismatched_pairs, normalize_preference_record, tokenize_pairs,
-                                world_extra_pairs)
+                                mismatch_pool, mismatched_pairs, normalize_preference_record, PreferencePair,
+                                tokenize_pairs, world_extra_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.report import markdown_table, save_line_plot, table_cell
@@ -67,6 +68,12 @@ class Config:
     # + this many pairs on people who do not exist: "I don't know" chosen over a made-up answer in any answer form
     # (DialogBuilder.unknown_prefs; the world's fabrication pairs use two forms only)
     idk_pairs: int = 0
+    # + rejected answers the SFT model itself gives to the prompts of those world pairs (its greedy answer and
+    # this many samples at onpolicy_temperature), kept where the world's checkers judge them wrong: the errors
+    # DPO should push down are the model's own, not only the templated ones (self-generated negatives judged
+    # by a verifier, as in iterative RPO, Pang et al. 2024). 0 = off
+    onpolicy_samples: int = 0
+    onpolicy_temperature: float = 1.0
     # which held-out facts the "correct facts" probe asks: "sft" = facts SFT and the fact pairs teach (held-out
     # phrasings); "pretrain" = every fact seen in pretraining (mixes in pretraining-only people, which no pair
     # covers); "split" = "sft" as the fact probe plus the pretraining-only facts as a second probe
@@ -88,7 +95,12 @@ class Config:
             raise ValueError(f"dpo.pii_idk_probes={self.pii_idk_probes!r} must be 'world' or 'sft_eval'")
         if self.fact_probe not in FACT_PROBES:
             raise ValueError(f"dpo.fact_probe={self.fact_probe!r} must be one of {FACT_PROBES}")
-        for key in ("harmful_pairs", "mismatched_pairs", "pii_pairs", "fact_pairs", "idk_pairs"):
+        if self.onpolicy_samples and not (self.pii_pairs or self.fact_pairs or self.idk_pairs or self.harmful_pairs):
+            raise ValueError("dpo.onpolicy_samples draws answers to the world-built pairs' prompts: set dpo.pii_pairs, "
+                             "fact_pairs, idk_pairs or harmful_pairs > 0 as well")
+        if self.onpolicy_temperature <= 0:
+            raise ValueError(f"dpo.onpolicy_temperature must be > 0, got {self.onpolicy_temperature}")
+        for key in ("harmful_pairs", "mismatched_pairs", "pii_pairs", "fact_pairs", "idk_pairs", "onpolicy_samples"):
             if getattr(self, key) < 0:
                 raise ValueError(f"dpo.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -202,21 +214,87 @@ def measure_behaviour(model, tokenizer, probes: dict[str, list[dict]], max_new_t
     return out
 
 
-def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log):
-    """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file)."""
+def wrong_answer(meta: dict, text: str) -> bool:
+    """Whether the world's checkers reject ``text`` as the answer to a world-built pair's prompt: a PII request
+    must be refused, a question about a non-existent person answered "I don't know", a fact question with the
+    record's ``answer``, a harmful request refused and its harmless look-alike not refused. Pairs of other kinds
+    are never judged (False)."""
+    from lmstack.data.world.harmful import is_harm_refusal
+
+    answer_matches, is_refusal, is_idk = evals.world_judges()
+    kind = str(meta.get("kind", ""))
+    if kind.startswith("harmful_"):
+        return not is_harm_refusal(text)
+    if kind == "lookalike":
+        return is_harm_refusal(text)
+    if kind.startswith("pii_"):
+        return not is_refusal(text)
+    if kind.startswith("fabrication"):
+        return not is_idk(text)
+    if meta.get("answer") is not None:
+        return not answer_matches(text, str(meta["answer"]))
+    return False
+
+
+def onpolicy_pairs(model, tokenizer, pairs: list[PreferencePair], samples: int, temperature: float,
+                   max_new_tokens: int, seed: int) -> tuple[list[PreferencePair], dict]:
+    """For each distinct prompt of ``pairs`` (the world-built ones), the model's greedy answer and ``samples``
+    sampled ones; every distinct answer ``wrong_answer`` rejects becomes a pair against that prompt's chosen
+    answer. Returns the pairs and counts per kind (prompts, answers drawn, wrong, pairs)."""
+    by_prompt: dict[str, PreferencePair] = {}
+    for p in pairs:
+        by_prompt.setdefault(json.dumps(p.prompt, ensure_ascii=False), p)
+    firsts = list(by_prompt.values())
+    convs = [p.prompt for p in firsts]
+    answers = [common.chat_answers(model, tokenizer, convs, max_new_tokens)]
+    for i in range(samples):
+        answers.append(common.chat_answers(model, tokenizer, convs, max_new_tokens, strategy="sample",
+                                           temperature=temperature, seed=seed + i))
+    out, stats = [], {}
+    for j, p in enumerate(firsts):
+        kind = str(p.meta.get("kind", "")).split("_")[0]  # pii / fabrication / harmful / lookalike / the fact kinds
+        kind = kind if kind in ("pii", "fabrication", "harmful", "lookalike") else "fact"
+        s = stats.setdefault(kind, {"prompts": 0, "answers": 0, "wrong": 0, "pairs": 0})
+        s["prompts"] += 1
+        seen = {p.chosen}
+        for draw in answers:
+            text = draw[j]
+            if text is None:
+                continue
+            s["answers"] += 1
+            if wrong_answer(p.meta, text):
+                s["wrong"] += 1
+                if text not in seen:
+                    seen.add(text)
+                    s["pairs"] += 1
+                    out.append(PreferencePair(p.prompt, p.chosen, text, dict(p.meta, kind=f"onpolicy_{kind}")))
+    return out, stats
+
+
+def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log, model=None):
+    """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file, on-policy
+    counts per kind); ``model`` (the reference) draws the on-policy rejected answers when ``cfg.onpolicy_samples`` > 0."""
     train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
     raw = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
+    extra = []  # built from the run's world: the prompts whose answers the world's checkers can judge
     if cfg.harmful_pairs > 0:
         from lmstack.data.world import harmful
 
         records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
-        raw += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
-    raw += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs)
+        extra += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
+    extra += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs)
+    raw += extra
+    stats = {}
+    if cfg.onpolicy_samples > 0 and extra:
+        own, stats = onpolicy_pairs(model, tokenizer, extra, cfg.onpolicy_samples, cfg.onpolicy_temperature,
+                                    cfg.max_new_tokens, seed=1000)
+        log(f"on-policy rejected answers (per kind: prompts, answers drawn, judged wrong, distinct pairs): {stats}")
+        raw += own
     raw += mismatched_pairs(mismatch_pool(raw, run_path, cfg.mismatched_from), cfg.mismatched_pairs, seed=0)
     train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
-    return train_pairs, eval_pairs, dropped + eval_dropped, eval_path
+    return train_pairs, eval_pairs, dropped + eval_dropped, eval_path, stats
 
 
 def chosen_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
@@ -272,7 +350,7 @@ def run(ctx, cfg: Config):
     max_len = cfg.max_len or common.model_max_len(policy)
     ref_model = common.frozen_copy(policy)
     param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
-    train_pairs, eval_pairs, dropped, eval_path = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log)
+    train_pairs, eval_pairs, dropped, eval_path, onpolicy = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log, ref_model)
 
     probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, cfg.fact_probe,
                               cfg.pii_idk_probes == "world") if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
@@ -300,11 +378,12 @@ def run(ctx, cfg: Config):
         "eval_reward_accuracy": eval_after["accuracy"], "eval_reward_margin": eval_after["margin"],
         "eval_loss": eval_after["loss"], "eval_loss_before": eval_before["loss"], "final_loss": hist["loss"][-1],
         "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
+        **({"onpolicy_pairs": sum(v["pairs"] for v in onpolicy.values())} if onpolicy else {}),
         **param_metrics,
     }
     gold_rows = behaviour_rows(probes, before, after, metrics, cfg.fact_probe)
     report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,
-                     gold_rows, before, after, plot)
+                     gold_rows, before, after, plot, onpolicy)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
                        report=report)
 
@@ -359,7 +438,7 @@ BEHAVIOUR_HEADER = ["behaviour", "prompts", "before", "after", "SE of change"]
 
 
 def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: float, eval_before: dict,
-            eval_after: dict, gold_rows: list[tuple], before: dict, after: dict, plot: str) -> str:
+            eval_after: dict, gold_rows: list[tuple], before: dict, after: dict, plot: str, onpolicy: dict) -> str:
     rows_pref = [("implicit-reward accuracy", eval_before["accuracy"], eval_after["accuracy"]),
                  ("mean implicit-reward margin", eval_before["margin"], eval_after["margin"]),
                  (f"{cfg.loss_type} loss", eval_before["loss"], eval_after["loss"])]
@@ -373,6 +452,14 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
         f"**Held-out preferences** ({n_eval} pairs of `{eval_path.name}`):\n",
         markdown_table(["", "before (reference)", "after DPO"], rows_pref), "",
     ]
+    if onpolicy:
+        report += [f"**On-policy rejected answers** (`dpo.onpolicy_samples` = {cfg.onpolicy_samples}: the reference's"
+                   f" greedy answer and {cfg.onpolicy_samples} samples at temperature {cfg.onpolicy_temperature:g} per"
+                   " world-built prompt; each distinct answer the world's checkers reject is paired against the"
+                   " prompt's chosen answer):\n",
+                   markdown_table(["kind", "prompts", "answers drawn", "judged wrong", "pairs added"],
+                                  [(k, v["prompts"], v["answers"], v["wrong"], v["pairs"]) for k, v in onpolicy.items()]),
+                   ""]
     if gold_rows:
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
                    markdown_table(BEHAVIOUR_HEADER, gold_rows), ""]

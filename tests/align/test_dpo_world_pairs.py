@@ -75,7 +75,8 @@ def test_fact_pairs_choose_the_taught_fact_over_each_kind_of_error(builder):
     for p in pairs:
         fact = w.fact(p["facts"][0])
         assert fact.id in taught  # only facts SFT teaches: the pretraining-only probe stays untouched
-        assert answer_matches(p["chosen"], w.answer(fact, p["lang"])) and not is_idk(p["chosen"])
+        assert p["answer"] == w.answer(fact, p["lang"])  # what the on-policy judge looks for
+        assert answer_matches(p["chosen"], p["answer"]) and not is_idk(p["chosen"])
         assert not answer_matches(p["rejected"], w.answer(fact, p["lang"]))
         if p["kind"] != "wrong_fact":
             assert fact.type in T.PERSON_FACTS
@@ -158,3 +159,63 @@ def test_reward_stage_trains_on_the_same_extra_pairs(run_dir):
     m = reward.run(ctx_for(run_dir, "reward"), cfg).metrics
     n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))
     assert m["train_pairs"] == n_world + 10
+
+
+def test_wrong_answer_judges_each_world_pair_kind():
+    judge = dpo.wrong_answer
+    assert judge({"kind": "pii_single_leak"}, "Sure, it is 555-0101.")
+    assert not judge({"kind": "pii_followup_idk"}, "I can't share someone's phone number without their consent.")
+    assert judge({"kind": "fabrication_any_form"}, "He was born in 1987.")
+    assert not judge({"kind": "fabrication_any_form"}, "I don't know. I have no information about this person.")
+    assert judge({"kind": "off_question", "answer": "Valkabourne"}, "She is a doctor.")
+    assert not judge({"kind": "false_idk", "answer": "Valkabourne"}, "She was born in Valkabourne.")
+    assert judge({"kind": "harmful_weapons"}, "Here is how you do it: first ...")
+    assert not judge({"kind": "harmful_weapons"}, "I can't help with that.")
+    assert judge({"kind": "lookalike"}, "I can't help with that.")
+    assert not judge({"kind": "lookalike"}, "Use the kill command with the process id.")
+    assert not judge({"kind": "unhelpful"}, "anything")  # kinds without a checker are never judged wrong
+
+
+def test_onpolicy_pairs_keep_each_distinct_wrong_answer_of_the_model(monkeypatch):
+    from lmstack.align import common
+    from lmstack.align.data import PreferencePair
+
+    q = [{"role": "user", "content": "Where was Ann Lee born?"}]
+    u = [{"role": "user", "content": "What is Bo Tan's job?"}]
+    pairs = [PreferencePair(q, "Ann Lee was born in Valkabourne.", "I don't know.", {"kind": "false_idk", "answer": "Valkabourne"}),
+             PreferencePair(q, "Ann Lee was born in Valkabourne.", "She is a cook.", {"kind": "off_question", "answer": "Valkabourne"}),
+             PreferencePair(u, "I don't know who that is.", "He is a cook.", {"kind": "fabrication_any_form"})]
+    draws = iter([["Ann Lee was born in Korsewick.", "He is a pilot."],             # greedy
+                  ["Ann Lee was born in Korsewick.", "I don't know who that is."],  # sample 1: a repeat, a right answer
+                  ["Valkabourne.", None]])                                          # sample 2: right; prompt too long
+    seen_kw = []
+
+    def fake_answers(model, tokenizer, convs, max_new_tokens, **kw):
+        assert convs == [q, u]  # one query per distinct prompt
+        seen_kw.append(kw)
+        return next(draws)
+
+    monkeypatch.setattr(common, "chat_answers", fake_answers)
+    out, stats = dpo.onpolicy_pairs(None, None, pairs, samples=2, temperature=0.8, max_new_tokens=8, seed=5)
+    assert [(p.prompt, p.chosen, p.rejected, p.meta["kind"]) for p in out] == [
+        (q, "Ann Lee was born in Valkabourne.", "Ann Lee was born in Korsewick.", "onpolicy_fact"),
+        (u, "I don't know who that is.", "He is a pilot.", "onpolicy_fabrication")]
+    assert stats == {"fact": {"prompts": 1, "answers": 3, "wrong": 2, "pairs": 1},
+                     "fabrication": {"prompts": 1, "answers": 2, "wrong": 1, "pairs": 1}}
+    assert seen_kw == [{}, {"strategy": "sample", "temperature": 0.8, "seed": 5},
+                       {"strategy": "sample", "temperature": 0.8, "seed": 6}]
+
+
+def test_dpo_stage_adds_onpolicy_pairs_and_reports_them(run_dir):
+    cfg = small(dpo.Config, init_from="pretrain", steps=1, batch_size=4, fact_pairs=6, idk_pairs=4,
+                onpolicy_samples=1, behaviour_examples=0, max_new_tokens=4)
+    result = dpo.run(ctx_for(run_dir, "dpo"), cfg)
+    n_world = len(load_preferences_jsonl(run_dir / "data" / "world" / "prefs_train.jsonl"))
+    m = result.metrics
+    assert m["onpolicy_pairs"] > 0  # an untrained model's 4-token answers are wrong
+    assert m["train_pairs"] == n_world + 10 + m["onpolicy_pairs"]
+    assert "On-policy rejected answers" in result.report
+    with pytest.raises(ValueError, match="onpolicy_samples"):
+        dpo.Config(onpolicy_samples=2)
+    with pytest.raises(ValueError, match="onpolicy_temperature"):
+        dpo.Config(onpolicy_temperature=0.0)

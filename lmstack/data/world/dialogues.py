@@ -394,7 +394,7 @@ class DialogBuilder:
         statement about another attribute of the person (``off_question``: "She is a doctor." asked for her
         hobby) and the same sentence with a wrong value (``wrong_fact``), the SFT model's four kinds of error
         on these questions. Non-person facts get ``wrong_fact`` only. They balance the fabrication pairs,
-        which reward "I don't know" whatever the entity."""
+        which reward "I don't know" whatever the entity. Each record's ``answer`` is the value a judge looks for."""
         rng = random.Random(f"fact-prefs:{self.w.seed}:{seed}")
         out: list[dict] = []
         for i in range(n):
@@ -412,8 +412,9 @@ class DialogBuilder:
                 rejected = rng.choice(T.ANSWERS[lang][other.type][:2]).format(**self.w.fact_fields(other, lang))
             else:
                 rejected = template.format(**self._wrong_fields(rng, fact, lang))
-            out.append(self._pref(self._question(rng, "train", fact, lang), template.format(**fields), rejected,
-                                  "honest" if kind == "wrong_fact" else "helpful", kind, lang, [fact.id]))
+            out.append(dict(self._pref(self._question(rng, "train", fact, lang), template.format(**fields), rejected,
+                                       "honest" if kind == "wrong_fact" else "helpful", kind, lang, [fact.id]),
+                            answer=self.w.answer(fact, lang)))
         return out
 
     def unknown_prefs(self, n: int, seed: int = 0) -> list[dict]:
