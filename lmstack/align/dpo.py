@@ -285,13 +285,13 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log, model=
         extra += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
     extra += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs)
     raw += extra
-    stats = {}
+    own, stats = [], {}
     if cfg.onpolicy_samples > 0 and extra:
         own, stats = onpolicy_pairs(model, tokenizer, extra, cfg.onpolicy_samples, cfg.onpolicy_temperature,
                                     cfg.max_new_tokens, seed=1000)
         log(f"on-policy rejected answers (per kind: prompts, answers drawn, judged wrong, distinct pairs): {stats}")
-        raw += own
     raw += mismatched_pairs(mismatch_pool(raw, run_path, cfg.mismatched_from), cfg.mismatched_pairs, seed=0)
+    raw += own  # after the mismatch pool is drawn, which stays as it was without them
     train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
     return train_pairs, eval_pairs, dropped + eval_dropped, eval_path, stats
