@@ -5,8 +5,13 @@ arithmetic and changes only what the rounding hurts.
 - AWQ (Lin et al. 2023, arXiv:2306.00978): weights that meet large activations matter most; scaling
   their input channel up (``s_j = mean|x_j|^alpha``) shrinks their relative rounding error. ``alpha``
   is searched on a grid to minimise the layer's output error on calibration inputs (alpha = 0 is
-  plain RTN, so the search never does worse than RTN on those inputs). Then, as in the paper's
-  code, each group's covered range is shrunk by the ratio that minimises its output error.
+  plain RTN, so the search never does worse than RTN on those inputs). The grid also holds
+  AutoAWQ's weight-aware candidates ``mean|x|^alpha / w_mean^(1 - alpha)`` (its default
+  ``duo_scaling``; llm-compressor's ``duo_scaling="both"`` searches both families like here).
+  Then, as in the paper's code, each group's covered range is shrunk by the ratio that minimises
+  its output error. Scope "linear" (default) gives each linear its own scale, applied to its input at
+  run time; scope "group" is the paper's deployment form: one scale for all linears reading one
+  norm's output (q/k/v, gate/up), chosen on the attention / FFN output and folded into the norm.
 - SmoothQuant (Xiao et al. 2022, arXiv:2211.10438): activations have outlier channels that int8
   cannot represent; ``s_j = max|x_j|^alpha / max|W_:j|^(1 - alpha)`` moves their range into the
   weights, after which both weights (per channel) and activations (per token) are int8.
