@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 def method_variants(group: int) -> list[str]:
     g = f"group_size={group}"
     return [f"quantize=rtn,bits=4,{g}", f"quantize=gptq,bits=4,{g}", f"quantize=gptq,bits=4,{g},act_order=true",
-            f"quantize=awq,bits=4,{g}", f"quantize=rtn,bits=3,{g}", f"quantize=gptq,bits=3,{g},act_order=true",
+            f"quantize=awq,bits=4,{g}", f"quantize=awq,bits=4,{g},awq_scope=group", f"quantize=rtn,bits=3,{g}", f"quantize=gptq,bits=3,{g},act_order=true",
             f"quantize=awq,bits=3,{g}", "quantize=rtn,bits=8,group_size=0,symmetric=true", "quantize=smoothquant",
             "quantize=nf4", "prune=magnitude,sparsity=0.5", "prune=wanda,sparsity=0.5", "prune=sparsegpt,sparsity=0.5",
             *([f"prune=sparsegpt,sparsity=0.5,block_size={group}"] if group != 128 else []),  # mask block = group
@@ -87,8 +87,9 @@ def goal_ratios(rows, prefix: str) -> list[str]:
         for bits in (4, 3):
             rtn = next((v for k, v in by.items() if k.startswith(f"rtn w{bits} ")), None)
             for m in ("gptq", "awq"):
-                for suffix, act in (("", False), ("_act_order", True)):
-                    v = next((v for k, v in by.items() if k.startswith(f"{m} w{bits} ") and ("act-order" in k) == act), None)
+                for suffix, tag in (("", ""), ("_act_order", "act-order"), ("_shared_input", "shared-input")):
+                    v = next((v for k, v in by.items() if k.startswith(f"{m} w{bits} ")
+                              and (k.endswith(tag) if tag else not k.endswith(("act-order", "shared-input")))), None)
                     if rtn and v is not None and rtn > 0:
                         lines.append(f"result: {prefix}{m}{suffix}_w{bits}_{measure}_vs_rtn={v / rtn:.3f}")
         mag = by.get("magnitude 50%")
@@ -295,17 +296,31 @@ def large_model(args):
     return model.eval(), tok, ids[:split], ids[split:], bpt
 
 
+def unigram_check(model, tok, train, val, windows: int) -> list[str]:
+    """The model's validation loss against a unigram model of the training split (add-one smoothed): a
+    briefly trained model that sits near the unigram loss has not learnt context yet."""
+    counts = np.bincount(np.asarray(train, dtype=np.int64), minlength=tok.vocab_size).astype(np.float64) + 1.0
+    unigram = float(-np.log(counts / counts.sum())[np.asarray(val, dtype=np.int64)].mean())
+    loss = compare_models(model, None, evaluation_windows(val, min(model.config.max_seq_len, 256), windows))["loss"]
+    print(f"\n~20M model: validation loss {loss:.3f} (ppl {math.exp(loss):.1f}); unigram baseline {unigram:.3f} "
+          f"(ppl {math.exp(unigram):.1f})")
+    return [f"result: large_val_loss={loss:.4f}", f"result: large_unigram_loss={unigram:.4f}"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, default=Path("runs/speedrun"), help="finished run (default runs/speedrun)")
     p.add_argument("--quick", action="store_true", help="smoke test: fewer windows, no large model, no timing")
     p.add_argument("--only", choices=("methods", "int8", "gguf", "distill", "qlora", "large"))
     p.add_argument("--calib", type=int, default=0, help="calibration windows (default 128, quick 8)")
-    p.add_argument("--windows", type=int, default=0, help="validation windows (default 64, quick 4)")
+    p.add_argument("--windows", type=int, default=0,
+                   help="validation windows of 256 tokens (default 256, capped by the shard: all of the default run's "
+                        "209; quick 4). Small perplexity changes need them all: on 64 the ratios move by 2x")
     p.add_argument("--facts", type=int, default=0, help="fact-QA questions per row (0 = skip)")
     p.add_argument("--distill-steps", type=int, default=0)
-    p.add_argument("--large-steps", type=int, default=200,
-                   help="training steps (x 8 x 128 tokens) of the ~20M model; a few CPU minutes, cached in --out")
+    p.add_argument("--large-steps", type=int, default=800,
+                   help="training steps (x 8 x 128 tokens, ~2.7 epochs of tinyshakespeare) of the ~20M model; trained "
+                        "once and cached in --out/compress_large_STEPS (10-20 CPU minutes)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--int8-threads", type=int, default=1, help="threads per int8 GEMM call (0 = torch's setting)")
     p.add_argument("--int8-mode", choices=("auto", "qlinear", "dynamic", "weight_only", "dense"), default="auto",
@@ -313,7 +328,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/out", help="where plots go")
     args = p.parse_args(argv)
     args.calib = args.calib or (8 if args.quick else 128)
-    args.windows = args.windows or (4 if args.quick else 64)
+    args.windows = args.windows or (4 if args.quick else 256)
     if args.threads:
         torch.set_num_threads(args.threads)
     import lmstack.compress.int8 as int8_settings
@@ -336,6 +351,7 @@ def main(argv=None) -> int:
         results += part_qlora(model, train, val, args)
     if "large" in parts and not args.quick:
         big, big_tok, big_train, big_val, big_bpt = large_model(args)
+        results += unigram_check(big, big_tok, big_train, big_val, args.windows)
         results += part_int8(big, big_tok, big_val, args, "large_")
         results += part_methods(big, big_tok, big_train, big_val, big_bpt, args, "methods on the ~20M tinyshakespeare model",
                                 "large_")

@@ -10,6 +10,7 @@ the output head and embeddings) and replaced in place by :class:`QuantLinear` (o
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ from torch import nn
 from lmstack.align.lora import parent_and_attr
 from lmstack.runs import atomic_write_bytes, atomic_write_json, read_json
 
-from .awq import awq_quantize_linear, smoothquant_linear
-from .calibrate import collect_inputs, layer_groups
+from .awq import (ModuleOutputLoss, awq_group_search, awq_quantize_linear, awq_quantize_scaled, fold_scale_into_norm,
+                  smoothquant_linear)
+from .calibrate import collect_inputs, layer_groups, record_module_calls
 from .gptq import gptq_quantize, sparsegpt_prune
 from .prune import magnitude_score, make_mask, parse_n_m, wanda_score
 from .quant import QuantLinear, QuantSpec
@@ -46,6 +48,11 @@ class CompressConfig:
     percdamp: float = 0.01         # GPTQ / SparseGPT: damping, a fraction of mean(diag H)
     awq_grid: int = 20
     awq_clip: bool = True          # AWQ: also search each group's clipping range
+    awq_scope: str = "linear"      # AWQ: "linear" = a scale per linear (a runtime input scale); "group" = one
+                                   # scale per shared input (q/k/v, gate/up), judged on the attention / FFN
+                                   # output and folded into the norm (no runtime scale there)
+    awq_windows: int = 16          # AWQ group search: calibration windows replayed through the module
+    awq_duo: bool = True           # AWQ: also AutoAWQ's weight-aware scales mean|x|^a / w_mean^(1-a)
     smooth_alpha: float = 0.5
     nf4_block_size: int = 64
     prune: str = ""                # "" | magnitude | wanda | sparsegpt
@@ -77,6 +84,11 @@ class CompressConfig:
             raise ValueError(f"{where}.structured={self.structured!r}: choose '', 'ffn', 'heads' or 'layers'")
         if self.structured and not 0.0 <= self.structured_ratio < 1.0:
             raise ValueError(f"{where}.structured_ratio must be in [0, 1), got {self.structured_ratio}")
+        if self.awq_scope not in ("group", "linear"):
+            raise ValueError(f"{where}.awq_scope={self.awq_scope!r}: choose 'group' (shared input, folded into the "
+                             "norm) or 'linear'")
+        if self.awq_windows <= 0:
+            raise ValueError(f"{where}.awq_windows must be positive, got {self.awq_windows}")
         if self.calib_samples <= 0:
             raise ValueError(f"{where}.calib_samples must be positive, got {self.calib_samples}")
 
@@ -103,7 +115,9 @@ class CompressConfig:
             g = f"g{self.group_size}" if self.group_size else "per-channel"
             parts.append(f"{self.quantize} w{self.bits} {g}{' sym' if self.symmetric else ''}"
                          f"{' act-order' if self.act_order and self.quantize == 'gptq' else ''}"
-                         f"{' no-clip' if self.quantize == 'awq' and not self.awq_clip else ''}")
+                         f"{' no-clip' if self.quantize == 'awq' and not self.awq_clip else ''}"
+                         f"{' shared-input' if self.quantize == 'awq' and self.awq_scope == 'group' else ''}"
+                         f"{' no-duo' if self.quantize == 'awq' and not self.awq_duo else ''}")
         return " + ".join(parts) or "none"
 
 
@@ -148,10 +162,49 @@ def _quantize_linear(linear: nn.Linear, cfg: CompressConfig, acc, rows) -> tuple
                                                    percdamp=cfg.percdamp, act_order=cfg.act_order)
         return QuantLinear.from_codes(codes, scales, zeros, spec, bias=linear.bias, perm=perm), {}
     if cfg.quantize == "awq":
-        return awq_quantize_linear(linear, rows, acc.channel_abs_mean(), spec, cfg.awq_grid, cfg.awq_clip)
+        return awq_quantize_linear(linear, rows, acc.channel_abs_mean(), spec, cfg.awq_grid, cfg.awq_clip, cfg.awq_duo)
     if cfg.quantize == "smoothquant":
         return smoothquant_linear(linear, acc.abs_max, cfg.smooth_alpha)
     raise ValueError(f"unknown quantization method {cfg.quantize!r}")
+
+
+def awq_shared_input(model: nn.Module, group: list[str]) -> tuple[str, str] | None:
+    """(module, norm) when ``group`` is every linear that reads one norm's output: q/k/v of a block's
+    attention (after ``attn_norm``) or gate/up of its FFN (after ``ffn_norm``). AWQ then searches one
+    scale for the whole group, judged on that module's output, and folds it into the norm."""
+    from lmstack.model.transformer import MLP, Attention
+
+    m = re.fullmatch(r"(layers\.\d+)\.(attn|ffn)\.\w+", group[0])
+    if m is None:
+        return None
+    block, part = m.groups()
+    modules = dict(model.named_modules())
+    parent, norm = modules.get(f"{block}.{part}"), modules.get(f"{block}.{part}_norm")
+    readers = ("q_proj", "k_proj", "v_proj") if part == "attn" else ("gate_proj", "up_proj")
+    expected = {f"{block}.{part}.{r}" for r in readers if isinstance(getattr(parent, r, None), nn.Linear)}
+    if (set(group) != expected or not isinstance(parent, Attention if part == "attn" else MLP)
+            or getattr(norm, "weight", None) is None):
+        return None
+    return f"{block}.{part}", f"{block}.{part}_norm"
+
+
+def _awq_group(model: nn.Module, group: list[str], shared: tuple[str, str], stats: dict, calib: torch.Tensor,
+               cfg: CompressConfig) -> dict[str, tuple[nn.Module, dict]]:
+    parent_name, norm_name = shared
+    modules = dict(model.named_modules())
+    linears = [modules[n] for n in group]
+    specs = [cfg.spec().fitted(lin.in_features) for lin in linears]
+    calls = record_module_calls(model, parent_name, calib, cfg.awq_windows)
+    loss = ModuleOutputLoss(modules[parent_name], linears, calls)
+    acc, rows = stats[group[0]]
+    scale, alpha, err = awq_group_search([lin.weight for lin in linears], specs, acc.channel_abs_mean(), loss,
+                                         cfg.awq_grid, cfg.awq_duo)
+    fold_scale_into_norm(modules[norm_name], scale)
+    out = {}
+    for name, lin, spec in zip(group, linears, specs):
+        q, info = awq_quantize_scaled(lin, scale, rows, spec, cfg.awq_clip, runtime_scale=False)
+        out[name] = (q, {"alpha": alpha, "rel_error": err, "folded_into": norm_name, **info})
+    return out
 
 
 def compress_model(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | None = None,
@@ -172,23 +225,24 @@ def compress_model(model: nn.Module, cfg: CompressConfig, calib: torch.Tensor | 
     for group in tqdm(groups, desc=f"compress ({cfg.label()})", leave=False):
         stats = collect_inputs(model, group, calib, keep_rows=keep_rows) if cfg.needs_calibration else {}
         for name in group:
+            details[name] = _prune_linear(modules[name], cfg, stats.get(name, (None, None))[0]) if cfg.prune else {}
+        shared = awq_shared_input(model, group) if cfg.quantize == "awq" and cfg.awq_scope == "group" else None
+        grouped = _awq_group(model, group, shared, stats, calib, cfg) if shared else {}
+        for name in group:
             linear = modules[name]
             acc, rows = stats.get(name, (None, None))
-            info: dict = {}
-            if cfg.prune:
-                info.update(_prune_linear(linear, cfg, acc))
+            info = details[name]
             if cfg.quantize:
                 fitted = cfg.spec().fitted(linear.in_features).group_size
                 if cfg.quantize in ("rtn", "gptq", "awq") and fitted != cfg.group_size:
-                    info["group_size"] = fitted
                     if not any("group_size" in d for d in details.values()):
                         log(f"{name}: group_size {cfg.group_size} does not divide its {linear.in_features} inputs; "
                             f"using {fitted or 'per-channel'} there (and wherever else that happens)")
-                new, qinfo = _quantize_linear(linear, cfg, acc, rows)
+                    info["group_size"] = fitted
+                new, qinfo = grouped[name] if name in grouped else _quantize_linear(linear, cfg, acc, rows)
                 info.update(qinfo)
                 parent, child = parent_and_attr(model, name)
                 setattr(parent, child, new)
-            details[name] = info
     model.compress_config = cfg
     log(f"compressed {len(names)} linears ({cfg.label()}) in {time.time() - t0:.1f}s")
     return details
@@ -312,4 +366,4 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["CompressConfig", "compress", "compress_model", "save_compressed", "load_compressed", "dequantize_model",
-           "linear_bits_per_weight", "quantized_modules", "target_linears", "QUANT_METHODS", "PRUNE_METHODS"]
+           "linear_bits_per_weight", "quantized_modules", "target_linears", "awq_shared_input", "QUANT_METHODS", "PRUNE_METHODS"]

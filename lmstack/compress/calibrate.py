@@ -106,10 +106,42 @@ def collect_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, *, b
     return {n: (stats[n], torch.cat(kept[n]) if keep_rows else None) for n in names}
 
 
+def record_module_calls(model: nn.Module, module_name: str, calib: torch.Tensor, n_windows: int,
+                        batch_size: int = 8) -> list[tuple[tuple, dict]]:
+    """The positional and keyword arguments of ``module_name``'s calls on the first ``n_windows``
+    calibration windows (one call per batch), each forward pass stopped right there. Replaying
+    them gives the module's output on real inputs, with everything before it as it is now."""
+    module = dict(model.named_modules())[module_name]
+    calls: list[tuple[tuple, dict]] = []
+
+    def detach(v):
+        return v.detach().clone() if isinstance(v, torch.Tensor) else (
+            tuple(detach(e) for e in v) if isinstance(v, tuple) else v)
+
+    def hook(mod, args, kwargs):
+        calls.append((tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()}))
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, min(n_windows, calib.shape[0]), batch_size):
+                try:
+                    model(calib[i:min(i + batch_size, n_windows)].to(_device_of(model)))
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return calls
+
+
 def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
 
 
-__all__ = ["calibration_batch", "layer_groups", "collect_inputs"]
+__all__ = ["calibration_batch", "layer_groups", "collect_inputs", "record_module_calls"]
