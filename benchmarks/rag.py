@@ -219,7 +219,8 @@ def main() -> None:
         print(f"\n## {args.run}: retrieval, RAG and agents\n")
         print(report)
         for key in ("world_paraphrases_bm25_recall@5", "world_paraphrases_dense_recall@5",
-                    "world_paraphrases_hybrid_recall@5", "world_paraphrases_rerank_recall@5", "closed_book", "rag", "cannot_find", "arith_model_alone",
+                    "world_paraphrases_hybrid_recall@5", "world_paraphrases_rerank_recall@5", "closed_book", "rag", "cannot_find",
+                    "fictional_closed_book", "fictional_rag", "fictional_cannot_find", "arith_model_alone",
                     "arith_agent", "multihop_heldout_model_alone", "multihop_heldout_agent", "extraction_precision",
                     "extraction_recall"):
             if key in metrics:

@@ -143,7 +143,7 @@ def rag_main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------ agent
 
 def agent_main(argv: list[str] | None = None) -> int:
-    from lmstack.apps.agent import ModelPolicy, ReActAgent, ScriptedPolicy
+    from lmstack.apps.agent import PROMPT_STYLES, ModelPolicy, ReActAgent, ScriptedPolicy
     from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 
     ap = argparse.ArgumentParser(prog="lmstack agent", description="answer with a ReAct loop over tools; prints the trace")
@@ -152,8 +152,8 @@ def agent_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="apps")
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole run")
-    ap.add_argument("--prompt-style", choices=["names", "compact", "json"], default="names")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-style", choices=list(PROMPT_STYLES), default="minimal")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="per turn; also the room the context keeps free (as the apps stage)")
     ap.add_argument("--script", help="replay model turns from a file (turns separated by a line '---')")
     ap.add_argument("--tools-json", action="store_true", help="print the tools in OpenAI format and exit")
     ap.add_argument("--no-search", action="store_true", help="leave out the document-search tool")

@@ -1,8 +1,10 @@
 """Stage ``apps``: build the knowledge graph and the document store of the run's world, train a dense
 retriever, fine-tune the chat model on RAG and tool-use data, and measure it against the model alone.
 
-Held out from everything this stage trains on: the world's ``sft_only`` people (never in pretraining text,
-never in the RAG / agent / retriever training data here) and the EVAL phrasings of questions. Artifacts::
+Held out from everything this stage trains on: the world's ``sft_only`` people (never in pretraining text, but
+taught by the ``sft`` stage's conversations, so the chat model knows many of their facts; never in the RAG /
+agent / retriever training data here), ``n_fictional_heldout`` invented people (in no training data at all:
+the measure of facts the model never saw) and the EVAL phrasings of questions. Artifacts::
 
     apps/kg.json                   triples (+ entity groups)
     apps/index/                    store.json + vectors.safetensors: entity passages, BM25 + dense
@@ -53,13 +55,15 @@ class Config:
     no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
+    n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
     n_rag_train: int = 1200         # RAG examples (0 = every training question)
     n_multihop_train: int = 600     # multi-hop tool traces (0 = all)
     world_rag_share: float = 0.2    # share of RAG examples about world people (facts the model already knows)
     n_copy_chat: int = 0            # "repeat exactly: ..." chat turns in the SFT mix (800 did not help: notes)
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
     replay_batch_size: int = 0      # + LM loss on this many pretraining windows per SFT step (sft's replay)
-    prompt_style: str = "names"     # agent system prompt: names | compact | json
+    prompt_style: str = "minimal"   # agent system prompt: minimal | names | compact | json (minimal: -30 tokens
+                                    # of a 256-token context; multi-hop traces are ~250-320 tokens)
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
@@ -69,6 +73,19 @@ class Config:
 def agent_tools(kg: KnowledgeGraph, store: DocumentStore) -> ToolBox:
     """The agent's tools, the same in training traces, measurements and ``lmstack agent``."""
     return ToolBox([calculator_tool(), date_tool()] + kg_tools(kg) + [search_tool(store, k_default=2)])
+
+
+def heldout_fictional(kg: KnowledgeGraph, cfg: Config, seed: int) -> tuple[KnowledgeGraph, list[str]]:
+    """The world's graph plus the ``n_fictional_heldout`` invented people that follow the training ones in the
+    same seeded stream (so the training ones are unchanged and no name clashes), and the held-out ids."""
+    if cfg.n_fictional_heldout <= 0:
+        return kg, []
+    big = augmented_graph(kg, cfg.n_fictional + cfg.n_fictional_heldout, seed)
+    fictional = sorted(set(big.entities_of_type("person")) - set(kg.entities_of_type("person")))
+    held = fictional[cfg.n_fictional:]
+    keep = set(kg.entities_of_type("person")) | set(held)
+    return KnowledgeGraph([t for t in big.triples if t[0] in keep or t[0] not in fictional],
+                          {k: v for k, v in big.meta.items() if k in keep or k not in fictional}), held
 
 
 def _split_people(kg: KnowledgeGraph) -> tuple[set, set]:
@@ -93,6 +110,7 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     allowed = lambda e: not kg.objects(e, "type") == ["person"] or e in train_people  # noqa: E731
     big = augmented_graph(kg, cfg.n_fictional, seed)
     fictional = set(big.entities_of_type("person")) - set(kg.entities_of_type("person"))
+    # the held-out invented people (heldout_fictional) come after these in the same stream: none is here
     big_store = DocumentStore(StoreConfig())  # BM25 over world + fictional passages: realistic distractors
     big_store.add_documents([p for p in entity_passages(big) if p["entity"] in fictional or allowed(p["entity"])])
     passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(big)}
@@ -113,8 +131,11 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     sample = rng.sample(world_qs + fict_qs, min(len(world_qs + fict_qs), 300))
     facts = [dict(q, kind="fact" if i % 2 else "fact_search") for i, q in enumerate(sample)]
     items = arithmetic_questions(cfg.n_arith_train, seed=seed) + multihop + facts
-    count = (lambda m: len(tokenizer.encode_chat(m)[0])) if tokenizer is not None else None  # noqa: E731
-    agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len)
+    # the agent's context at each step, as ModelPolicy builds it (generation prompt included)
+    count = (lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])) if tokenizer else None  # noqa: E731
+    trace_stats: dict = {}
+    agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len,
+                               cfg.agent_max_new_tokens, trace_stats)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:
@@ -127,8 +148,10 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     random.Random(seed).shuffle(data)
     path = run_path / "apps" / "sft_train.jsonl"
     atomic_write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data))
+    over = sum(len(tokenizer.encode_chat(d["messages"])[0]) > max_len for d in data) if tokenizer and max_len else 0
     return path, {"rag_examples": len(rag), "agent_examples": len(agent), "extraction_examples": len(extract),
-                  "replay_examples": len(replay), "copy_examples": len(copies), "fictional_people": len(fictional)}
+                  "replay_examples": len(replay), "copy_examples": len(copies), "fictional_people": len(fictional),
+                  **trace_stats, "sft_examples_over_context": over}
 
 
 def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> dict[str, list]:
@@ -137,6 +160,9 @@ def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> di
     sets = {"facts_heldout": sub([q for q in fact_questions(kg, "eval") if q["entity"] in held]),
             "multihop_heldout": sub([q for q in multihop_questions(kg) if _multihop_person(kg, q) in held]),
             "arith": arithmetic_questions(cfg.eval_examples or 100, seed=seed + 1000)}
+    eval_graph, fictional = heldout_fictional(kg, cfg, seed)
+    if fictional:
+        sets["facts_fictional"] = sub(fact_questions(eval_graph, "eval", entities=fictional))
     facts_path = run_path / "data" / "world" / "facts_eval.jsonl"
     if facts_path.exists():  # the world's own held-out phrasings: paraphrases for the retriever
         sets["world_paraphrases"] = sub(E.facts_eval_questions(common.read_jsonl(facts_path)))
@@ -238,36 +264,74 @@ def _train_reranker(ctx, cfg: Config, kg, store, tokenizer, run_path: Path) -> C
     return reranker
 
 
-def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reranker=None) -> tuple[dict, str]:
-    sets = _eval_sets(kg, run_path, cfg, ctx.seed)
-    modes = ["bm25"] + (["dense", "hybrid"] if store.encoder is not None else [])
+def fictional_store(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, seed: int) -> DocumentStore | None:
+    """The world's passages plus those of the held-out invented people (same encoder as ``store``)."""
+    eval_graph, fictional = heldout_fictional(kg, cfg, seed)
+    if not fictional:
+        return None
+    out = DocumentStore(StoreConfig(), encoder=store.encoder)
+    out.add_documents(entity_passages(eval_graph))
+    return out
+
+
+def _retrieval_section(sets: dict, stores: dict, reranker, tokenizer) -> tuple[dict, list[str]]:
     rows, metrics = [], {}
-    for name in ("facts_heldout", "world_paraphrases"):
-        for mode in modes if name in sets else []:
+    for name, store in stores.items():
+        if name not in sets:
+            continue
+        modes = ["bm25"] + (["dense", "hybrid"] if store.encoder is not None else [])
+        for mode in modes:
             r = E.retrieval_recall(lambda q, k: store.search(q, k, mode=mode), sets[name])
             rows.append((name, mode, len(sets[name]), r["recall@1"], r["recall@5"]))
             metrics[f"{name}_{mode}_recall@1"] = round(r["recall@1"], 4)
             metrics[f"{name}_{mode}_recall@5"] = round(r["recall@5"], 4)
-        if reranker is not None and name in sets:
+        if reranker is not None:
             mode = modes[-1]
             pipe = RagPipeline(store, None, tokenizer, k=5, mode=mode, reranker=reranker)
             r = E.retrieval_recall(lambda q, k: pipe.retrieve(q)[:k], sets[name])
             rows.append((name, f"{mode} + rerank", len(sets[name]), r["recall@1"], r["recall@5"]))
             metrics[f"{name}_rerank_recall@1"] = round(r["recall@1"], 4)
             metrics[f"{name}_rerank_recall@5"] = round(r["recall@5"], 4)
-    lines = ["**Retrieval** (gold = the passage of the asked entity in the question's language):\n",
-             markdown_table(["questions", "retriever", "n", "recall@1", "recall@5"], rows), ""]
+    return metrics, ["**Retrieval** (gold = the passage of the asked entity in the question's language):\n",
+                     markdown_table(["questions", "retriever", "n", "recall@1", "recall@5"], rows), ""]
 
-    rag_reranker = reranker if cfg.rag_rerank else None
-    pipe = RagPipeline(store, model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, rag_reranker)
-    qa = E.rag_qa(pipe, sets["facts_heldout"])
-    metrics.update(closed_book=round(qa["closed_book"], 4), rag=round(qa["rag"], 4),
-                   rag_cited=round(qa["rag_cited"], 4), cannot_find=round(qa["cannot_find"], 4))
-    lines += [f"**QA on facts never seen in pretraining** ({qa['n']} questions about held-out people, eval "
-              f"phrasings; RAG with {cfg.retrieval_mode}{' + rerank' if rag_reranker else ''}, k={cfg.k}):\n",
-              markdown_table(["closed-book", "RAG", "RAG, citing the gold passage",
-                                     "'cannot find' when the passages lack it"],
-                                    [(qa["closed_book"], qa["rag"], qa["rag_cited"], qa["cannot_find"])]), ""]
+
+# row label, metric key prefix, eval set, store key: the old row keeps its unprefixed metric keys
+QA_ROWS = [("people held out of the apps SFT, known from pretraining / SFT", "", "facts_heldout", "world"),
+           ("invented people in no training data (never seen)", "fictional_", "facts_fictional", "fictional")]
+
+
+def _qa_section(cfg: Config, sets: dict, stores: dict, model, tokenizer, reranker) -> tuple[dict, list[str], list]:
+    """Closed-book vs RAG on each QA_ROWS set; 'cannot find' with the gold passages removed; how often RAG
+    says it cannot find the answer although the gold passage was retrieved."""
+    metrics, rows, samples = {}, [], []
+    for label, prefix, name, store_key in QA_ROWS:
+        if name not in sets or stores.get(store_key) is None:
+            continue
+        pipe = RagPipeline(stores[store_key], model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, reranker)
+        qa = E.rag_qa(pipe, sets[name])
+        for key in ("closed_book", "rag", "rag_cited", "cannot_find", "rag_refused"):
+            metrics[prefix + key] = round(qa[key], 4)
+        rows.append((label, qa["n"], qa["closed_book"], qa["rag"], qa["rag_cited"], qa["rag_refused"],
+                     qa["cannot_find"]))
+        samples += qa["samples"][:3]
+    lines = [f"**QA: closed-book vs RAG** (eval phrasings; RAG with {cfg.retrieval_mode}"
+             f"{' + rerank' if reranker else ''}, k={cfg.k}):\n",
+             markdown_table(["questions about", "n", "closed-book", "RAG", "RAG, citing the gold passage",
+                             "RAG says 'cannot find' (gold retrieved or not)",
+                             "'cannot find' when the passages lack it"], rows), ""]
+    return metrics, lines, samples
+
+
+def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reranker=None) -> tuple[dict, str]:
+    sets = _eval_sets(kg, run_path, cfg, ctx.seed)
+    stores = {"world": store, "fictional": fictional_store(kg, store, cfg, ctx.seed)}
+    metrics, lines = _retrieval_section(sets, {"facts_heldout": store, "world_paraphrases": store,
+                                               "facts_fictional": stores["fictional"]}, reranker, tokenizer)
+    qa_metrics, qa_lines, samples = _qa_section(cfg, sets, stores, model, tokenizer,
+                                                reranker if cfg.rag_rerank else None)
+    metrics.update(qa_metrics)
+    lines += qa_lines
 
     tools = agent_tools(kg, store)
     model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
@@ -293,9 +357,8 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
     lines += [f"**Triple extraction** from {ex['n']} passages about held-out people (scored against the "
               "knowledge graph's triples):\n",
               markdown_table(["passages", "precision", "recall"], [(ex["n"], ex["precision"], ex["recall"])]), ""]
-    if qa["samples"]:
+    if samples:
         lines.append("Sample answers (closed-book / RAG / passages without the answer):\n")
         lines.append(markdown_table(["question", "closed-book", "RAG", "no gold passage", "reference"],
-                                           [tuple(table_cell(x, 60) for x in s) for s in qa["samples"]]))
+                                    [tuple(table_cell(x, 60) for x in s) for s in samples]))
     return metrics, "\n".join(lines) + "\n"
-
