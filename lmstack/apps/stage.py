@@ -76,16 +76,19 @@ def agent_tools(kg: KnowledgeGraph, store: DocumentStore) -> ToolBox:
 
 
 def heldout_fictional(kg: KnowledgeGraph, cfg: Config, seed: int) -> tuple[KnowledgeGraph, list[str]]:
-    """The world's graph plus the ``n_fictional_heldout`` invented people that follow the training ones in the
-    same seeded stream (so the training ones are unchanged and no name clashes), and the held-out ids."""
+    """The world's graph plus ``n_fictional_heldout`` invented people (ids ``h0000``...) drawn from their own
+    seeded stream before the training ones, which are then named unlike them (``training_graph``): the
+    measured people stay the same whatever ``n_fictional`` is. Returns (graph, held-out ids)."""
     if cfg.n_fictional_heldout <= 0:
         return kg, []
-    big = augmented_graph(kg, cfg.n_fictional + cfg.n_fictional_heldout, seed)
-    fictional = sorted(set(big.entities_of_type("person")) - set(kg.entities_of_type("person")))
-    held = fictional[cfg.n_fictional:]
-    keep = set(kg.entities_of_type("person")) | set(held)
-    return KnowledgeGraph([t for t in big.triples if t[0] in keep or t[0] not in fictional],
-                          {k: v for k, v in big.meta.items() if k in keep or k not in fictional}), held
+    held = augmented_graph(kg, cfg.n_fictional_heldout, f"heldout:{seed}", id_prefix="h")
+    return held, sorted(set(held.entities_of_type("person")) - set(kg.entities_of_type("person")))
+
+
+def training_graph(kg: KnowledgeGraph, cfg: Config, seed: int) -> KnowledgeGraph:
+    """The world's graph plus the ``n_fictional`` invented people of the training data (none named like a
+    held-out one)."""
+    return augmented_graph(kg, cfg.n_fictional, seed, avoid=heldout_fictional(kg, cfg, seed)[0])
 
 
 def _split_people(kg: KnowledgeGraph) -> tuple[set, set]:
@@ -108,9 +111,8 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     only way to answer them; the held-out people stay out of everything."""
     train_people, _ = _split_people(kg)
     allowed = lambda e: not kg.objects(e, "type") == ["person"] or e in train_people  # noqa: E731
-    big = augmented_graph(kg, cfg.n_fictional, seed)
+    big = training_graph(kg, cfg, seed)
     fictional = set(big.entities_of_type("person")) - set(kg.entities_of_type("person"))
-    # the held-out invented people (heldout_fictional) come after these in the same stream: none is here
     big_store = DocumentStore(StoreConfig())  # BM25 over world + fictional passages: realistic distractors
     big_store.add_documents([p for p in entity_passages(big) if p["entity"] in fictional or allowed(p["entity"])])
     passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(big)}

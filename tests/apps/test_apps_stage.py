@@ -67,8 +67,7 @@ def test_heldout_fictional_people_are_in_no_apps_training_data(run_dir):
     import json
 
     from lmstack.apps.kg import kg_from_world_json
-    from lmstack.apps.stage import Config, build_sft_data, heldout_fictional
-    from lmstack.apps.synthetic import augmented_graph
+    from lmstack.apps.stage import Config, build_sft_data, heldout_fictional, training_graph
 
     kg = kg_from_world_json(run_dir / "data" / "world" / "world.json")
     cfg = Config(n_fictional=12, n_fictional_heldout=5, n_rag_train=0, n_multihop_train=0, n_arith_train=4,
@@ -77,7 +76,9 @@ def test_heldout_fictional_people_are_in_no_apps_training_data(run_dir):
     path, stats = build_sft_data(kg, store, cfg, run_dir, seed=3, tokenizer=small_tokenizer(), max_len=256)
     text = path.read_text(encoding="utf-8")
     eval_graph, held = heldout_fictional(kg, cfg, seed=3)
-    train_graph = augmented_graph(kg, cfg.n_fictional, 3)
+    train_graph = training_graph(kg, cfg, 3)
+    # the measured people do not depend on how many training people there are
+    assert heldout_fictional(kg, Config(n_fictional=40, n_fictional_heldout=5), 3)[0].triples == eval_graph.triples
     assert len(held) == 5 and stats["fictional_people"] == 12
     for p in held:
         assert p not in train_graph.entities_of_type("person")
