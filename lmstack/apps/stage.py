@@ -33,7 +33,7 @@ from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
 from lmstack.apps.synthetic import augmented_graph, copy_chat_examples, extra_fact_questions
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
-from lmstack.apps.worldqa import entity_passages, fact_questions, multihop_questions
+from lmstack.apps.worldqa import answer_clause, entity_passages, fact_questions, multihop_questions
 from lmstack.report import markdown_table, table_cell
 from lmstack.runs import atomic_write_text
 
@@ -53,6 +53,7 @@ class Config:
     batch_size: int = 16
     lr: float = 5e-4
     no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
+    rag_answer: str = "value"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]")
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
@@ -122,8 +123,11 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     n_world = min(len(world_qs), round(n_rag * cfg.world_rag_share))
     rng = random.Random(seed)
     rag_qs = rng.sample(world_qs, n_world) + rng.sample(fict_qs, min(len(fict_qs), n_rag - n_world))
+    if cfg.rag_answer not in ("value", "quote"):
+        raise ValueError(f"apps.rag_answer={cfg.rag_answer!r}: choose 'value' or 'quote'")
+    quote = (lambda q: answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_answer == "quote" else None  # noqa: E731
     rag = rag_sft_examples(rag_qs, passages, lambda q, n: [h.text for h in big_store.search(q, n)], cfg.k,
-                           cfg.no_answer_rate, seed)
+                           cfg.no_answer_rate, seed, quote)
     tools = agent_tools(big, big_store)
     keep = train_people | fictional
     multihop = [dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep]

@@ -156,3 +156,22 @@ def test_long_agent_traces_are_cut_as_the_agent_cuts_its_context(kg):
     assert stats["agent_traces_split"] == 0
     views, dropped = inference_views(full, size, size(full[:2]) + 5, reserve)
     assert views == [] and dropped == len(turns)
+
+
+def test_answer_clause_quotes_the_passage_and_states_the_answer(kg):
+    from lmstack.apps.worldqa import answer_clause
+
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    qs = fact_questions(kg, "train")
+    assert {q["relation"] for q in qs} == {"birth_year", "birthplace", "occupation", "hobby", "country", "capital"}
+    for q in qs:
+        clause = answer_clause(kg, q["entity"], q["relation"], q["lang"])
+        assert answer_matches(clause, q["answer"]), (clause, q["answer"])
+        # the value follows the same words in the passage as in the clause: copyable
+        value = q["answer"]
+        opening = clause[:clause.index(value)].split(kg.name(q["entity"], q["lang"]))[-1][-4:]
+        assert opening + value in passages[(q["entity"], q["lang"])], (opening, value)
+    other = next(q for q in qs if q["relation"] == "occupation")
+    assert not answer_matches(answer_clause(kg, other["entity"], "hobby", other["lang"]), other["answer"])
+    with pytest.raises(ValueError, match="relation"):
+        answer_clause(kg, other["entity"], "spouse", "en")
