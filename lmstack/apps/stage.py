@@ -43,7 +43,9 @@ HELD_OUT_GROUP = "sft_only"
 @dataclass
 class Config:
     init_from: str = "sft"          # chat checkpoint to fine-tune (the dense retriever starts from pretrain)
-    k: int = 3                      # passages per RAG prompt
+    k: int = 1                      # passages per RAG prompt. 1: BM25 recall@1 is 1.00 on the world's questions
+                                    # and the invented people's, and one passage took RAG on never-seen people
+                                    # 0.12 -> 0.45 (k=3 -> 1, quote answers, lr 1.5e-3; notes r2s5/apps.md)
     retrieval_mode: str = "hybrid"  # bm25 | dense | hybrid (dense and hybrid need dense_steps > 0)
     dense: DenseConfig = field(default_factory=lambda: DenseConfig(steps=200, batch_size=32, lr=5e-4))
     rerank: RerankConfig = field(default_factory=RerankConfig)  # steps = 0: no cross-encoder reranker
@@ -51,9 +53,13 @@ class Config:
     copy: CopyConfig = field(default_factory=CopyConfig)  # copy warm-up before SFT (copying.py); off by default
     steps: int = 600                # SFT steps on RAG + agent data (600 with copy batches: see CopyConfig)
     batch_size: int = 16
-    lr: float = 5e-4
+    lr: float = 3e-3                # 5e-4 underfit the RAG task (0.23 right on its own training examples);
+                                    # never-seen RAG 0.45 / 0.65 / 0.57 at 1.5e-3 / 3e-3 / 6e-3, arithmetic
+                                    # agent 0.65 / 0.77 / 0.83, closed-book 0.58 / 0.52 / 0.33 (seed 7: 0.67)
     no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
-    rag_answer: str = "value"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]")
+    rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
+                                    # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
+                                    # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them

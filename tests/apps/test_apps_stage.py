@@ -88,3 +88,12 @@ def test_heldout_fictional_people_are_in_no_apps_training_data(run_dir):
     trained = sorted(set(train_graph.entities_of_type("person")) - set(kg.entities_of_type("person")))
     assert any(json.dumps(train_graph.name(p, "en"))[1:-1] in text for p in trained)
     assert not set(eval_graph.entities_of_type("person")) & set(trained)
+    # rag_answer = "quote" (the default): every answerable target quotes a clause of its cited passage
+    rows = [json.loads(line) for line in text.splitlines()]
+    rag = [r for r in rows if r["task"] == "rag"]
+    assert rag
+    for r in rag:
+        target = r["messages"][-1]["content"]
+        n = int(target.rsplit("[", 1)[1].rstrip("]"))
+        passage = r["messages"][1]["content"].split("\n")[n - 1]
+        assert target.split()[0].split("于")[0][:2] in passage and r["answer"] in target
