@@ -55,7 +55,8 @@ class Config:
     batch_size: int = 16
     lr: float = 3e-3                # 5e-4 underfit the RAG task (0.23 right on its own training examples);
                                     # never-seen RAG 0.45 / 0.65 / 0.57 at 1.5e-3 / 3e-3 / 6e-3, arithmetic
-                                    # agent 0.65 / 0.77 / 0.83, closed-book 0.58 / 0.52 / 0.33 (seed 7: 0.67)
+                                    # agent 0.65 / 0.77 / 0.83, closed-book 0.58 / 0.52 / 0.33 (k=1, quote);
+                                    # 3e-3 on seed 7: never-seen RAG 0.67
     no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
     rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
                                     # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
@@ -69,8 +70,8 @@ class Config:
     n_copy_chat: int = 0            # "repeat exactly: ..." chat turns in the SFT mix (800 did not help: notes)
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
     replay_batch_size: int = 0      # + LM loss on this many pretraining windows per SFT step (sft's replay)
-    prompt_style: str = "minimal"   # agent system prompt: minimal | names | compact | json (minimal: -30 tokens
-                                    # of a 256-token context; multi-hop traces are ~250-320 tokens)
+    prompt_style: str = "minimal"   # agent system prompt: minimal | names | compact | json (minimal: 5 tokens,
+                                    # names: 35, of a 256-token context that also keeps 96 free for the turn)
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
