@@ -66,6 +66,7 @@ class Config:
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
     n_rag_train: int = 1200         # RAG examples (0 = every training question)
     n_multihop_train: int = 600     # multi-hop tool traces (0 = all)
+    multihop_balance: bool = False  # as many traces of each multi-hop kind (rare kinds repeated): sample_multihop
     world_rag_share: float = 0.2    # share of RAG examples about world people (facts the model already knows)
     n_copy_chat: int = 0            # "repeat exactly: ..." chat turns in the SFT mix (800 did not help: notes)
     replay_fraction: float = 0.3    # world chat conversations mixed in (as a share of the new data)
@@ -112,6 +113,23 @@ def _multihop_person(kg: KnowledgeGraph, q: dict) -> str:
     return kg.query([tuple(p) for p in q["patterns"][:2]])[0]["?p"]
 
 
+def sample_multihop(questions: list[dict], n: int, balance: bool, rng: random.Random) -> list[dict]:
+    """``n`` multi-hop questions (0 = all). ``balance``: the same number of each kind, repeating the rarer kinds'
+    questions: descriptions such as "the nurse who likes knitting" are unique for few people, so a plain sample
+    holds ~5x fewer of them (the kg_find traces) than of the person_* kinds."""
+    if not balance:
+        return rng.sample(questions, n) if n and len(questions) > n else questions
+    by_kind: dict[str, list] = {}
+    for q in questions:
+        by_kind.setdefault(q["kind"], []).append(q)
+    per_kind = (n or len(questions)) // max(1, len(by_kind))
+    out = []
+    for kind in sorted(by_kind):
+        pool = by_kind[kind]
+        out += rng.sample(pool, per_kind) if len(pool) >= per_kind else [pool[i % len(pool)] for i in range(per_kind)]
+    return out
+
+
 def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_path: Path, seed: int,
                    tokenizer=None, max_len: int = 0) -> tuple[Path, dict]:
     """RAG, tool-use, extraction and replayed chat examples. Most RAG questions and tool traces are about
@@ -137,9 +155,8 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
                            cfg.no_answer_rate, seed, quote)
     tools = agent_tools(big, big_store)
     keep = train_people | fictional
-    multihop = [dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep]
-    if cfg.n_multihop_train and len(multihop) > cfg.n_multihop_train:
-        multihop = rng.sample(multihop, cfg.n_multihop_train)
+    multihop = sample_multihop([dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep],
+                               cfg.n_multihop_train, cfg.multihop_balance, rng)
     # one-hop facts: half answered with a KG lookup, half by searching the documents
     sample = rng.sample(world_qs + fict_qs, min(len(world_qs + fict_qs), 300))
     facts = [dict(q, kind="fact" if i % 2 else "fact_search") for i, q in enumerate(sample)]

@@ -34,7 +34,7 @@ def test_apps_stage_end_to_end(run_dir):
                  "apps.agent_max_steps=2", "apps.k=2", "apps.rerank.steps=2",
                  "apps.rerank.questions_per_batch=2", "apps.copy.steps=2", "apps.copy.sft_batch_size=2",
                  "apps.copy.pages_share=0.5",
-                 "apps.n_fictional=12", "apps.n_fictional_heldout=4",
+                 "apps.n_fictional=12", "apps.n_fictional_heldout=4", "apps.multihop_balance=true",
                  "apps.n_rag_train=40", "apps.n_multihop_train=10", "apps.n_copy_chat=8"]
     recipe = Recipe.load(None, overrides, raw={"run": {"name": "t"}, "apps": {}})
     result = run_stage(RunDir(run_dir), recipe, "apps")
@@ -97,3 +97,18 @@ def test_heldout_fictional_people_are_in_no_apps_training_data(run_dir):
         n = int(target.rsplit("[", 1)[1].rstrip("]"))
         passage = r["messages"][1]["content"].split("\n")[n - 1]
         assert target.split()[0].split("于")[0][:2] in passage and r["answer"] in target
+
+
+def test_sample_multihop_balances_kinds():
+    import random
+    from collections import Counter
+
+    from lmstack.apps.stage import sample_multihop
+
+    qs = [{"kind": "a", "i": i} for i in range(30)] + [{"kind": "b", "i": i} for i in range(4)]
+    plain = sample_multihop(qs, 10, False, random.Random(0))
+    assert len(plain) == 10 and len({q["i"] for q in plain if q["kind"] == "a"}) == sum(q["kind"] == "a" for q in plain)
+    assert sample_multihop(qs, 0, False, random.Random(0)) == qs
+    balanced = sample_multihop(qs, 20, True, random.Random(0))
+    assert Counter(q["kind"] for q in balanced) == {"a": 10, "b": 10}
+    assert {q["i"] for q in balanced if q["kind"] == "b"} == {0, 1, 2, 3}  # the rare kind repeated, none lost
