@@ -21,6 +21,7 @@ run's tokenizer, world and training text are used, and the run's own pretrained 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -171,8 +172,10 @@ def run_part(run: Path, quick: bool) -> tuple[str, dict]:
     from lmstack.apps.stage import Config, measure
     from lmstack.apps.store import DocumentStore
 
-    class Ctx:
-        seed = 1337
+    recipe = run / "recipe.json"
+
+    class Ctx:  # the run's seed: it picks the measured questions and the invented people
+        seed = json.loads(recipe.read_text()).get("run", {}).get("seed", 1337) if recipe.exists() else 1337
         device = "cpu"
 
     tok = common.load_tokenizer(run)
@@ -186,7 +189,12 @@ def run_part(run: Path, quick: bool) -> tuple[str, dict]:
     if (rerank_dir / "rerank.json").exists():
         from lmstack.apps.rerank import CrossEncoder
         reranker = CrossEncoder.load(rerank_dir, tok)
-    cfg = Config(eval_examples=8 if quick else 0, retrieval_mode="hybrid" if encoder else "bm25")
+    # measure with the settings the run's apps stage trained with (prompt style, k, answer format, seed's people)
+    manifest = run / "manifest.json"
+    saved = json.loads(manifest.read_text()).get("stages", {}).get("apps", {}).get("config", {}) if manifest.exists() else {}
+    fields = {k: v for k, v in saved.items() if k in Config.__dataclass_fields__ and not isinstance(v, dict)}
+    cfg = Config(**{**fields, "eval_examples": 8 if quick else 0,
+                    "retrieval_mode": "hybrid" if encoder else "bm25"})
     metrics, report = measure(Ctx(), cfg, kg, store, model, tok, run, reranker)
     return report, metrics
 
@@ -219,7 +227,8 @@ def main() -> None:
         print(f"\n## {args.run}: retrieval, RAG and agents\n")
         print(report)
         for key in ("world_paraphrases_bm25_recall@5", "world_paraphrases_dense_recall@5",
-                    "world_paraphrases_hybrid_recall@5", "world_paraphrases_rerank_recall@5", "closed_book", "rag", "cannot_find", "arith_model_alone",
+                    "world_paraphrases_hybrid_recall@5", "world_paraphrases_rerank_recall@5", "closed_book", "rag", "cannot_find",
+                    "fictional_closed_book", "fictional_rag", "fictional_cannot_find", "arith_model_alone",
                     "arith_agent", "multihop_heldout_model_alone", "multihop_heldout_agent", "extraction_precision",
                     "extraction_recall"):
             if key in metrics:

@@ -146,7 +146,7 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     "dpo": [("eval_reward_accuracy", "held-out reward accuracy")],
     "ppo": [("eval_reward_before", "held-out reward before"), ("eval_reward_after", "after")],
     "apps": [("facts_heldout_hybrid_recall@1", "hybrid recall@1"), ("rag", "RAG accuracy"),
-             ("multihop_heldout_agent", "multi-hop agent")],
+             ("fictional_rag", "RAG, never-seen people"), ("multihop_heldout_agent", "multi-hop agent")],
     "distill": [("student_ppl", "student ppl"), ("baseline_ppl", "no-teacher ppl")],
     "compress": [("method", "method"), ("bits_per_weight", "bits/weight"), ("kl_to_fp32", "KL to fp32")],
 }

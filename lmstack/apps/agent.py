@@ -29,9 +29,15 @@ FORMAT_HINT = ("Error: reply with 'Thought: ...' and then either 'Action: {\"nam
                "or 'Final Answer: ...'")
 
 
+PROMPT_STYLES = ("minimal", "names", "compact", "json")
+
+
 def system_prompt(tools: ToolBox, style: str = "compact") -> str:
     """Tool descriptions for the model: ``json`` lists the OpenAI tool schemas; ``compact`` one line per tool;
-    ``names`` only the tool names (for models with a context of a few hundred tokens, taught the tools by SFT)."""
+    ``names`` only the tool names; ``minimal`` one short instruction (for models with a context of a few
+    hundred tokens that learn the tools from SFT traces: every token of the prompt is one less for the trace)."""
+    if style == "minimal":
+        return "Answer with tools."
     if style == "names":
         return "Answer with tools: " + ", ".join(tools.tools) + "."
     if style == "json":
@@ -39,7 +45,7 @@ def system_prompt(tools: ToolBox, style: str = "compact") -> str:
     elif style == "compact":
         listing = "\n".join(t.signature() for t in tools.tools.values())
     else:
-        raise ValueError(f"tool prompt style {style!r}: choose 'names', 'compact' or 'json'")
+        raise ValueError(f"tool prompt style {style!r}: choose one of {', '.join(PROMPT_STYLES)}")
     return ("Answer with tools. Tools:\n" + listing +
             '\nFormat: Thought, then Action: {"name": ..., "arguments": {...}} or Final Answer: ...')
 
@@ -205,6 +211,15 @@ def trim_turns(messages: list[dict], too_long: Callable[[list[dict]], bool]) -> 
     return msgs
 
 
+def turn_context(messages: list[dict], size: Callable[[list[dict]], int], limit: int, reserve: int
+                 ) -> list[dict] | None:
+    """What the agent shows the model before its next turn: ``messages`` without its oldest turns after the
+    question, until the prompt (``size``, counted with the generation prompt) leaves ``reserve`` tokens of the
+    ``limit``; None when even system + question leave no room for a short turn."""
+    msgs = trim_turns(messages, lambda m: size(m) + reserve > limit)
+    return None if size(msgs) + min(reserve, 8) > limit else msgs
+
+
 def fit_messages(tokenizer, model, messages: list[dict], reserve: int) -> list[dict]:
     """Drop the oldest turns after the question (keeping system + question) until the prompt leaves ``reserve``
     tokens of room in the model's context."""
@@ -212,7 +227,7 @@ def fit_messages(tokenizer, model, messages: list[dict], reserve: int) -> list[d
     if not limit:
         return messages
     size = lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])  # noqa: E731
-    msgs = trim_turns(messages, lambda m: size(m) + reserve > limit)
-    if size(msgs) + min(reserve, 8) > limit:
-        raise ContextFull(f"the prompt needs {size(msgs)} tokens; the model's context is {limit}")
+    msgs = turn_context(messages, size, limit, reserve)
+    if msgs is None:
+        raise ContextFull(f"the system prompt and question need {size(messages[:2])} tokens; the model's context is {limit}")
     return msgs

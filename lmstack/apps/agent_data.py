@@ -11,7 +11,7 @@ import json
 import random
 from typing import Callable
 
-from lmstack.apps.agent import OBSERVATION, ReActAgent, trim_turns
+from lmstack.apps.agent import OBSERVATION, ReActAgent, trim_turns, turn_context
 from lmstack.apps.tools import ToolBox, calculate
 
 OPS = {"+": "plus", "-": "minus", "*": "times"}
@@ -107,16 +107,45 @@ def search_plan(item: dict) -> Plan:
             lambda _: ("final", "The passages answer it.", item["answer"])]
 
 
-def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "names",
+def inference_views(messages: list[dict], size: Callable[[list[dict]], int], limit: int, reserve: int
+                    ) -> tuple[list[list[dict]], int]:
+    """Split a ReAct trace into SFT conversations that show every assistant turn the context the agent will
+    show the model at that step (``agent.turn_context``: the oldest turns go first once the prompt leaves less
+    than ``reserve`` tokens of ``limit``). Turns that share a cut share one conversation, so a trace that fits
+    stays whole. Returns (conversations, turns that fit in no context).
+
+    A later conversation may also hold earlier turns (those after its cut) with less context than they had at
+    inference; those are extra training, never missing training."""
+    ends: dict[int, int] = {}  # messages cut -> index of the last assistant turn shown with that cut
+    untrainable = 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or i < 2:
+            continue
+        shown = trim_turns(messages[:i + 1], lambda x: size(x[:-1]) + reserve > limit or size(x) > limit)
+        if turn_context(shown[:-1], size, limit, reserve) is None or size(shown) > limit:
+            untrainable += 1
+            continue
+        ends[i + 1 - len(shown)] = i
+    views = [messages[:2] + messages[2 + cut:end + 1] for cut, end in sorted(ends.items())]
+    return views, untrainable
+
+
+def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "minimal",
                        max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
-                       max_tokens: int = 0) -> list[dict]:
+                       max_tokens: int = 0, reserve: int = 0, stats: dict | None = None) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
     the plan of each item. Items whose plan does not reach the known answer are skipped.
 
-    With ``count_tokens`` and ``max_tokens``, a trace longer than ``max_tokens`` also yields a copy whose
-    oldest turns are dropped until it fits (``agent.trim_turns``, as the agent does at inference): otherwise
-    truncation would cut the last steps, and the final answer of long runs would never be trained."""
+    With ``count_tokens`` (prompt size, generation prompt included) and ``max_tokens`` (the model's context),
+    each trace is cut as the agent cuts its context at inference, keeping ``reserve`` tokens (the agent's
+    ``max_new_tokens``) free for the turn (``inference_views``); otherwise a trace longer than the context
+    would lose its last steps to truncation. ``stats`` (optional) counts ``agent_traces``,
+    ``agent_traces_split`` (more than one conversation), ``agent_traces_dropped`` (no turn fits) and
+    ``agent_turns_dropped``."""
     out = []
+    stats = {} if stats is None else stats
+    for key in ("agent_traces", "agent_traces_split", "agent_traces_dropped", "agent_turns_dropped"):
+        stats.setdefault(key, 0)
     for item in items:
         if item["kind"] == "fact_search":
             plan = search_plan(item)
@@ -127,9 +156,13 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
             continue
         meta = {"task": f"agent_{item['kind']}", "answer": item.get("answer"), "lang": item["lang"], "facts": []}
         messages = result.chat_messages()
-        out.append({"messages": messages, **meta})
-        if count_tokens is not None and max_tokens and count_tokens(messages) > max_tokens:
-            trimmed = trim_turns(messages, lambda m: count_tokens(m) > max_tokens)
-            if trimmed[-1]["role"] == "assistant" and count_tokens(trimmed) <= max_tokens:
-                out.append({"messages": trimmed, **meta, "trimmed": True})
+        stats["agent_traces"] += 1
+        if count_tokens is None or not max_tokens:
+            out.append({"messages": messages, **meta})
+            continue
+        views, untrainable = inference_views(messages, count_tokens, max_tokens, reserve)
+        stats["agent_turns_dropped"] += untrainable
+        stats["agent_traces_split"] += len(views) > 1
+        stats["agent_traces_dropped"] += not views
+        out += [{"messages": v, **meta, **({"trimmed": True} if v != messages[:len(v)] else {})} for v in views]
     return out

@@ -30,6 +30,16 @@ def _tokenizer(run: str):
     return Tokenizer.load(path)
 
 
+def trained_k(run: str, default: int = 3) -> int:
+    """Passages per prompt the run's apps stage trained and measured RAG with (its manifest), else ``default``:
+    a model tuned on one-passage prompts should be asked with one passage."""
+    manifest = Path(run) / "manifest.json"
+    if not manifest.exists():
+        return default
+    config = json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {}).get("config", {})
+    return int(config.get("k", default))
+
+
 def _model(run: str, checkpoint: str, device: str):
     from lmstack.model import load_pretrained
 
@@ -87,7 +97,7 @@ def rag_main(argv: list[str] | None = None) -> int:
     q.add_argument("--run", required=True)
     q.add_argument("--index", help="index directory (default RUN/apps/index)")
     q.add_argument("--checkpoint", default="apps")
-    q.add_argument("--k", type=int, default=3)
+    q.add_argument("--k", type=int, help="passages per prompt (default: what the run's apps stage used, else 3)")
     q.add_argument("--mode", choices=["auto", "bm25", "dense", "hybrid"], default="auto",
                    help="auto = hybrid when the index has dense vectors, else bm25")
     q.add_argument("--max-new-tokens", type=int, default=48)
@@ -132,7 +142,8 @@ def rag_main(argv: list[str] | None = None) -> int:
             index = Path(args.index) if args.index else Path(args.run) / "apps" / "index"
             store = DocumentStore.load(index, encoder=_encoder_for(index, tok, args.device), tokenizer=tok)
             mode = args.mode if args.mode != "auto" else ("hybrid" if store.index is not None else "bm25")
-            pipe = RagPipeline(store, _model(args.run, args.checkpoint, args.device), tok, args.k, mode,
+            k = args.k if args.k is not None else trained_k(args.run)
+            pipe = RagPipeline(store, _model(args.run, args.checkpoint, args.device), tok, k, mode,
                                args.max_new_tokens)
             print(pipe.ask(args.question).render())
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -143,7 +154,7 @@ def rag_main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------ agent
 
 def agent_main(argv: list[str] | None = None) -> int:
-    from lmstack.apps.agent import ModelPolicy, ReActAgent, ScriptedPolicy
+    from lmstack.apps.agent import PROMPT_STYLES, ModelPolicy, ReActAgent, ScriptedPolicy
     from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 
     ap = argparse.ArgumentParser(prog="lmstack agent", description="answer with a ReAct loop over tools; prints the trace")
@@ -152,8 +163,8 @@ def agent_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="apps")
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole run")
-    ap.add_argument("--prompt-style", choices=["names", "compact", "json"], default="names")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-style", choices=list(PROMPT_STYLES), default="minimal")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="per turn; also the room the context keeps free (as the apps stage)")
     ap.add_argument("--script", help="replay model turns from a file (turns separated by a line '---')")
     ap.add_argument("--tools-json", action="store_true", help="print the tools in OpenAI format and exit")
     ap.add_argument("--no-search", action="store_true", help="leave out the document-search tool")

@@ -47,10 +47,12 @@ def is_correct(prediction: str, answer: str) -> bool:
 
 
 def rag_qa(pipeline: RagPipeline, questions: Sequence[dict], progress: bool = True) -> dict:
-    """Closed-book accuracy, RAG accuracy, and the "cannot find" rate with the gold passages removed."""
+    """Closed-book accuracy, RAG accuracy, how often RAG answers "cannot find" (``rag_refused``: read it next
+    to RAG, as a model that always refuses scores 1.0 on ``cannot_find``), and the "cannot find" rate with
+    the gold passages removed."""
     from tqdm import tqdm
 
-    closed = rag = cannot = cited = 0
+    closed = rag = cannot = cited = refused = 0
     samples = []
     for q in tqdm(questions, desc="rag eval", disable=not progress, leave=False):
         book = pipeline.closed_book(q["question"])
@@ -60,13 +62,14 @@ def rag_qa(pipeline: RagPipeline, questions: Sequence[dict], progress: bool = Tr
         closed += is_correct(book, q["answer"])
         ok = is_correct(ans.text, q["answer"])
         rag += ok
+        refused += is_cannot_find(ans.text)
         cited += ok and any(ans.doc_ids[n - 1] in gold_ids for n in ans.citations)
         cannot += is_cannot_find(missing.text)
         if len(samples) < 6:
             samples.append((q["question"], book, ans.text, missing.text, q["answer"]))
     n = max(1, len(questions))
     return {"n": len(questions), "closed_book": closed / n, "rag": rag / n, "rag_cited": cited / n,
-            "cannot_find": cannot / n, "samples": samples}
+            "cannot_find": cannot / n, "rag_refused": refused / n, "samples": samples}
 
 
 def model_alone(model, tokenizer, questions: Sequence[dict], max_new_tokens: int = 24) -> float:

@@ -56,14 +56,15 @@ def is_cannot_find(text: str) -> bool:
 # ------------------------------------------------------------------ SFT data
 
 def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int = 3, no_answer_rate: float = 0.3,
-                     seed: int = 0) -> list[dict]:
+                     seed: int = 0, answer_text=None) -> list[dict]:
     """Chat examples that teach answering from passages.
 
     ``questions``: dicts with "question", "answer", "lang", "entity" (``worldqa.fact_questions``);
     ``passages``: (entity, lang) -> the passage that states the answer;
     ``retrieve(question, n) -> list[str]``: distractor candidates (e.g. BM25 over the corpus).
     With probability ``no_answer_rate`` the gold passage is left out and the target is the "cannot find"
-    answer; otherwise it sits at a random position and the target cites it."""
+    answer; otherwise it sits at a random position and the target cites it. ``answer_text(q)``: the answer
+    as the target states it (default ``q["answer"]``; e.g. ``worldqa.answer_clause``, which quotes the passage)."""
     rng = random.Random(seed)
     out = []
     for q in questions:
@@ -74,7 +75,7 @@ def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int
             context = others[:k - 1]
             pos = rng.randint(0, len(context))
             context.insert(pos, gold)
-            target = cited_answer(q["answer"], pos + 1)
+            target = cited_answer(answer_text(q) if answer_text else q["answer"], pos + 1)
         else:
             context = others[:k]
             target = CANNOT_FIND[q["lang"]]

@@ -40,12 +40,14 @@ def _fits(en: str, zh: str, taken_en: list[str], taken_zh: list[str]) -> bool:
     return not any(en in x or x in en for x in taken_en) and not any(zh in x or x in zh for x in taken_zh)
 
 
-def fictional_people(kg: KnowledgeGraph, n: int, seed: int) -> list[SimpleNamespace]:
+def fictional_people(kg: KnowledgeGraph, n: int, seed: int | str, id_prefix: str = "f",
+                     avoid: KnowledgeGraph | None = None) -> list[SimpleNamespace]:
     """``n`` invented people (the world's Person fields) born in the graph's cities, with names that clash
-    with no entity of the graph and with no other invented person."""
+    with no entity of the graph (nor of ``avoid``) and with no other invented person; ids ``{id_prefix}0000``..."""
     rng = random.Random(f"fictional:{seed}")
-    taken_en = [kg.name(e, "en") for e in _named_entities(kg)]
-    taken_zh = [kg.name(e, "zh") for e in _named_entities(kg)]
+    named = [(g, e) for g in (kg, avoid) if g is not None for e in _named_entities(g)]
+    taken_en = [g.name(e, "en") for g, e in named]
+    taken_zh = [g.name(e, "zh") for g, e in named]
     cities = kg.entities_of_type("city")
     if not cities:
         raise ValueError("the knowledge graph has no cities: fictional people need a birthplace")
@@ -68,7 +70,7 @@ def fictional_people(kg: KnowledgeGraph, n: int, seed: int) -> list[SimpleNamesp
         taken_zh.append(zh)
         occ_en, occ_zh = rng.choice(T.OCCUPATIONS)
         hob_en, hob_zh = rng.choice(T.HOBBIES)
-        out.append(SimpleNamespace(id=f"f{i:04d}", name_en=en, name_zh=zh, birth_year=rng.randrange(1900, 2021),
+        out.append(SimpleNamespace(id=f"{id_prefix}{i:04d}", name_en=en, name_zh=zh, birth_year=rng.randrange(1900, 2021),
                                    birthplace=rng.choice(cities), occupation_en=occ_en, occupation_zh=occ_zh,
                                    hobby_en=hob_en, hobby_zh=hob_zh, group=FICTIONAL_GROUP))
     return out
@@ -78,9 +80,10 @@ def _named_entities(kg: KnowledgeGraph) -> list[str]:
     return list(dict.fromkeys(s for s, p, _ in kg.triples if p == "name_en"))
 
 
-def augmented_graph(kg: KnowledgeGraph, n: int, seed: int) -> KnowledgeGraph:
-    """A copy of ``kg`` plus ``n`` fictional people (meta group ``fictional``)."""
-    people = fictional_people(kg, n, seed) if n > 0 else []
+def augmented_graph(kg: KnowledgeGraph, n: int, seed: int | str, id_prefix: str = "f",
+                    avoid: KnowledgeGraph | None = None) -> KnowledgeGraph:
+    """A copy of ``kg`` plus ``n`` fictional people (meta group ``fictional``) named unlike anyone in ``avoid``."""
+    people = fictional_people(kg, n, seed, id_prefix, avoid) if n > 0 else []
     triples, meta = world_triples(SimpleNamespace(countries=[], cities=[], people=people))
     return KnowledgeGraph(list(kg.triples) + triples, {**kg.meta, **meta})
 

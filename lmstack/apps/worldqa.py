@@ -166,6 +166,29 @@ def _person_passage(kg: KnowledgeGraph, p: str, lang: str) -> str:
     return f"{name}于{year}年出生在{n('birthplace')}。{name}是一名{n('occupation')}，业余时间喜欢{n('hobby')}。"
 
 
+def answer_clause(kg: KnowledgeGraph, entity: str, relation: str, lang: str) -> str:
+    """The clause of ``entity``'s passage (``entity_passages``) that states ``relation``, restated with the
+    subject's name: a RAG answer that quotes its passage ("Oscar Nilsson works as a teacher"). Quoting lets
+    a small model answer by copying the tokens that follow the clause's opening in the passage, instead of
+    recalling a value; the answer judge reads the value in it (the last number for years)."""
+    n = lambda e: kg.name(e, lang)  # noqa: E731
+    one = lambda rel: kg.objects(entity, rel)[0]  # noqa: E731
+    if relation in ("birth_year", "birthplace"):
+        return (f"{n(entity)} was born in {one('birth_year')} in {n(one('birthplace'))}" if lang == "en"
+                else f"{n(entity)}于{one('birth_year')}年出生在{n(one('birthplace'))}")
+    if relation == "occupation":
+        return f"{n(entity)} works as a {n(one('occupation'))}" if lang == "en" else f"{n(entity)}是一名{n(one('occupation'))}"
+    if relation == "hobby":
+        return f"{n(entity)} enjoys {n(one('hobby'))}" if lang == "en" else f"{n(entity)}业余时间喜欢{n(one('hobby'))}"
+    if relation == "country":
+        return (f"{n(entity)} is a city in {n(one('country'))}" if lang == "en"
+                else f"{n(entity)}是{n(one('country'))}的一座城市")
+    if relation == "capital":
+        return (f"The capital of {n(entity)} is {n(one('capital'))}" if lang == "en"
+                else f"{n(entity)}的首都是{n(one('capital'))}")
+    raise ValueError(f"no passage clause for relation {relation!r} (known: {', '.join(SUBJECT_TYPE)})")
+
+
 def entity_passages(kg: KnowledgeGraph, langs: Sequence[str] = ("en", "zh")) -> list[dict]:
     """One passage per person, city and country and language: {"id", "text", "entity", "lang"}."""
     out = []

@@ -161,6 +161,7 @@ def test_system_prompt_styles():
     box = ToolBox([calculator_tool(), date_tool()])
     assert "calculator(expression)" in system_prompt(box, "compact")
     assert '"type": "function"' in system_prompt(box, "json")
+    assert len(system_prompt(box, "minimal")) < len(system_prompt(box, "names")) < len(system_prompt(box, "compact"))
     with pytest.raises(ValueError):
         system_prompt(box, "xml")
     with pytest.raises(ValueError):

@@ -64,3 +64,13 @@ def test_agent_script_prints_trace_and_tools_json(tmp_path, capsys):
     schemas = json.loads(capsys.readouterr().out)
     assert {s["function"]["name"] for s in schemas} == {"calculator", "current_date"}
     assert main(["agent", "q"]) == 2
+
+
+def test_rag_ask_uses_the_k_the_apps_stage_trained_with(tmp_path):
+    from lmstack.apps.cli import trained_k
+
+    assert trained_k(str(tmp_path)) == 3
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"apps": {"config": {"k": 1}}}}))
+    assert trained_k(str(tmp_path)) == 1
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"sft": {}}}))
+    assert trained_k(str(tmp_path), default=5) == 5

@@ -127,14 +127,51 @@ def test_agent_search_traces_answer_from_passages(kg, store):
         assert d["messages"][-1]["content"].endswith(f"Final Answer: {item['answer']}")
 
 
-def test_long_agent_traces_get_a_trimmed_copy_like_inference(kg):
+def test_long_agent_traces_are_cut_as_the_agent_cuts_its_context(kg):
+    from lmstack.apps.agent import turn_context
+    from lmstack.apps.agent_data import inference_views
+
     tools = ToolBox([calculator_tool(), date_tool()] + kg_tools(kg))
     item = next(q for q in multihop_questions(kg, ["en"]) if q["kind"] == "occ_hobby_country")
-    count = lambda msgs: sum(len(m["content"]) for m in msgs)  # noqa: E731  (characters as "tokens")
+    size = lambda msgs: sum(len(m["content"]) for m in msgs)  # noqa: E731  (characters as "tokens")
     full = agent_sft_examples([item], tools, kg)[0]["messages"]
-    limit = count(full) - 10
-    data = agent_sft_examples([item], tools, kg, count_tokens=count, max_tokens=limit)
-    assert len(data) == 2 and data[0]["messages"] == full and data[1]["trimmed"]
-    trimmed = data[1]["messages"]
-    assert trimmed[:2] == full[:2] and trimmed[-1] == full[-1] and count(trimmed) <= limit < count(full)
-    assert len(agent_sft_examples([item], tools, kg, count_tokens=count, max_tokens=count(full))) == 1
+    turns = [i for i, m in enumerate(full) if m["role"] == "assistant"]
+    reserve = max(size([full[i]]) for i in turns) + 1
+    limit = size(full) - 10
+    stats = {}
+    data = agent_sft_examples([item], tools, kg, count_tokens=size, max_tokens=limit, reserve=reserve, stats=stats)
+    assert stats == {"agent_traces": 1, "agent_traces_split": 1, "agent_traces_dropped": 0, "agent_turns_dropped": 0}
+    assert data[0]["messages"] == full[:len(data[0]["messages"])] and "trimmed" not in data[0]
+    assert all(d["trimmed"] and d["messages"][:2] == full[:2] for d in data[1:])
+    assert data[-1]["messages"][-1] == full[-1]
+    # every assistant turn is trained, in some conversation, on exactly the context the agent shows at that step
+    for i in turns:
+        shown = turn_context(full[:i], size, limit, reserve)
+        assert any(d["messages"][:len(shown) + 1] == shown + [full[i]] for d in data), i
+    assert all(size(d["messages"]) <= limit for d in data)
+    # a trace that fits (with its reserve) stays whole; a context too small for any turn drops every turn
+    stats = {}
+    assert [d["messages"] for d in agent_sft_examples([item], tools, kg, count_tokens=size, max_tokens=10 ** 6,
+                                                      reserve=reserve, stats=stats)] == [full]
+    assert stats["agent_traces_split"] == 0
+    views, dropped = inference_views(full, size, size(full[:2]) + 5, reserve)
+    assert views == [] and dropped == len(turns)
+
+
+def test_answer_clause_quotes_the_passage_and_states_the_answer(kg):
+    from lmstack.apps.worldqa import answer_clause
+
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    qs = fact_questions(kg, "train")
+    assert {q["relation"] for q in qs} == {"birth_year", "birthplace", "occupation", "hobby", "country", "capital"}
+    for q in qs:
+        clause = answer_clause(kg, q["entity"], q["relation"], q["lang"])
+        assert answer_matches(clause, q["answer"]), (clause, q["answer"])
+        # the value follows the same words in the passage as in the clause: copyable
+        value = q["answer"]
+        opening = clause[:clause.index(value)].split(kg.name(q["entity"], q["lang"]))[-1][-4:]
+        assert opening + value in passages[(q["entity"], q["lang"])], (opening, value)
+    other = next(q for q in qs if q["relation"] == "occupation")
+    assert not answer_matches(answer_clause(kg, other["entity"], "hobby", other["lang"]), other["answer"])
+    with pytest.raises(ValueError, match="relation"):
+        answer_clause(kg, other["entity"], "spouse", "en")
