@@ -35,8 +35,9 @@ def capacity_report(sched: Scheduler, typical_tokens: int) -> str:
 def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", model_name: Optional[str] = None,
                 sched_cfg: Optional[SchedulerConfig] = None, limits: Optional[Limits] = None, pii: str = "mask",
                 review: bool = True, review_threshold: Optional[float] = None, api_key: Optional[str] = None,
-                rag_index: Optional[str] = None, rag_k: int = 3, rag_mode: str = "auto"):
-    """Load a run or checkpoint and build the ServerState the app serves (also used by tests)."""
+                rag_index: Optional[str] = None, rag_k: Optional[int] = None, rag_mode: str = "auto"):
+    """Load a run or checkpoint and build the ServerState the app serves (also used by tests). ``rag_k`` None:
+    the passages per prompt the run's apps stage trained with (3 without one)."""
     from lmstack.generate.cli import resolve_checkpoint
     from lmstack.model import load_pretrained
     from lmstack.tokenizer import Tokenizer
@@ -58,6 +59,10 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
     guard = Guardrails(pii=pii, reviewer=reviewer)
     sched = Scheduler(model, tokenizer, sched_cfg or SchedulerConfig())
     name = model_name or Path(path).resolve().name
+    if rag_index and rag_k is None:
+        from lmstack.apps.cli import trained_k
+
+        rag_k = trained_k(str(run_dir))
     rag = rag_pipeline(rag_index, model, tokenizer, rag_k, rag_mode, device) if rag_index else None
     return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag), ckpt
 
@@ -104,7 +109,8 @@ def main(argv: list[str]) -> int:
     g.add_argument("--rag", metavar="INDEX_DIR", help="answer chat requests from this index (lmstack rag build, or "
                    "RUN/apps/index): passages for the last user turn, cited as [n]; a request sends \"rag\": false "
                    "to opt out")
-    g.add_argument("--rag-k", type=int, default=3, help="passages per prompt")
+    g.add_argument("--rag-k", type=int, help="passages per prompt (default: what the run's apps stage trained "
+                   "with, else 3)")
     g.add_argument("--rag-mode", choices=["auto", "bm25", "dense", "hybrid"], default="auto",
                    help="auto = hybrid when the index has dense vectors, else bm25")
     args = p.parse_args(argv)

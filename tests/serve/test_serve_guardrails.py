@@ -104,3 +104,17 @@ def test_cli_help_and_a_missing_run(capsys):
     assert e.value.code == 0 and "--api-key" in capsys.readouterr().out
     assert main(["serve", "/no/such/run"]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_build_state_serves_rag_with_the_k_the_runs_apps_stage_trained_with(tmp_path):
+    from lmstack.apps.store import DocumentStore
+
+    tok = small_tokenizer()
+    run = _fake_run(tmp_path, tok)
+    store = DocumentStore()
+    store.add_documents([{"id": "a", "text": "Li Wei was born in Valmora."}, {"id": "b", "text": "Paris is in France."}])
+    index = store.save(tmp_path / "index")
+    assert build_state(str(run), review=False, rag_index=str(index))[0].rag.k == 3  # no apps stage: 3
+    (run / "manifest.json").write_text(json.dumps({"stages": {"apps": {"config": {"k": 1}}}}), encoding="utf-8")
+    assert build_state(str(run), review=False, rag_index=str(index))[0].rag.k == 1
+    assert build_state(str(run), review=False, rag_index=str(index), rag_k=2)[0].rag.k == 2
