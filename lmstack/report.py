@@ -174,6 +174,14 @@ WORLD_GOALS: list[tuple[str, str, str, str, str]] = [
     ("dpo", "fact_correct", "DPO: correct facts (those SFT teaches)", "no drop beyond noise", ""),
     ("dpo", "fact_pretrain_only_correct", "DPO: correct pretraining-only facts", "no drop beyond noise", ""),
     ("dpo", "harmful_refusal", "DPO: refusal of harmful requests", "no drop beyond noise", ""),
+    # issue 17: the apps stage (RAG and the tool-using agent), when it ran
+    ("apps", "fictional_rag", "RAG on facts never seen in any training data", ">= 0.80", "n_facts_fictional"),
+    ("apps", "fictional_closed_book", "the same questions closed-book", "near 0", "n_facts_fictional"),
+    ("apps", "fictional_cannot_find", "'cannot find' when the passages lack the answer", ">= 0.80",
+     "n_facts_fictional"),
+    ("apps", "arith_agent", "arithmetic, agent with the calculator", ">= 0.95", "n_arith"),
+    ("apps", "multihop_heldout_agent", "multi-hop questions, agent with KG / search tools", ">= 0.70",
+     "n_multihop_heldout"),
 ]
 
 

@@ -236,6 +236,8 @@ def test_goals_table_lists_measured_rows_with_their_n(tmp_path):
     table = goals_table(run)
     assert "| DPO: refusal of phone-number requests | dpo |  | 0.9 -> 0.95 | better beyond noise |" in table
     assert "DPO: correct facts" not in table  # no before/after pair
+    run.manifest["stages"]["apps"] = {"status": "done", "metrics": {"arith_agent": 0.9, "n_arith": 60}}
+    assert "| arithmetic, agent with the calculator | apps | 60 | 0.9 | >= 0.95 |" in goals_table(run)
 
 
 def test_partial_nested_table_keeps_the_factory_defaults():

@@ -363,7 +363,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
                                                "facts_fictional": stores["fictional"]}, reranker, tokenizer)
     qa_metrics, qa_lines, samples = _qa_section(cfg, sets, stores, model, tokenizer,
                                                 reranker if cfg.rag_rerank else None)
-    metrics.update(qa_metrics)
+    metrics.update(qa_metrics, **{f"n_{name}": len(items) for name, items in sets.items()})
     lines += qa_lines
 
     tools = agent_tools(kg, store)
