@@ -157,13 +157,40 @@ def answer_with_graph(kg: KnowledgeGraph, question: str) -> str | None:
 
 # ------------------------------------------------------------------ passages
 
-def _person_passage(kg: KnowledgeGraph, p: str, lang: str) -> str:
-    n = lambda rel: kg.name(kg.objects(p, rel)[0], lang)  # noqa: E731
-    name, year = kg.name(p, lang), kg.objects(p, "birth_year")[0]
-    if lang == "en":
-        return (f"{name} was born in {year} in {n('birthplace')}. {name} works as a {n('occupation')} "
-                f"and enjoys {n('hobby')}.")
-    return f"{name}于{year}年出生在{n('birthplace')}。{name}是一名{n('occupation')}，业余时间喜欢{n('hobby')}。"
+# Each passage is built from these clauses, and a quoted RAG answer (``answer_clause``) is the clause that states
+# the asked relation, so the two cannot drift apart. A person's hobby follows the occupation clause without the
+# name ("X works as a teacher and enjoys chess."); quoted alone it takes the name ("X enjoys chess").
+CLAUSES = {"en": {"born": "{name} was born in {year} in {city}", "occupation": "{name} works as a {occ}",
+                  "hobby": "enjoys {hobby}", "country": "{city} is a city in {country}",
+                  "capital": "The capital of {country} is {capital}"},
+           "zh": {"born": "{name}于{year}年出生在{city}", "occupation": "{name}是一名{occ}",
+                  "hobby": "业余时间喜欢{hobby}", "country": "{city}是{country}的一座城市",
+                  "capital": "{country}的首都是{capital}"}}
+# which clause states a relation; born states both the year and the city
+_RELATION_CLAUSE = {"birth_year": "born", "birthplace": "born", "occupation": "occupation", "hobby": "hobby",
+                    "country": "country", "capital": "capital"}
+
+
+def _fields(kg: KnowledgeGraph, entity: str, lang: str) -> dict[str, str]:
+    """The names and values an entity's clauses need."""
+    one = lambda rel: kg.objects(entity, rel)[0]  # noqa: E731
+    kind = kg.objects(entity, "type")[0]
+    if kind == "person":
+        return {"name": kg.name(entity, lang), "year": one("birth_year"), "city": kg.name(one("birthplace"), lang),
+                "occ": kg.name(one("occupation"), lang), "hobby": kg.name(one("hobby"), lang)}
+    if kind == "city":
+        return {"city": kg.name(entity, lang), "country": kg.name(one("country"), lang)}
+    return {"country": kg.name(entity, lang), "capital": kg.name(one("capital"), lang)}
+
+
+def _passage(kg: KnowledgeGraph, entity: str, lang: str) -> str:
+    c, f = CLAUSES[lang], _fields(kg, entity, lang)
+    kind = kg.objects(entity, "type")[0]
+    if kind == "person":
+        if lang == "en":
+            return f"{c['born']}. {c['occupation']} and {c['hobby']}.".format(**f)
+        return f"{c['born']}。{c['occupation']}，{c['hobby']}。".format(**f)
+    return (c["country"] if kind == "city" else c["capital"]).format(**f) + ("." if lang == "en" else "。")
 
 
 def answer_clause(kg: KnowledgeGraph, entity: str, relation: str, lang: str) -> str:
@@ -171,41 +198,17 @@ def answer_clause(kg: KnowledgeGraph, entity: str, relation: str, lang: str) -> 
     subject's name: a RAG answer that quotes its passage ("Oscar Nilsson works as a teacher"). Quoting lets
     a small model answer by copying the tokens that follow the clause's opening in the passage, instead of
     recalling a value; the answer judge reads the value in it (the last number for years)."""
-    n = lambda e: kg.name(e, lang)  # noqa: E731
-    one = lambda rel: kg.objects(entity, rel)[0]  # noqa: E731
-    if relation in ("birth_year", "birthplace"):
-        return (f"{n(entity)} was born in {one('birth_year')} in {n(one('birthplace'))}" if lang == "en"
-                else f"{n(entity)}于{one('birth_year')}年出生在{n(one('birthplace'))}")
-    if relation == "occupation":
-        return f"{n(entity)} works as a {n(one('occupation'))}" if lang == "en" else f"{n(entity)}是一名{n(one('occupation'))}"
-    if relation == "hobby":
-        return f"{n(entity)} enjoys {n(one('hobby'))}" if lang == "en" else f"{n(entity)}业余时间喜欢{n(one('hobby'))}"
-    if relation == "country":
-        return (f"{n(entity)} is a city in {n(one('country'))}" if lang == "en"
-                else f"{n(entity)}是{n(one('country'))}的一座城市")
-    if relation == "capital":
-        return (f"The capital of {n(entity)} is {n(one('capital'))}" if lang == "en"
-                else f"{n(entity)}的首都是{n(one('capital'))}")
-    raise ValueError(f"no passage clause for relation {relation!r} (known: {', '.join(SUBJECT_TYPE)})")
+    if relation not in _RELATION_CLAUSE:
+        raise ValueError(f"no passage clause for relation {relation!r} (known: {', '.join(SUBJECT_TYPE)})")
+    f = _fields(kg, entity, lang)
+    clause = CLAUSES[lang][_RELATION_CLAUSE[relation]].format(**f)
+    return f["name"] + (" " if lang == "en" else "") + clause if relation == "hobby" else clause
 
 
 def entity_passages(kg: KnowledgeGraph, langs: Sequence[str] = ("en", "zh")) -> list[dict]:
     """One passage per person, city and country and language: {"id", "text", "entity", "lang"}."""
-    out = []
-    for lang in langs:
-        for p in kg.entities_of_type("person"):
-            out.append({"id": f"{p}:{lang}", "text": _person_passage(kg, p, lang), "entity": p, "lang": lang})
-        for c in kg.entities_of_type("city"):
-            k = kg.objects(c, "country")[0]
-            text = (f"{kg.name(c, 'en')} is a city in {kg.name(k, 'en')}." if lang == "en"
-                    else f"{kg.name(c, 'zh')}是{kg.name(k, 'zh')}的一座城市。")
-            out.append({"id": f"{c}:{lang}", "text": text, "entity": c, "lang": lang})
-        for k in kg.entities_of_type("country"):
-            cap = kg.objects(k, "capital")[0]
-            text = (f"The capital of {kg.name(k, 'en')} is {kg.name(cap, 'en')}." if lang == "en"
-                    else f"{kg.name(k, 'zh')}的首都是{kg.name(cap, 'zh')}。")
-            out.append({"id": f"{k}:{lang}", "text": text, "entity": k, "lang": lang})
-    return out
+    return [{"id": f"{e}:{lang}", "text": _passage(kg, e, lang), "entity": e, "lang": lang}
+            for lang in langs for kind in ("person", "city", "country") for e in kg.entities_of_type(kind)]
 
 
 def shuffled(items: list, seed: int) -> list:
