@@ -187,13 +187,15 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
                   **trace_stats, "sft_examples_over_context": over}
 
 
-def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int) -> dict[str, list]:
+def _eval_sets(kg: KnowledgeGraph, run_path: Path, cfg: Config, seed: int,
+               heldout: tuple[KnowledgeGraph, list[str]]) -> dict[str, list]:
+    """The measured question sets; ``heldout`` = ``heldout_fictional``'s (graph, invented people)."""
     _, held = _split_people(kg)
     sub = lambda xs: common_subsample(xs, cfg.eval_examples, seed)  # noqa: E731
     sets = {"facts_heldout": sub([q for q in fact_questions(kg, "eval") if q["entity"] in held]),
             "multihop_heldout": sub([q for q in multihop_questions(kg) if _multihop_person(kg, q) in held]),
             "arith": arithmetic_questions(cfg.eval_examples or 100, seed=seed + 1000)}
-    eval_graph, fictional = heldout_fictional(kg, cfg, seed)
+    eval_graph, fictional = heldout
     if fictional:
         sets["facts_fictional"] = sub(fact_questions(eval_graph, "eval", entities=fictional))
     facts_path = run_path / "data" / "world" / "facts_eval.jsonl"
@@ -297,9 +299,10 @@ def _train_reranker(ctx, cfg: Config, kg, store, tokenizer, run_path: Path) -> C
     return reranker
 
 
-def fictional_store(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, seed: int) -> DocumentStore | None:
-    """The world's passages plus those of the held-out invented people (same encoder as ``store``)."""
-    eval_graph, fictional = heldout_fictional(kg, cfg, seed)
+def fictional_store(heldout: tuple[KnowledgeGraph, list[str]], store: DocumentStore) -> DocumentStore | None:
+    """The world's passages plus those of the held-out invented people (``heldout_fictional``'s graph and ids;
+    same encoder as ``store``)."""
+    eval_graph, fictional = heldout
     if not fictional:
         return None
     out = DocumentStore(StoreConfig(), encoder=store.encoder)
@@ -357,8 +360,9 @@ def _qa_section(cfg: Config, sets: dict, stores: dict, model, tokenizer, reranke
 
 
 def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reranker=None) -> tuple[dict, str]:
-    sets = _eval_sets(kg, run_path, cfg, ctx.seed)
-    stores = {"world": store, "fictional": fictional_store(kg, store, cfg, ctx.seed)}
+    heldout = heldout_fictional(kg, cfg, ctx.seed)
+    sets = _eval_sets(kg, run_path, cfg, ctx.seed, heldout)
+    stores = {"world": store, "fictional": fictional_store(heldout, store)}
     metrics, lines = _retrieval_section(sets, {"facts_heldout": store, "world_paraphrases": store,
                                                "facts_fictional": stores["fictional"]}, reranker, tokenizer)
     qa_metrics, qa_lines, samples = _qa_section(cfg, sets, stores, model, tokenizer,
