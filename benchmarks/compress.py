@@ -3,13 +3,16 @@
     .venv/bin/python benchmarks/compress.py                       # the default run (runs/speedrun) + a ~20M model
     .venv/bin/python benchmarks/compress.py --run runs/NAME       # another finished run
     .venv/bin/python benchmarks/compress.py --quick --run DIR     # smoke test: few windows, no large model, no timing
-    .venv/bin/python benchmarks/compress.py --only methods        # one part: methods | int8 | gguf | distill | qlora
+    .venv/bin/python benchmarks/compress.py --only methods        # one part: methods | outliers | int8 | gguf | distill | qlora
 
 Part "methods": the run's pretrain checkpoint is compressed with RTN, GPTQ, AWQ (4 and 3 bits, g128 or
 g32 for tiny models), 8-bit RTN, SmoothQuant W8A8, NF4, and pruned to 50% with magnitude, Wanda and
 SparseGPT (and 2:4). Each row: bits/weight, file size, validation perplexity and bits/byte, KL to
 fp32, fact-QA accuracy (--facts N) and batch-1 decode tok/s. Without --quick the same table is made
 for a ~20M-parameter model trained briefly on tinyshakespeare (--large-steps).
+Part "outliers": the same model with a few activation outlier channels planted by an exact rescaling
+(``lmstack.compress.outliers``), the regime AWQ and Wanda are built for: RTN / GPTQ / AWQ at 4 bits and
+magnitude / Wanda / SparseGPT at 50%, one table per --outlier-factors value.
 Part "int8": batch-1 greedy decode tok/s of the int8 weight-only model against fp32 (fast decode step, kernel
 picked per shape by timing unless --int8-mode names one); also for the ~20M model (its weights, 75 MB in fp32, do
 not fit in cache, so int8's smaller weights can pay off there).
@@ -115,6 +118,31 @@ def part_methods(model, tok, train, val, bpt, args, title: str, prefix: str) -> 
     plot = quality_size_plot(rows, Path(args.out) / f"compress_{prefix or 'run'}quality_vs_size.png", title)
     print(f"plot: {plot}")
     return goal_ratios(rows, prefix)
+
+
+def part_outliers(model, train, val, bpt, args) -> list[str]:
+    """The activation-aware methods where their premise holds: the run's model with outlier channels planted by
+    an exact rescaling (``compress.outliers``; same function, logits within float error), at each factor."""
+    from lmstack.compress.outliers import plant_outlier_channels
+
+    seq, g = min(model.config.max_seq_len, 256), group_for(model)
+    calib = calibration_batch(train, args.calib, seq, seed=0)
+    windows = evaluation_windows(val, seq, args.windows)
+    variants = [f"quantize=rtn,bits=4,group_size={g}", f"quantize=gptq,bits=4,group_size={g}",
+                f"quantize=awq,bits=4,group_size={g}", "prune=magnitude,sparsity=0.5", "prune=wanda,sparsity=0.5",
+                "prune=sparsegpt,sparsity=0.5"]
+    lines = []
+    for factor in args.outlier_factors:
+        planted = copy.deepcopy(model)
+        plant_outlier_channels(planted, args.outlier_channels, factor)
+        with torch.no_grad():
+            drift = (planted(windows[:4]).logits - model(windows[:4]).logits).abs().max().item()
+        rows = compare_variants(planted, CompressConfig(group_size=g, calib_samples=args.calib), variants, calib, windows,
+                                bpt, log=lambda s: print(f"  {s}", file=sys.stderr))
+        print(f"\n## {args.outlier_channels} outlier channels x{factor:g} per site planted in {args.run.name} "
+              f"(max logit change from the rescaling {drift:.1e})\n\n{rows_markdown(rows)}\n")
+        lines += goal_ratios(rows, f"outlier{factor:g}_")
+    return lines
 
 
 def part_int8(model, tok, val, args, prefix: str = "") -> list[str]:
@@ -311,7 +339,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, default=Path("runs/speedrun"), help="finished run (default runs/speedrun)")
     p.add_argument("--quick", action="store_true", help="smoke test: fewer windows, no large model, no timing")
-    p.add_argument("--only", choices=("methods", "int8", "gguf", "distill", "qlora", "large"))
+    p.add_argument("--only", choices=("methods", "outliers", "int8", "gguf", "distill", "qlora", "large"))
+    p.add_argument("--outlier-factors", type=float, nargs="+", default=[5.0, 20.0],
+                   help="part outliers: planted channels are this many times larger (one table per factor)")
+    p.add_argument("--outlier-channels", type=int, default=4, help="part outliers: channels planted per site")
     p.add_argument("--calib", type=int, default=0, help="calibration windows (default 128, quick 8)")
     p.add_argument("--windows", type=int, default=0,
                    help="validation windows of 256 tokens (default 256, capped by the shard: all of the default run's "
@@ -338,9 +369,11 @@ def main(argv=None) -> int:
     print(f"model: {args.run}/checkpoints/pretrain, {model.num_params():,} parameters; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     results = []
-    parts = [args.only] if args.only else ["methods", "int8", "gguf", "distill", "qlora", "large"]
+    parts = [args.only] if args.only else ["methods", "outliers", "int8", "gguf", "distill", "qlora", "large"]
     if "methods" in parts:
         results += part_methods(model, tok, train, val, bpt, args, f"methods on {args.run.name}", "")
+    if "outliers" in parts:
+        results += part_outliers(model, train, val, bpt, args)
     if "int8" in parts:
         results += part_int8(model, tok, val, args)
     if "gguf" in parts:
