@@ -43,15 +43,12 @@ def awq_search(weight: torch.Tensor, inputs: torch.Tensor, act_abs_mean: torch.T
     reference = x @ w.t()
     denom = reference.pow(2).mean().clamp_min(1e-12)
     mean_abs = act_abs_mean.float().clamp_min(1e-8)
-    best = (float("inf"), 0.0, torch.ones_like(mean_abs))
-    w_mean = weight_group_mean([w], [spec]) if duo else None
-    for alpha, _, s in scale_candidates(mean_abs, w_mean, grid):  # fp16-rounded: exactly the stored value
-        codes, scales, zeros = rtn_quantize(w * s[None, :], spec)
-        approx = (x / s[None, :]) @ _dequant(codes, scales, zeros).t()
-        err = float((approx - reference).pow(2).mean() / denom)
-        if err < best[0]:
-            best = (err, alpha, s)
-    return best[2], best[1], best[0]
+
+    def output_error(s: torch.Tensor) -> float:
+        approx = (x / s[None, :]) @ _dequant(*rtn_quantize(w * s[None, :], spec)).t()
+        return float((approx - reference).pow(2).mean() / denom)
+
+    return best_scale(mean_abs, weight_group_mean([w], [spec]) if duo else None, grid, output_error)
 
 
 def clip_search(weight: torch.Tensor, inputs: torch.Tensor, spec: QuantSpec, ratios: int = 10,
@@ -117,6 +114,17 @@ def scale_candidates(mean_abs: torch.Tensor, w_mean: torch.Tensor | None, grid: 
             yield alpha, True, _candidate_scale(mean_abs, alpha, w_mean)
 
 
+def best_scale(mean_abs: torch.Tensor, w_mean: torch.Tensor | None, grid: int, error_of) -> tuple[torch.Tensor, float, float]:
+    """The candidate scale (``scale_candidates``; fp16-rounded, exactly the stored value) with the lowest
+    ``error_of(scale)``; the first wins a tie. Returns (scale, its alpha, its error)."""
+    best = (float("inf"), 0.0, torch.ones_like(mean_abs))
+    for alpha, _, s in scale_candidates(mean_abs, w_mean, grid):
+        err = error_of(s)
+        if err < best[0]:
+            best = (err, alpha, s)
+    return best[2], best[1], best[0]
+
+
 class ModuleOutputLoss:
     """Relative squared error of a module's output on recorded calls when some of its linears
     compute with other weights: the loss AWQ's scale search minimises for a group of linears that
@@ -154,13 +162,11 @@ def awq_group_search(weights: list[torch.Tensor], specs: list[QuantSpec], act_ab
     Returns (scale [in], best alpha, relative module output error)."""
     mean_abs = act_abs_mean.float().clamp_min(1e-8)
     ws = [w.detach().float() for w in weights]
-    best = (float("inf"), 0.0, torch.ones_like(mean_abs))
-    for alpha, _, s in scale_candidates(mean_abs, weight_group_mean(ws, specs) if duo else None, grid):
-        fake = [_dequant(*rtn_quantize(w * s[None, :], spec)) / s[None, :] for w, spec in zip(ws, specs)]
-        err = loss(fake)
-        if err < best[0]:
-            best = (err, alpha, s)
-    return best[2], best[1], best[0]
+
+    def module_error(s: torch.Tensor) -> float:
+        return loss([_dequant(*rtn_quantize(w * s[None, :], spec)) / s[None, :] for w, spec in zip(ws, specs)])
+
+    return best_scale(mean_abs, weight_group_mean(ws, specs) if duo else None, grid, module_error)
 
 
 def fold_scale_into_norm(norm: torch.nn.Module, scale: torch.Tensor) -> None:
@@ -199,5 +205,5 @@ def smoothquant_linear(linear: torch.nn.Linear, act_abs_max: torch.Tensor, alpha
     return q, {"max_scale": float(s.max()), "min_scale": float(s.min())}
 
 
-__all__ = ["awq_search", "awq_quantize_linear", "awq_group_search", "awq_quantize_scaled", "scale_candidates", "weight_group_mean", "fold_scale_into_norm",
+__all__ = ["awq_search", "best_scale", "awq_quantize_linear", "awq_group_search", "awq_quantize_scaled", "scale_candidates", "weight_group_mean", "fold_scale_into_norm",
            "ModuleOutputLoss", "smoothquant_linear"]
