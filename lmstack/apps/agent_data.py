@@ -44,11 +44,25 @@ def arithmetic_questions(n: int, seed: int = 0, langs=("en", "zh")) -> list[dict
 Plan = list  # of callables: last observation -> (thought, tool name, arguments) | ("final", thought, answer)
 
 
-class PlanPolicy:
-    """Turns a plan into ReAct turns, reading the latest observation from the conversation."""
+def spaced_strings(value):
+    """``value`` with a space before every string (nested too): how ``PlanPolicy(spaced_args=True)`` writes tool
+    arguments, so that a name or word copied from the question or an observation (where it follows a space) is
+    the same BPE token in the call; the tools strip the space (``tools.strip_strings``)."""
+    if isinstance(value, str):
+        return " " + value
+    if isinstance(value, list):
+        return [spaced_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: spaced_strings(v) for k, v in value.items()}
+    return value
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
+
+class PlanPolicy:
+    """Turns a plan into ReAct turns, reading the latest observation from the conversation. ``spaced_args``:
+    write each string argument with a leading space (``spaced_strings``)."""
+
+    def __init__(self, plan: Plan, spaced_args: bool = False):
+        self.plan, self.spaced_args = plan, spaced_args
 
     def __call__(self, messages: list[dict]) -> str:
         steps_done = sum(1 for m in messages if m["role"] == "assistant")
@@ -60,6 +74,7 @@ class PlanPolicy:
             return f"Thought: {step[1]}\nFinal Answer: {step[2]}"
         thought, name, args = step
         # compact separators: fewer tokens in a small model's context, still plain JSON
+        args = spaced_strings(args) if self.spaced_args else args
         call = json.dumps({"name": name, "arguments": args}, ensure_ascii=False, separators=(",", ":"))
         return f"Thought: {thought}\nAction: {call}"
 
@@ -132,7 +147,8 @@ def inference_views(messages: list[dict], size: Callable[[list[dict]], int], lim
 
 def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "minimal",
                        max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
-                       max_tokens: int = 0, reserve: int = 0, stats: dict | None = None) -> list[dict]:
+                       max_tokens: int = 0, reserve: int = 0, stats: dict | None = None,
+                       spaced_args: bool = False) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
     the plan of each item. Items whose plan does not reach the known answer are skipped.
 
@@ -141,7 +157,7 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
     ``max_new_tokens``) free for the turn (``inference_views``); otherwise a trace longer than the context
     would lose its last steps to truncation. ``stats`` (optional) counts ``agent_traces``,
     ``agent_traces_split`` (more than one conversation), ``agent_traces_dropped`` (no turn fits) and
-    ``agent_turns_dropped``."""
+    ``agent_turns_dropped``. ``spaced_args``: string arguments written with a leading space (``PlanPolicy``)."""
     out = []
     stats = {} if stats is None else stats
     for key in ("agent_traces", "agent_traces_split", "agent_traces_dropped", "agent_turns_dropped"):
@@ -151,7 +167,8 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
             plan = search_plan(item)
         else:
             plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg)
-        result = ReActAgent(PlanPolicy(plan), tools, max_steps=max_steps, prompt_style=prompt_style).run(item["question"])
+        result = ReActAgent(PlanPolicy(plan, spaced_args), tools, max_steps=max_steps,
+                            prompt_style=prompt_style).run(item["question"])
         if result.stop_reason != "final_answer" or (item.get("answer") is not None and result.answer != item["answer"]):
             continue
         meta = {"task": f"agent_{item['kind']}", "answer": item.get("answer"), "lang": item["lang"], "facts": []}

@@ -76,6 +76,8 @@ class Config:
     replay_batch_size: int = 0      # + LM loss on this many pretraining windows per SFT step (sft's replay)
     prompt_style: str = "minimal"   # agent system prompt: minimal | names | compact | json (minimal: 5 tokens,
                                     # names: 35, of a 256-token context that also keeps 96 free for the turn)
+    spaced_args: bool = False       # agent traces write string tool arguments with a leading space (" nurse"):
+                                    # a word copied from the question keeps its BPE token (agent_data.spaced_strings)
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
@@ -168,7 +170,7 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     count = (lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])) if tokenizer else None  # noqa: E731
     trace_stats: dict = {}
     agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len,
-                               cfg.agent_max_new_tokens, trace_stats)
+                               cfg.agent_max_new_tokens, trace_stats, cfg.spaced_args)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:
@@ -373,7 +375,7 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
     tools = agent_tools(kg, store)
     model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
                                        cfg.agent_max_steps, prompt_style=cfg.prompt_style)
-    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg)), tools, cfg.agent_max_steps,  # noqa: E731
+    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg), cfg.spaced_args), tools, cfg.agent_max_steps,  # noqa: E731
                                       prompt_style=cfg.prompt_style)
     agent_rows = []
     for name in ("arith", "multihop_heldout"):
@@ -383,6 +385,9 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
         agent_rows.append((name, agent["n"], alone, agent["accuracy"], agent["mean_steps"],
                            json.dumps(agent["stop_reasons"]), plan["accuracy"]))
         metrics.update({f"{name}_model_alone": round(alone, 4), f"{name}_agent": round(agent["accuracy"], 4)})
+        if name == "multihop_heldout":  # right / asked per question kind: which plans the agent has learnt
+            for kind, (right, asked) in agent["by_kind"].items():
+                metrics.update({f"{name}_agent_{kind}": round(right / asked, 4), f"n_{name}_{kind}": asked})
     lines += ["**Model alone vs agent with tools** (ReAct, greedy; 'plan' = the same tools driven by the "
               "question's known plan, the upper bound of the loop):\n",
               markdown_table(["questions", "n", "model alone", "agent", "mean steps", "stop reasons",
