@@ -83,8 +83,15 @@ def _final(thought: str = "I have the answer.") -> Callable:
     return lambda obs: ("final", thought, obs)
 
 
-def plan_for(item: dict, kg=None) -> Plan:
-    """The tool plan that answers an arithmetic, multi-hop or date question."""
+# how a multi-hop question names the person kg_find looks for, in the question's own words (worldqa.MULTIHOP)
+DESCRIPTIONS = {"occ_hobby_country": {"en": "the {occ} who likes {hobby}", "zh": "喜欢{hobby}的{occ}"},
+                "occ_city_year": {"en": "the {occ} from {city}", "zh": "来自{city}的{occ}"}}
+
+
+def plan_for(item: dict, kg=None, describe: bool = False) -> Plan:
+    """The tool plan that answers an arithmetic, multi-hop or date question. ``describe``: kg_find's thought
+    repeats the question's description of the person ("Find the nurse from Falneholm.") instead of "Find the
+    person.", so the turn starts with a copy of the question's words that sets it apart from a name lookup."""
     kind = item["kind"]
     if kind == "arith":
         return [lambda _: ("Compute it with the calculator.", "calculator", {"expression": item["expression"]}),
@@ -98,7 +105,9 @@ def plan_for(item: dict, kg=None) -> Plan:
     lookup = lambda rel, thought: lambda obs: (thought, "kg_lookup", {"entity": obs, "relation": rel})  # noqa: E731
     if kind in ("occ_hobby_country", "occ_city_year"):
         conds = [{"relation": p[1], "value": name[p[2]]} for p in pat[:2]]
-        first = [lambda _: ("Find the person.", "kg_find", {"conditions": conds})]
+        fields = {"occ": name[pat[0][2]], ("hobby" if kind == "occ_hobby_country" else "city"): name[pat[1][2]]}
+        thought = f"Find {DESCRIPTIONS[kind][lang].format(**fields)}." if describe else "Find the person."
+        first = [lambda _: (thought, "kg_find", {"conditions": conds})]
         rest = ([lookup("birthplace", "Find the birthplace."), lookup("country", "Find its country.")]
                 if kind == "occ_hobby_country" else [lookup("birth_year", "Find the birth year.")])
         return first + rest + [_final()]
@@ -148,7 +157,7 @@ def inference_views(messages: list[dict], size: Callable[[list[dict]], int], lim
 def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "minimal",
                        max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
                        max_tokens: int = 0, reserve: int = 0, stats: dict | None = None,
-                       spaced_args: bool = False) -> list[dict]:
+                       spaced_args: bool = False, describe: bool = False) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
     the plan of each item. Items whose plan does not reach the known answer are skipped.
 
@@ -157,7 +166,8 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
     ``max_new_tokens``) free for the turn (``inference_views``); otherwise a trace longer than the context
     would lose its last steps to truncation. ``stats`` (optional) counts ``agent_traces``,
     ``agent_traces_split`` (more than one conversation), ``agent_traces_dropped`` (no turn fits) and
-    ``agent_turns_dropped``. ``spaced_args``: string arguments written with a leading space (``PlanPolicy``)."""
+    ``agent_turns_dropped``. ``spaced_args``: string arguments written with a leading space (``PlanPolicy``);
+    ``describe``: kg_find thoughts repeat the question's description (``plan_for``)."""
     out = []
     stats = {} if stats is None else stats
     for key in ("agent_traces", "agent_traces_split", "agent_traces_dropped", "agent_turns_dropped"):
@@ -166,7 +176,7 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
         if item["kind"] == "fact_search":
             plan = search_plan(item)
         else:
-            plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg)
+            plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg, describe)
         result = ReActAgent(PlanPolicy(plan, spaced_args), tools, max_steps=max_steps,
                             prompt_style=prompt_style).run(item["question"])
         if result.stop_reason != "final_answer" or (item.get("answer") is not None and result.answer != item["answer"]):

@@ -78,6 +78,8 @@ class Config:
                                     # names: 35, of a 256-token context that also keeps 96 free for the turn)
     spaced_args: bool = False       # agent traces write string tool arguments with a leading space (" nurse"):
                                     # a word copied from the question keeps its BPE token (agent_data.spaced_strings)
+    describe_find: bool = False     # kg_find's thought repeats the question's description of the person
+                                    # ("Find the nurse from Falneholm.") instead of "Find the person." (plan_for)
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
@@ -170,7 +172,7 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     count = (lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])) if tokenizer else None  # noqa: E731
     trace_stats: dict = {}
     agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len,
-                               cfg.agent_max_new_tokens, trace_stats, cfg.spaced_args)
+                               cfg.agent_max_new_tokens, trace_stats, cfg.spaced_args, cfg.describe_find)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:
@@ -375,8 +377,8 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
     tools = agent_tools(kg, store)
     model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
                                        cfg.agent_max_steps, prompt_style=cfg.prompt_style)
-    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg), cfg.spaced_args), tools, cfg.agent_max_steps,  # noqa: E731
-                                      prompt_style=cfg.prompt_style)
+    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg, cfg.describe_find), cfg.spaced_args),  # noqa: E731
+                                      tools, cfg.agent_max_steps, prompt_style=cfg.prompt_style)
     agent_rows = []
     for name in ("arith", "multihop_heldout"):
         alone = E.model_alone(model, tokenizer, sets[name], cfg.max_new_tokens)
