@@ -131,16 +131,19 @@ def search_plan(item: dict) -> Plan:
             lambda _: ("final", "The passages answer it.", item["answer"])]
 
 
-def inference_views(messages: list[dict], size: Callable[[list[dict]], int], limit: int, reserve: int
-                    ) -> tuple[list[list[dict]], int]:
+def inference_views(messages: list[dict], size: Callable[[list[dict]], int], limit: int, reserve: int,
+                    context_loss: bool = True) -> tuple[list[list[dict]], int]:
     """Split a ReAct trace into SFT conversations that show every assistant turn the context the agent will
     show the model at that step (``agent.turn_context``: the oldest turns go first once the prompt leaves less
     than ``reserve`` tokens of ``limit``). Turns that share a cut share one conversation, so a trace that fits
     stays whole. Returns (conversations, turns that fit in no context).
 
     A later conversation may also hold earlier turns (those after its cut) with less context than they had at
-    inference; those are extra training, never missing training."""
+    inference. ``context_loss=False`` marks those ``"train": False`` (context without a loss), so each turn is
+    taught once, at its own context. With ``True`` they are trained there too, which teaches a turn after the
+    question that needs an observation the view has cut ("Find its country." of a city never looked up)."""
     ends: dict[int, int] = {}  # messages cut -> index of the last assistant turn shown with that cut
+    cut_of: dict[int, int] = {}  # assistant message index -> the cut it is shown with at inference
     untrainable = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or i < 2:
@@ -149,15 +152,22 @@ def inference_views(messages: list[dict], size: Callable[[list[dict]], int], lim
         if turn_context(shown[:-1], size, limit, reserve) is None or size(shown) > limit:
             untrainable += 1
             continue
-        ends[i + 1 - len(shown)] = i
-    views = [messages[:2] + messages[2 + cut:end + 1] for cut, end in sorted(ends.items())]
+        cut_of[i] = i + 1 - len(shown)
+        ends[cut_of[i]] = i
+    views = []
+    for cut, end in sorted(ends.items()):
+        shown = messages[2 + cut:end + 1]
+        if not context_loss:
+            shown = [dict(m, train=False) if m["role"] == "assistant" and cut_of.get(2 + cut + j) != cut else m
+                     for j, m in enumerate(shown)]
+        views.append(messages[:2] + shown)
     return views, untrainable
 
 
 def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "minimal",
                        max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
                        max_tokens: int = 0, reserve: int = 0, stats: dict | None = None,
-                       spaced_args: bool = False, describe: bool = False) -> list[dict]:
+                       spaced_args: bool = False, describe: bool = False, context_loss: bool = True) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
     the plan of each item. Items whose plan does not reach the known answer are skipped.
 
@@ -167,7 +177,8 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
     would lose its last steps to truncation. ``stats`` (optional) counts ``agent_traces``,
     ``agent_traces_split`` (more than one conversation), ``agent_traces_dropped`` (no turn fits) and
     ``agent_turns_dropped``. ``spaced_args``: string arguments written with a leading space (``PlanPolicy``);
-    ``describe``: kg_find thoughts repeat the question's description (``plan_for``)."""
+    ``describe``: kg_find thoughts repeat the question's description (``plan_for``); ``context_loss``: see
+    ``inference_views``."""
     out = []
     stats = {} if stats is None else stats
     for key in ("agent_traces", "agent_traces_split", "agent_traces_dropped", "agent_turns_dropped"):
@@ -187,7 +198,7 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
         if count_tokens is None or not max_tokens:
             out.append({"messages": messages, **meta})
             continue
-        views, untrainable = inference_views(messages, count_tokens, max_tokens, reserve)
+        views, untrainable = inference_views(messages, count_tokens, max_tokens, reserve, context_loss)
         stats["agent_turns_dropped"] += untrainable
         stats["agent_traces_split"] += len(views) > 1
         stats["agent_traces_dropped"] += not views

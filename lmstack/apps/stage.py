@@ -80,6 +80,8 @@ class Config:
                                     # a word copied from the question keeps its BPE token (agent_data.spaced_strings)
     describe_find: bool = False     # kg_find's thought repeats the question's description of the person
                                     # ("Find the nurse from Falneholm.") instead of "Find the person." (plan_for)
+    view_context_loss: bool = True  # loss also on the earlier turns an agent trace view shows as context
+                                    # (agent_data.inference_views); False: each turn trained once, at its context
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
@@ -172,7 +174,8 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     count = (lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])) if tokenizer else None  # noqa: E731
     trace_stats: dict = {}
     agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len,
-                               cfg.agent_max_new_tokens, trace_stats, cfg.spaced_args, cfg.describe_find)
+                               cfg.agent_max_new_tokens, trace_stats, cfg.spaced_args, cfg.describe_find,
+                               cfg.view_context_loss)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:

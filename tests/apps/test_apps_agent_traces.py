@@ -89,3 +89,53 @@ def test_described_find_thought_repeats_the_question_words(kg):
         assert p["messages"][2]["content"].startswith("Thought: Find the person.")
         assert _actions(p["messages"]) == _actions(d["messages"])  # same calls, same answer
         assert d["messages"][-1] == p["messages"][-1]
+
+
+def test_each_turn_is_trained_once_at_its_own_context(kg):
+    """context_loss=False: a view's earlier turns are context without a loss, so no turn is taught after the
+    question when the observation it needs was cut (the agent never sees that at inference)."""
+    from lmstack.align.data import normalize_chat_record, tokenize_chat
+    from lmstack.apps.agent import turn_context
+    from test_generate_common import small_tokenizer
+
+    tok = small_tokenizer()
+    size = lambda m: len(tok.encode_chat(m, add_generation_prompt=True)[0])  # noqa: E731
+    tools = ToolBox(kg_tools(kg))
+    items = [q for q in multihop_questions(kg) if q["kind"] in ("occ_hobby_country", "person_capital")][:6]
+    full = [d["messages"] for d in agent_sft_examples(items, tools, kg)]
+    limit, reserve = max(size(m) for m in full) - 40, 24  # every trace needs cutting
+    split = agent_sft_examples(items, tools, kg, count_tokens=size, max_tokens=limit, reserve=reserve,
+                               context_loss=False)
+    old = agent_sft_examples(items, tools, kg, count_tokens=size, max_tokens=limit, reserve=reserve)
+    assert len(split) == len(old) > len(items)
+    trained = []
+    for d in split:
+        msgs = normalize_chat_record(d, "view").messages  # the SFT loader keeps the flag
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant" and m.get("train", True):
+                # a trained turn sees exactly what the agent shows at that step
+                assert turn_context(msgs[:i], size, limit, reserve) == msgs[:i]
+                trained.append(m["content"])
+        labels = tokenize_chat(tok, msgs, 10 ** 6).labels
+        assert tok.decode([t for t in labels if t >= 0]).count("Thought:") == sum(
+            m["role"] == "assistant" and m.get("train", True) for m in msgs)
+    every = [m["content"] for msgs in full for m in msgs if m["role"] == "assistant"]
+    assert sorted(trained) == sorted(every)  # each turn of each trace exactly once
+    assert sum(m.get("train") is False for d in split for m in d["messages"]) > 0
+    assert all("train" not in m for d in old for m in d["messages"])
+
+
+def test_chat_messages_can_be_context_without_loss():
+    from lmstack.align.data import DatasetError, normalize_chat_record
+    from test_generate_common import small_tokenizer
+
+    tok = small_tokenizer()
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "first", "train": False},
+            {"role": "user", "content": "o"}, {"role": "assistant", "content": "second"}]
+    ids, mask = tok.encode_chat(msgs)
+    assert tok.decode([i for i, k in zip(ids, mask) if k]).startswith("second")
+    ids_all, mask_all = tok.encode_chat([{k: v for k, v in m.items() if k != "train"} for m in msgs])
+    assert ids_all == ids and sum(mask_all) > sum(mask)
+    assert normalize_chat_record({"messages": msgs}, "x").messages[1]["train"] is False
+    with pytest.raises(DatasetError, match="train must be true or false"):
+        normalize_chat_record({"messages": [{"role": "assistant", "content": "a", "train": "no"}]}, "x")
