@@ -76,12 +76,19 @@ class Config:
     replay_batch_size: int = 0      # + LM loss on this many pretraining windows per SFT step (sft's replay)
     prompt_style: str = "minimal"   # agent system prompt: minimal | names | compact | json (minimal: 5 tokens,
                                     # names: 35, of a 256-token context that also keeps 96 free for the turn)
-    spaced_args: bool = False       # agent traces write string tool arguments with a leading space (" nurse"):
-                                    # a word copied from the question keeps its BPE token (agent_data.spaced_strings)
+    spaced_args: bool = True        # agent traces write string tool arguments with a leading space (" nurse"):
+                                    # a word copied from the question keeps its BPE token (" nurse", not "n"+"urse";
+                                    # agent_data.spaced_strings). Off -> on (seeds 1337 / 7): multi-hop agent
+                                    # 0.58 -> 0.70 / 0.55 -> 0.82 ("the chef from X": 2/13 -> 13/13, 0/12 -> 12/12),
+                                    # arithmetic 0.93 -> 0.95 / 0.87 -> 0.90 (notes r2s6/agent.md)
     describe_find: bool = False     # kg_find's thought repeats the question's description of the person
                                     # ("Find the nurse from Falneholm.") instead of "Find the person." (plan_for)
-    view_context_loss: bool = True  # loss also on the earlier turns an agent trace view shows as context
-                                    # (agent_data.inference_views); False: each turn trained once, at its context
+    view_context_loss: bool = False  # loss also on the earlier turns an agent trace view shows as context
+                                    # (agent_data.inference_views). True taught turns right after the question
+                                    # that need a cut observation ("Find its country." of a city never looked up):
+                                    # True -> False (with spaced_args, seeds 1337 / 7): multi-hop 0.70 -> 0.93 /
+                                    # 0.82 -> 0.92 ("the nurse who likes X": 3/15 -> 14/15, 5/15 -> 14/15),
+                                    # arithmetic 0.95 -> 0.95 / 0.90 -> 0.95
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
