@@ -63,7 +63,8 @@ class Config:
     rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
                                     # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
                                     # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
-    n_arith_train: int = 300
+    n_arith_train: int = 300        # 900 (seeds 1337 / 7): arithmetic agent 0.95 -> 0.98 / 0.95 -> 0.97, but
+                                    # never-seen RAG 0.75 -> 0.68 / 0.78 -> 0.73 (a larger share of the mix)
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
     n_rag_train: int = 1200         # RAG examples (0 = every training question)
