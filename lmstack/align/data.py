@@ -61,7 +61,10 @@ def _check_messages(messages: Any, where: str, need_assistant: bool = True) -> l
             raise DatasetError(f"{where}: messages[{i}].content must be a string, got {type(content).__name__}")
         if role == "system" and i != 0:
             raise DatasetError(f"{where}: messages[{i}] is a system message; only the first message may be one")
-        out.append({"role": role, "content": content})
+        if "train" in m and not isinstance(m["train"], bool):
+            raise DatasetError(f"{where}: messages[{i}].train must be true or false, got {m['train']!r}")
+        # "train": false keeps an assistant turn as context without a loss on it (tokenizer.encode_chat)
+        out.append({"role": role, "content": content, **({"train": m["train"]} if "train" in m else {})})
     if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise DatasetError(f"{where}: conversation has no assistant message, so there is nothing to learn")
     return out

@@ -44,11 +44,25 @@ def arithmetic_questions(n: int, seed: int = 0, langs=("en", "zh")) -> list[dict
 Plan = list  # of callables: last observation -> (thought, tool name, arguments) | ("final", thought, answer)
 
 
-class PlanPolicy:
-    """Turns a plan into ReAct turns, reading the latest observation from the conversation."""
+def spaced_strings(value):
+    """``value`` with a space before every string (nested too): how ``PlanPolicy(spaced_args=True)`` writes tool
+    arguments, so that a name or word copied from the question or an observation (where it follows a space) is
+    the same BPE token in the call; the tools strip the space (``tools.strip_strings``)."""
+    if isinstance(value, str):
+        return " " + value
+    if isinstance(value, list):
+        return [spaced_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: spaced_strings(v) for k, v in value.items()}
+    return value
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
+
+class PlanPolicy:
+    """Turns a plan into ReAct turns, reading the latest observation from the conversation. ``spaced_args``:
+    write each string argument with a leading space (``spaced_strings``)."""
+
+    def __init__(self, plan: Plan, spaced_args: bool = False):
+        self.plan, self.spaced_args = plan, spaced_args
 
     def __call__(self, messages: list[dict]) -> str:
         steps_done = sum(1 for m in messages if m["role"] == "assistant")
@@ -60,6 +74,7 @@ class PlanPolicy:
             return f"Thought: {step[1]}\nFinal Answer: {step[2]}"
         thought, name, args = step
         # compact separators: fewer tokens in a small model's context, still plain JSON
+        args = spaced_strings(args) if self.spaced_args else args
         call = json.dumps({"name": name, "arguments": args}, ensure_ascii=False, separators=(",", ":"))
         return f"Thought: {thought}\nAction: {call}"
 
@@ -68,8 +83,15 @@ def _final(thought: str = "I have the answer.") -> Callable:
     return lambda obs: ("final", thought, obs)
 
 
-def plan_for(item: dict, kg=None) -> Plan:
-    """The tool plan that answers an arithmetic, multi-hop or date question."""
+# how a multi-hop question names the person kg_find looks for, in the question's own words (worldqa.MULTIHOP)
+DESCRIPTIONS = {"occ_hobby_country": {"en": "the {occ} who likes {hobby}", "zh": "喜欢{hobby}的{occ}"},
+                "occ_city_year": {"en": "the {occ} from {city}", "zh": "来自{city}的{occ}"}}
+
+
+def plan_for(item: dict, kg=None, describe: bool = False) -> Plan:
+    """The tool plan that answers an arithmetic, multi-hop or date question. ``describe``: kg_find's thought
+    repeats the question's description of the person ("Find the nurse from Falneholm.") instead of "Find the
+    person.", so the turn starts with a copy of the question's words that sets it apart from a name lookup."""
     kind = item["kind"]
     if kind == "arith":
         return [lambda _: ("Compute it with the calculator.", "calculator", {"expression": item["expression"]}),
@@ -83,7 +105,9 @@ def plan_for(item: dict, kg=None) -> Plan:
     lookup = lambda rel, thought: lambda obs: (thought, "kg_lookup", {"entity": obs, "relation": rel})  # noqa: E731
     if kind in ("occ_hobby_country", "occ_city_year"):
         conds = [{"relation": p[1], "value": name[p[2]]} for p in pat[:2]]
-        first = [lambda _: ("Find the person.", "kg_find", {"conditions": conds})]
+        fields = {"occ": name[pat[0][2]], ("hobby" if kind == "occ_hobby_country" else "city"): name[pat[1][2]]}
+        thought = f"Find {DESCRIPTIONS[kind][lang].format(**fields)}." if describe else "Find the person."
+        first = [lambda _: (thought, "kg_find", {"conditions": conds})]
         rest = ([lookup("birthplace", "Find the birthplace."), lookup("country", "Find its country.")]
                 if kind == "occ_hobby_country" else [lookup("birth_year", "Find the birth year.")])
         return first + rest + [_final()]
@@ -107,16 +131,19 @@ def search_plan(item: dict) -> Plan:
             lambda _: ("final", "The passages answer it.", item["answer"])]
 
 
-def inference_views(messages: list[dict], size: Callable[[list[dict]], int], limit: int, reserve: int
-                    ) -> tuple[list[list[dict]], int]:
+def inference_views(messages: list[dict], size: Callable[[list[dict]], int], limit: int, reserve: int,
+                    context_loss: bool = True) -> tuple[list[list[dict]], int]:
     """Split a ReAct trace into SFT conversations that show every assistant turn the context the agent will
     show the model at that step (``agent.turn_context``: the oldest turns go first once the prompt leaves less
     than ``reserve`` tokens of ``limit``). Turns that share a cut share one conversation, so a trace that fits
     stays whole. Returns (conversations, turns that fit in no context).
 
     A later conversation may also hold earlier turns (those after its cut) with less context than they had at
-    inference; those are extra training, never missing training."""
+    inference. ``context_loss=False`` marks those ``"train": False`` (context without a loss), so each turn is
+    taught once, at its own context. With ``True`` they are trained there too, which teaches a turn after the
+    question that needs an observation the view has cut ("Find its country." of a city never looked up)."""
     ends: dict[int, int] = {}  # messages cut -> index of the last assistant turn shown with that cut
+    cut_of: dict[int, int] = {}  # assistant message index -> the cut it is shown with at inference
     untrainable = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or i < 2:
@@ -125,14 +152,22 @@ def inference_views(messages: list[dict], size: Callable[[list[dict]], int], lim
         if turn_context(shown[:-1], size, limit, reserve) is None or size(shown) > limit:
             untrainable += 1
             continue
-        ends[i + 1 - len(shown)] = i
-    views = [messages[:2] + messages[2 + cut:end + 1] for cut, end in sorted(ends.items())]
+        cut_of[i] = i + 1 - len(shown)
+        ends[cut_of[i]] = i
+    views = []
+    for cut, end in sorted(ends.items()):
+        shown = messages[2 + cut:end + 1]
+        if not context_loss:
+            shown = [dict(m, train=False) if m["role"] == "assistant" and cut_of.get(2 + cut + j) != cut else m
+                     for j, m in enumerate(shown)]
+        views.append(messages[:2] + shown)
     return views, untrainable
 
 
 def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style: str = "minimal",
                        max_steps: int = 6, count_tokens: Callable[[list[dict]], int] | None = None,
-                       max_tokens: int = 0, reserve: int = 0, stats: dict | None = None) -> list[dict]:
+                       max_tokens: int = 0, reserve: int = 0, stats: dict | None = None,
+                       spaced_args: bool = False, describe: bool = False, context_loss: bool = True) -> list[dict]:
     """SFT conversations (system, question, then alternating assistant turns and observations) from running
     the plan of each item. Items whose plan does not reach the known answer are skipped.
 
@@ -141,7 +176,9 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
     ``max_new_tokens``) free for the turn (``inference_views``); otherwise a trace longer than the context
     would lose its last steps to truncation. ``stats`` (optional) counts ``agent_traces``,
     ``agent_traces_split`` (more than one conversation), ``agent_traces_dropped`` (no turn fits) and
-    ``agent_turns_dropped``."""
+    ``agent_turns_dropped``. ``spaced_args``: string arguments written with a leading space (``PlanPolicy``);
+    ``describe``: kg_find thoughts repeat the question's description (``plan_for``); ``context_loss``: see
+    ``inference_views``."""
     out = []
     stats = {} if stats is None else stats
     for key in ("agent_traces", "agent_traces_split", "agent_traces_dropped", "agent_turns_dropped"):
@@ -150,8 +187,9 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
         if item["kind"] == "fact_search":
             plan = search_plan(item)
         else:
-            plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg)
-        result = ReActAgent(PlanPolicy(plan), tools, max_steps=max_steps, prompt_style=prompt_style).run(item["question"])
+            plan = fact_plan(item, kg) if item["kind"] == "fact" else plan_for(item, kg, describe)
+        result = ReActAgent(PlanPolicy(plan, spaced_args), tools, max_steps=max_steps,
+                            prompt_style=prompt_style).run(item["question"])
         if result.stop_reason != "final_answer" or (item.get("answer") is not None and result.answer != item["answer"]):
             continue
         meta = {"task": f"agent_{item['kind']}", "answer": item.get("answer"), "lang": item["lang"], "facts": []}
@@ -160,7 +198,7 @@ def agent_sft_examples(items: list[dict], tools: ToolBox, kg=None, prompt_style:
         if count_tokens is None or not max_tokens:
             out.append({"messages": messages, **meta})
             continue
-        views, untrainable = inference_views(messages, count_tokens, max_tokens, reserve)
+        views, untrainable = inference_views(messages, count_tokens, max_tokens, reserve, context_loss)
         stats["agent_turns_dropped"] += untrainable
         stats["agent_traces_split"] += len(views) > 1
         stats["agent_traces_dropped"] += not views

@@ -84,14 +84,19 @@ def model_alone(model, tokenizer, questions: Sequence[dict], max_new_tokens: int
 
 
 def agent_accuracy(make_agent: Callable[[dict], object], questions: Sequence[dict], progress: bool = True) -> dict:
-    """Accuracy of ``make_agent(item).run(question)`` answers, mean steps and why runs stopped."""
+    """Accuracy of ``make_agent(item).run(question)`` answers, mean steps, why runs stopped, and (right, asked)
+    per question ``kind`` (``by_kind``)."""
     from tqdm import tqdm
 
-    correct, steps, reasons = 0, 0, Counter()
+    correct, steps, reasons, kinds, kinds_right = 0, 0, Counter(), Counter(), Counter()
     for q in tqdm(questions, desc="agent eval", disable=not progress, leave=False):
         result = make_agent(q).run(q["question"])
-        correct += result.answer is not None and is_correct(result.answer, q["answer"])
+        right = result.answer is not None and is_correct(result.answer, q["answer"])
+        correct += right
+        kinds[q.get("kind", "")] += 1
+        kinds_right[q.get("kind", "")] += right
         steps += len(result.steps)
         reasons[result.stop_reason] += 1
     n = max(1, len(questions))
-    return {"n": len(questions), "accuracy": correct / n, "mean_steps": steps / n, "stop_reasons": dict(reasons)}
+    return {"n": len(questions), "accuracy": correct / n, "mean_steps": steps / n, "stop_reasons": dict(reasons),
+            "by_kind": {k: (kinds_right[k], kinds[k]) for k in sorted(kinds)}}

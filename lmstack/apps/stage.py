@@ -63,7 +63,8 @@ class Config:
     rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
                                     # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
                                     # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
-    n_arith_train: int = 300
+    n_arith_train: int = 300        # 900 (seeds 1337 / 7): arithmetic agent 0.95 -> 0.98 / 0.95 -> 0.97, but
+                                    # never-seen RAG 0.75 -> 0.68 / 0.78 -> 0.73 (a larger share of the mix)
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
     n_rag_train: int = 1200         # RAG examples (0 = every training question)
@@ -76,6 +77,21 @@ class Config:
     replay_batch_size: int = 0      # + LM loss on this many pretraining windows per SFT step (sft's replay)
     prompt_style: str = "minimal"   # agent system prompt: minimal | names | compact | json (minimal: 5 tokens,
                                     # names: 35, of a 256-token context that also keeps 96 free for the turn)
+    spaced_args: bool = True        # agent traces write string tool arguments with a leading space (" nurse"):
+                                    # a word copied from the question keeps its BPE token (" nurse", not "n"+"urse";
+                                    # agent_data.spaced_strings). Off -> on (seeds 1337 / 7): multi-hop agent
+                                    # 0.58 -> 0.70 / 0.55 -> 0.82 ("the chef from X": 2/13 -> 13/13, 0/12 -> 12/12),
+                                    # arithmetic 0.93 -> 0.95 / 0.87 -> 0.90 (notes r2s6/agent.md)
+    describe_find: bool = False     # kg_find's thought repeats the question's description of the person
+                                    # ("Find the nurse from Falneholm.") instead of "Find the person." (plan_for).
+                                    # Off: on top of the defaults, multi-hop 0.93 -> 0.82 / 0.92 -> 0.97 and
+                                    # arithmetic 0.95 -> 0.92 / 0.95 -> 0.95 (seeds 1337 / 7): no clear gain
+    view_context_loss: bool = False  # loss also on the earlier turns an agent trace view shows as context
+                                    # (agent_data.inference_views). True taught turns right after the question
+                                    # that need a cut observation ("Find its country." of a city never looked up):
+                                    # True -> False (with spaced_args, seeds 1337 / 7): multi-hop 0.70 -> 0.93 /
+                                    # 0.82 -> 0.92 ("the nurse who likes X": 3/15 -> 14/15, 5/15 -> 14/15),
+                                    # arithmetic 0.95 -> 0.95 / 0.90 -> 0.95
     agent_max_steps: int = 6
     eval_examples: int = 60         # per measurement (0 = all)
     max_new_tokens: int = 32        # RAG / closed-book answers
@@ -168,7 +184,8 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     count = (lambda m: len(tokenizer.encode_chat(m, add_generation_prompt=True)[0])) if tokenizer else None  # noqa: E731
     trace_stats: dict = {}
     agent = agent_sft_examples(items, tools, big, cfg.prompt_style, cfg.agent_max_steps, count, max_len,
-                               cfg.agent_max_new_tokens, trace_stats)
+                               cfg.agent_max_new_tokens, trace_stats, cfg.spaced_args, cfg.describe_find,
+                               cfg.view_context_loss)
     replay = []
     world_sft = run_path / "data" / "world" / "sft_train.jsonl"
     if world_sft.exists() and cfg.replay_fraction > 0:
@@ -373,8 +390,8 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
     tools = agent_tools(kg, store)
     model_agent = lambda q: ReActAgent(ModelPolicy(model, tokenizer, cfg.agent_max_new_tokens), tools,  # noqa: E731
                                        cfg.agent_max_steps, prompt_style=cfg.prompt_style)
-    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg)), tools, cfg.agent_max_steps,  # noqa: E731
-                                      prompt_style=cfg.prompt_style)
+    plan_agent = lambda q: ReActAgent(PlanPolicy(plan_for(q, kg, cfg.describe_find), cfg.spaced_args),  # noqa: E731
+                                      tools, cfg.agent_max_steps, prompt_style=cfg.prompt_style)
     agent_rows = []
     for name in ("arith", "multihop_heldout"):
         alone = E.model_alone(model, tokenizer, sets[name], cfg.max_new_tokens)
@@ -383,6 +400,9 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
         agent_rows.append((name, agent["n"], alone, agent["accuracy"], agent["mean_steps"],
                            json.dumps(agent["stop_reasons"]), plan["accuracy"]))
         metrics.update({f"{name}_model_alone": round(alone, 4), f"{name}_agent": round(agent["accuracy"], 4)})
+        if name == "multihop_heldout":  # right / asked per question kind: which plans the agent has learnt
+            for kind, (right, asked) in agent["by_kind"].items():
+                metrics.update({f"{name}_agent_{kind}": round(right / asked, 4), f"n_{name}_{kind}": asked})
     lines += ["**Model alone vs agent with tools** (ReAct, greedy; 'plan' = the same tools driven by the "
               "question's known plan, the upper bound of the loop):\n",
               markdown_table(["questions", "n", "model alone", "agent", "mean steps", "stop reasons",

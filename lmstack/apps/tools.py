@@ -105,8 +105,22 @@ class ToolResult:
     content: str
 
 
+def strip_strings(value: Any) -> Any:
+    """``value`` with the whitespace around every string (in nested lists and objects too) removed: a model may
+    write ``" nurse"`` so that a word copied from the question keeps the token it has there (a BPE word token
+    carries its leading space; ``"nurse"`` would have to be spelled out of other pieces)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        return [strip_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: strip_strings(v) for k, v in value.items()}
+    return value
+
+
 class ToolBox:
-    """Named tools; ``call`` validates, runs and turns every failure into an error message."""
+    """Named tools; ``call`` strips the whitespace around string arguments, validates, runs and turns every
+    failure into an error message."""
 
     def __init__(self, tools: list[Tool]):
         self.tools = {t.name: t for t in tools}
@@ -123,6 +137,7 @@ class ToolBox:
             except json.JSONDecodeError as e:
                 return ToolResult(False, f"Error: arguments of {name} are not valid JSON ({e.msg} at {e.pos})")
         tool = self.tools[name]
+        arguments = strip_strings(arguments)
         errors = validate_arguments(tool.parameters, arguments)
         if errors:
             return ToolResult(False, f"Error: invalid arguments for {name}: " + "; ".join(errors))

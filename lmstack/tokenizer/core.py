@@ -334,7 +334,8 @@ class Tokenizer:
         """Render a conversation: ``<|bos|>`` then ``<|role|>content<|end|>`` per message.
 
         Returns (ids, assistant_mask) where the mask is 1 exactly on the content tokens of
-        assistant messages and on their closing ``<|end|>`` (what SFT trains on). Message
+        assistant messages and on their closing ``<|end|>`` (what SFT trains on), except those marked
+        ``"train": False`` (context an SFT example shows but does not teach). Message
         contents are encoded as plain text, so a user typing "<|end|>" cannot forge a turn.
         With ``add_generation_prompt`` the ids end with ``<|assistant|>`` for the model to continue.
         """
@@ -352,7 +353,7 @@ class Tokenizer:
             if not isinstance(content, str):
                 raise ValueError(f"message {k} ({role}): 'content' must be a string, got {type(content).__name__}")
             body = self.encode_ordinary(content)
-            flag = 1 if role == "assistant" else 0
+            flag = 1 if role == "assistant" and m.get("train", True) is not False else 0
             ids.append(self.special_tokens[ROLE_TOKENS[role]])
             mask.append(0)
             ids.extend(body)
