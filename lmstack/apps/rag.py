@@ -22,7 +22,8 @@ SYSTEM = {"en": "Answer from the passages and cite them as [n]. If they do not c
           "zh": "根据资料回答，并用[n]标注出处。如果资料中没有答案，请直说。"}
 QUESTION = {"en": "Question: {q}", "zh": "问题：{q}"}
 CANNOT_FIND = {"en": "I cannot find the answer in the passages.", "zh": "资料中找不到答案。"}
-_CANNOT_FIND_RE = re.compile(r"cannot find|can't find|could not find|not in the passages|找不到|没有找到|资料中没有")
+# also matches worldqa.no_answer_clause ("X is not in the passages.", "X不在资料中。")
+_CANNOT_FIND_RE = re.compile(r"cannot find|can't find|could not find|not in the passages|找不到|没有找到|资料中没有|不在资料中")
 _CITATION_RE = re.compile(r"\[(\d+)\]")
 
 
@@ -56,7 +57,7 @@ def is_cannot_find(text: str) -> bool:
 # ------------------------------------------------------------------ SFT data
 
 def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int = 3, no_answer_rate: float = 0.3,
-                     seed: int = 0, answer_text=None) -> list[dict]:
+                     seed: int = 0, answer_text=None, no_answer_text=None) -> list[dict]:
     """Chat examples that teach answering from passages.
 
     ``questions``: dicts with "question", "answer", "lang", "entity" (``worldqa.fact_questions``);
@@ -64,7 +65,8 @@ def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int
     ``retrieve(question, n) -> list[str]``: distractor candidates (e.g. BM25 over the corpus).
     With probability ``no_answer_rate`` the gold passage is left out and the target is the "cannot find"
     answer; otherwise it sits at a random position and the target cites it. ``answer_text(q)``: the answer
-    as the target states it (default ``q["answer"]``; e.g. ``worldqa.answer_clause``, which quotes the passage)."""
+    as the target states it (default ``q["answer"]``; e.g. ``worldqa.answer_clause``, which quotes the passage).
+    ``no_answer_text(q)``: the "cannot find" target (default ``CANNOT_FIND``; e.g. ``worldqa.no_answer_clause``)."""
     rng = random.Random(seed)
     out = []
     for q in questions:
@@ -78,7 +80,7 @@ def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int
             target = cited_answer(answer_text(q) if answer_text else q["answer"], pos + 1)
         else:
             context = others[:k]
-            target = CANNOT_FIND[q["lang"]]
+            target = no_answer_text(q) if no_answer_text else CANNOT_FIND[q["lang"]]
         if not context:
             continue
         out.append({"messages": rag_messages(q["question"], context, q["lang"]) +

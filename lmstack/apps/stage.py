@@ -33,7 +33,8 @@ from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
 from lmstack.apps.synthetic import augmented_graph, copy_chat_examples, extra_fact_questions
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
-from lmstack.apps.worldqa import answer_clause, entity_passages, fact_questions, multihop_questions
+from lmstack.apps.worldqa import (answer_clause, entity_passages, fact_questions, multihop_questions,
+                                   no_answer_clause)
 from lmstack.report import markdown_table, table_cell
 from lmstack.runs import atomic_write_text
 
@@ -63,6 +64,9 @@ class Config:
     rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
                                     # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
                                     # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
+    rag_no_answer: str = "subject"  # target when the passages lack the answer: plain ("I cannot find the answer in
+                                    # the passages.") | subject ("Laura Foster is not in the passages.": opens like
+                                    # the quoted answer, so the choice falls after the copied name)
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
@@ -153,9 +157,12 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     rag_qs = rng.sample(world_qs, n_world) + rng.sample(fict_qs, min(len(fict_qs), n_rag - n_world))
     if cfg.rag_answer not in ("value", "quote"):
         raise ValueError(f"apps.rag_answer={cfg.rag_answer!r}: choose 'value' or 'quote'")
+    if cfg.rag_no_answer not in ("plain", "subject"):
+        raise ValueError(f"apps.rag_no_answer={cfg.rag_no_answer!r}: choose 'plain' or 'subject'")
     quote = (lambda q: answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_answer == "quote" else None  # noqa: E731
+    absent = (lambda q: no_answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_no_answer == "subject" else None  # noqa: E731
     rag = rag_sft_examples(rag_qs, passages, lambda q, n: [h.text for h in big_store.search(q, n)], cfg.k,
-                           cfg.no_answer_rate, seed, quote)
+                           cfg.no_answer_rate, seed, quote, absent)
     tools = agent_tools(big, big_store)
     keep = train_people | fictional
     multihop = sample_multihop([dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep],

@@ -175,3 +175,35 @@ def test_answer_clause_quotes_the_passage_and_states_the_answer(kg):
     assert not answer_matches(answer_clause(kg, other["entity"], "hobby", other["lang"]), other["answer"])
     with pytest.raises(ValueError, match="relation"):
         answer_clause(kg, other["entity"], "spouse", "en")
+
+
+def test_no_answer_clause_opens_like_the_answer_and_says_cannot_find(kg, store):
+    """The "not in the passages" target shares its opening with the quoted answer up to the subject (and the
+    verb for en capitals), so answer-or-refuse is decided after the copied name; the judge reads it as
+    'cannot find', never as an answer."""
+    import os
+
+    from lmstack.apps.worldqa import answer_clause, no_answer_clause
+
+    qs = fact_questions(kg, "train")
+    for q in qs:
+        absent, clause = no_answer_clause(kg, q["entity"], q["relation"], q["lang"]), \
+            answer_clause(kg, q["entity"], q["relation"], q["lang"])
+        name = kg.name(q["entity"], q["lang"])
+        assert name in q["question"] and is_cannot_find(absent) and not is_cannot_find(clause), absent
+        assert not answer_matches(absent, q["answer"])
+        assert len(os.path.commonprefix([absent, clause])) >= len(name) + clause.index(name), (absent, clause)
+    fr = next(q for q in qs if q["relation"] == "capital" and q["lang"] == "en")
+    assert no_answer_clause(kg, fr["entity"], "capital", "en").startswith("The capital of ")
+    assert is_cannot_find(CANNOT_FIND["en"]) and is_cannot_find("米拉·特纳不在资料中。")
+    with pytest.raises(ValueError, match="relation"):
+        no_answer_clause(kg, fr["entity"], "spouse", "en")
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    data = rag_sft_examples(qs, passages, lambda q, n: [h.text for h in store.search(q, n)], k=1,
+                            no_answer_rate=0.5, seed=2,
+                            no_answer_text=lambda q: no_answer_clause(kg, q["entity"], q["relation"], q["lang"]))
+    by_question = {q["question"]: q for q in qs}
+    refusals = [(d, by_question[d["messages"][1]["content"].split("Question: ")[-1].split("问题：")[-1]])
+                for d in data if d["task"] == "rag_cannot_find"]
+    assert refusals and all(d["messages"][-1]["content"] == no_answer_clause(kg, q["entity"], q["relation"],
+                                                                            q["lang"]) for d, q in refusals)

@@ -5,6 +5,7 @@ import pytest
 
 from lmstack.apps.dense import DenseEncoder
 from lmstack.apps.kg import KnowledgeGraph
+from lmstack.apps.rag import CANNOT_FIND
 from lmstack.apps.store import DocumentStore
 from lmstack.data.world import WorldConfig, build_world
 from lmstack.model import save_pretrained
@@ -97,6 +98,19 @@ def test_heldout_fictional_people_are_in_no_apps_training_data(run_dir):
         n = int(target.rsplit("[", 1)[1].rstrip("]"))
         passage = r["messages"][1]["content"].split("\n")[n - 1]
         assert target.split()[0].split("于")[0][:2] in passage and r["answer"] in target
+    # rag_no_answer = "subject" (the default): a refusal names the asked subject, and it is in the question
+    refusals = [r for r in rows if r["task"] == "rag_cannot_find"]
+    assert refusals
+    for r in refusals:
+        target, question = r["messages"][-1]["content"], r["messages"][1]["content"].rsplit("\n", 1)[1]
+        subject = target.replace("The capital of ", "").split(" is not in")[0].split("不在资料中")[0]
+        assert target.endswith(("is not in the passages.", "不在资料中。")) and subject in question, (target, question)
+    cfg.rag_no_answer = "plain"
+    plain = [json.loads(line) for line in build_sft_data(kg, store, cfg, run_dir, seed=3)[0].read_text().splitlines()]
+    assert {r["messages"][-1]["content"] for r in plain if r["task"] == "rag_cannot_find"} <= set(CANNOT_FIND.values())
+    cfg.rag_no_answer = "nothing"
+    with pytest.raises(ValueError, match="rag_no_answer"):
+        build_sft_data(kg, store, cfg, run_dir, seed=3)
 
 
 def test_sample_multihop_balances_kinds():
