@@ -67,6 +67,8 @@ class Config:
     rag_no_answer: str = "subject"  # target when the passages lack the answer: plain ("I cannot find the answer in
                                     # the passages.") | subject ("Laura Foster is not in the passages.": opens like
                                     # the quoted answer, so the choice falls after the copied name)
+    rag_prompt: str = "passages_first"  # rag.LAYOUTS: passages_first | question_first (the passages can attend
+                                        # to the asked name)
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
@@ -162,7 +164,7 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     quote = (lambda q: answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_answer == "quote" else None  # noqa: E731
     absent = (lambda q: no_answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_no_answer == "subject" else None  # noqa: E731
     rag = rag_sft_examples(rag_qs, passages, lambda q, n: [h.text for h in big_store.search(q, n)], cfg.k,
-                           cfg.no_answer_rate, seed, quote, absent)
+                           cfg.no_answer_rate, seed, quote, absent, cfg.rag_prompt)
     tools = agent_tools(big, big_store)
     keep = train_people | fictional
     multihop = sample_multihop([dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep],
@@ -351,7 +353,8 @@ def _qa_section(cfg: Config, sets: dict, stores: dict, model, tokenizer, reranke
     for label, prefix, name, store_key in QA_ROWS:
         if name not in sets or stores.get(store_key) is None:
             continue
-        pipe = RagPipeline(stores[store_key], model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, reranker)
+        pipe = RagPipeline(stores[store_key], model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, reranker,
+                           layout=cfg.rag_prompt)
         qa = E.rag_qa(pipe, sets[name])
         for key in ("closed_book", "rag", "rag_cited", "cannot_find", "rag_refused"):
             metrics[prefix + key] = round(qa[key], 4)

@@ -94,6 +94,13 @@ def test_rag_pipeline_runs_a_real_model_and_fits_the_context(kg, store):
     excluded = pipe.ask(q["question"], exclude_docs=[f"{q['entity']}:en"])
     assert f"{q['entity']}:en" not in excluded.doc_ids
     assert "[1]" in ans.render()
+    # the question-first layout: the same passages, the question before them, in training and in the pipeline
+    first = RagPipeline(store, model, tok, k=1, max_new_tokens=8, layout="question_first")
+    msgs, hits = first.prompt(q["question"])
+    assert msgs[1]["content"] == f"Question: {q['question']}\n[1] {hits[0].text}"
+    assert rag_messages("李伟出生在哪里？", ["x"], layout="question_first")[1]["content"] == "问题：李伟出生在哪里？\n[1] x"
+    with pytest.raises(ValueError, match="layout"):
+        rag_messages("q", ["x"], layout="sideways")
 
 
 def test_memory_evicts_summarises_and_recalls():
@@ -205,5 +212,10 @@ def test_no_answer_clause_opens_like_the_answer_and_says_cannot_find(kg, store):
     by_question = {q["question"]: q for q in qs}
     refusals = [(d, by_question[d["messages"][1]["content"].split("Question: ")[-1].split("问题：")[-1]])
                 for d in data if d["task"] == "rag_cannot_find"]
+    assert all(d["messages"][1]["content"].startswith("[1] ") for d in data)
+    ordered = rag_sft_examples(qs[:4], passages, lambda q, n: [h.text for h in store.search(q, n)], k=1, seed=2,
+                               layout="question_first")
+    assert [d["messages"][1]["content"].split("\n")[0] for d in ordered] == \
+        [rag_messages(q["question"], [], q["lang"])[1]["content"].strip() for q in qs[:4]]
     assert refusals and all(d["messages"][-1]["content"] == no_answer_clause(kg, q["entity"], q["relation"],
                                                                             q["lang"]) for d, q in refusals)
