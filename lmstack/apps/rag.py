@@ -66,8 +66,8 @@ def is_cannot_find(text: str) -> bool:
 # ------------------------------------------------------------------ SFT data
 
 def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int = 3, no_answer_rate: float = 0.3,
-                     seed: int = 0, answer_text=None, no_answer_text=None, layout: str = "passages_first"
-                     ) -> list[dict]:
+                     seed: int = 0, answer_text=None, no_answer_text=None, layout: str = "passages_first",
+                     paired: bool = False) -> list[dict]:
     """Chat examples that teach answering from passages.
 
     ``questions``: dicts with "question", "answer", "lang", "entity" (``worldqa.fact_questions``);
@@ -77,27 +77,29 @@ def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int
     answer; otherwise it sits at a random position and the target cites it. ``answer_text(q)``: the answer
     as the target states it (default ``q["answer"]``; e.g. ``worldqa.answer_clause``, which quotes the passage).
     ``no_answer_text(q)``: the "cannot find" target (default ``CANNOT_FIND``; e.g. ``worldqa.no_answer_clause``).
-    ``layout``: ``rag_messages``'s (the pipeline that asks the tuned model must use the same)."""
+    ``layout``: ``rag_messages``'s (the pipeline that asks the tuned model must use the same).
+    ``paired``: each "cannot find" example comes with its answerable twin, the same question with the gold
+    passage: a minimal pair, where what tells them apart is whether the passage names the asked subject."""
     rng = random.Random(seed)
     out = []
     for q in questions:
         gold = passages[(q["entity"], q["lang"])]
         others = [p for p in retrieve(q["question"], k + 2) if p != gold and q["answer"] not in p]
         answerable = rng.random() >= no_answer_rate
-        if answerable:
-            context = others[:k - 1]
-            pos = rng.randint(0, len(context))
-            context.insert(pos, gold)
-            target = cited_answer(answer_text(q) if answer_text else q["answer"], pos + 1)
-        else:
-            context = others[:k]
-            target = no_answer_text(q) if no_answer_text else CANNOT_FIND[q["lang"]]
-        if not context:
-            continue
-        out.append({"messages": rag_messages(q["question"], context, q["lang"], layout) +
-                    [{"role": "assistant", "content": target}],
-                    "task": "rag" if answerable else "rag_cannot_find", "answer": q["answer"] if answerable else None,
-                    "lang": q["lang"], "facts": []})
+        for with_gold in ([answerable] if answerable or not paired else [False, True]):
+            if with_gold:
+                context = others[:k - 1]
+                pos = rng.randint(0, len(context))
+                context.insert(pos, gold)
+                target = cited_answer(answer_text(q) if answer_text else q["answer"], pos + 1)
+            else:
+                context = others[:k]
+                target = no_answer_text(q) if no_answer_text else CANNOT_FIND[q["lang"]]
+            if not context:
+                continue
+            out.append({"messages": rag_messages(q["question"], context, q["lang"], layout) +
+                        [{"role": "assistant", "content": target}], "task": "rag" if with_gold else "rag_cannot_find",
+                        "answer": q["answer"] if with_gold else None, "lang": q["lang"], "facts": []})
     return out
 
 

@@ -69,6 +69,7 @@ class Config:
                                     # the quoted answer, so the choice falls after the copied name)
     rag_prompt: str = "passages_first"  # rag.LAYOUTS: passages_first | question_first (the passages can attend
                                         # to the asked name)
+    rag_paired: bool = False        # each 'cannot find' example with its answerable twin (same question, gold passage)
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
@@ -164,7 +165,7 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     quote = (lambda q: answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_answer == "quote" else None  # noqa: E731
     absent = (lambda q: no_answer_clause(big, q["entity"], q["relation"], q["lang"])) if cfg.rag_no_answer == "subject" else None  # noqa: E731
     rag = rag_sft_examples(rag_qs, passages, lambda q, n: [h.text for h in big_store.search(q, n)], cfg.k,
-                           cfg.no_answer_rate, seed, quote, absent, cfg.rag_prompt)
+                           cfg.no_answer_rate, seed, quote, absent, cfg.rag_prompt, cfg.rag_paired)
     tools = agent_tools(big, big_store)
     keep = train_people | fictional
     multihop = sample_multihop([dict(q) for q in multihop_questions(big) if _multihop_person(big, q) in keep],

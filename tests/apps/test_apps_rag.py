@@ -217,5 +217,14 @@ def test_no_answer_clause_opens_like_the_answer_and_says_cannot_find(kg, store):
                                layout="question_first")
     assert [d["messages"][1]["content"].split("\n")[0] for d in ordered] == \
         [rag_messages(q["question"], [], q["lang"])[1]["content"].strip() for q in qs[:4]]
+    twins = rag_sft_examples(qs, passages, lambda q, n: [h.text for h in store.search(q, n)], k=1,
+                             no_answer_rate=0.5, seed=2, paired=True)
+    # paired: each refusal is followed by the same question with the gold passage, answered
+    assert len(twins) > len(data) and any(d["task"] == "rag_cannot_find" for d in twins)
+    for no, yes in zip(twins, twins[1:]):
+        if no["task"] == "rag_cannot_find":
+            question = no["messages"][1]["content"].split("\n")[-1]
+            assert yes["task"] == "rag" and yes["messages"][1]["content"].split("\n")[-1] == question
+            assert yes["messages"][1]["content"] != no["messages"][1]["content"]
     assert refusals and all(d["messages"][-1]["content"] == no_answer_clause(kg, q["entity"], q["relation"],
                                                                             q["lang"]) for d, q in refusals)
