@@ -31,7 +31,7 @@ from lmstack.apps.kg import KnowledgeGraph, kg_from_world_json
 from lmstack.apps.rag import RagPipeline, rag_sft_examples
 from lmstack.apps.rerank import CrossEncoder, RerankConfig, train_reranker
 from lmstack.apps.store import DocumentStore, StoreConfig
-from lmstack.apps.synthetic import augmented_graph, copy_chat_examples, extra_fact_questions
+from lmstack.apps.synthetic import augmented_graph, copy_chat_examples, extra_fact_questions, world_train_phrasings
 from lmstack.apps.tools import ToolBox, calculator_tool, date_tool, kg_tools, search_tool
 from lmstack.apps.worldqa import (answer_clause, entity_passages, fact_questions, multihop_questions,
                                    no_answer_clause)
@@ -64,12 +64,14 @@ class Config:
     rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
                                     # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
                                     # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
-    rag_no_answer: str = "subject"  # target when the passages lack the answer: plain ("I cannot find the answer in
+    rag_no_answer: str = "plain"    # target when the passages lack the answer: plain ("I cannot find the answer in
                                     # the passages.") | subject ("Laura Foster is not in the passages.": opens like
-                                    # the quoted answer, so the choice falls after the copied name)
+                                    # the quoted answer, so the choice could fall after the copied name)
     rag_prompt: str = "passages_first"  # rag.LAYOUTS: passages_first | question_first (the passages can attend
                                         # to the asked name)
     rag_paired: bool = False        # each 'cannot find' example with its answerable twin (same question, gold passage)
+    rag_phrasings: str = "apps"     # RAG training questions: apps (worldqa's train forms + synthetic's extra ones)
+                                    # | world (+ the world's own training forms, every held-out form left out)
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them
@@ -157,7 +159,11 @@ def build_sft_data(kg: KnowledgeGraph, store: DocumentStore, cfg: Config, run_pa
     n_rag = cfg.n_rag_train or len(world_qs) + len(fict_qs)
     n_world = min(len(world_qs), round(n_rag * cfg.world_rag_share))
     rng = random.Random(seed)
-    rag_qs = rng.sample(world_qs, n_world) + rng.sample(fict_qs, min(len(fict_qs), n_rag - n_world))
+    if cfg.rag_phrasings not in ("apps", "world"):
+        raise ValueError(f"apps.rag_phrasings={cfg.rag_phrasings!r}: choose 'apps' or 'world'")
+    rag_pool = fict_qs + (extra_fact_questions(big, sorted(fictional), templates=world_train_phrasings())
+                          if cfg.rag_phrasings == "world" else [])
+    rag_qs = rng.sample(world_qs, n_world) + rng.sample(rag_pool, min(len(rag_pool), n_rag - n_world))
     if cfg.rag_answer not in ("value", "quote"):
         raise ValueError(f"apps.rag_answer={cfg.rag_answer!r}: choose 'value' or 'quote'")
     if cfg.rag_no_answer not in ("plain", "subject"):
