@@ -66,12 +66,20 @@ class Config:
                                     # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
     rag_no_answer: str = "plain"    # target when the passages lack the answer: plain ("I cannot find the answer in
                                     # the passages.") | subject ("Laura Foster is not in the passages.": opens like
-                                    # the quoted answer, so the choice could fall after the copied name)
+                                    # the quoted answer, so the choice could fall after the copied name). subject
+                                    # (apps phrasings, n=60): never-seen RAG 0.65 -> 0.52, refused with the gold
+                                    # passage 0.20 -> 0.40, 'cannot find' 0.48 -> 0.42: it does not tell names apart
     rag_prompt: str = "passages_first"  # rag.LAYOUTS: passages_first | question_first (the passages can attend
-                                        # to the asked name)
-    rag_paired: bool = False        # each 'cannot find' example with its answerable twin (same question, gold passage)
-    rag_phrasings: str = "apps"     # RAG training questions: apps (worldqa's train forms + synthetic's extra ones)
-                                    # | world (+ the world's own training forms, every held-out form left out)
+                                        # to the asked name). question_first, world phrasings, all 320 never-seen
+                                        # questions: RAG 0.81 -> 0.77, refused 0.18 -> 0.14, 'cannot find'
+                                        # 0.52 -> 0.56: the threshold moves, telling names apart does not improve
+    rag_paired: bool = False        # each 'cannot find' example with its answerable twin (same question, gold passage).
+                                    # Off: with world phrasings and no_answer_rate 0.43 (so 30% of RAG examples
+                                    # still refuse), 'cannot find' 0.50 -> 0.48, never-seen RAG 0.82 -> 0.83 (n=60)
+    rag_phrasings: str = "world"    # RAG training questions: apps (worldqa's train forms + synthetic's extra ones)
+                                    # | world (+ the world's own training forms, every held-out form left out).
+                                    # apps -> world, never-seen RAG on all 320 eval questions: 0.68 -> 0.81
+                                    # (seed 1337), 0.71 -> 0.74 (seed 7); 'cannot find' unchanged (~0.55)
     n_arith_train: int = 300
     n_fictional: int = 300          # invented people (synthetic.py) whose facts only the passages / tools hold
     n_fictional_heldout: int = 40   # more invented people, in no training data: RAG vs closed-book on them

@@ -149,7 +149,8 @@ def test_world_phrasings_add_training_forms_and_no_held_out_one(run_dir):
             assert all(t.replace("{name}", "") == t.replace("{name}", "").format() for t in templates)
     kg = kg_from_world_json(run_dir / "data" / "world" / "world.json")
     store = DocumentStore()
-    cfg = Config(n_fictional=12, n_fictional_heldout=5, n_rag_train=0, n_multihop_train=0, n_arith_train=4)
+    cfg = Config(n_fictional=12, n_fictional_heldout=5, n_rag_train=0, n_multihop_train=0, n_arith_train=4,
+                 rag_phrasings="apps")
     asked = lambda: {json.loads(line)["messages"][1]["content"].split("\n")[-1]  # noqa: E731
                      for line in build_sft_data(kg, store, cfg, run_dir, seed=3)[0].read_text().splitlines()
                      if json.loads(line)["task"].startswith("rag")}
