@@ -207,7 +207,9 @@ def answer_clause(kg: KnowledgeGraph, entity: str, relation: str, lang: str) -> 
 
 # "the passages do not say": opens like the answer clause (the asked subject, copied from the question), so the
 # model decides answer-or-refuse at the token after the subject, where it can look for that subject in the
-# passage, rather than at the first token. en capital answers open with "The capital of {country} is".
+# passage, rather than at the first token. en capital answers open with "The capital of {country} is". The default
+# 1.3M-parameter model cannot make that check (it copies the name, then the passage's clause): the apps stage
+# uses the plain CANNOT_FIND target (stage.Config.rag_no_answer).
 NO_ANSWER = {"en": "{subject} is not in the passages.", "zh": "{subject}不在资料中。"}
 
 
