@@ -60,7 +60,8 @@ class Config:
                                     # never-seen RAG 0.45 / 0.65 / 0.57 at 1.5e-3 / 3e-3 / 6e-3, arithmetic
                                     # agent 0.65 / 0.77 / 0.83, closed-book 0.58 / 0.52 / 0.33 (k=1, quote);
                                     # 3e-3 on seed 7: never-seen RAG 0.67
-    no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer
+    no_answer_rate: float = 0.3     # share of RAG examples whose passages lack the answer. 0.45 (world phrasings,
+                                    # all 320 never-seen questions): 'cannot find' 0.52 -> 0.66 but RAG 0.81 -> 0.68
     rag_answer: str = "quote"       # RAG SFT targets: value ("teacher [1]") | quote ("X works as a teacher [1]").
                                     # quote vs value (k=1, lr 3e-3): never-seen RAG 0.65 vs 0.45, world 0.78 vs
                                     # 0.57, but 'cannot find' without the passage 0.43 vs 0.65: it answers more
