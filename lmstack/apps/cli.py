@@ -40,6 +40,15 @@ def trained_k(run: str, default: int = 3) -> int:
     return int(config.get("k", default))
 
 
+def trained_layout(run: str) -> str:
+    """The RAG prompt layout (``rag.LAYOUTS``) the run's apps stage trained with, else ``passages_first``."""
+    manifest = Path(run) / "manifest.json"
+    if not manifest.exists():
+        return "passages_first"
+    config = json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {}).get("config", {})
+    return str(config.get("rag_prompt", "passages_first"))
+
+
 def _model(run: str, checkpoint: str, device: str):
     from lmstack.model import load_pretrained
 
@@ -144,7 +153,7 @@ def rag_main(argv: list[str] | None = None) -> int:
             mode = args.mode if args.mode != "auto" else ("hybrid" if store.index is not None else "bm25")
             k = args.k if args.k is not None else trained_k(args.run)
             pipe = RagPipeline(store, _model(args.run, args.checkpoint, args.device), tok, k, mode,
-                               args.max_new_tokens)
+                               args.max_new_tokens, layout=trained_layout(args.run))
             print(pipe.ask(args.question).render())
     except (FileNotFoundError, ValueError, KeyError) as e:
         return _fail(str(e).strip('"'))

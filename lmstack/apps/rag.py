@@ -22,7 +22,8 @@ SYSTEM = {"en": "Answer from the passages and cite them as [n]. If they do not c
           "zh": "根据资料回答，并用[n]标注出处。如果资料中没有答案，请直说。"}
 QUESTION = {"en": "Question: {q}", "zh": "问题：{q}"}
 CANNOT_FIND = {"en": "I cannot find the answer in the passages.", "zh": "资料中找不到答案。"}
-_CANNOT_FIND_RE = re.compile(r"cannot find|can't find|could not find|not in the passages|找不到|没有找到|资料中没有")
+# also matches worldqa.no_answer_clause ("X is not in the passages.", "X不在资料中。")
+_CANNOT_FIND_RE = re.compile(r"cannot find|can't find|could not find|not in the passages|找不到|没有找到|资料中没有|不在资料中")
 _CITATION_RE = re.compile(r"\[(\d+)\]")
 
 
@@ -30,11 +31,20 @@ def lang_of(text: str) -> str:
     return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
 
 
-def rag_messages(question: str, passages: Sequence[str], lang: str | None = None) -> list[dict]:
+# where the question stands in the user turn. question_first: the passages' tokens can attend to the question
+# (the model is causal), so a passage can be read against the asked name as it is encoded
+LAYOUTS = ("passages_first", "question_first")
+
+
+def rag_messages(question: str, passages: Sequence[str], lang: str | None = None,
+                 layout: str = "passages_first") -> list[dict]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"RAG prompt layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     lang = lang or lang_of(question)
     context = "\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+    asked = QUESTION[lang].format(q=question)
     return [{"role": "system", "content": SYSTEM[lang]},
-            {"role": "user", "content": context + "\n" + QUESTION[lang].format(q=question)}]
+            {"role": "user", "content": asked + "\n" + context if layout == "question_first" else context + "\n" + asked}]
 
 
 def cited_answer(answer: str, index: int) -> str:
@@ -56,7 +66,8 @@ def is_cannot_find(text: str) -> bool:
 # ------------------------------------------------------------------ SFT data
 
 def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int = 3, no_answer_rate: float = 0.3,
-                     seed: int = 0, answer_text=None) -> list[dict]:
+                     seed: int = 0, answer_text=None, no_answer_text=None, layout: str = "passages_first",
+                     paired: bool = False) -> list[dict]:
     """Chat examples that teach answering from passages.
 
     ``questions``: dicts with "question", "answer", "lang", "entity" (``worldqa.fact_questions``);
@@ -64,27 +75,31 @@ def rag_sft_examples(questions: Sequence[dict], passages: dict, retrieve, k: int
     ``retrieve(question, n) -> list[str]``: distractor candidates (e.g. BM25 over the corpus).
     With probability ``no_answer_rate`` the gold passage is left out and the target is the "cannot find"
     answer; otherwise it sits at a random position and the target cites it. ``answer_text(q)``: the answer
-    as the target states it (default ``q["answer"]``; e.g. ``worldqa.answer_clause``, which quotes the passage)."""
+    as the target states it (default ``q["answer"]``; e.g. ``worldqa.answer_clause``, which quotes the passage).
+    ``no_answer_text(q)``: the "cannot find" target (default ``CANNOT_FIND``; e.g. ``worldqa.no_answer_clause``).
+    ``layout``: ``rag_messages``'s (the pipeline that asks the tuned model must use the same).
+    ``paired``: each "cannot find" example comes with its answerable twin, the same question with the gold
+    passage: a minimal pair, where what tells them apart is whether the passage names the asked subject."""
     rng = random.Random(seed)
     out = []
     for q in questions:
         gold = passages[(q["entity"], q["lang"])]
         others = [p for p in retrieve(q["question"], k + 2) if p != gold and q["answer"] not in p]
         answerable = rng.random() >= no_answer_rate
-        if answerable:
-            context = others[:k - 1]
-            pos = rng.randint(0, len(context))
-            context.insert(pos, gold)
-            target = cited_answer(answer_text(q) if answer_text else q["answer"], pos + 1)
-        else:
-            context = others[:k]
-            target = CANNOT_FIND[q["lang"]]
-        if not context:
-            continue
-        out.append({"messages": rag_messages(q["question"], context, q["lang"]) +
-                    [{"role": "assistant", "content": target}],
-                    "task": "rag" if answerable else "rag_cannot_find", "answer": q["answer"] if answerable else None,
-                    "lang": q["lang"], "facts": []})
+        for with_gold in ([answerable] if answerable or not paired else [False, True]):
+            if with_gold:
+                context = others[:k - 1]
+                pos = rng.randint(0, len(context))
+                context.insert(pos, gold)
+                target = cited_answer(answer_text(q) if answer_text else q["answer"], pos + 1)
+            else:
+                context = others[:k]
+                target = no_answer_text(q) if no_answer_text else CANNOT_FIND[q["lang"]]
+            if not context:
+                continue
+            out.append({"messages": rag_messages(q["question"], context, q["lang"], layout) +
+                        [{"role": "assistant", "content": target}], "task": "rag" if with_gold else "rag_cannot_find",
+                        "answer": q["answer"] if with_gold else None, "lang": q["lang"], "facts": []})
     return out
 
 
@@ -114,18 +129,18 @@ class RagPipeline:
     Passages are dropped from the end until the prompt fits the model's context."""
 
     def __init__(self, store, model, tokenizer, k: int = 3, mode: str = "bm25", max_new_tokens: int = 24,
-                 reranker=None, rerank_depth: int = 10):
+                 reranker=None, rerank_depth: int = 10, layout: str = "passages_first"):
         from lmstack.generate import GenerationConfig
 
         self.store, self.model, self.tokenizer, self.k, self.mode = store, model, tokenizer, k, mode
-        self.reranker, self.rerank_depth = reranker, rerank_depth
+        self.reranker, self.rerank_depth, self.layout = reranker, rerank_depth, layout
         self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
 
     def _fit(self, question: str, passages: list[str], reserve: int | None = None) -> list[dict]:
         limit = getattr(self.model.config, "max_seq_len", None) if self.model is not None else None
         reserve = self.cfg.max_new_tokens if reserve is None else reserve
         while True:
-            msgs = rag_messages(question, passages)
+            msgs = rag_messages(question, passages, layout=self.layout)
             n = len(self.tokenizer.encode_chat(msgs, add_generation_prompt=True)[0])
             if not limit or n + reserve <= limit or not passages:
                 return msgs

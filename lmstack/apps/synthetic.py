@@ -14,6 +14,7 @@ measurements keep using the world's own graph.
 from __future__ import annotations
 
 import random
+import re
 from types import SimpleNamespace
 
 from lmstack.apps.kg import KnowledgeGraph, world_triples
@@ -88,12 +89,31 @@ def augmented_graph(kg: KnowledgeGraph, n: int, seed: int | str, id_prefix: str 
     return KnowledgeGraph(list(kg.triples) + triples, {**kg.meta, **meta})
 
 
-def extra_fact_questions(kg: KnowledgeGraph, entities, langs=("en", "zh")) -> list[dict]:
-    """``worldqa.fact_questions`` items in the EXTRA_TRAIN_QUESTIONS phrasings, for people in ``entities``."""
+def world_train_phrasings() -> dict[str, dict[str, list[str]]]:
+    """The world's own TRAINING question forms for a person's relations (``world_text.QUESTIONS_TRAIN``, the
+    forms its pretraining and SFT text ask) that name only ``{name}`` and that neither ``worldqa``'s own
+    forms nor EXTRA_TRAIN_QUESTIONS already hold. Every held-out form is left out: worldqa's EVAL family (some
+    of which the world trains on) and the world's QUESTIONS_EVAL. relation -> lang -> forms."""
+    from lmstack.apps.worldqa import FACT_QUESTIONS
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for relation in EXTRA_TRAIN_QUESTIONS:
+        for lang in ("en", "zh"):
+            ours = FACT_QUESTIONS[relation][lang]
+            taken = set(ours["eval"]) | set(T.QUESTIONS_EVAL[lang][relation]) | set(ours["train"]) | \
+                set(EXTRA_TRAIN_QUESTIONS[relation][lang])
+            out.setdefault(relation, {})[lang] = [t for t in T.QUESTIONS_TRAIN[lang][relation] if t not in taken
+                                                  and set(re.findall(r"\{(\w+)\}", t)) == {"name"}]
+    return out
+
+
+def extra_fact_questions(kg: KnowledgeGraph, entities, langs=("en", "zh"), templates: dict | None = None) -> list[dict]:
+    """``worldqa.fact_questions`` items in the EXTRA_TRAIN_QUESTIONS phrasings (or ``templates``: relation ->
+    lang -> forms, e.g. ``world_train_phrasings()``), for people in ``entities``."""
     from lmstack.apps.worldqa import value_name
 
     out = []
-    for relation, by_lang in EXTRA_TRAIN_QUESTIONS.items():
+    for relation, by_lang in (EXTRA_TRAIN_QUESTIONS if templates is None else templates).items():
         for eid in entities:
             for value in kg.objects(eid, relation):
                 for lang in langs:

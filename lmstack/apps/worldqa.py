@@ -205,6 +205,26 @@ def answer_clause(kg: KnowledgeGraph, entity: str, relation: str, lang: str) -> 
     return f["name"] + (" " if lang == "en" else "") + clause if relation == "hobby" else clause
 
 
+# "the passages do not say": opens like the answer clause (the asked subject, copied from the question), so the
+# model decides answer-or-refuse at the token after the subject, where it can look for that subject in the
+# passage, rather than at the first token. en capital answers open with "The capital of {country} is". The default
+# 1.3M-parameter model cannot make that check (it copies the name, then the passage's clause): the apps stage
+# uses the plain CANNOT_FIND target (stage.Config.rag_no_answer).
+NO_ANSWER = {"en": "{subject} is not in the passages.", "zh": "{subject}不在资料中。"}
+
+
+def no_answer_clause(kg: KnowledgeGraph, entity: str, relation: str, lang: str) -> str:
+    """The RAG target when no passage states ``entity``'s ``relation``: "Laura Foster is not in the passages.",
+    "The capital of Norland is not in the passages.", "劳拉·福斯特不在资料中。" (the shared opening with
+    ``answer_clause`` is why it names the subject)."""
+    if relation not in _RELATION_CLAUSE:
+        raise ValueError(f"no passage clause for relation {relation!r} (known: {', '.join(SUBJECT_TYPE)})")
+    subject = kg.name(entity, lang)
+    if relation == "capital" and lang == "en":
+        return f"The capital of {subject} is not in the passages."
+    return NO_ANSWER[lang].format(subject=subject)
+
+
 def entity_passages(kg: KnowledgeGraph, langs: Sequence[str] = ("en", "zh")) -> list[dict]:
     """One passage per person, city and country and language: {"id", "text", "entity", "lang"}."""
     return [{"id": f"{e}:{lang}", "text": _passage(kg, e, lang), "entity": e, "lang": lang}

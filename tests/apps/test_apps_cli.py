@@ -74,3 +74,11 @@ def test_rag_ask_uses_the_k_the_apps_stage_trained_with(tmp_path):
     assert trained_k(str(tmp_path)) == 1
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"sft": {}}}))
     assert trained_k(str(tmp_path), default=5) == 5
+
+
+def test_rag_ask_uses_the_prompt_layout_the_apps_stage_trained_with(tmp_path):
+    from lmstack.apps.cli import trained_layout
+
+    assert trained_layout(str(tmp_path)) == "passages_first"
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"apps": {"config": {"rag_prompt": "question_first"}}}}))
+    assert trained_layout(str(tmp_path)) == "question_first"

@@ -94,6 +94,13 @@ def test_rag_pipeline_runs_a_real_model_and_fits_the_context(kg, store):
     excluded = pipe.ask(q["question"], exclude_docs=[f"{q['entity']}:en"])
     assert f"{q['entity']}:en" not in excluded.doc_ids
     assert "[1]" in ans.render()
+    # the question-first layout: the same passages, the question before them, in training and in the pipeline
+    first = RagPipeline(store, model, tok, k=1, max_new_tokens=8, layout="question_first")
+    msgs, hits = first.prompt(q["question"])
+    assert msgs[1]["content"] == f"Question: {q['question']}\n[1] {hits[0].text}"
+    assert rag_messages("李伟出生在哪里？", ["x"], layout="question_first")[1]["content"] == "问题：李伟出生在哪里？\n[1] x"
+    with pytest.raises(ValueError, match="layout"):
+        rag_messages("q", ["x"], layout="sideways")
 
 
 def test_memory_evicts_summarises_and_recalls():
@@ -175,3 +182,49 @@ def test_answer_clause_quotes_the_passage_and_states_the_answer(kg):
     assert not answer_matches(answer_clause(kg, other["entity"], "hobby", other["lang"]), other["answer"])
     with pytest.raises(ValueError, match="relation"):
         answer_clause(kg, other["entity"], "spouse", "en")
+
+
+def test_no_answer_clause_opens_like_the_answer_and_says_cannot_find(kg, store):
+    """The "not in the passages" target shares its opening with the quoted answer up to the subject (and the
+    verb for en capitals), so answer-or-refuse is decided after the copied name; the judge reads it as
+    'cannot find', never as an answer."""
+    import os
+
+    from lmstack.apps.worldqa import answer_clause, no_answer_clause
+
+    qs = fact_questions(kg, "train")
+    for q in qs:
+        absent, clause = no_answer_clause(kg, q["entity"], q["relation"], q["lang"]), \
+            answer_clause(kg, q["entity"], q["relation"], q["lang"])
+        name = kg.name(q["entity"], q["lang"])
+        assert name in q["question"] and is_cannot_find(absent) and not is_cannot_find(clause), absent
+        assert not answer_matches(absent, q["answer"])
+        assert len(os.path.commonprefix([absent, clause])) >= len(name) + clause.index(name), (absent, clause)
+    fr = next(q for q in qs if q["relation"] == "capital" and q["lang"] == "en")
+    assert no_answer_clause(kg, fr["entity"], "capital", "en").startswith("The capital of ")
+    assert is_cannot_find(CANNOT_FIND["en"]) and is_cannot_find("米拉·特纳不在资料中。")
+    with pytest.raises(ValueError, match="relation"):
+        no_answer_clause(kg, fr["entity"], "spouse", "en")
+    passages = {(p["entity"], p["lang"]): p["text"] for p in entity_passages(kg)}
+    data = rag_sft_examples(qs, passages, lambda q, n: [h.text for h in store.search(q, n)], k=1,
+                            no_answer_rate=0.5, seed=2,
+                            no_answer_text=lambda q: no_answer_clause(kg, q["entity"], q["relation"], q["lang"]))
+    by_question = {q["question"]: q for q in qs}
+    refusals = [(d, by_question[d["messages"][1]["content"].split("Question: ")[-1].split("问题：")[-1]])
+                for d in data if d["task"] == "rag_cannot_find"]
+    assert all(d["messages"][1]["content"].startswith("[1] ") for d in data)
+    ordered = rag_sft_examples(qs[:4], passages, lambda q, n: [h.text for h in store.search(q, n)], k=1, seed=2,
+                               layout="question_first")
+    assert [d["messages"][1]["content"].split("\n")[0] for d in ordered] == \
+        [rag_messages(q["question"], [], q["lang"])[1]["content"].strip() for q in qs[:4]]
+    twins = rag_sft_examples(qs, passages, lambda q, n: [h.text for h in store.search(q, n)], k=1,
+                             no_answer_rate=0.5, seed=2, paired=True)
+    # paired: each refusal is followed by the same question with the gold passage, answered
+    assert len(twins) > len(data) and any(d["task"] == "rag_cannot_find" for d in twins)
+    for no, yes in zip(twins, twins[1:]):
+        if no["task"] == "rag_cannot_find":
+            question = no["messages"][1]["content"].split("\n")[-1]
+            assert yes["task"] == "rag" and yes["messages"][1]["content"].split("\n")[-1] == question
+            assert yes["messages"][1]["content"] != no["messages"][1]["content"]
+    assert refusals and all(d["messages"][-1]["content"] == no_answer_clause(kg, q["entity"], q["relation"],
+                                                                            q["lang"]) for d, q in refusals)

@@ -5,6 +5,7 @@ import pytest
 
 from lmstack.apps.dense import DenseEncoder
 from lmstack.apps.kg import KnowledgeGraph
+from lmstack.apps.rag import CANNOT_FIND
 from lmstack.apps.store import DocumentStore
 from lmstack.data.world import WorldConfig, build_world
 from lmstack.model import save_pretrained
@@ -97,6 +98,21 @@ def test_heldout_fictional_people_are_in_no_apps_training_data(run_dir):
         n = int(target.rsplit("[", 1)[1].rstrip("]"))
         passage = r["messages"][1]["content"].split("\n")[n - 1]
         assert target.split()[0].split("于")[0][:2] in passage and r["answer"] in target
+    # rag_no_answer = "subject": a refusal names the asked subject, and it is in the question
+    cfg.rag_no_answer = "subject"
+    rows = [json.loads(line) for line in build_sft_data(kg, store, cfg, run_dir, seed=3)[0].read_text().splitlines()]
+    refusals = [r for r in rows if r["task"] == "rag_cannot_find"]
+    assert refusals
+    for r in refusals:
+        target, question = r["messages"][-1]["content"], r["messages"][1]["content"].rsplit("\n", 1)[1]
+        subject = target.replace("The capital of ", "").split(" is not in")[0].split("不在资料中")[0]
+        assert target.endswith(("is not in the passages.", "不在资料中。")) and subject in question, (target, question)
+    cfg.rag_no_answer = "plain"
+    plain = [json.loads(line) for line in build_sft_data(kg, store, cfg, run_dir, seed=3)[0].read_text().splitlines()]
+    assert {r["messages"][-1]["content"] for r in plain if r["task"] == "rag_cannot_find"} <= set(CANNOT_FIND.values())
+    cfg.rag_no_answer = "nothing"
+    with pytest.raises(ValueError, match="rag_no_answer"):
+        build_sft_data(kg, store, cfg, run_dir, seed=3)
 
 
 def test_sample_multihop_balances_kinds():
@@ -112,3 +128,41 @@ def test_sample_multihop_balances_kinds():
     balanced = sample_multihop(qs, 20, True, random.Random(0))
     assert Counter(q["kind"] for q in balanced) == {"a": 10, "b": 10}
     assert {q["i"] for q in balanced if q["kind"] == "b"} == {0, 1, 2, 3}  # the rare kind repeated, none lost
+
+
+def test_world_phrasings_add_training_forms_and_no_held_out_one(run_dir):
+    import json
+
+    from lmstack.apps.kg import kg_from_world_json
+    from lmstack.apps.stage import Config, build_sft_data
+    from lmstack.apps.synthetic import EXTRA_TRAIN_QUESTIONS, world_train_phrasings
+    from lmstack.apps.worldqa import FACT_QUESTIONS
+    from lmstack.data.world_text import QUESTIONS_EVAL, QUESTIONS_TRAIN
+
+    forms = world_train_phrasings()
+    for relation, by_lang in forms.items():
+        for lang, templates in by_lang.items():
+            assert len(templates) >= 5
+            held = set(FACT_QUESTIONS[relation][lang]["eval"]) | set(QUESTIONS_EVAL[lang][relation])
+            assert not held & set(templates) and set(templates) <= set(QUESTIONS_TRAIN[lang][relation])
+            assert not set(templates) & set(EXTRA_TRAIN_QUESTIONS[relation][lang])
+            assert all(t.replace("{name}", "") == t.replace("{name}", "").format() for t in templates)
+    kg = kg_from_world_json(run_dir / "data" / "world" / "world.json")
+    store = DocumentStore()
+    cfg = Config(n_fictional=12, n_fictional_heldout=5, n_rag_train=0, n_multihop_train=0, n_arith_train=4,
+                 rag_phrasings="apps")
+    asked = lambda: {json.loads(line)["messages"][1]["content"].split("\n")[-1]  # noqa: E731
+                     for line in build_sft_data(kg, store, cfg, run_dir, seed=3)[0].read_text().splitlines()
+                     if json.loads(line)["task"].startswith("rag")}
+    before = asked()
+    cfg.rag_phrasings = "world"
+    after = asked()
+    import re
+
+    world_forms = [re.compile("(Question: |问题：)" + re.escape(t).replace(re.escape("{name}"), ".+") + "$")
+                   for by_lang in forms.values() for templates in by_lang.values() for t in templates]
+    in_world_form = lambda qs: sum(any(f.match(q) for f in world_forms) for q in qs)  # noqa: E731
+    assert in_world_form(before) == 0 and in_world_form(after) > len(after) / 4
+    cfg.rag_phrasings = "everything"
+    with pytest.raises(ValueError, match="rag_phrasings"):
+        build_sft_data(kg, store, cfg, run_dir, seed=3)
