@@ -29,7 +29,7 @@ EXTRA_TRAIN_QUESTIONS = {
                    "zh": ["{name}生于哪一年？", "{name}哪年出生？"]},
     "birthplace": {"en": ["Which city is {name} from?", "Where does {name} come from?"],
                    "zh": ["{name}是哪里人？", "{name}来自哪座城市？"]},
-    "occupation": {"en": ["What job does {name} have?", "What work does {name} do?"],
+    "occupation": {"en": ["What is {name}'s line of work?", "What work does {name} do?"],
                    "zh": ["{name}做什么工作？", "{name}的工作是什么？"]},
     "hobby": {"en": ["What hobby does {name} have?", "What does {name} enjoy doing?"],
               "zh": ["{name}喜欢做什么？", "{name}有什么兴趣爱好？"]},

@@ -139,6 +139,10 @@ def test_world_phrasings_add_training_forms_and_no_held_out_one(run_dir):
     from lmstack.apps.worldqa import FACT_QUESTIONS
     from lmstack.data.world_text import QUESTIONS_EVAL, QUESTIONS_TRAIN
 
+    for relation, by_lang in EXTRA_TRAIN_QUESTIONS.items():  # the apps' own extra forms hold no held-out one either
+        for lang, templates in by_lang.items():
+            held = set(FACT_QUESTIONS[relation][lang]["eval"]) | set(QUESTIONS_EVAL[lang][relation])
+            assert not held & set(templates), (relation, lang)
     forms = world_train_phrasings()
     for relation, by_lang in forms.items():
         for lang, templates in by_lang.items():
