@@ -12,7 +12,7 @@ import random
 from typing import Callable
 
 from lmstack.apps.agent import OBSERVATION, ReActAgent, trim_turns, turn_context
-from lmstack.apps.tools import ToolBox, calculate
+from lmstack.apps.tools import ToolBox, calculate, map_strings
 
 OPS = {"+": "plus", "-": "minus", "*": "times"}
 ZH_OPS = {"+": "加", "-": "减", "*": "乘以"}
@@ -48,13 +48,7 @@ def spaced_strings(value):
     """``value`` with a space before every string (nested too): how ``PlanPolicy(spaced_args=True)`` writes tool
     arguments, so that a name or word copied from the question or an observation (where it follows a space) is
     the same BPE token in the call; the tools strip the space (``tools.strip_strings``)."""
-    if isinstance(value, str):
-        return " " + value
-    if isinstance(value, list):
-        return [spaced_strings(v) for v in value]
-    if isinstance(value, dict):
-        return {k: spaced_strings(v) for k, v in value.items()}
-    return value
+    return map_strings(value, lambda s: " " + s)
 
 
 class PlanPolicy:

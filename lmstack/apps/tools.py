@@ -105,17 +105,22 @@ class ToolResult:
     content: str
 
 
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like: nested lists and objects) with ``fn`` applied to every string in it."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    return value
+
+
 def strip_strings(value: Any) -> Any:
     """``value`` with the whitespace around every string (in nested lists and objects too) removed: a model may
     write ``" nurse"`` so that a word copied from the question keeps the token it has there (a BPE word token
     carries its leading space; ``"nurse"`` would have to be spelled out of other pieces)."""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, list):
-        return [strip_strings(v) for v in value]
-    if isinstance(value, dict):
-        return {k: strip_strings(v) for k, v in value.items()}
-    return value
+    return map_strings(value, str.strip)
 
 
 class ToolBox:
