@@ -169,6 +169,7 @@ def run_part(run: Path, quick: bool) -> tuple[str, dict]:
     from lmstack.align import common
     from lmstack.apps.dense import DenseEncoder
     from lmstack.apps.kg import KnowledgeGraph
+    from lmstack.apps.cli import apps_stage_config
     from lmstack.apps.stage import Config, measure
     from lmstack.apps.store import DocumentStore
 
@@ -190,9 +191,7 @@ def run_part(run: Path, quick: bool) -> tuple[str, dict]:
         from lmstack.apps.rerank import CrossEncoder
         reranker = CrossEncoder.load(rerank_dir, tok)
     # measure with the settings the run's apps stage trained with (prompt style, k, answer format, seed's people)
-    manifest = run / "manifest.json"
-    saved = json.loads(manifest.read_text()).get("stages", {}).get("apps", {}).get("config", {}) if manifest.exists() else {}
-    fields = {k: v for k, v in saved.items() if k in Config.__dataclass_fields__ and not isinstance(v, dict)}
+    fields = {k: v for k, v in apps_stage_config(run).items() if k in Config.__dataclass_fields__ and not isinstance(v, dict)}
     cfg = Config(**{**fields, "eval_examples": 8 if quick else 0,
                     "retrieval_mode": "hybrid" if encoder else "bm25"})
     metrics, report = measure(Ctx(), cfg, kg, store, model, tok, run, reranker)

@@ -30,23 +30,23 @@ def _tokenizer(run: str):
     return Tokenizer.load(path)
 
 
+def apps_stage_config(run: str | Path) -> dict:
+    """The config the run's apps stage ran with (its manifest), or {} when it has not run."""
+    manifest = Path(run) / "manifest.json"
+    if not manifest.exists():
+        return {}
+    return json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {}).get("config", {})
+
+
 def trained_k(run: str, default: int = 3) -> int:
     """Passages per prompt the run's apps stage trained and measured RAG with (its manifest), else ``default``:
     a model tuned on one-passage prompts should be asked with one passage."""
-    manifest = Path(run) / "manifest.json"
-    if not manifest.exists():
-        return default
-    config = json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {}).get("config", {})
-    return int(config.get("k", default))
+    return int(apps_stage_config(run).get("k", default))
 
 
 def trained_layout(run: str) -> str:
     """The RAG prompt layout (``rag.LAYOUTS``) the run's apps stage trained with, else ``passages_first``."""
-    manifest = Path(run) / "manifest.json"
-    if not manifest.exists():
-        return "passages_first"
-    config = json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {}).get("config", {})
-    return str(config.get("rag_prompt", "passages_first"))
+    return str(apps_stage_config(run).get("rag_prompt", "passages_first"))
 
 
 def _model(run: str, checkpoint: str, device: str):
