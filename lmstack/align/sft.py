@@ -46,6 +46,7 @@ class Config:
     eval_examples: int = 200         # held-out examples scored by generation (0 = all)
     facts_examples: int = 200        # facts_eval questions for the knowledge-placement table (0 = all, -1 = skip)
     few_shot: int = 3                # demonstrations per task for the base-model baseline (0 = skip baseline)
+    arith_probes: int = 0            # + this many held-out arithmetic questions of the world, scored per kind (0 = skip)
     max_new_tokens: int = 32
     log_every: int = 20
     # Replay: each step also takes a language-modelling loss on this many windows of the pretraining shards
@@ -198,6 +199,11 @@ def _run(ctx, cfg: Config, stage: str):
         atomic_write_text(run_path / "eval" / f"{stage}_facts.jsonl",
                                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_answers))
 
+    arith = None
+    world_dir = run_path / "data" / "world"
+    if cfg.arith_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
+        arith = evals.arithmetic_probe(model, tokenizer, world_dir, cfg.arith_probes, ctx.seed, cfg.max_new_tokens)
+
     metrics = {
         "final_loss": round(summary["history"][-1], 4),
         "train_examples": summary["examples"], "dropped_examples": summary["dropped"],
@@ -209,6 +215,7 @@ def _run(ctx, cfg: Config, stage: str):
         **{f"n_task_{t}": v["n"] for t, v in result["by_task"].items()},
         **{f"n_{k}": v for k, v in result["n"].items()},
         **param_metrics,
+        **(arith or {}),
     }
     if base_result:
         metrics.update(base_accuracy=base_result["accuracy"], base_pii_refusal=base_result["pii_refusal"])
@@ -221,11 +228,11 @@ def _run(ctx, cfg: Config, stage: str):
             if v["base"] == v["base"]:  # not NaN: the base model was evaluated too
                 metrics[f"facts_{key}_base"] = v["base"]
     plot = _loss_plot(run_path, stage, summary["history"])
-    report = _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path)
+    report = _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith)
     return StageResult(metrics=metrics, artifacts={**artifacts, "loss_plot": plot}, report=report)
 
 
-def _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path) -> str:
+def _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith=None) -> str:
     lines = []
     mode = "full fine-tuning" if not cfg.lora.enabled else ("QLoRA" if cfg.lora.qlora else "LoRA") + f" r={cfg.lora.r}"
     lines.append(f"{mode} from `checkpoints/{cfg.init_from}` on `{train_path.name}`: {summary['examples']} conversations"
@@ -256,6 +263,10 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
         lines.append(f"Answer accuracy: base model prompted {cfg.few_shot}-shot **{format_score(base_result['accuracy'])}**"
                      f" vs {stage} model **{format_score(result['accuracy'])}**; PII refusal {format_score(base_result['pii_refusal'])}"
                      f" -> {format_score(result['pii_refusal'])}.\n")
+    if arith:
+        lines.append(f"**Held-out arithmetic** ({cfg.arith_probes} questions of the world's eval problems and phrasings):"
+                     f" two-digit + and - {format_score(arith['arith_addsub'])} (n={arith['n_arith_addsub']}),"
+                     f" small x {format_score(arith['arith_mul'])} (n={arith['n_arith_mul']}).\n")
     if placement:
         lines.append("**Knowledge placement** (correct-fact rate by where the fact appeared in training):\n")
         lines.append(evals.placement_table(placement))

@@ -783,10 +783,13 @@ ARITH_ANSWERS = {"en": ["{a} {op} {b} = {c}.", "The answer is {c}.", "{a} {opw} 
 # Worked answers for two-digit + and -: ones column, then tens column, then the result, all in one clause
 # (commas only), so the judge's first clause still ends with the answer. A small model cannot carry in its
 # head: it must write the tens digit before it has added the ones (Nye et al. 2021, "Show your work").
+# The answer first restates the problem ("55 + 88: ones ..."), so the digits each step copies sit a fixed
+# distance back instead of somewhere in a varied question: held-out two-digit + and - went 0.80 -> 0.87
+# (200 problems, the same SFT data otherwise; issue 14).
 ARITH_STEPS = {
-    "en": {"ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}", "carry": " + 1",
+    "en": {"head": "{a} {op} {b}: ", "ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}", "carry": " + 1",
            "borrow": " - 1", "final": "so {a} {op} {b} = {c}."},
-    "zh": {"ones": "个位{x}{opw_zh}{y}得{r}", "tens": "十位{x}{opw_zh}{y}{adj}得{r}", "carry": "再加1",
+    "zh": {"head": "{a}{opw_zh}{b}：", "ones": "个位{x}{opw_zh}{y}得{r}", "tens": "十位{x}{opw_zh}{y}{adj}得{r}", "carry": "再加1",
            "borrow": "再减1", "final": "所以{a}{opw_zh}{b}等于{c}。"},
 }
 

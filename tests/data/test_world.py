@@ -510,8 +510,8 @@ def test_biography_switches():
 def test_worked_arithmetic_shows_columns_and_ends_with_the_result():
     from lmstack.data.world.dialogues import worked_arith
 
-    assert worked_arith("+", 27, 58, "en") == "ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so 27 + 58 = 85."
-    assert worked_arith("-", 63, 28, "zh") == "个位13减8得5，十位6减2再减1得3，所以63减28等于35。"
+    assert worked_arith("+", 27, 58, "en") == "27 + 58: ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so 27 + 58 = 85."
+    assert worked_arith("-", 63, 28, "zh") == "63减28：个位13减8得5，十位6减2再减1得3，所以63减28等于35。"
     for a in range(2, 100):
         for b in range(2, 100, 7):
             for op in "+-":
@@ -533,6 +533,32 @@ def test_sft_arithmetic_is_worked_for_sums_and_differences_only_in_training(worl
     worked = [i for i in train if re.search(r"\bones\b|个位", i["messages"][-1]["content"])]
     assert len(worked) > len(train) / 2
     assert not any(re.search(r"\bones\b|个位", i["messages"][-1]["content"]) for i in world.sft_eval)
+
+
+def test_extra_arithmetic_is_appended_from_its_own_stream_and_never_a_held_out_problem():
+    from lmstack.data.world.documents import _arith_is_heldout
+
+    base = build_world(WorldConfig(**TINY), seed=7)
+    more = build_world(WorldConfig(**dict(TINY, n_sft_arith_extra=50)), seed=7)
+    assert more.sft_train[:len(base.sft_train)] == base.sft_train and more.sft_eval == base.sft_eval
+    extra = more.sft_train[len(base.sft_train):]
+    assert len(extra) == 50 and {i["task"] for i in extra} == {"arith"}
+    assert not any(_arith_is_heldout(i["op"], *map(int, re.findall(r"\d+", i["messages"][-2]["content"])[:2]))
+                   for i in extra)
+
+
+def test_arithmetic_probe_asks_only_held_out_problems_in_held_out_phrasings(tiny):
+    from lmstack.data.world.dialogues import DialogBuilder
+    from lmstack.data.world.documents import _arith_is_heldout
+
+    probes = DialogBuilder(tiny).probe_conversations("arith", 120, seed=0)
+    assert len(probes) == 120 and {p["op"] for p in probes} == {"+", "-", "*"}
+    trained = {m["content"] for i in tiny.sft_train for m in i["messages"] if m["role"] == "user"}
+    for p in probes:
+        question = p["messages"][-2]["content"]
+        a, b = map(int, re.findall(r"\d+", question)[:2])
+        assert _arith_is_heldout(p["op"], a, b) and question not in trained
+        assert int(p["answer"]) == {"+": a + b, "-": a - b, "*": a * b}[p["op"]]
 
 
 def test_pretraining_only_people_are_named_in_sft_training_only_inside_translations(world):

@@ -191,6 +191,14 @@ class DialogBuilder:
             _drop_some_system_prompts(rng, items)
         return items
 
+    def sft_arith_extra(self, n: int) -> list[dict]:
+        """``n`` more training arithmetic conversations, from a random stream of their own so the rest of the
+        SFT set does not change with ``n`` (``WorldConfig.n_sft_arith_extra``)."""
+        rng = self.w.rng("sft:train:arith_extra")
+        items = [self._sft_arith(rng, "train") for _ in range(n)]
+        _drop_some_system_prompts(rng, items)
+        return items
+
     def _sft_fact_qa(self, rng, split, fact: Fact) -> dict:
         lang = self._lang(rng)
         q = self._question(rng, split, fact, lang)
@@ -235,7 +243,7 @@ class DialogBuilder:
         else:
             answer = rng.choice(T.ARITH_ANSWERS[lang]).format(**f)
         return {"messages": [system, {"role": "user", "content": q}, {"role": "assistant", "content": answer}],
-                "task": "arith", "answer": str(c), "lang": lang, "facts": []}
+                "task": "arith", "answer": str(c), "lang": lang, "op": f["op"], "facts": []}
 
     def _sft_refuse(self, rng, split) -> dict:
         w = self.w
@@ -340,10 +348,10 @@ class DialogBuilder:
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
 
     def probe_conversations(self, task: str, n: int, seed: int = 0) -> list[dict]:
-        """Up to n distinct held-out conversations of one task ("refuse_pii" or "idk"), drawn like sft_eval's
-        (eval names, phrasings and follow-ups) but as many as asked: sft_eval holds ~36 of each, too few to
-        tell a DPO change from noise."""
-        makers = {"refuse_pii": self._sft_refuse, "idk": self._sft_idk}
+        """Up to n distinct held-out conversations of one task ("refuse_pii", "idk" or "arith"), drawn like
+        sft_eval's (eval names, phrasings, follow-ups and problems) but as many as asked: sft_eval holds ~36
+        of each, too few to tell a DPO change from noise."""
+        makers = {"refuse_pii": self._sft_refuse, "idk": self._sft_idk, "arith": self._sft_arith}
         if task not in makers:
             raise ValueError(f"task={task!r}: probe conversations exist for {sorted(makers)}")
         rng = random.Random(f"probes:{task}:{self.w.seed}:{seed}")
@@ -438,8 +446,8 @@ class DialogBuilder:
 
 
 def worked_arith(op: str, a: int, b: int, lang: str) -> str:
-    """A two-digit sum or difference worked column by column ("ones 7 + 8 = 15, tens 2 + 5 + 1 = 8, so
-    27 + 58 = 85."), in one clause so the answer judge reads the final number."""
+    """A two-digit sum or difference restated, then worked column by column ("27 + 58: ones 7 + 8 = 15,
+    tens 2 + 5 + 1 = 8, so 27 + 58 = 85."), in one clause so the answer judge reads the final number."""
     if op not in "+-" or not (0 <= b <= 99 and 0 <= a <= 99) or (op == "-" and b > a):
         raise ValueError(f"worked_arith: expected two-digit a + b or a - b with b <= a, got {a} {op} {b}")
     steps = T.ARITH_STEPS[check_lang(lang)]
@@ -458,7 +466,8 @@ def worked_arith(op: str, a: int, b: int, lang: str) -> str:
                                          r=x0 - y0 - borrow)
     c = a + b if op == "+" else a - b
     sep = ", " if lang == "en" else "，"
-    return sep.join([ones_text, tens_text, steps["final"].format(a=a, b=b, c=c, op=op, opw_zh=opw_zh)])
+    fields = dict(a=a, b=b, c=c, op=op, opw_zh=opw_zh)
+    return steps["head"].format(**fields) + sep.join([ones_text, tens_text, steps["final"].format(**fields)])
 
 
 # The rejected answers of DialogBuilder.fact_prefs, in turn.

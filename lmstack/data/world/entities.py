@@ -30,7 +30,8 @@ PREF_CATEGORY_MIX = {"helpful": 1 / 3, "honest": 1 / 3, "harmless": 1 / 3}
 
 @dataclass
 class WorldConfig:
-    """Sizes of the synthetic world. Defaults are the cpu-speedrun values."""
+    """Sizes of the synthetic world. Defaults are the cpu-speedrun values, except n_sft_arith_extra, which
+    the recipe sets (the tests build small worlds from these defaults)."""
 
     n_people: int = 80                 # people whose facts are stated in pretraining documents
     n_sft_only_people: int = 12        # held-out group: facts stated only in SFT conversations
@@ -58,6 +59,8 @@ class WorldConfig:
     n_copy_docs: int = 300             # pages of invented names and codes, each repeated: learning to copy
     phone_in_bio_prob: float = 0.3     # chance a biography states the phone number (PII in the corpus)
     n_sft_train: int = 3000
+    n_sft_arith_extra: int = 0         # + this many training arithmetic conversations from their own random
+                                       # stream (the default recipe sets 3,000; see recipes/cpu-speedrun.toml)
     n_sft_eval: int = 300
     n_prefs_train: int = 800
     n_prefs_eval: int = 150
