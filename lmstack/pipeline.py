@@ -87,6 +87,9 @@ class StageContext:
     device: str
     recipe: dict
     stage: str = ""
+    # False when the stage's previous attempt finished: it runs again because its config or its inputs changed,
+    # so whatever it saved to resume from belongs to the old inputs. Only an interrupted stage resumes.
+    resume: bool = True
 
     def log(self, msg: str) -> None:
         print(f"[{self.stage}] {msg}", file=sys.stderr, flush=True)
@@ -156,7 +159,7 @@ def run_stage(run: RunDir, recipe: Recipe, name: str) -> StageResult:
     _, fn = spec.load()
     cfg = recipe.configs[name]
     ctx = StageContext(run=run, seed=recipe.run.seed, device=resolve_device(recipe.run.device),
-                       recipe=recipe.raw, stage=name)
+                       recipe=recipe.raw, stage=name, resume=run.stage(name).get("status") != "done")
     if not is_main_process():
         return fn(ctx, cfg)
     run.mark_started(name, config_to_dict(cfg))

@@ -39,7 +39,7 @@ class CountConfig:
 def run_count(ctx, cfg: CountConfig) -> StageResult:
     """Counts to n, saving its position after every step, and resumes from it."""
     state_path = ctx.run.sub("count") / "state.json"
-    start = json.loads(state_path.read_text())["i"] if state_path.exists() else 0
+    start = json.loads(state_path.read_text())["i"] if state_path.exists() and ctx.resume else 0
     for i in range(start, cfg.n):
         time.sleep(cfg.sleep)
         atomic_write_json(state_path, {"i": i + 1})

@@ -119,6 +119,7 @@ def test_pipeline_manifest_skip_and_rerun(fake_registry, tmp_path):
     pipeline.run_pipeline(pipeline.Recipe.load(recipe, ["first.text=changed"]), run_dir)
     assert RunDir(run_dir).stage("first")["attempts"] == 2
     assert RunDir(run_dir).stage("count")["attempts"] == 2
+    assert RunDir(run_dir).stage("count")["metrics"]["resumed_from"] == 0  # it had finished: no resume
     assert run.path == run_dir
 
 

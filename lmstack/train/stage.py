@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,9 @@ def run(ctx, cfg: Config):
             f"{cfg.batch_size * cfg.grad_accum * cfg.seq_len * info.world_size:,} tokens")
 
     ckpt_dir = root / "checkpoints" / STAGE
+    if not ctx.resume and info.rank == 0:
+        _discard_step_checkpoints(ckpt_dir, ctx.log)
+    barrier(info)
     trainer = Trainer(model, cfg, train_tokens=train_tokens, val_tokens=val_tokens, bos_id=tokenizer.bos_id,
                       ckpt_dir=ckpt_dir, seed=ctx.seed, device=device, metrics_sink=run_dir.append_metrics,
                       bytes_per_token=bytes_per_token, log=ctx.log, stage=STAGE)
@@ -149,6 +153,17 @@ def run(ctx, cfg: Config):
 
     eval_model = model if not trainer.fsdp else _load_full(ckpt_dir, device)
     return _finish(ctx, cfg, eval_model, tokenizer, summary, train_seconds, model_cfg)
+
+
+def _discard_step_checkpoints(ckpt_dir: Path, log) -> None:
+    """Delete the resume checkpoints of a finished earlier attempt: a re-run with changed inputs starts afresh."""
+    from lmstack.train.checkpoint import list_checkpoints
+
+    old = list_checkpoints(ckpt_dir)
+    for path in old:
+        shutil.rmtree(path)
+    if old:
+        log(f"the previous run of this stage finished; starting afresh (deleted {len(old)} resume checkpoints)")
 
 
 def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> None:

@@ -80,6 +80,12 @@ def test_pretrain_stage_writes_checkpoint_metrics_report_and_resumes(tmp_path):
     assert "Resumed from the checkpoint at step 30" in result2.report
     assert result2.metrics["val_loss"] == pytest.approx(m["val_loss"])
 
+    # Re-running a stage that had finished (its config or its inputs changed) starts afresh instead.
+    fresh = StageContext(run=rd, seed=3, device="cpu", recipe={}, stage="pretrain", resume=False)
+    result3 = run(fresh, tiny_cfg(steps=12))
+    assert "Resumed" not in result3.report and result3.metrics["steps"] == 12
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] == 12
+
 
 def test_model_table_errors_name_the_field(tmp_path):
     from lmstack.train.stage import build_model_config
