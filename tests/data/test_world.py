@@ -535,16 +535,20 @@ def test_sft_arithmetic_is_worked_for_sums_and_differences_only_in_training(worl
     assert not any(re.search(r"\bones\b|个位", i["messages"][-1]["content"]) for i in world.sft_eval)
 
 
-def test_extra_arithmetic_is_appended_from_its_own_stream_and_never_a_held_out_problem():
+def test_extra_sft_conversations_are_appended_from_their_own_streams_and_never_held_out():
     from lmstack.data.world.documents import _arith_is_heldout
 
     base = build_world(WorldConfig(**TINY), seed=7)
-    more = build_world(WorldConfig(**dict(TINY, n_sft_arith_extra=50)), seed=7)
+    more = build_world(WorldConfig(**dict(TINY, sft_extra={"arith": 50, "translate": 10})), seed=7)
     assert more.sft_train[:len(base.sft_train)] == base.sft_train and more.sft_eval == base.sft_eval
     extra = more.sft_train[len(base.sft_train):]
-    assert len(extra) == 50 and {i["task"] for i in extra} == {"arith"}
+    assert [i["task"] for i in extra] == ["arith"] * 50 + ["translate"] * 10
     assert not any(_arith_is_heldout(i["op"], *map(int, re.findall(r"\d+", i["messages"][-2]["content"])[:2]))
-                   for i in extra)
+                   for i in extra[:50])
+    held_out = {i["answer"] for i in more.sft_eval if i["task"] == "translate"}
+    assert not held_out & {i["answer"] for i in extra[50:]}
+    with pytest.raises(ValueError, match="sft_extra"):
+        WorldConfig(sft_extra={"poetry": 5})
 
 
 def test_arithmetic_probe_asks_only_held_out_problems_in_held_out_phrasings(tiny):

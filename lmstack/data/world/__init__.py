@@ -47,7 +47,7 @@ def build_world(cfg: WorldConfig | None = None, seed: int = 0) -> World:
     w.reindex()
     make_pretrain_docs(w)
     b = DialogBuilder(w)
-    w.sft_train = b.sft("train", cfg.n_sft_train) + b.sft_arith_extra(cfg.n_sft_arith_extra)
+    w.sft_train = b.sft("train", cfg.n_sft_train) + b.sft_extra(cfg.sft_extra)
     w.sft_eval = b.sft("eval", cfg.n_sft_eval)
     w.prefs_train = b.prefs("train", cfg.n_prefs_train)
     w.prefs_eval = b.prefs("eval", cfg.n_prefs_eval)

@@ -171,12 +171,7 @@ class DialogBuilder:
             items.append(item)
             return True
 
-        makers = {"fact_qa": lambda: self._sft_fact_qa(rng, split, fact_cycle.next()),
-                  "multiturn": lambda: self._sft_multiturn(rng, split, person_cycle.next()),
-                  "translate": lambda: self._sft_translate(rng, split),
-                  "arith": lambda: self._sft_arith(rng, split),
-                  "refuse_pii": lambda: self._sft_refuse(rng, split),
-                  "idk": lambda: self._sft_idk(rng, split)}
+        makers = self._makers(rng, split, fact_cycle, person_cycle)
         for task, count in counts.items():
             made = 0
             for _ in range(count * 20):
@@ -191,12 +186,25 @@ class DialogBuilder:
             _drop_some_system_prompts(rng, items)
         return items
 
-    def sft_arith_extra(self, n: int) -> list[dict]:
-        """``n`` more training arithmetic conversations, from a random stream of their own so the rest of the
-        SFT set does not change with ``n`` (``WorldConfig.n_sft_arith_extra``)."""
-        rng = self.w.rng("sft:train:arith_extra")
-        items = [self._sft_arith(rng, "train") for _ in range(n)]
-        _drop_some_system_prompts(rng, items)
+    def _makers(self, rng, split, fact_cycle: Cycle, person_cycle: Cycle) -> dict:
+        """One conversation of each SFT task per call."""
+        return {"fact_qa": lambda: self._sft_fact_qa(rng, split, fact_cycle.next()),
+                "multiturn": lambda: self._sft_multiturn(rng, split, person_cycle.next()),
+                "translate": lambda: self._sft_translate(rng, split),
+                "arith": lambda: self._sft_arith(rng, split),
+                "refuse_pii": lambda: self._sft_refuse(rng, split),
+                "idk": lambda: self._sft_idk(rng, split)}
+
+    def sft_extra(self, counts: dict[str, int]) -> list[dict]:
+        """More training conversations per task (``WorldConfig.sft_extra``), each task from a random stream of
+        its own, so the rest of the SFT set does not change with them."""
+        items: list[dict] = []
+        for task, n in counts.items():
+            rng = self.w.rng(f"sft:train:extra:{task}")
+            make = self._makers(rng, "train", Cycle(rng, self.sft_facts), Cycle(rng, self.sft_people))[task]
+            extra = [make() for _ in range(n)]
+            _drop_some_system_prompts(rng, extra)
+            items += extra
         return items
 
     def _sft_fact_qa(self, rng, split, fact: Fact) -> dict:

@@ -13,7 +13,7 @@ import random
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
@@ -30,7 +30,7 @@ PREF_CATEGORY_MIX = {"helpful": 1 / 3, "honest": 1 / 3, "harmless": 1 / 3}
 
 @dataclass
 class WorldConfig:
-    """Sizes of the synthetic world. Defaults are the cpu-speedrun values, except n_sft_arith_extra, which
+    """Sizes of the synthetic world. Defaults are the cpu-speedrun values, except sft_extra, which
     the recipe sets (the tests build small worlds from these defaults)."""
 
     n_people: int = 80                 # people whose facts are stated in pretraining documents
@@ -59,8 +59,9 @@ class WorldConfig:
     n_copy_docs: int = 300             # pages of invented names and codes, each repeated: learning to copy
     phone_in_bio_prob: float = 0.3     # chance a biography states the phone number (PII in the corpus)
     n_sft_train: int = 3000
-    n_sft_arith_extra: int = 0         # + this many training arithmetic conversations from their own random
-                                       # stream (the default recipe sets 3,000; see recipes/cpu-speedrun.toml)
+    # + this many training conversations per SFT task ("arith", "translate", ...), each task from a random
+    # stream of its own so the rest of the set is unchanged (the default recipe sets them: cpu-speedrun.toml)
+    sft_extra: dict[str, int] = field(default_factory=dict)
     n_sft_eval: int = 300
     n_prefs_train: int = 800
     n_prefs_eval: int = 150
@@ -72,6 +73,10 @@ class WorldConfig:
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and value < 0:
                 raise ValueError(f"WorldConfig.{f.name}={value} must be >= 0")
+        unknown = sorted(set(self.sft_extra) - set(SFT_TASK_MIX))
+        if unknown or any(not isinstance(n, int) or n < 0 for n in self.sft_extra.values()):
+            raise ValueError(f"WorldConfig.sft_extra={self.sft_extra}: counts must be ints >= 0 and the tasks among "
+                             f"{sorted(SFT_TASK_MIX)}")
         if self.n_people < 2:
             raise ValueError(f"WorldConfig.n_people={self.n_people}: need at least 2 (one pretrain+sft, one pretrain-only)")
         if self.n_cities < 2:
