@@ -169,7 +169,8 @@ def _discard_step_checkpoints(ckpt_dir: Path, log) -> None:
 def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> None:
     """Set the run's length from a wall-clock budget, keeping the result a pure function of the
     chosen step count: the timing steps are warmup steps, whose LR does not depend on the total,
-    and a resumed run reuses the total recorded in its checkpoint."""
+    and a resumed run reuses the total recorded in its checkpoint. Under WSD the length is fitted
+    again halfway (``_refit_in_stable_phase``)."""
     from lmstack.train.checkpoint import latest_checkpoint
     from lmstack.train.distributed import all_reduce_mean
 
@@ -198,6 +199,31 @@ def _fit_steps_to_budget(trainer: Trainer, cfg: Config, ckpt_dir: Path, log) -> 
     trainer.cfg.steps = max(probe + 1, min(cap, fitted))
     log(f"max_seconds={cfg.max_seconds:.0f}: first {probe} steps {spent:.1f}s, then {per_step:.3f}s/step -> "
         f"{trainer.cfg.steps} steps (cap {cap})")
+    if cfg.schedule.kind == "wsd":
+        _refit_in_stable_phase(trainer, cfg, t_start, cap, log)
+
+
+def _refit_in_stable_phase(trainer: Trainer, cfg: Config, t_start: float, cap: int, log) -> None:
+    """Fit the length again halfway through, from the sustained step time (evals and checkpoints included):
+    a CPU that starts at its boost clock ran the default recipe's 780 s budget in 858 s. Under WSD the LR
+    until the decay does not depend on the total, so as long as the decay starts after this point the run
+    equals one planned at the new length from the start."""
+    from lmstack.train.distributed import all_reduce_mean
+
+    keep = 1.0 - cfg.schedule.decay_frac
+    at = trainer.cfg.steps // 2
+    if at <= trainer.step + 1 or at >= keep * trainer.cfg.steps:
+        return
+    t0, s0 = time.perf_counter(), trainer.step
+    trainer.train(stop_at=at)
+    dist_args = (trainer.dist, trainer.reduce_device())
+    per_step = all_reduce_mean((time.perf_counter() - t0) / (trainer.step - s0), *dist_args)
+    left = cfg.max_seconds - all_reduce_mean(time.perf_counter() - t_start, *dist_args)
+    floor = int(trainer.step / keep) + 1  # the decay must still lie ahead
+    before = trainer.cfg.steps
+    trainer.cfg.steps = max(floor, min(cap, trainer.step + int(left / per_step)))
+    log(f"at step {trainer.step}: {per_step:.3f}s/step sustained, {left:.0f}s left -> {trainer.cfg.steps} steps "
+        f"(was {before})")
 
 
 def _dtype_reason(device: str) -> str:

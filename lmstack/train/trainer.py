@@ -275,7 +275,11 @@ class Trainer:
         return None
 
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint in ``ckpt_dir``, if any."""
+        """Continue from the newest complete checkpoint in ``ckpt_dir``, if any and if it is ahead of the
+        steps this trainer has already taken (``train(stop_at=...)`` then ``train()`` just goes on)."""
+        newest = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir is not None else []
+        if self.step > 0 and (not newest or int(ckpt.STEP_DIR.match(newest[-1].name).group(1)) <= self.step):
+            return False
         found = self._load_newest_good()
         if found is None:
             return False

