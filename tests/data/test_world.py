@@ -551,27 +551,6 @@ def test_extra_sft_conversations_are_appended_from_their_own_streams_and_never_h
         WorldConfig(sft_extra={"poetry": 5})
 
 
-def test_unknown_quiz_people_are_asked_only_in_pretraining_quizzes_and_get_i_dont_know():
-    base = build_world(WorldConfig(**TINY), seed=7)
-    more = build_world(WorldConfig(**dict(TINY, n_unknown_quiz_people=5)), seed=7)
-    invented = more.unknown_people["pretrain"]
-    assert len(invented) == 5 and base.unknown_people["pretrain"] == []
-    # their own streams: the entities, the SFT set and every page but the quizzes are unchanged
-    assert more.people == base.people and more.sft_train == base.sft_train
-    assert [d for d in more.docs if d["kind"] != "quiz"] == [d for d in base.docs if d["kind"] != "quiz"]
-    known = {n for p in more.people for n in (p.name_en, p.name_zh)}
-    others = {n for split in ("train", "eval") for p in more.unknown_people[split] for n in (p["name_en"], p["name_zh"])}
-    for p in invented:
-        names = (p["name_en"], p["name_zh"])
-        assert not set(names) & (known | others)
-        pages = [d for d in more.docs if any(n in d["text"] for n in names)]
-        assert pages and {d["kind"] for d in pages} == {"quiz"}
-        for d in pages:
-            for block in d["text"].split("\n\n"):
-                if any(n in block for n in names):
-                    assert is_idk(block.split("\n")[-1]), block
-
-
 def test_arithmetic_probe_asks_only_held_out_problems_in_held_out_phrasings(tiny):
     from lmstack.data.world.dialogues import DialogBuilder
     from lmstack.data.world.documents import _arith_is_heldout

@@ -181,10 +181,6 @@ def make_pretrain_docs(w: World) -> None:
         quizzed = [fid for fid in quizzed if w.fact(fid).type not in T.PERSON_FACTS or w.fact(fid).entity in sft_people]
     quiz_cycle = Cycle(rng, [w.fact(fid) for fid in quizzed])
     question_picker = _FreshPicker(rng)
-    # Two questions per page about people who do not exist (WorldConfig.n_unknown_quiz_people), from a stream
-    # of its own so the rest of the corpus does not change.
-    unknown_rng = w.rng("docs:unknown_quiz")
-    unknown_cycle = Cycle(unknown_rng, w.unknown_people["pretrain"]) if w.unknown_people["pretrain"] else None
     for i in range(cfg.n_quiz_docs):
         lang = "en" if i % 2 == 0 else "zh"
         fmt, sep = T.QA_FORMAT[lang]
@@ -198,11 +194,6 @@ def make_pretrain_docs(w: World) -> None:
                 **w.fact_fields(fact, lang))
             blocks.append(fmt.format(q=q) + sep + w.answer(fact, lang))
             _count(w, fact.id, lang)
-        for _ in range(UNKNOWN_PER_QUIZ if unknown_cycle else 0):
-            fields = w.person_fields(unknown_cycle.next(), lang)
-            q = unknown_rng.choice(T.QUESTIONS_TRAIN[lang][unknown_rng.choice(T.PERSON_FACTS)]).format(**fields)
-            blocks.insert(unknown_rng.randrange(len(blocks) + 1),
-                          fmt.format(q=q) + sep + unknown_rng.choice(T.IDK_PERSON[lang]).format(**fields))
         w.doc_items["quiz"] += len(blocks)
         docs.append({"text": rng.choice(T.QUIZ_TITLES[lang]) + "\n\n" + "\n\n".join(blocks),
                      "lang": lang, "kind": "quiz"})
@@ -292,9 +283,6 @@ def fresh_copy_pages(n: int, seed: int, exclude: set[str] = frozenset()) -> Iter
         seen.add(text)
         made += 1
         yield text
-
-
-UNKNOWN_PER_QUIZ = 2  # questions about invented people per quiz page, when WorldConfig.n_unknown_quiz_people > 0
 
 
 def _arith_drills(w: World, rng: random.Random, people: Sequence[Person]) -> list[dict]:

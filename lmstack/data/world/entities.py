@@ -67,10 +67,6 @@ class WorldConfig:
     n_prefs_eval: int = 150
     n_unknown_people: int = 24         # names of people who do not exist (half for training, half for eval)
     n_unknown_cities: int = 12         # names of cities that do not exist (half for training, half for eval)
-    # Invented people, in no other text, asked about in the pretraining quizzes and answered "I don't know": the
-    # base model reads both sides of the rule (a name it has read about gets its fact, any other an "I don't
-    # know"), instead of SFT's dozen unknown names standing for every name outside SFT (issue 14).
-    n_unknown_quiz_people: int = 0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -203,8 +199,7 @@ class World:
         self.countries: list[Country] = []
         self.cities: list[City] = []
         self.people: list[Person] = []
-        # "pretrain": asked about only in pretraining quizzes (WorldConfig.n_unknown_quiz_people)
-        self.unknown_people: dict[str, list[dict]] = {"train": [], "eval": [], "pretrain": []}
+        self.unknown_people: dict[str, list[dict]] = {"train": [], "eval": []}
         self.unknown_cities: dict[str, list[dict]] = {"train": [], "eval": []}
         self.facts: list[Fact] = []
         self.sft_place_facts: list[str] = []  # city->country / capital facts that SFT also asks about
@@ -459,11 +454,6 @@ def make_entities(w: World) -> None:
         for _ in range(n):
             en, zh = _new_city_name(rng, names)
             w.unknown_cities[split].append({"name_en": en, "name_zh": zh})
-
-    quiz_rng = w.rng("entities:unknown_quiz_people")  # its own stream: the entities above do not change
-    for _ in range(cfg.n_unknown_quiz_people):
-        en, zh, gender = _new_person_name(quiz_rng, names)
-        w.unknown_people["pretrain"].append({"name_en": en, "name_zh": zh, "gender": gender})
 
     city = {c.id: c for c in w.cities}
     country = {k.id: k for k in w.countries}
