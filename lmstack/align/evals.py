@@ -20,8 +20,8 @@ from lmstack.report import markdown_table
 from lmstack.eval.answers import answer_matches, is_idk, is_refusal
 from lmstack.eval.scoring import placement_group, score_outputs, split_prompt, task_kind
 
-__all__ = ["arithmetic_probe", "evaluate_base_few_shot", "evaluate_chat_model", "few_shot_answers", "knowledge_placement",
-           "load_eval_examples", "pick_shots", "placement_group", "placement_table", "score_outputs",
+__all__ = ["arithmetic_probe", "evaluate_base_few_shot", "evaluate_chat_model", "few_shot_answers",
+           "knowledge_placement", "load_eval_examples", "pick_shots", "placement_group", "placement_table", "score_outputs",
            "split_prompt", "subsample", "task_kind", "world_judges"]
 
 

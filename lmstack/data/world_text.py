@@ -787,10 +787,10 @@ ARITH_ANSWERS = {"en": ["{a} {op} {b} = {c}.", "The answer is {c}.", "{a} {opw} 
 # distance back instead of somewhere in a varied question: held-out two-digit + and - went 0.80 -> 0.87
 # (200 problems, the same SFT data otherwise; issue 14).
 ARITH_STEPS = {
-    "en": {"head": "{a} {op} {b}: ", "ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}", "carry": " + 1",
-           "borrow": " - 1", "final": "so {a} {op} {b} = {c}."},
-    "zh": {"head": "{a}{opw_zh}{b}：", "ones": "个位{x}{opw_zh}{y}得{r}", "tens": "十位{x}{opw_zh}{y}{adj}得{r}", "carry": "再加1",
-           "borrow": "再减1", "final": "所以{a}{opw_zh}{b}等于{c}。"},
+    "en": {"head": "{a} {op} {b}: ", "ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}",
+           "carry": " + 1", "borrow": " - 1", "final": "so {a} {op} {b} = {c}."},
+    "zh": {"head": "{a}{opw_zh}{b}：", "ones": "个位{x}{opw_zh}{y}得{r}", "tens": "十位{x}{opw_zh}{y}{adj}得{r}",
+           "carry": "再加1", "borrow": "再减1", "final": "所以{a}{opw_zh}{b}等于{c}。"},
 }
 
 
