@@ -189,7 +189,8 @@ def _run(ctx, cfg: Config, stage: str):
         base_result = evals.evaluate_base_few_shot(base_model, tokenizer, eval_examples, shots, cfg.max_new_tokens)
 
     placement = None
-    facts_path = run_path / "data" / "world" / "facts_eval.jsonl"
+    world_dir = run_path / "data" / "world"
+    facts_path = world_dir / "facts_eval.jsonl"
     if cfg.facts_examples >= 0 and facts_path.exists() and not cfg.eval_file:
         facts = evals.subsample(common.read_jsonl(facts_path), cfg.facts_examples, ctx.seed)
         fact_answers: list[dict] = []
@@ -200,7 +201,6 @@ def _run(ctx, cfg: Config, stage: str):
                                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_answers))
 
     arith = None
-    world_dir = run_path / "data" / "world"
     if cfg.arith_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
         arith = evals.arithmetic_probe(model, tokenizer, world_dir, cfg.arith_probes, ctx.seed, cfg.max_new_tokens)
 

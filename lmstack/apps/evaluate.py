@@ -88,15 +88,13 @@ def agent_accuracy(make_agent: Callable[[dict], object], questions: Sequence[dic
     per question ``kind`` (``by_kind``)."""
     from tqdm import tqdm
 
-    correct, steps, reasons, kinds, kinds_right = 0, 0, Counter(), Counter(), Counter()
+    steps, reasons, kinds, kinds_right = 0, Counter(), Counter(), Counter()
     for q in tqdm(questions, desc="agent eval", disable=not progress, leave=False):
         result = make_agent(q).run(q["question"])
-        right = result.answer is not None and is_correct(result.answer, q["answer"])
-        correct += right
         kinds[q.get("kind", "")] += 1
-        kinds_right[q.get("kind", "")] += right
+        kinds_right[q.get("kind", "")] += result.answer is not None and is_correct(result.answer, q["answer"])
         steps += len(result.steps)
         reasons[result.stop_reason] += 1
     n = max(1, len(questions))
-    return {"n": len(questions), "accuracy": correct / n, "mean_steps": steps / n, "stop_reasons": dict(reasons),
-            "by_kind": {k: (kinds_right[k], kinds[k]) for k in sorted(kinds)}}
+    return {"n": len(questions), "accuracy": sum(kinds_right.values()) / n, "mean_steps": steps / n,
+            "stop_reasons": dict(reasons), "by_kind": {k: (kinds_right[k], kinds[k]) for k in sorted(kinds)}}

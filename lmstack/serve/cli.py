@@ -37,7 +37,8 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
                 review: bool = True, review_threshold: Optional[float] = None, api_key: Optional[str] = None,
                 rag_index: Optional[str] = None, rag_k: Optional[int] = None, rag_mode: str = "auto"):
     """Load a run or checkpoint and build the ServerState the app serves (also used by tests). ``rag_k`` None:
-    the passages per prompt the run's apps stage trained with (3 without one)."""
+    the passages per prompt the run's apps stage trained with (3 without one); RAG prompts always take the layout
+    it trained with."""
     from lmstack.generate.cli import resolve_checkpoint
     from lmstack.model import load_pretrained
     from lmstack.tokenizer import Tokenizer
@@ -59,22 +60,25 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
     guard = Guardrails(pii=pii, reviewer=reviewer)
     sched = Scheduler(model, tokenizer, sched_cfg or SchedulerConfig())
     name = model_name or Path(path).resolve().name
-    if rag_index and rag_k is None:
-        from lmstack.apps.cli import trained_k
+    rag = None
+    if rag_index:  # ask as the run's apps stage trained: its passages per prompt and its prompt layout
+        from lmstack.apps.cli import trained_k, trained_layout
 
-        rag_k = trained_k(str(run_dir))
-    rag = rag_pipeline(rag_index, model, tokenizer, rag_k, rag_mode, device) if rag_index else None
+        rag = rag_pipeline(rag_index, model, tokenizer, trained_k(str(run_dir)) if rag_k is None else rag_k,
+                           rag_mode, device, trained_layout(str(run_dir)))
     return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag), ckpt
 
 
-def rag_pipeline(index_dir: str, model, tokenizer, k: int = 3, mode: str = "auto", device: str = "cpu"):
-    """The retrieval half of `lmstack rag ask` over INDEX_DIR, for chat requests to answer from."""
+def rag_pipeline(index_dir: str, model, tokenizer, k: int = 3, mode: str = "auto", device: str = "cpu",
+                 layout: str = "passages_first"):
+    """The retrieval half of `lmstack rag ask` over INDEX_DIR, for chat requests to answer from (``layout``:
+    ``rag.LAYOUTS``, the one the model was tuned with)."""
     from lmstack.apps.rag import RagPipeline, load_index
 
     store = load_index(index_dir, tokenizer, device)
     if mode == "auto":
         mode = "hybrid" if store.index is not None else "bm25"
-    return RagPipeline(store, model, tokenizer, k=k, mode=mode)
+    return RagPipeline(store, model, tokenizer, k=k, mode=mode, layout=layout)
 
 
 def main(argv: list[str]) -> int:

@@ -90,3 +90,9 @@ def test_rag_request_without_an_index_is_a_clear_400(model, tok):
         assert r.status_code == 400 and "--rag INDEX_DIR" in r.json()["error"]["message"]
         r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "rag": True})
         assert r.status_code == 400 and "chat/completions only" in r.json()["error"]["message"]
+
+
+def test_rag_pipeline_builds_prompts_in_the_layout_the_model_was_tuned_with(model, tok, index_dir):
+    for layout in ("passages_first", "question_first"):
+        msgs, hits = rag_pipeline(str(index_dir), model, tok, k=1, layout=layout).prompt("Where was Li Wei born?")
+        assert hits and msgs == rag_messages("Where was Li Wei born?", [hits[0].text], layout=layout)
