@@ -82,6 +82,18 @@ DESCRIPTIONS = {"occ_hobby_country": {"en": "the {occ} who likes {hobby}", "zh":
                 "occ_city_year": {"en": "the {occ} from {city}", "zh": "来自{city}的{occ}"}}
 
 
+# The hops of a birthplace chain. Each thought of such a plan names every hop still to go ("Find its
+# country, then the capital."), so whether to stop at the country is decided by copying the last thought, a
+# few tokens back, rather than by re-reading the question: with one-hop thoughts ("Find its country."),
+# person_country and person_capital traces were the same up to the final step, and the agent answered the
+# country to every capital question (0/15 on the default run).
+HOPS = ["the birthplace", "its country", "the capital"]
+
+
+def _hops_thought(hops: list[str]) -> str:
+    return "Find " + ", then ".join(hops) + "."
+
+
 def plan_for(item: dict, kg=None, describe: bool = False) -> Plan:
     """The tool plan that answers an arithmetic, multi-hop or date question. ``describe``: kg_find's thought
     repeats the question's description of the person ("Find the nurse from Falneholm.") instead of "Find the
@@ -102,14 +114,15 @@ def plan_for(item: dict, kg=None, describe: bool = False) -> Plan:
         fields = {"occ": name[pat[0][2]], ("hobby" if kind == "occ_hobby_country" else "city"): name[pat[1][2]]}
         thought = f"Find {DESCRIPTIONS[kind][lang].format(**fields)}." if describe else "Find the person."
         first = [lambda _: (thought, "kg_find", {"conditions": conds})]
-        rest = ([lookup("birthplace", "Find the birthplace."), lookup("country", "Find its country.")]
+        rest = ([lookup("birthplace", _hops_thought(HOPS[:2])), lookup("country", _hops_thought(HOPS[1:2]))]
                 if kind == "occ_hobby_country" else [lookup("birth_year", "Find the birth year.")])
         return first + rest + [_final()]
     person = name[pat[0][0]]
-    steps = [lambda _: ("Find the birthplace.", "kg_lookup", {"entity": person, "relation": "birthplace"}),
-             lookup("country", "Find its country.")]
+    hops = HOPS[:3 if kind == "person_capital" else 2]
+    steps = [lambda _: (_hops_thought(hops), "kg_lookup", {"entity": person, "relation": "birthplace"}),
+             lookup("country", _hops_thought(hops[1:]))]
     if kind == "person_capital":
-        steps.append(lookup("capital", "Find the capital."))
+        steps.append(lookup("capital", _hops_thought(hops[2:])))
     return steps + [_final()]
 
 

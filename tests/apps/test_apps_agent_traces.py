@@ -139,3 +139,21 @@ def test_chat_messages_can_be_context_without_loss():
     assert normalize_chat_record({"messages": msgs}, "x").messages[1]["train"] is False
     with pytest.raises(DatasetError, match="train must be true or false"):
         normalize_chat_record({"messages": [{"role": "assistant", "content": "a", "train": "no"}]}, "x")
+
+
+def test_birthplace_chain_thoughts_name_the_hops_still_to_go(kg):
+    """A capital question and a country question about the same person differ from the first thought on, so
+    the turn after the country is found need not look back at the question to know whether to stop."""
+    tools = ToolBox(kg_tools(kg))
+    by_kind = {}
+    for q in multihop_questions(kg):
+        if q["kind"] in ("person_capital", "person_country") and q["lang"] == "en":
+            by_kind.setdefault(q["kind"], q)
+    thoughts = {k: [m["content"].split("\n")[0] for m in agent_sft_examples([q], tools, kg)[0]["messages"]
+                    if m["role"] == "assistant"] for k, q in by_kind.items()}
+    assert thoughts["person_capital"][:3] == ["Thought: Find the birthplace, then its country, then the capital.",
+                                              "Thought: Find its country, then the capital.",
+                                              "Thought: Find the capital."]
+    assert thoughts["person_country"][:2] == ["Thought: Find the birthplace, then its country.",
+                                              "Thought: Find its country."]
+    assert len(thoughts["person_capital"]) == 4 and len(thoughts["person_country"]) == 3  # then the answer
