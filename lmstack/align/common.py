@@ -150,6 +150,33 @@ def sft_loss(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -
     return loss, n
 
 
+def replay_loader(run_path: Path, batch_size: int, seq_len: int, seed: int):
+    """Windows of the pretraining corpus (the tokenizer stage's ``shards/train.bin``) to replay during
+    fine-tuning, or None when ``batch_size`` is 0."""
+    from lmstack.data.shards import read_tokens
+    from lmstack.train.loader import TokenLoader
+
+    if batch_size <= 0:
+        return None
+    path = run_path / "shards" / "train.bin"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; replay_batch_size > 0 needs the tokenizer stage's shards "
+                                "(or set replay_batch_size = 0)")
+    return TokenLoader(read_tokens(path), batch_size=batch_size, seq_len=seq_len, seed=seed + 7, name=str(path))
+
+
+def replay_note(cfg) -> str:
+    """How a report names the replay term of an SFT or DPO config ("" when it is off)."""
+    return (f", plus {cfg.replay_weight:g} x LM loss on {cfg.replay_batch_size} pretraining windows per step (replay)"
+            if cfg.replay_batch_size else "")
+
+
+def replay_loss(model: nn.Module, replay, device) -> torch.Tensor:
+    """Next-token loss on the next batch of pretraining windows from ``replay_loader``."""
+    window = replay.next_batch()
+    return sft_loss(model, window.inputs.to(device), window.targets.to(device))[0]
+
+
 # ----------------------------------------------------------------------------- optimisation
 
 

@@ -41,6 +41,11 @@ class Config:
     # + sft_coef * per-token NLL of the chosen answer (RPO, Pang et al. 2024): without it DPO lowers the
     # likelihood of chosen and rejected answers alike and greedy answers drift into garbled text
     sft_coef: float = 0.0
+    # + replay_weight * next-token loss on replay_batch_size pretraining windows per step ("PPO-ptx", Ouyang et
+    # al. 2022, applied to DPO): the pairs cover only the facts SFT teaches, and without it the facts read
+    # only in pretraining drift
+    replay_batch_size: int = 0
+    replay_weight: float = 1.0
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
     steps: int = 60
     batch_size: int = 16             # pairs per step
@@ -309,6 +314,7 @@ def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_i
     index_stream = length_grouped_batches(list(range(len(train_pairs))),
                                           [max(len(p.chosen_ids), len(p.rejected_ids)) for p in train_pairs],
                                           cfg.batch_size, seed=ctx.seed)
+    replay = common.replay_loader(ctx.run.path, cfg.replay_batch_size, common.model_max_len(policy), ctx.seed)
     hist = {"loss": [], "acc": [], "margin": [], "chosen": [], "rejected": []}
     timer = common.Timer()
     policy.train()
@@ -328,6 +334,8 @@ def train_dpo(policy, ref_model, ref_train, train_pairs, cfg: Config, ctx, pad_i
         loss = out.loss
         if cfg.sft_coef > 0:
             loss = loss + cfg.sft_coef * chosen_nll(pc, lc)
+        if replay is not None:
+            loss = loss + cfg.replay_weight * common.replay_loss(policy, replay, ctx.device)
         loss.backward()
         grad_norm = common.optimizer_step(policy, optimizer, step, cfg.steps, cfg.schedule, cfg.grad_clip)
         hist["loss"].append(float(out.loss.detach()))
@@ -446,7 +454,7 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
         f"{cfg.loss_type} loss, beta={cfg.beta:g}, label smoothing {cfg.label_smoothing:g}, reference = frozen"
         f" `checkpoints/{cfg.init_from}` ({'precomputed log-probs' if cfg.precompute_ref else 'live forward'}),"
         f" {n_train} training pairs, {cfg.steps} steps x {cfg.batch_size} pairs"
-        f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}, {seconds:.1f}s of training."
+        f"{', LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else ''}{common.replay_note(cfg)}, {seconds:.1f}s of training."
         " Before training the policy equals the reference, so every implicit reward is 0 (accuracy counts"
         " strict wins).\n",
         f"**Held-out preferences** ({n_eval} pairs of `{eval_path.name}`):\n",

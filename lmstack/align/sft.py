@@ -94,7 +94,7 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, 
         stream = length_grouped_batches(examples, [len(e.input_ids) for e in examples], cfg.batch_size, seed=ctx.seed)
     else:
         stream = batches(examples, cfg.batch_size, shuffle=True, seed=ctx.seed)
-    replay = _replay_loader(ctx.run.path, cfg, max_len, ctx.seed) if cfg.replay_batch_size > 0 else None
+    replay = common.replay_loader(ctx.run.path, cfg.replay_batch_size, max_len, ctx.seed)
     history = []
     model.train()
     timer = common.Timer()
@@ -106,9 +106,7 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, 
         loss, n_targets = common.sft_loss(model, ids, targets)
         total = loss
         if replay is not None:
-            window = replay.next_batch()
-            lm_loss, _ = common.sft_loss(model, window.inputs.to(ctx.device), window.targets.to(ctx.device))
-            total = total + cfg.replay_weight * lm_loss
+            total = total + cfg.replay_weight * common.replay_loss(model, replay, ctx.device)
         if extra_loss is not None:
             total = total + extra_loss()
         total.backward()
@@ -124,18 +122,6 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, 
     return {"history": history, "examples": n_examples, "dropped": dropped, "windows": len(examples),
             "tokens": tokens_seen, "target_tokens": target_tokens, "seconds": seconds,
             "tok_per_s": tokens_seen / max(seconds, 1e-9)}
-
-
-def _replay_loader(run_path: Path, cfg: Config, max_len: int, seed: int):
-    from lmstack.data.shards import read_tokens
-    from lmstack.train.loader import TokenLoader
-
-    path = run_path / "shards" / "train.bin"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; replay_batch_size > 0 needs the tokenizer stage's shards "
-                                "(or set replay_batch_size = 0)")
-    return TokenLoader(read_tokens(path), batch_size=cfg.replay_batch_size, seq_len=max_len, seed=seed + 7,
-                       name=str(path))
 
 
 def _loss_plot(run_path: Path, stage: str, history: list[float]) -> str:
@@ -239,7 +225,7 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
                  f" ({summary['dropped']} dropped as too long), {cfg.steps} steps x batch {cfg.batch_size}"
                  f"{' (packed)' if cfg.packing else ''}, peak LR {cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else cfg.optim.lr:g}"
                  f" ({cfg.schedule.kind}), loss on assistant tokens only"
-                 f"{f' plus {cfg.replay_weight:g} x LM loss on {cfg.replay_batch_size} pretraining windows per step (replay)' if cfg.replay_batch_size else ''}."
+                 f"{common.replay_note(cfg)}."
                  f" Trainable parameters:"
                  f" {param_metrics['trainable_params']:,} of {param_metrics['total_params']:,}."
                  f" Throughput {summary['tok_per_s']:.0f} tok/s.\n")

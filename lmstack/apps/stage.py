@@ -111,7 +111,7 @@ class Config:
                                     # 0.82 -> 0.92 ("the nurse who likes X": 3/15 -> 14/15, 5/15 -> 14/15),
                                     # arithmetic 0.95 -> 0.95 / 0.90 -> 0.95
     agent_max_steps: int = 6
-    eval_examples: int = 60         # per measurement (0 = all)
+    eval_examples: int = 120        # per measurement (0 = all); at 60 a rate near 0.9 has an SE of ~0.04
     max_new_tokens: int = 32        # RAG / closed-book answers
     agent_max_new_tokens: int = 96  # one ReAct turn (a thought and a JSON action)
 

@@ -150,3 +150,20 @@ def test_sft_with_pretraining_replay_records_every_fact_answer(tmp_path):
     assert len(rows) == 10 and {"question", "answer", "output", "correct", "group"} <= set(rows[0])
     assert result.metrics["facts_chat_accuracy"] == sum(r["correct"] for r in rows) / 10
     assert "false refusal" in result.report and "translate (chrF)" in result.report
+
+    # DPO with the same replay term: it pulls the policy toward the pretraining windows
+    from lmstack.model import load_pretrained
+
+    def replay_text_loss(stage: str) -> float:
+        model = load_pretrained(root / "checkpoints" / stage).eval()
+        x = torch.tensor([ids[:64]])
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(x[:, :-1]).logits[0], x[0, 1:]))
+
+    before = replay_text_loss("sft")
+    dcfg = dict(steps=4, batch_size=4, behaviour_examples=0, max_new_tokens=4, optim={"lr": 3e-3})
+    dpo.run(ctx_for(root, "dpo"), small(dpo.Config, **dcfg))
+    plain = replay_text_loss("dpo")
+    result = dpo.run(ctx_for(root, "dpo"), small(dpo.Config, **dcfg, replay_batch_size=2, replay_weight=5.0))
+    assert "5 x LM loss on 2 pretraining windows per step (replay)" in result.report
+    assert replay_text_loss("dpo") < min(before, plain) - 0.1
