@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -549,6 +550,26 @@ def test_extra_sft_conversations_are_appended_from_their_own_streams_and_never_h
     assert not held_out & {i["answer"] for i in extra[50:]}
     with pytest.raises(ValueError, match="sft_extra"):
         WorldConfig(sft_extra={"poetry": 5})
+
+
+def test_drill_pages_state_one_digit_column_facts_when_asked_and_never_held_out_ones():
+    from lmstack.data.world.documents import _arith_is_heldout, column_fact
+
+    rng = random.Random(0)
+    facts = [column_fact(rng, op) for op in "+-" * 500]
+    assert all(0 <= c <= 18 and not _arith_is_heldout(op, a, b) for op, a, b, c in facts)
+    assert {(a, b) for op, a, b, _ in facts if op == "-" and a > 9} and {c for op, *_, c in facts if op == "-"} >= {0, 9}
+    cfg = dict(TINY, n_arith_drill_docs=40)
+    plain, more = build_world(WorldConfig(**cfg), seed=3), build_world(WorldConfig(**cfg, arith_fact_share=0.5), seed=3)
+    assert plain.docs == build_world(WorldConfig(**cfg, arith_fact_share=0.0), seed=3).docs  # share 0: unchanged
+
+    def numbers(w):  # the first two numbers of each sentence of the English arithmetic pages
+        return [tuple(map(int, re.findall(r"\d+", line)[:2])) for d in w.docs if d["kind"] == "arith" and d["lang"] == "en"
+                for line in re.split(r"(?<=\.) ", d["text"].split("\n", 1)[1]) if len(re.findall(r"\d+", line)) >= 3]
+    one_digit = lambda w: sum(a <= 18 and b <= 9 for a, b in numbers(w)) / len(numbers(w))  # noqa: E731
+    assert one_digit(more) > one_digit(plain) + 0.25
+    with pytest.raises(ValueError, match="arith_fact_share"):
+        WorldConfig(arith_fact_share=1.5)
 
 
 def test_arithmetic_probe_asks_only_held_out_problems_in_held_out_phrasings(tiny):

@@ -290,12 +290,15 @@ def _arith_drills(w: World, rng: random.Random, people: Sequence[Person]) -> lis
     problems, not from a few. Mostly word problems, because web-text quality filters (Gopher's share of
     alphabetic words) drop pages of bare statements like "47 plus 38 is 85"."""
     docs = []
+    share = w.config.arith_fact_share
     for _ in range(w.config.n_arith_drill_docs):
         picker = _Picker(rng)
         lines = []
         for i in range(rng.randint(6, 8)):
             op = rng.choice("+-")
-            op, a, b, c = arith_problem(rng, "train", op)
+            # (the share test draws from the stream only when it is on: worlds without it stay as they were)
+            small = share > 0 and rng.random() < share
+            op, a, b, c = column_fact(rng, op) if small else arith_problem(rng, "train", op)
             if i % 3 == 2:
                 template = picker.pick(op, [t for t in T.ARITH_STATEMENTS["en"][op] if "=" not in t])
             else:
@@ -305,6 +308,19 @@ def _arith_drills(w: World, rng: random.Random, people: Sequence[Person]) -> lis
         w.doc_items["arith"] += len(lines)
         docs.append({"text": rng.choice(T.ARITH_TITLES["en"]) + "\n" + " ".join(lines), "lang": "en", "kind": "arith"})
     return docs
+
+
+def column_fact(rng: random.Random, op: str) -> tuple[str, int, int, int]:
+    """A one-digit fact of the kind a worked column step uses: x + y with x, y in 1-9, or x - y with y in 1-9
+    and x up to y + 9 (after a borrow: 15 - 9). Problems the eval split holds out are never drawn."""
+    while True:
+        if op == "+":
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+        else:
+            b = rng.randint(1, 9)
+            a = b + rng.randint(0, 9)
+        if not _arith_is_heldout(op, a, b):
+            return op, a, b, (a + b if op == "+" else a - b)
 
 
 def _arith_is_heldout(op: str, a: int, b: int) -> bool:

@@ -30,8 +30,8 @@ PREF_CATEGORY_MIX = {"helpful": 1 / 3, "honest": 1 / 3, "harmless": 1 / 3}
 
 @dataclass
 class WorldConfig:
-    """Sizes of the synthetic world. Defaults are the cpu-speedrun values, except sft_extra, which
-    the recipe sets (the tests build small worlds from these defaults)."""
+    """Sizes of the synthetic world. Defaults are the cpu-speedrun values, except sft_extra and
+    arith_fact_share, which the recipe sets (the tests build small worlds from these defaults)."""
 
     n_people: int = 80                 # people whose facts are stated in pretraining documents
     n_sft_only_people: int = 12        # held-out group: facts stated only in SFT conversations
@@ -55,6 +55,8 @@ class WorldConfig:
     n_quiz_docs: int = 160             # "Question: ... Answer: ..." quizzes with training phrasings (QA mixed into pretraining)
     n_arith_docs: int = 160            # arithmetic written out with answers (word problems, EN and ZH)
     n_arith_drill_docs: int = 400      # pages of two-digit sums and differences stated in words (EN)
+    arith_fact_share: float = 0.0      # share of those problems that are one-digit column facts ("7 plus 8 is 15",
+                                       # "15 minus 9 is 6"): the sums inside SFT's worked answers (the recipe sets it)
     n_parallel_docs: int = 120         # parallel EN/ZH sentences
     n_copy_docs: int = 300             # pages of invented names and codes, each repeated: learning to copy
     phone_in_bio_prob: float = 0.3     # chance a biography states the phone number (PII in the corpus)
@@ -94,6 +96,8 @@ class WorldConfig:
         if self.n_unknown_people < 2 or self.n_unknown_cities < 2:
             raise ValueError("WorldConfig.n_unknown_people and n_unknown_cities must be >= 2 "
                              "(one half for training, the other for evaluation)")
+        if self.arith_fact_share > 1:
+            raise ValueError(f"WorldConfig.arith_fact_share={self.arith_fact_share} must be in [0, 1]")
 
 
 @dataclass
