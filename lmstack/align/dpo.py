@@ -42,8 +42,9 @@ class Config:
     # likelihood of chosen and rejected answers alike and greedy answers drift into garbled text
     sft_coef: float = 0.0
     # + replay_weight * next-token loss on replay_batch_size pretraining windows per step ("PPO-ptx", Ouyang et
-    # al. 2022, applied to DPO): the pairs cover only the facts SFT teaches, and without it the facts read
-    # only in pretraining drift
+    # al. 2022, applied to DPO), against forgetting what only pretraining taught. On the default run (4 or 8
+    # windows) it did not change DPO's loss of pretraining-only facts: most of those answers turn into "I don't
+    # know" (the fabrication pairs' answer spreading to people SFT never asked about), not into forgotten values
     replay_batch_size: int = 0
     replay_weight: float = 1.0
     precompute_ref: bool = True      # ref log-probs once up front, then drop the reference model
