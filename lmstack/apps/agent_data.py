@@ -87,11 +87,15 @@ DESCRIPTIONS = {"occ_hobby_country": {"en": "the {occ} who likes {hobby}", "zh":
 # few tokens back, rather than by re-reading the question: with one-hop thoughts ("Find its country."),
 # person_country and person_capital traces were the same up to the final step, and the agent answered the
 # country to every capital question (0/15 on the default run).
-HOPS = ["the birthplace", "its country", "the capital"]
+HOPS = [("birthplace", "the birthplace"), ("country", "its country"), ("capital", "the capital")]
 
 
-def _hops_thought(hops: list[str]) -> str:
-    return "Find " + ", then ".join(hops) + "."
+def _chain(hops: list[tuple[str, str]], start: str | None = None) -> Plan:
+    """kg_lookup steps along ``hops`` (relation, how a thought names it), each thought naming the hops still
+    to go. The first looks up ``start`` (a name from the question); without it, the last observation."""
+    return [lambda obs, i=i, rel=rel: ("Find " + ", then ".join(h for _, h in hops[i:]) + ".", "kg_lookup",
+                                       {"entity": start if i == 0 and start is not None else obs, "relation": rel})
+            for i, (rel, _) in enumerate(hops)]
 
 
 def plan_for(item: dict, kg=None, describe: bool = False) -> Plan:
@@ -108,22 +112,15 @@ def plan_for(item: dict, kg=None, describe: bool = False) -> Plan:
     ids = {term for p in item["patterns"] for term in (p[0], p[2]) if not term.startswith("?")}
     name = {i: kg.name(i, lang) for i in ids}
     pat = [tuple(p) for p in item["patterns"]]
-    lookup = lambda rel, thought: lambda obs: (thought, "kg_lookup", {"entity": obs, "relation": rel})  # noqa: E731
     if kind in ("occ_hobby_country", "occ_city_year"):
         conds = [{"relation": p[1], "value": name[p[2]]} for p in pat[:2]]
         fields = {"occ": name[pat[0][2]], ("hobby" if kind == "occ_hobby_country" else "city"): name[pat[1][2]]}
         thought = f"Find {DESCRIPTIONS[kind][lang].format(**fields)}." if describe else "Find the person."
         first = [lambda _: (thought, "kg_find", {"conditions": conds})]
-        rest = ([lookup("birthplace", _hops_thought(HOPS[:2])), lookup("country", _hops_thought(HOPS[1:2]))]
-                if kind == "occ_hobby_country" else [lookup("birth_year", "Find the birth year.")])
+        rest = (_chain(HOPS[:2]) if kind == "occ_hobby_country"
+                else [lambda obs: ("Find the birth year.", "kg_lookup", {"entity": obs, "relation": "birth_year"})])
         return first + rest + [_final()]
-    person = name[pat[0][0]]
-    hops = HOPS[:3 if kind == "person_capital" else 2]
-    steps = [lambda _: (_hops_thought(hops), "kg_lookup", {"entity": person, "relation": "birthplace"}),
-             lookup("country", _hops_thought(hops[1:]))]
-    if kind == "person_capital":
-        steps.append(lookup("capital", _hops_thought(hops[2:])))
-    return steps + [_final()]
+    return _chain(HOPS[:3 if kind == "person_capital" else 2], start=name[pat[0][0]]) + [_final()]
 
 
 def fact_plan(item: dict, kg) -> Plan:

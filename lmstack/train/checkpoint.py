@@ -198,10 +198,17 @@ def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
         return []
     found = []
     for p in ckpt_dir.iterdir():
-        m = STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").exists() and (p / "model.safetensors").exists():
-            found.append((int(m.group(1)), p))
+        step = checkpoint_step(p)
+        complete = p.is_dir() and (p / "trainer_state.json").exists() and (p / "model.safetensors").exists()
+        if step is not None and complete:
+            found.append((step, p))
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step a ``step_NNNNNN`` checkpoint directory was saved at (None for any other name)."""
+    m = STEP_DIR.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:

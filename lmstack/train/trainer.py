@@ -277,8 +277,8 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint in ``ckpt_dir``, if any and if it is ahead of the
         steps this trainer has already taken (``train(stop_at=...)`` then ``train()`` just goes on)."""
-        newest = ckpt.list_checkpoints(self.ckpt_dir) if self.ckpt_dir is not None else []
-        if self.step > 0 and (not newest or int(ckpt.STEP_DIR.match(newest[-1].name).group(1)) <= self.step):
+        newest = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        if self.step > 0 and (newest is None or ckpt.checkpoint_step(newest) <= self.step):
             return False
         found = self._load_newest_good()
         if found is None:
