@@ -2,7 +2,7 @@
 
     lmstack rag build DOCS --out INDEX [--chunking sentences|tokens --run RUN] [--dense RUN]
     lmstack rag add INDEX DOCS | lmstack rag delete INDEX DOC_ID ... | lmstack rag search INDEX "query"
-    lmstack rag ask "question" --run RUN [--index DIR] [--checkpoint apps] [--k 3] [--mode hybrid]
+    lmstack rag ask "question" --run RUN [--index DIR] [--checkpoint apps] [--k 3] [--mode hybrid] [--min-score auto]
     lmstack agent "question" --run RUN [--checkpoint apps] [--max-steps 6] [--timeout 60] [--script FILE]
     lmstack kg build --run RUN | lmstack kg query "?p occupation occupation:carpenter ; ?p birthplace ?c" --run RUN
     lmstack kg ask "In which country was the carpenter who likes singing born?" --run RUN
@@ -30,12 +30,30 @@ def _tokenizer(run: str):
     return Tokenizer.load(path)
 
 
-def apps_stage_config(run: str | Path) -> dict:
-    """The config the run's apps stage ran with (its manifest), or {} when it has not run."""
+def _apps_stage(run: str | Path) -> dict:
     manifest = Path(run) / "manifest.json"
     if not manifest.exists():
         return {}
-    return json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {}).get("config", {})
+    return json.loads(manifest.read_text(encoding="utf-8")).get("stages", {}).get("apps", {})
+
+
+def apps_stage_config(run: str | Path) -> dict:
+    """The config the run's apps stage ran with (its manifest), or {} when it has not run."""
+    return _apps_stage(run).get("config", {})
+
+
+def trained_min_score(run: str | Path, option: str = "auto") -> float | None:
+    """The RAG score cut-off: ``option`` "off" -> None, a number -> that number, "auto" -> the threshold the
+    run's apps stage fitted (its manifest's ``rag_min_score``), else None."""
+    if option == "off":
+        return None
+    if option != "auto":
+        try:
+            return float(option)
+        except ValueError:
+            raise ValueError(f"--min-score {option!r}: give auto, off or a number") from None
+    value = _apps_stage(run).get("metrics", {}).get("rag_min_score")
+    return None if value is None else float(value)
 
 
 def trained_k(run: str, default: int = 3) -> int:
@@ -110,6 +128,8 @@ def rag_main(argv: list[str] | None = None) -> int:
     q.add_argument("--mode", choices=["auto", "bm25", "dense", "hybrid"], default="auto",
                    help="auto = hybrid when the index has dense vectors, else bm25")
     q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--min-score", default="auto", help="dense-similarity cut-off below which the answer is "
+                   "'cannot find' without asking the model: auto (the one the run's apps stage fitted), off, or a number")
     q.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     try:
@@ -152,9 +172,17 @@ def rag_main(argv: list[str] | None = None) -> int:
             store = DocumentStore.load(index, encoder=_encoder_for(index, tok, args.device), tokenizer=tok)
             mode = args.mode if args.mode != "auto" else ("hybrid" if store.index is not None else "bm25")
             k = args.k if args.k is not None else trained_k(args.run)
+            min_score = trained_min_score(args.run, args.min_score)
+            if store.encoder is None and args.min_score == "auto":
+                min_score = None  # a BM25-only index has no similarity to cut on
             pipe = RagPipeline(store, _model(args.run, args.checkpoint, args.device), tok, k, mode,
-                               args.max_new_tokens, layout=trained_layout(args.run))
-            print(pipe.ask(args.question).render())
+                               args.max_new_tokens, layout=trained_layout(args.run), min_score=min_score)
+            answer = pipe.ask(args.question)
+            print(answer.render())
+            if answer.support is not None:
+                print(f"\n(similarity of the question to [1]: {answer.support:.3f}"
+                      f"{'' if min_score is None else f'; cut-off {min_score:.3f}'}"
+                      f"{': below it, so the model was not asked' if answer.gated else ''})")
     except (FileNotFoundError, ValueError, KeyError) as e:
         return _fail(str(e).strip('"'))
     return 0

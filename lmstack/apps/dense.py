@@ -3,7 +3,9 @@
 Questions and passages share one encoder: the transformer's final hidden states, mean-pooled over the real
 tokens or taken at the last token, L2-normalized. Training is contrastive with in-batch negatives: for a batch
 of (question, passage) pairs the loss is cross-entropy over sim(q_i, p_j) / temperature with the diagonal as
-the target (InfoNCE); each batch holds distinct passages so no positive is counted as a negative.
+the target (InfoNCE); each batch holds distinct passages so no positive is counted as a negative. With hard
+negatives, each question also brings passages a lexical retriever ranks high but that are about something else
+(DPR's "in-batch + one BM25 negative" setting), which every question of the batch is scored against too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class DenseConfig:
     batch_size: int = 32
     lr: float = 5e-4
     seed: int = 0
+    # BM25 negatives per question (train_dense's ``negatives``): the top passages about other entities. Karpukhin
+    # et al. 2020 (DPR, table 3) gained most from one per question; here they also teach the encoder to tell a
+    # passage about "Lin Lanqing" from one about "Lin Lanzhi", which a retrieval-score cut-off relies on
+    hard_negatives: int = 0
 
 
 class DenseEncoder:
@@ -100,7 +106,8 @@ class DenseEncoder:
 
 
 def info_nce(q: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy of each question against all passages of the batch; the matching passage is the target."""
+    """Cross-entropy of each question against all passages of the batch; the matching passage is the target.
+    ``p`` may hold more rows than ``q`` (hard negatives after the positives)."""
     logits = q @ p.T / temperature
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
@@ -123,9 +130,23 @@ def _distinct_batches(pairs: Sequence[tuple[str, str]], batch_size: int, rng: ra
             yield batch
 
 
+def _with_negatives(batch: list[tuple[str, str]], negatives: dict[str, Sequence[str]], n: int) -> list[str]:
+    """The batch's passages, then up to ``n`` hard negatives per question that are not a passage of the batch
+    already (one would be another question's positive: a false negative)."""
+    passages = [p for _, p in batch]
+    seen = set(passages)
+    for q, _ in batch:
+        for neg in list(negatives.get(q, ()))[:n]:
+            if neg not in seen:
+                seen.add(neg)
+                passages.append(neg)
+    return passages
+
+
 def train_dense(encoder: DenseEncoder, pairs: Sequence[tuple[str, str]], cfg: DenseConfig | None = None,
-                progress: bool = True) -> list[float]:
-    """Fine-tune the encoder's model in place on (question, passage) pairs; returns the loss history."""
+                progress: bool = True, negatives: dict[str, Sequence[str]] | None = None) -> list[float]:
+    """Fine-tune the encoder's model in place on (question, passage) pairs; returns the loss history.
+    ``negatives``: question -> hard negative passages (best first), of which ``cfg.hard_negatives`` are used."""
     from tqdm import tqdm
 
     cfg = cfg or encoder.cfg
@@ -141,7 +162,7 @@ def train_dense(encoder: DenseEncoder, pairs: Sequence[tuple[str, str]], cfg: De
     for step in bar:
         batch = next(batches)
         q = encoder.embed([x for x, _ in batch])
-        p = encoder.embed([y for _, y in batch])
+        p = encoder.embed(_with_negatives(batch, negatives or {}, cfg.hard_negatives))
         loss = info_nce(q, p, cfg.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

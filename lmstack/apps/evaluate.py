@@ -49,27 +49,34 @@ def is_correct(prediction: str, answer: str) -> bool:
 def rag_qa(pipeline: RagPipeline, questions: Sequence[dict], progress: bool = True) -> dict:
     """Closed-book accuracy, RAG accuracy, how often RAG answers "cannot find" (``rag_refused``: read it next
     to RAG, as a model that always refuses scores 1.0 on ``cannot_find``), and the "cannot find" rate with
-    the gold passages removed."""
+    the gold passages removed. With a score cut-off (``pipeline.min_score``) the model still answers every
+    question, so the table shows it alone, and ``gated_*`` the same rates with the cut-off applied
+    (``cutoff_kept``: share of first passages it lets through when the gold passage is there; ``cutoff_cut``:
+    share it stops when the gold passages are removed)."""
     from tqdm import tqdm
 
-    closed = rag = cannot = cited = refused = 0
+    counts = Counter()
     samples = []
     for q in tqdm(questions, desc="rag eval", disable=not progress, leave=False):
         book = pipeline.closed_book(q["question"])
-        ans = pipeline.ask(q["question"])
+        ans = pipeline.ask(q["question"], gate=False)
         gold_ids = [f"{q['entity']}:en", f"{q['entity']}:zh"]
-        missing = pipeline.ask(q["question"], exclude_docs=gold_ids)
-        closed += is_correct(book, q["answer"])
+        missing = pipeline.ask(q["question"], exclude_docs=gold_ids, gate=False)
         ok = is_correct(ans.text, q["answer"])
-        rag += ok
-        refused += is_cannot_find(ans.text)
-        cited += ok and any(ans.doc_ids[n - 1] in gold_ids for n in ans.citations)
-        cannot += is_cannot_find(missing.text)
+        counts.update(closed_book=is_correct(book, q["answer"]), rag=ok, rag_refused=is_cannot_find(ans.text),
+                      rag_cited=ok and any(ans.doc_ids[n - 1] in gold_ids for n in ans.citations),
+                      cannot_find=is_cannot_find(missing.text))
+        if pipeline.min_score is not None:
+            kept, cut = not pipeline.gates(ans.support), pipeline.gates(missing.support)
+            counts.update(gated_rag=ok and kept, gated_refused=not kept or is_cannot_find(ans.text), cutoff_kept=kept,
+                          cutoff_cut=cut, gated_cannot_find=cut or is_cannot_find(missing.text))
         if len(samples) < 6:
             samples.append((q["question"], book, ans.text, missing.text, q["answer"]))
     n = max(1, len(questions))
-    return {"n": len(questions), "closed_book": closed / n, "rag": rag / n, "rag_cited": cited / n,
-            "cannot_find": cannot / n, "rag_refused": refused / n, "samples": samples}
+    keys = ["closed_book", "rag", "rag_cited", "cannot_find", "rag_refused"]
+    keys += ["gated_rag", "gated_refused", "gated_cannot_find", "cutoff_kept", "cutoff_cut"] \
+        if pipeline.min_score is not None else []
+    return {"n": len(questions), **{k: counts[k] / n for k in keys}, "samples": samples}
 
 
 def model_alone(model, tokenizer, questions: Sequence[dict], max_new_tokens: int = 24) -> float:

@@ -12,6 +12,7 @@ The prompt is short on purpose (the default model has a context of a few hundred
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class RagAnswer:
     text: str
     passages: list[str]
     doc_ids: list[str] = field(default_factory=list)
+    support: float | None = None  # dense similarity of the question and the first passage (None: no encoder)
+    gated: bool = False           # the score cut-off answered "cannot find" without asking the model
 
     @property
     def citations(self) -> list[int]:
@@ -126,15 +129,33 @@ class RagAnswer:
 
 class RagPipeline:
     """Retrieve ``k`` chunks from a DocumentStore, prompt the model with them, return the cited answer.
-    Passages are dropped from the end until the prompt fits the model's context."""
+    Passages are dropped from the end until the prompt fits the model's context.
+
+    ``min_score``: a retrieval-score cut-off (needs the store's dense encoder). When the question's cosine
+    similarity to the best passage is below it, the pipeline answers "cannot find" without asking the model:
+    the similarity cut-off of production RAG stacks, with the threshold fitted on training questions
+    (``calibrate_min_score``) instead of guessed."""
 
     def __init__(self, store, model, tokenizer, k: int = 3, mode: str = "bm25", max_new_tokens: int = 24,
-                 reranker=None, rerank_depth: int = 10, layout: str = "passages_first"):
+                 reranker=None, rerank_depth: int = 10, layout: str = "passages_first",
+                 min_score: float | None = None):
         from lmstack.generate import GenerationConfig
 
+        if min_score is not None and getattr(store, "encoder", None) is None:
+            raise ValueError("a RAG score cut-off (min_score) needs a store with a dense encoder "
+                             "(build the index with --dense, or pass the run whose encoder built it)")
         self.store, self.model, self.tokenizer, self.k, self.mode = store, model, tokenizer, k, mode
-        self.reranker, self.rerank_depth, self.layout = reranker, rerank_depth, layout
+        self.reranker, self.rerank_depth, self.layout, self.min_score = reranker, rerank_depth, layout, min_score
         self.cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+
+    def support(self, question: str, passage: str | None) -> float | None:
+        """Cosine similarity of the question and ``passage`` under the store's dense encoder (None without one,
+        or without a passage)."""
+        encoder = getattr(self.store, "encoder", None)
+        if encoder is None or passage is None:
+            return None
+        q, p = encoder([question, passage])
+        return float(q @ p)
 
     def _fit(self, question: str, passages: list[str], reserve: int | None = None) -> list[dict]:
         limit = getattr(self.model.config, "max_seq_len", None) if self.model is not None else None
@@ -151,17 +172,30 @@ class RagPipeline:
         """The "context + question" chat messages for ``question`` and the hits they quote, in citation order
         (passages are dropped from the end until the prompt leaves ``reserve`` tokens of the model's context;
         ``lmstack rag ask`` and ``lmstack serve --rag`` both build their prompts here)."""
-        hits = self.retrieve(question, exclude_docs)
+        return self._prompt_for(question, self.retrieve(question, exclude_docs), reserve)
+
+    def _prompt_for(self, question: str, hits: list, reserve: int | None = None) -> tuple[list[dict], list]:
         passages = [h.text for h in hits]
         msgs = self._fit(question, passages, reserve)
         return msgs, hits[:len(passages)]
 
-    def ask(self, question: str, exclude_docs: Sequence[str] = ()) -> RagAnswer:
+    def gates(self, support: float | None) -> bool:
+        """Whether the score cut-off answers "cannot find" for a first passage of this support."""
+        return self.min_score is not None and (support is None or support < self.min_score)
+
+    def ask(self, question: str, exclude_docs: Sequence[str] = (), gate: bool = True) -> RagAnswer:
+        """The cited answer; ``gate=False`` asks the model even below the score cut-off (``support`` is still
+        reported), as the measurements do to score the model and the cut-off from one answer."""
         from lmstack.generate import chat
 
-        msgs, hits = self.prompt(question, exclude_docs)
+        hits = self.retrieve(question, exclude_docs)
+        support = self.support(question, hits[0].text if hits else None)
+        if gate and self.gates(support):  # the model is not asked, so nothing needs to fit its context
+            return RagAnswer(question, CANNOT_FIND[lang_of(question)], [h.text for h in hits],
+                             [h.doc_id for h in hits], support, gated=True)
+        msgs, hits = self._prompt_for(question, hits)
         text = chat(self.model, self.tokenizer, [msgs], self.cfg)[0].text.strip()
-        return RagAnswer(question, text, [h.text for h in hits], [h.doc_id for h in hits])
+        return RagAnswer(question, text, [h.text for h in hits], [h.doc_id for h in hits], support)
 
     def retrieve(self, question: str, exclude_docs: Sequence[str] = ()) -> list:
         """The top ``k`` chunks (``mode`` search, then the cross-encoder over the top ``rerank_depth`` if set)."""
@@ -175,6 +209,33 @@ class RagPipeline:
         from lmstack.generate import chat
 
         return chat(self.model, self.tokenizer, [[{"role": "user", "content": question}]], self.cfg)[0].text.strip()
+
+
+def calibrate_min_score(pipeline: RagPipeline, questions: Sequence[dict], gold_docs, keep: float = 0.95) -> dict:
+    """Fit ``RagPipeline.min_score`` on questions whose gold documents are known (``gold_docs(q)`` -> doc ids):
+    the support of the first passage retrieved with the gold documents in the store ("answerable") and with
+    them left out ("missing"). The threshold is the highest that still lets ``keep`` of the answerable ones
+    through: a passage cut wrongly loses an answer for sure, one let through wrongly still leaves the model to
+    say it cannot find the answer. Fit it on training questions, never on the ones it will be measured on.
+    Returns {"min_score", "kept", "cut", "n"} (kept / cut: shares of answerable / missing on these questions)."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"calibrate_min_score: keep must be in (0, 1], got {keep}")
+    answerable, missing = [], []
+    for q in questions:
+        gold = list(gold_docs(q))
+        hits = pipeline.retrieve(q["question"])
+        if hits and hits[0].doc_id in gold:
+            answerable.append(pipeline.support(q["question"], hits[0].text))
+        other = pipeline.retrieve(q["question"], exclude_docs=gold)
+        if other:
+            missing.append(pipeline.support(q["question"], other[0].text))
+    if not answerable or not missing or None in answerable + missing:
+        raise ValueError("calibrating a RAG score cut-off needs a dense encoder and questions whose gold passage "
+                         "is retrieved first and that have other passages to retrieve")
+    ranked = sorted(answerable, reverse=True)
+    t = ranked[max(0, math.ceil(keep * len(ranked)) - 1)]  # the lowest score among the best `keep` share
+    return {"min_score": round(t - 1e-6, 6), "kept": sum(s >= t for s in answerable) / len(answerable),
+            "cut": sum(s < t for s in missing) / len(missing), "n": len(questions), "keep": keep}
 
 
 def load_index(index_dir: str | Path, tokenizer=None, device: str = "cpu"):

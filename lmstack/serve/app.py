@@ -279,7 +279,8 @@ def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[i
                     for i, m in enumerate(req.prompts[0])]
             prefix = forced_tool_prefix(req.tool_choice) if req.tools else ""
             if req.rag or (req.rag is None and state.rag is not None):
-                msgs = rag_prompt(state, req, msgs)
+                msgs, cannot_find = rag_prompt(state, req, msgs)
+                prefix = cannot_find or prefix  # below the score cut-off the answer is forced
             ids = chat_prompt_ids(tok, with_tools(msgs, req.tools if req.tool_choice != "none" else []))
             if prefix:
                 ids = ids + list(tok.encode(prefix))
@@ -304,10 +305,13 @@ def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[i
         raise APIError(400, str(e), "messages" if req.kind == "chat" else "prompt", "pii_detected") from None
 
 
-def rag_prompt(state: ServerState, req: ParsedRequest, msgs: list[dict]) -> list[dict]:
+def rag_prompt(state: ServerState, req: ParsedRequest, msgs: list[dict]) -> tuple[list[dict], str]:
     """The `lmstack rag ask` prompt for the last user turn (retrieved passages, numbered for [n] citations);
     the passages it quotes go to ``req.citations``. Earlier turns are left out: the model learned RAG on
-    single questions, and its context holds little more than the passages."""
+    single questions, and its context holds little more than the passages. Also returns the "cannot find"
+    answer to force when the pipeline's score cut-off rejects the best passage, else ""."""
+    from lmstack.apps.rag import CANNOT_FIND, lang_of
+
     if state.rag is None:
         raise APIError(400, "'rag': true needs a server started with --rag INDEX_DIR", "rag", "invalid_value")
     question = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), None)
@@ -317,7 +321,9 @@ def rag_prompt(state: ServerState, req: ParsedRequest, msgs: list[dict]) -> list
     reserve = min(req.cfg.max_new_tokens, max_len // 4) if max_len else req.cfg.max_new_tokens
     rag_msgs, hits = state.rag.prompt(question, reserve=reserve)
     req.citations = [{"index": i, "doc_id": h.doc_id, "text": h.text} for i, h in enumerate(hits, start=1)]
-    return rag_msgs
+    if state.rag.gates(state.rag.support(question, hits[0].text if hits else None)):
+        return rag_msgs, CANNOT_FIND[lang_of(question)]
+    return rag_msgs, ""
 
 
 @dataclass

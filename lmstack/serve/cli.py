@@ -62,23 +62,25 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
     name = model_name or Path(path).resolve().name
     rag = None
     if rag_index:  # ask as the run's apps stage trained: its passages per prompt and its prompt layout
-        from lmstack.apps.cli import trained_k, trained_layout
+        from lmstack.apps.cli import trained_k, trained_layout, trained_min_score
 
         rag = rag_pipeline(rag_index, model, tokenizer, trained_k(str(run_dir)) if rag_k is None else rag_k,
-                           rag_mode, device, trained_layout(str(run_dir)))
+                           rag_mode, device, trained_layout(str(run_dir)), trained_min_score(str(run_dir)))
     return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag), ckpt
 
 
 def rag_pipeline(index_dir: str, model, tokenizer, k: int = 3, mode: str = "auto", device: str = "cpu",
-                 layout: str = "passages_first"):
+                 layout: str = "passages_first", min_score: float | None = None):
     """The retrieval half of `lmstack rag ask` over INDEX_DIR, for chat requests to answer from (``layout``:
-    ``rag.LAYOUTS``, the one the model was tuned with)."""
+    ``rag.LAYOUTS``, the one the model was tuned with; ``min_score``: the score cut-off, kept only when the
+    index has the dense encoder it needs)."""
     from lmstack.apps.rag import RagPipeline, load_index
 
     store = load_index(index_dir, tokenizer, device)
     if mode == "auto":
         mode = "hybrid" if store.index is not None else "bm25"
-    return RagPipeline(store, model, tokenizer, k=k, mode=mode, layout=layout)
+    return RagPipeline(store, model, tokenizer, k=k, mode=mode, layout=layout,
+                       min_score=min_score if store.encoder is not None else None)
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 
 from lmstack.cli import main
 from lmstack.data.world import WorldConfig, build_world
@@ -82,3 +83,14 @@ def test_rag_ask_uses_the_prompt_layout_the_apps_stage_trained_with(tmp_path):
     assert trained_layout(str(tmp_path)) == "passages_first"
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"apps": {"config": {"rag_prompt": "question_first"}}}}))
     assert trained_layout(str(tmp_path)) == "question_first"
+
+
+def test_rag_ask_uses_the_score_cutoff_the_apps_stage_fitted(tmp_path):
+    from lmstack.apps.cli import trained_min_score
+
+    assert trained_min_score(str(tmp_path)) is None  # no apps stage: no cut-off
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"apps": {"metrics": {"rag_min_score": 0.71}}}}))
+    assert trained_min_score(str(tmp_path)) == 0.71
+    assert trained_min_score(str(tmp_path), "off") is None and trained_min_score(str(tmp_path), "0.5") == 0.5
+    with pytest.raises(ValueError, match="--min-score"):
+        trained_min_score(str(tmp_path), "high")

@@ -112,3 +112,25 @@ def test_cross_encoder_reranker_fits_its_training_lists_and_roundtrips(tok, tmp_
     torch.testing.assert_close(again.scores(q, [gold] + neg), enc.scores(q, [gold] + neg))
     with pytest.raises(ValueError, match="negative"):
         train_reranker(enc, [(q, gold, [])], progress=False)
+
+
+def test_hard_negatives_join_the_batch_once_and_never_as_a_positive():
+    from lmstack.apps.dense import _with_negatives
+
+    batch = [("q1", "p1"), ("q2", "p2")]
+    negatives = {"q1": ["n1", "p2", "n2"], "q2": ["n1", "n3"]}
+    # p2 is q2's positive (a false negative for q1), n1 is shared: each passage appears once, positives first
+    assert _with_negatives(batch, negatives, 1) == ["p1", "p2", "n1"]
+    assert _with_negatives(batch, negatives, 2) == ["p1", "p2", "n1", "n3"]
+    assert _with_negatives(batch, negatives, 0) == ["p1", "p2"]
+
+
+def test_dense_training_scores_each_question_against_its_hard_negatives(tok):
+    enc = DenseEncoder(tiny_model(tok.vocab_size), tok, DenseConfig(steps=2, batch_size=2, hard_negatives=1))
+    seen = []
+    embed = enc.embed
+    enc.embed = lambda texts: seen.append(list(texts)) or embed(texts)
+    pairs = [("Where was Ann born?", "Ann was born in Oslo."), ("Where was Bob born?", "Bob was born in Rome.")]
+    train_dense(enc, pairs, negatives={"Where was Ann born?": ["Anna was born in Lima."]}, progress=False)
+    passage_batches = [b for b in seen if b[0].endswith(".")]
+    assert passage_batches and all("Anna was born in Lima." in b for b in passage_batches)

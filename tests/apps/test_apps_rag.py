@@ -228,3 +228,41 @@ def test_no_answer_clause_opens_like_the_answer_and_says_cannot_find(kg, store):
             assert yes["messages"][1]["content"] != no["messages"][1]["content"]
     assert refusals and all(d["messages"][-1]["content"] == no_answer_clause(kg, q["entity"], q["relation"],
                                                                             q["lang"]) for d, q in refusals)
+
+
+class _KeywordEncoder:
+    """Unit vectors from the presence of a few words: a passage is similar to a question that names its person."""
+    WORDS = ("ann", "bob", "cid", "born", "city")
+
+    def __call__(self, texts):
+        import numpy as np
+
+        v = np.array([[float(w in t.lower()) for w in self.WORDS] + [0.1] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _keyword_store():
+    s = DocumentStore(encoder=_KeywordEncoder())
+    s.add_documents([{"id": f"{n}:en", "text": f"{n.capitalize()} was born in a city."} for n in ("ann", "bob", "cid")])
+    return s
+
+
+def test_score_cutoff_answers_cannot_find_without_asking_the_model():
+    pipe = RagPipeline(_keyword_store(), None, None, k=1, mode="dense", min_score=0.99)  # no model: must not be asked
+    out = pipe.ask("Where was Dan born?")
+    assert out.gated and out.text == CANNOT_FIND["en"] and out.support < 0.99 and out.passages
+    assert pipe.gates(0.5) and not pipe.gates(0.995) and pipe.gates(None)
+    with pytest.raises(ValueError, match="dense encoder"):
+        RagPipeline(DocumentStore(), None, None, min_score=0.5)
+
+
+def test_calibrated_cutoff_separates_answerable_from_missing_passages():
+    from lmstack.apps.rag import calibrate_min_score
+
+    pipe = RagPipeline(_keyword_store(), None, None, k=1, mode="dense")
+    questions = [{"question": f"Where was {n.capitalize()} born?", "entity": n} for n in ("ann", "bob", "cid")]
+    fit = calibrate_min_score(pipe, questions, lambda q: [f"{q['entity']}:en"])
+    assert fit["kept"] == 1.0 and fit["cut"] == 1.0 and fit["n"] == 3
+    gold = pipe.support("Where was Ann born?", "Ann was born in a city.")
+    other = pipe.support("Where was Ann born?", "Bob was born in a city.")
+    assert other < fit["min_score"] < gold

@@ -36,7 +36,8 @@ def test_apps_stage_end_to_end(run_dir):
                  "apps.rerank.questions_per_batch=2", "apps.copy.steps=2", "apps.copy.sft_batch_size=2",
                  "apps.copy.pages_share=0.5",
                  "apps.n_fictional=12", "apps.n_fictional_heldout=4", "apps.multihop_balance=true",
-                 "apps.n_rag_train=40", "apps.n_multihop_train=10", "apps.n_copy_chat=8"]
+                 "apps.n_rag_train=40", "apps.n_multihop_train=10", "apps.n_copy_chat=8",
+                 "apps.dense.hard_negatives=1", "apps.dense_fictional=true"]
     recipe = Recipe.load(None, overrides, raw={"run": {"name": "t"}, "apps": {}})
     result = run_stage(RunDir(run_dir), recipe, "apps")
     m = result.metrics
@@ -44,8 +45,9 @@ def test_apps_stage_end_to_end(run_dir):
                 "closed_book", "rag", "cannot_find", "arith_model_alone", "arith_agent", "multihop_heldout_agent",
                 "extraction_precision", "extraction_recall", "world_paraphrases_rerank_recall@1",
                 "fictional_closed_book", "fictional_rag", "fictional_cannot_find", "fictional_rag_refused",
-                "rag_refused", "facts_fictional_bm25_recall@1"):
+                "rag_refused", "facts_fictional_bm25_recall@1", "gated_rag", "fictional_gated_cannot_find"):
         assert 0.0 <= m[key] <= 1.0, key
+    assert -1.0 <= m["rag_min_score"] <= 1.0 and "through the score cut-off" in result.report
     assert m["rag_examples"] > 0 and m["agent_examples"] > 0 and m["extraction_examples"] > 0
     assert m["fictional_people"] == 12 and m["copy_examples"] == 8 and m["repeat_loss_before"] > 0 and "repeat_loss_after_warmup" in m
     assert m["repeat_loss_digits_before"] > 0 and "repeat_loss_digits_after_sft" in m

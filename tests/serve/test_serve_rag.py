@@ -96,3 +96,28 @@ def test_rag_pipeline_builds_prompts_in_the_layout_the_model_was_tuned_with(mode
     for layout in ("passages_first", "question_first"):
         msgs, hits = rag_pipeline(str(index_dir), model, tok, k=1, layout=layout).prompt("Where was Li Wei born?")
         assert hits and msgs == rag_messages("Where was Li Wei born?", [hits[0].text], layout=layout)
+
+
+def test_rag_below_the_score_cutoff_forces_the_cannot_find_answer(model, tok):
+    from lmstack.apps.rag import CANNOT_FIND
+
+    class Letters:  # a deterministic encoder: letter counts
+        def __call__(self, texts):
+            import numpy as np
+
+            v = np.array([[t.lower().count(c) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], np.float32) + 0.01
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    store = DocumentStore(encoder=Letters())
+    store.add_documents(DOCS)
+    msgs = [{"role": "user", "content": QUESTION}]
+    for min_score, forced in ((1.01, True), (-1.0, False)):
+        state = make_state(model, tok)
+        state.rag = RagPipeline(store, model, tok, k=1, mode="bm25", min_score=min_score)
+        with LiveServer(state) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            text = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8,
+                                                  temperature=0).choices[0].message.content
+        ungated = chat(model, tok, [rag_messages(QUESTION, [store.search(QUESTION, 1)[0].text])],
+                       GenerationConfig(max_new_tokens=8))[0].text
+        assert text.startswith(CANNOT_FIND["en"]) if forced else text == ungated
