@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Sequence
 
-from lmstack.apps.rag import RagPipeline, is_cannot_find, strip_citations
+from lmstack.apps.rag import CANNOT_FIND, RagPipeline, is_cannot_find, lang_of, strip_citations
 from lmstack.eval.answers import answer_matches
 
 
@@ -71,12 +71,21 @@ def rag_qa(pipeline: RagPipeline, questions: Sequence[dict], progress: bool = Tr
             counts.update(gated_rag=ok and kept, gated_refused=not kept or is_cannot_find(ans.text), cutoff_kept=kept,
                           cutoff_cut=cut, gated_cannot_find=cut or is_cannot_find(missing.text))
         if len(samples) < 6:
-            samples.append((q["question"], book, ans.text, missing.text, q["answer"]))
+            samples.append((q["question"], book, _shown(pipeline, ans), _shown(pipeline, missing), q["answer"]))
     n = max(1, len(questions))
     keys = ["closed_book", "rag", "rag_cited", "cannot_find", "rag_refused"]
     keys += ["gated_rag", "gated_refused", "gated_cannot_find", "cutoff_kept", "cutoff_cut"] \
         if pipeline.min_score is not None else []
     return {"n": len(questions), **{k: counts[k] / n for k in keys}, "samples": samples}
+
+
+def _shown(pipeline: RagPipeline, answer) -> str:
+    """The answer as the pipeline gives it: the cut-off's "cannot find" (with the model's own answer after it)
+    when the support is below the threshold."""
+    if not pipeline.gates(answer.support):
+        return answer.text
+    support = "no passage" if answer.support is None else f"similarity {answer.support:.2f}"
+    return f"{CANNOT_FIND[lang_of(answer.question)]} (cut-off, {support}; the model: {answer.text})"
 
 
 def model_alone(model, tokenizer, questions: Sequence[dict], max_new_tokens: int = 24) -> float:

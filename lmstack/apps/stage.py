@@ -519,7 +519,8 @@ def measure(ctx, cfg: Config, kg, store, model, tokenizer, run_path: Path, reran
               "knowledge graph's triples):\n",
               markdown_table(["passages", "precision", "recall"], [(ex["n"], ex["precision"], ex["recall"])]), ""]
     if samples:
-        lines.append("Sample answers (closed-book / RAG / passages without the answer):\n")
+        lines.append("Sample answers (closed-book / RAG / passages without the answer; RAG answers as the pipeline "
+                     "gives them, through the score cut-off when it is on):\n")
         lines.append(markdown_table(["question", "closed-book", "RAG", "no gold passage", "reference"],
-                                    [tuple(table_cell(x, 60) for x in s) for s in samples]))
+                                    [tuple(table_cell(x, 100) for x in s) for s in samples]))
     return metrics, "\n".join(lines) + "\n"

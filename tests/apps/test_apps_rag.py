@@ -266,3 +266,29 @@ def test_calibrated_cutoff_separates_answerable_from_missing_passages():
     gold = pipe.support("Where was Ann born?", "Ann was born in a city.")
     other = pipe.support("Where was Ann born?", "Bob was born in a city.")
     assert other < fit["min_score"] < gold
+
+
+def test_rag_qa_scores_the_model_and_the_cutoff_from_one_answer():
+    from lmstack.apps.evaluate import rag_qa
+    from lmstack.apps.rag import RagAnswer
+
+    class Stub:  # answers right when the gold passage is there (support 0.9), hallucinates without it (0.3)
+        min_score = 0.5
+
+        def gates(self, support):
+            return support < self.min_score
+
+        def closed_book(self, question):
+            return "I don't know."
+
+        def ask(self, question, exclude_docs=(), gate=True):
+            assert gate is False  # the measurement asks the model every time
+            if exclude_docs:
+                return RagAnswer(question, "Bob was born in Rome [1]", ["Bob ..."], ["bob:en"], 0.3)
+            return RagAnswer(question, "Ann was born in Oslo [1]", ["Ann ..."], ["ann:en"], 0.9)
+
+    qs = [{"question": "Where was Ann born?", "answer": "Oslo", "entity": "ann", "lang": "en"}]
+    out = rag_qa(Stub(), qs, progress=False)
+    assert out["rag"] == 1.0 and out["cannot_find"] == 0.0  # the model alone never says it cannot find
+    assert out["gated_rag"] == 1.0 and out["gated_cannot_find"] == 1.0 and out["cutoff_kept"] == out["cutoff_cut"] == 1.0
+    assert out["samples"][0][3].startswith(CANNOT_FIND["en"]) and "Bob was born in Rome" in out["samples"][0][3]
