@@ -139,10 +139,18 @@ def config_from_dict(cls: type, data: dict, where: str = "config") -> Any:
 def _over_factory_default(f: dataclasses.Field, value: Any) -> Any:
     """A partial table for a nested config whose default comes from a factory overrides that default's
     values, not the nested class's own defaults: ``[ppo] optim = { lr = 2e-5 }`` keeps the fine-tuning
-    weight decay of 0.0 that ppo's factory sets, instead of OptimConfig's 0.1."""
+    weight decay of 0.0 that ppo's factory sets, instead of OptimConfig's 0.1. The same holds for a
+    dict-valued default (r2s9: ``--set pretrain.model.n_layers=6`` built the preset's own 5.5M-parameter
+    model instead of the default's 1.3M one with six layers)."""
     if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
         return value
     default = f.default_factory()
+    if isinstance(default, dict):
+        # a table such as [pretrain.model] (a preset and the fields that differ from it): `--set
+        # pretrain.model.n_layers=6` changes one field of the default table; naming another preset starts afresh
+        if value.get("preset", default.get("preset")) != default.get("preset"):
+            return value
+        return _deep_merge(default, value)
     if not dataclasses.is_dataclass(default):
         return value
     init_values = {k: v for k, v in dataclasses.asdict(default).items()

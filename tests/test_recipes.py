@@ -36,7 +36,10 @@ def test_recipe_typos_fail_at_load_naming_the_key(override, message):
         pipeline.Recipe.load(RECIPES[0], [override])
 
 
-def test_model_overrides_stay_a_table_of_the_given_keys():
+def test_model_overrides_change_the_default_table_key_by_key():
     r = pipeline.Recipe.load(RECIPES[0], ["pretrain.model.n_layers=3"])
-    assert r.configs["pretrain"].model["n_layers"] == 3
-    assert "vocab_size" not in r.configs["pretrain"].model  # the stage takes it from the tokenizer
+    model = r.configs["pretrain"].model
+    assert model["n_layers"] == 3 and model["d_model"] == 128 and model["n_kv_heads"] == 2  # the rest kept
+    assert "vocab_size" not in model  # the stage takes it from the tokenizer
+    other = pipeline.Recipe.load(RECIPES[0], ["pretrain.model.preset=gpt2-style", "pretrain.model.n_layers=3"])
+    assert other.configs["pretrain"].model == {"preset": "gpt2-style", "n_layers": 3}  # another preset: afresh
