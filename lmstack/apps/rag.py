@@ -217,7 +217,7 @@ def calibrate_min_score(pipeline: RagPipeline, questions: Sequence[dict], gold_d
     them left out ("missing"). The threshold is the highest that still lets ``keep`` of the answerable ones
     through: a passage cut wrongly loses an answer for sure, one let through wrongly still leaves the model to
     say it cannot find the answer. Fit it on training questions, never on the ones it will be measured on.
-    Returns {"min_score", "kept", "cut", "n"} (kept / cut: shares of answerable / missing on these questions)."""
+    Returns {"min_score", "kept", "cut", "n", "keep"} (kept / cut: shares of answerable / missing here)."""
     if not 0 < keep <= 1:
         raise ValueError(f"calibrate_min_score: keep must be in (0, 1], got {keep}")
     answerable, missing = [], []
