@@ -183,14 +183,20 @@ class RagPipeline:
         """Whether the score cut-off answers "cannot find" for a first passage of this support."""
         return self.min_score is not None and (support is None or support < self.min_score)
 
+    def cut_off(self, question: str, hits: list) -> tuple[float | None, bool]:
+        """The support of the first of ``hits`` and whether the score cut-off stops it (``ask`` and
+        ``lmstack serve --rag`` decide here)."""
+        support = self.support(question, hits[0].text if hits else None)
+        return support, self.gates(support)
+
     def ask(self, question: str, exclude_docs: Sequence[str] = (), gate: bool = True) -> RagAnswer:
         """The cited answer; ``gate=False`` asks the model even below the score cut-off (``support`` is still
         reported), as the measurements do to score the model and the cut-off from one answer."""
         from lmstack.generate import chat
 
         hits = self.retrieve(question, exclude_docs)
-        support = self.support(question, hits[0].text if hits else None)
-        if gate and self.gates(support):  # the model is not asked, so nothing needs to fit its context
+        support, cut = self.cut_off(question, hits)
+        if gate and cut:  # the model is not asked, so nothing needs to fit its context
             return RagAnswer(question, CANNOT_FIND[lang_of(question)], [h.text for h in hits],
                              [h.doc_id for h in hits], support, gated=True)
         msgs, hits = self._prompt_for(question, hits)

@@ -453,9 +453,7 @@ def _qa_section(cfg: Config, sets: dict, stores: dict, model, tokenizer, reranke
         pipe = RagPipeline(stores[store_key], model, tokenizer, cfg.k, cfg.retrieval_mode, cfg.max_new_tokens, reranker,
                            layout=cfg.rag_prompt, min_score=min_score)
         qa = E.rag_qa(pipe, sets[name])
-        for key in ("closed_book", "rag", "rag_cited", "cannot_find", "rag_refused") + \
-                (("gated_rag", "gated_refused", "gated_cannot_find", "cutoff_kept", "cutoff_cut") if cutoff else ()):
-            metrics[prefix + key] = round(qa[key], 4)
+        metrics.update({prefix + key: round(value, 4) for key, value in qa.items() if key not in ("n", "samples")})
         rows.append((label, qa["n"], qa["closed_book"], qa["rag"], qa["rag_cited"], qa["rag_refused"],
                      qa["cannot_find"]))
         if cutoff:

@@ -321,9 +321,7 @@ def rag_prompt(state: ServerState, req: ParsedRequest, msgs: list[dict]) -> tupl
     reserve = min(req.cfg.max_new_tokens, max_len // 4) if max_len else req.cfg.max_new_tokens
     rag_msgs, hits = state.rag.prompt(question, reserve=reserve)
     req.citations = [{"index": i, "doc_id": h.doc_id, "text": h.text} for i, h in enumerate(hits, start=1)]
-    if state.rag.gates(state.rag.support(question, hits[0].text if hits else None)):
-        return rag_msgs, CANNOT_FIND[lang_of(question)]
-    return rag_msgs, ""
+    return rag_msgs, CANNOT_FIND[lang_of(question)] if state.rag.cut_off(question, hits)[1] else ""
 
 
 @dataclass
