@@ -382,13 +382,16 @@ def run(ctx, cfg: Config):
     common.save_finetuned(policy, out_dir, cfg.lora, {"stage": "dpo", "steps": cfg.steps, "init_from": cfg.init_from,
                                                       "loss_type": cfg.loss_type, "beta": cfg.beta},
                           str(common.checkpoint_dir(run_path, cfg.init_from)))
+    from lmstack.align.familiarity import carry_over
+
+    gate_info = carry_over(policy, tokenizer, run_path, out_dir, ctx.seed)
     plot = _plot_rewards(run_path, cfg, hist)
     metrics = {
         "eval_reward_accuracy": eval_after["accuracy"], "eval_reward_margin": eval_after["margin"],
         "eval_loss": eval_after["loss"], "eval_loss_before": eval_before["loss"], "final_loss": hist["loss"][-1],
         "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
         **({"onpolicy_pairs": sum(v["pairs"] for v in onpolicy.values())} if onpolicy else {}),
-        **param_metrics,
+        **param_metrics, **gate_info,
     }
     gold_rows = behaviour_rows(probes, before, after, metrics, cfg.fact_probe)
     report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,

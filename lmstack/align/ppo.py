@@ -419,13 +419,16 @@ def run(ctx, cfg: Config):
 
         atomic_write_bytes(out_dir / "value_head.safetensors",
                            save({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}))
+    from lmstack.align.familiarity import carry_over
+
+    gate_info = carry_over(lm, tokenizer, run_path, out_dir, ctx.seed)
     plot = _plot(run_path, cfg, hist)
     n_third = max(1, cfg.iterations // 3)
     first, last = _mean(hist["reward"][:n_third]), _mean(hist["reward"][-n_third:])
     metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
                "kl_max": max(hist["kl"]), "kl_coef_last": hist["kl_coef"][-1], "eval_reward_before": change["before"],
                "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"],
-               "train_seconds": round(seconds, 1), **param_metrics}
+               "train_seconds": round(seconds, 1), **param_metrics, **gate_info}
     if cfg.gold_coef > 0:
         metrics.update(gold_first=_mean(hist["gold"][:n_third]), gold_last=_mean(hist["gold"][-n_third:]))
     gold_rows = dpo.behaviour_rows(probes, gold_before, gold_after, metrics) if probes else []

@@ -37,6 +37,9 @@ class Config:
     packing: bool = False            # first-fit-decreasing packing of whole conversations
     group_by_length: bool = True     # batch conversations of similar length (less padding); ignored when packing
     max_train_examples: int = 0      # 0 = all
+    # training conversations of these world tasks are left out (data/world/sft_train.jsonl's "task" field), e.g.
+    # ["idk"] when the unknown-entity gate answers for names the model never read (see familiarity_gate)
+    exclude_tasks: list[str] = field(default_factory=list)
     # Pretraining peaks at 3e-3; the notes' "10x lower" (3e-4) leaves the assistant loss clearly higher
     # after the short CPU recipe's steps than 1e-3 does (compare with --set sft.optim.lr=3e-4), so 3x lower.
     optim: OptimConfig = field(default_factory=lambda: common.finetune_optim(lr=1e-3))
@@ -54,6 +57,12 @@ class Config:
     # stored (as InstructGPT's "PPO-ptx" mixes pretraining gradients in). 0 = off.
     replay_batch_size: int = 0
     replay_weight: float = 1.0
+    # The unknown-entity gate (lmstack.align.familiarity): fitted on the world's training data after SFT and
+    # saved beside the checkpoint; the held-out answers are scored for the model alone and through the gate.
+    # gate_keep: the share of training questions about real people and places the threshold lets through.
+    familiarity_gate: bool = True
+    gate_keep: float = 0.95
+    gate_fresh: int = 1500           # questions about freshly invented names the tagger also learns from
 
 
 @dataclass
@@ -77,6 +86,16 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, 
     if max_len > common.model_max_len(model):
         raise ValueError(f"{stage}.max_len={max_len} exceeds the model's max_seq_len={common.model_max_len(model)}")
     raw = load_chat_jsonl(train_path, limit=cfg.max_train_examples or None)
+    if cfg.exclude_tasks:
+        from lmstack.data.world.entities import SFT_TASK_MIX
+
+        unknown = sorted(set(cfg.exclude_tasks) - set(SFT_TASK_MIX))
+        if unknown:
+            raise ValueError(f"{stage}.exclude_tasks: unknown task {unknown[0]!r}; the world's tasks are "
+                             f"{', '.join(SFT_TASK_MIX)}")
+        kept = [r for r in raw if r.meta.get("task") not in cfg.exclude_tasks]
+        ctx.log(f"left out {len(raw) - len(kept)} training conversations of tasks {', '.join(cfg.exclude_tasks)}")
+        raw = kept
     if cfg.harmful_examples > 0:  # refusal / detox tuning data built from the run's world
         from lmstack.align.data import normalize_chat_record
         from lmstack.data.world import harmful
@@ -162,7 +181,9 @@ def _run(ctx, cfg: Config, stage: str):
     # ---------------------------------------------------------------- evaluation
     eval_examples = evals.load_eval_examples(eval_path, cfg.eval_examples, ctx.seed)
     ctx.log(f"evaluating on {len(eval_examples)} held-out examples")
-    result = evals.evaluate_chat_model(model, tokenizer, eval_examples, cfg.max_new_tokens)
+    outputs = evals.chat_answers(model, tokenizer, [evals.split_prompt(ex["messages"])[0] for ex in eval_examples],
+                                 cfg.max_new_tokens)
+    result = evals.score_outputs(eval_examples, outputs)
     base_result = None
     base_model = None
     train_dicts = None
@@ -186,6 +207,10 @@ def _run(ctx, cfg: Config, stage: str):
         atomic_write_text(run_path / "eval" / f"{stage}_facts.jsonl",
                                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fact_answers))
 
+    gate = None
+    if cfg.familiarity_gate and stage == "sft" and (world_dir / "world.json").exists() and not cfg.eval_file:
+        gate = _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, outputs, result)
+
     arith = None
     if cfg.arith_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
         arith = evals.arithmetic_probe(model, tokenizer, world_dir, cfg.arith_probes, ctx.seed, cfg.max_new_tokens)
@@ -202,6 +227,7 @@ def _run(ctx, cfg: Config, stage: str):
         **{f"n_{k}": v for k, v in result["n"].items()},
         **param_metrics,
         **(arith or {}),
+        **(gate["metrics"] if gate else {}),
     }
     if base_result:
         metrics.update(base_accuracy=base_result["accuracy"], base_pii_refusal=base_result["pii_refusal"])
@@ -215,13 +241,63 @@ def _run(ctx, cfg: Config, stage: str):
                 metrics[f"facts_{key}_base"] = v["base"]
     plot = _loss_plot(run_path, stage, summary["history"])
     report = _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith)
+    if gate:
+        report += gate["report"]
     return StageResult(metrics=metrics, artifacts={**artifacts, "loss_plot": plot}, report=report)
+
+
+def _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, outputs, result) -> dict:
+    """Fit the unknown-entity gate, save it with the checkpoint, and score the held-out answers through it
+    (where it stops a conversation the answer is "I don't know." instead of the model's)."""
+    from lmstack.align import familiarity
+
+    train = [{"messages": e.messages, **e.meta} for e in load_chat_jsonl(train_path)]
+    gate, info = familiarity.fit_gate(model, tokenizer, world_dir, train, ctx.seed, keep=cfg.gate_keep,
+                                      n_fresh=cfg.gate_fresh)
+    gate.save(out_dir / "familiarity")
+    checks = gate.check(model, tokenizer, [evals.split_prompt(ex["messages"])[0] for ex in eval_examples])
+    gated = [gate.reply(evals.split_prompt(ex["messages"])[0]) if stop and out is not None else out
+             for ex, out, (stop, _s, _span) in zip(eval_examples, outputs, checks)]
+    through = evals.score_outputs(eval_examples, gated)
+    stopped: dict[str, list[bool]] = {}
+    for ex, (stop, _s, _span) in zip(eval_examples, checks):
+        stopped.setdefault(ex.get("task") or "chat", []).append(stop)
+    metrics = {**info, **{f"gated_{k}": through[k] for k in ("accuracy", "pii_refusal", "idk_rate", "false_refusal",
+                                                                 "false_idk")},
+               **{f"gate_stopped_{t}": common.rate(v) for t, v in sorted(stopped.items())}}
+    ctx.log(f"familiarity gate: threshold {info['gate_threshold']} nats; 'I don't know' on non-existent entities "
+            f"{format_score(through['idk_rate'])} through it")
+    rows = [(t, len(v), format_score(common.rate(v))) for t, v in sorted(stopped.items())]
+    missed = [(evals.split_prompt(ex["messages"])[0][-1]["content"], f"{s:.1f}", span)
+              for ex, (stop, s, span) in zip(eval_examples, checks) if ex.get("task") == "idk" and not stop][:4]
+    lines = ["", "**The unknown-entity gate** (`lmstack.align.familiarity`): a name tagger finds the names in the"
+             " user's messages, and the model's own negative log-likelihood of each name's tokens after its first"
+             " measures whether it has read the name. Above a threshold fitted on the training data"
+             f" ({info['gate_threshold']} nats: {format_score(info['gate_train_real_kept'])} of training questions"
+             f" about real people and places pass, {format_score(info['gate_train_fresh_stopped'])} of questions"
+             " about freshly invented names are stopped) the answer is \"I don't know.\" without asking the model."
+             f" Saved in `{(out_dir / 'familiarity').name}/` beside the checkpoint; `lmstack chat` uses it.\n",
+             markdown_table(["held-out measure", "model alone", "through the gate"],
+                            [("'I don't know' on non-existent entities", format_score(result["idk_rate"]),
+                              format_score(through["idk_rate"])),
+                             ("'I don't know' on real entities", format_score(result["false_idk"]),
+                              format_score(through["false_idk"])),
+                             ("answer accuracy", format_score(result["accuracy"]),
+                              format_score(through["accuracy"]))]),
+             "", "Share of held-out conversations the gate stopped, by task:\n",
+             markdown_table(["task", "n", "stopped"], rows)]
+    if missed:
+        lines += ["", "Questions about non-existent entities it let through (surprise in nats, the name it found):\n",
+                  markdown_table(["question", "surprise", "name"], [(table_cell(q, 60), s, table_cell(n, 30))
+                                                                    for q, s, n in missed])]
+    return {"metrics": metrics, "report": "\n".join(lines) + "\n"}
 
 
 def _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith=None) -> str:
     lines = []
     mode = "full fine-tuning" if not cfg.lora.enabled else ("QLoRA" if cfg.lora.qlora else "LoRA") + f" r={cfg.lora.r}"
-    lines.append(f"{mode} from `checkpoints/{cfg.init_from}` on `{train_path.name}`: {summary['examples']} conversations"
+    left_out = f", without its {' / '.join(cfg.exclude_tasks)} conversations" if cfg.exclude_tasks else ""
+    lines.append(f"{mode} from `checkpoints/{cfg.init_from}` on `{train_path.name}`{left_out}: {summary['examples']} conversations"
                  f" ({summary['dropped']} dropped as too long), {cfg.steps} steps x batch {cfg.batch_size}"
                  f"{' (packed)' if cfg.packing else ''}, peak LR {cfg.lora.lr if cfg.lora.enabled and cfg.lora.lr else cfg.optim.lr:g}"
                  f" ({cfg.schedule.kind}), loss on assistant tokens only"

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from lmstack.data.text import lang_of
+
 SYSTEM = {"en": "Answer from the passages and cite them as [n]. If they do not contain the answer, say so.",
           "zh": "根据资料回答，并用[n]标注出处。如果资料中没有答案，请直说。"}
 QUESTION = {"en": "Question: {q}", "zh": "问题：{q}"}
@@ -26,10 +28,6 @@ CANNOT_FIND = {"en": "I cannot find the answer in the passages.", "zh": "资料�
 # also matches worldqa.no_answer_clause ("X is not in the passages.", "X不在资料中。")
 _CANNOT_FIND_RE = re.compile(r"cannot find|can't find|could not find|not in the passages|找不到|没有找到|资料中没有|不在资料中")
 _CITATION_RE = re.compile(r"\[(\d+)\]")
-
-
-def lang_of(text: str) -> str:
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
 
 
 # where the question stands in the user turn. question_first: the passages' tokens can attend to the question

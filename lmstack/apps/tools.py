@@ -226,11 +226,9 @@ def date_tool(today: Callable[[], _dt.date] = _dt.date.today) -> Tool:
 def kg_tools(kg) -> list[Tool]:
     from lmstack.apps.kg import RELATIONS
     from lmstack.apps.worldqa import value_name
+    from lmstack.data.text import lang_of
 
     relations = [r for r in RELATIONS if r not in ("type", "name_en", "name_zh")]
-
-    def lang_of(text: str) -> str:
-        return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
 
     def one_entity(name: str) -> str:
         found = kg.resolve(name)

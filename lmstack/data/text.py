@@ -76,6 +76,11 @@ def code_score(text: str) -> float:
     return min(1.0, 0.6 * line_share + 0.2 * (indented / len(lines)) + 2.0 * symbols)
 
 
+def lang_of(text: str) -> str:
+    """"zh" when ``text`` has a CJK ideograph, else "en" (the world's two languages)."""
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
 def detect_kind(text: str, threshold: float = 0.3) -> str:
     """'code' or 'prose'. Filters are routed on this: prose rules (stop words, Gopher quality) would
     throw away nearly every source file, so code gets its own rules (see clean.py)."""

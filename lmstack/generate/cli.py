@@ -130,11 +130,12 @@ HELP = """commands:
 class ChatSession:
     """The chat loop, separate from argv/stdin so it can be driven by tests or other front ends."""
 
-    def __init__(self, engine: Engine, out: TextIO, err: TextIO, system: Optional[str] = None):
+    def __init__(self, engine: Engine, out: TextIO, err: TextIO, system: Optional[str] = None, gate=None):
         self.engine = engine
         self.out = out
         self.err = err
         self.system = system
+        self.gate = gate  # lmstack.align.familiarity.FamiliarityGate: "I don't know." for names the model never read
         self.messages: list[dict] = []
         self.reset()
 
@@ -203,6 +204,16 @@ class ChatSession:
         self.messages.append({"role": "user", "content": user_text})
         ids = self._fit_context()
         cfg = self.engine.cfg
+        if self.gate is not None:
+            stop, surprise, name = self.gate.check(self.engine.model, self.engine.tokenizer, [self.messages])[0]
+            if stop:
+                text = self.gate.reply(self.messages)
+                print(text, file=self.out)
+                print(f"[unknown-entity gate: {name!r} surprises the model by {surprise:.1f} nats "
+                      f"> {self.gate.threshold:.1f}; the model was not asked]", file=self.err)
+                self.err.flush()
+                self.messages.append({"role": "assistant", "content": text})
+                return text
         t0, t_first = time.perf_counter(), None
         n_tokens, finish = 0, "length"
         if cfg.strategy in STREAMABLE:
@@ -234,6 +245,8 @@ def chat_main(argv: list[str]) -> int:
     p = _base_parser("lmstack chat", "Multi-turn chat with a trained model; type /help for commands.")
     p.add_argument("--system", help="system message")
     p.add_argument("--image", help="a picture to ask about: PATH is then an `lmstack multimodal` output directory")
+    p.add_argument("--gate", choices=("auto", "off"), default="auto",
+                   help="the unknown-entity gate saved beside the checkpoint (familiarity/): auto = use it when present")
     args = p.parse_args(argv)
     if args.image:
         from lmstack.multimodal.cli import image_chat
@@ -241,13 +254,17 @@ def chat_main(argv: list[str]) -> int:
     try:
         cfg = _config_from_args(args, GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256))
         engine, ckpt = load_engine(args.path, args.stage, args.device, cfg, args.draft, args.amateur)
+        gate = None
+        if args.gate == "auto" and (ckpt / "familiarity").is_dir():
+            from lmstack.align.familiarity import FamiliarityGate
+            gate = FamiliarityGate.load(ckpt / "familiarity")
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"lmstack chat: {e}", file=sys.stderr)
         return 2
     interactive = sys.stdin.isatty()
-    session = ChatSession(engine, sys.stdout, sys.stderr, args.system)
-    print(f"lmstack chat: {ckpt} ({engine.model.num_params() / 1e6:.2f}M params, strategy {cfg.strategy}); "
-          "/help for commands, /quit to leave", file=sys.stderr)
+    session = ChatSession(engine, sys.stdout, sys.stderr, args.system, gate)
+    print(f"lmstack chat: {ckpt} ({engine.model.num_params() / 1e6:.2f}M params, strategy {cfg.strategy}"
+          f"{', unknown-entity gate' if gate else ''}); /help for commands, /quit to leave", file=sys.stderr)
     while True:
         if interactive:
             try:

@@ -43,6 +43,9 @@ class ServerState:
     limits: Limits = field(default_factory=Limits)
     api_key: Optional[str] = None
     rag: Any = None  # a lmstack.apps.rag.RagPipeline over the --rag index: requests may answer from it
+    # (lmstack.align.familiarity.FamiliarityGate, the model it was fitted for): chat answers about names the model
+    # never read start with its "I don't know."
+    gate: Any = None
     in_flight: int = 0
     started: float = field(default_factory=time.time)
 
@@ -281,6 +284,10 @@ def prepare_prompts(state: ServerState, req: ParsedRequest) -> tuple[list[list[i
             if req.rag or (req.rag is None and state.rag is not None):
                 msgs, cannot_find = rag_prompt(state, req, msgs)
                 prefix = cannot_find or prefix  # below the score cut-off the answer is forced
+            elif state.gate is not None and not req.tools:
+                gate, model = state.gate
+                if gate.check(model, tok, [msgs])[0][0]:
+                    prefix = gate.reply(msgs)  # a name the model never read: its answer starts "I don't know."
             ids = chat_prompt_ids(tok, with_tools(msgs, req.tools if req.tool_choice != "none" else []))
             if prefix:
                 ids = ids + list(tok.encode(prefix))

@@ -35,7 +35,8 @@ def capacity_report(sched: Scheduler, typical_tokens: int) -> str:
 def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", model_name: Optional[str] = None,
                 sched_cfg: Optional[SchedulerConfig] = None, limits: Optional[Limits] = None, pii: str = "mask",
                 review: bool = True, review_threshold: Optional[float] = None, api_key: Optional[str] = None,
-                rag_index: Optional[str] = None, rag_k: Optional[int] = None, rag_mode: str = "auto"):
+                rag_index: Optional[str] = None, rag_k: Optional[int] = None, rag_mode: str = "auto",
+                gate: bool = True):
     """Load a run or checkpoint and build the ServerState the app serves (also used by tests). ``rag_k`` None:
     the passages per prompt the run's apps stage trained with (3 without one); RAG prompts always take the layout
     it trained with."""
@@ -66,7 +67,13 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
 
         rag = rag_pipeline(rag_index, model, tokenizer, trained_k(str(run_dir)) if rag_k is None else rag_k,
                            rag_mode, device, trained_layout(str(run_dir)), trained_min_score(str(run_dir)))
-    return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag), ckpt
+    familiarity = None
+    if gate and (ckpt / "familiarity").is_dir():
+        from lmstack.align.familiarity import FamiliarityGate
+
+        familiarity = (FamiliarityGate.load(ckpt / "familiarity"), model)
+    return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag,
+                       gate=familiarity), ckpt
 
 
 def rag_pipeline(index_dir: str, model, tokenizer, k: int = 3, mode: str = "auto", device: str = "cpu",
@@ -107,6 +114,8 @@ def main(argv: list[str]) -> int:
     g.add_argument("--no-review", action="store_true", help="do not review answers with the run's reward model")
     g.add_argument("--review-threshold", type=float, help="block answers whose reward is below this "
                    "(default: the 5%% quantile of the preferred answers of the run's held-out preference pairs)")
+    g.add_argument("--no-gate", action="store_true", help="do not use the unknown-entity gate saved beside the "
+                   "checkpoint (familiarity/: chat answers about names the model never read start \"I don't know.\")")
     g.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     g.add_argument("--max-n", type=int, default=8)
     g.add_argument("--max-concurrent", type=int, default=64, help="requests in flight; more get 429")
@@ -140,7 +149,8 @@ def main(argv: list[str]) -> int:
                                   sched_cfg=sched_cfg, limits=limits, pii=args.pii, review=not args.no_review,
                                   review_threshold=args.review_threshold,
                                   api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-                                  rag_index=args.rag, rag_k=args.rag_k, rag_mode=args.rag_mode)
+                                  rag_index=args.rag, rag_k=args.rag_k, rag_mode=args.rag_mode,
+                                  gate=not args.no_gate)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"lmstack serve: {e}", file=sys.stderr)
         return 2
@@ -157,6 +167,9 @@ def main(argv: list[str]) -> int:
               f"(--api-key or {API_KEY_ENV})", file=sys.stderr)
     if state.rag is not None:
         print(f"RAG: {args.rag} ({len(state.rag.store.chunks)} chunks, {state.rag.mode}, k={state.rag.k})", file=sys.stderr)
+    if state.gate is not None:
+        print(f"unknown-entity gate: {ckpt / 'familiarity'} (threshold {state.gate[0].threshold:.1f} nats)",
+              file=sys.stderr)
     print(f"web chat: http://{args.host}:{args.port}/   API: http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="info")
     return 0

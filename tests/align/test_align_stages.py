@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
 
 def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):
     cfg = small(sft.Config, steps=15, batch_size=4, eval_examples=12, facts_examples=8, few_shot=1, max_new_tokens=6,
-                optim={"lr": 3e-3}, schedule={"warmup_steps": 2})
+                optim={"lr": 3e-3}, schedule={"warmup_steps": 2}, gate_fresh=60)
     result = sft.run(ctx_for(run_dir, "sft"), cfg)
     m = result.metrics
     assert (run_dir / "checkpoints" / "sft" / "model.safetensors").exists()
@@ -34,6 +34,10 @@ def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):
     assert "Knowledge placement" in result.report and "base few-shot" in result.report
     # the world's four placement groups that the tiny world produces show up as rows
     assert "pretrain only" in result.report and "SFT only" in result.report
+    # the unknown-entity gate is fitted, saved beside the checkpoint, and the answers are scored through it
+    assert (run_dir / "checkpoints" / "sft" / "familiarity" / "gate.json").exists()
+    assert "unknown-entity gate" in result.report and 0.0 <= m["gated_idk_rate"] <= 1.0
+    assert m["gate_train_real_kept"] >= 0.9 and m["gate_stopped_idk"] >= 0.0
     losses = [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()
               if json.loads(l).get("stage") == "sft"]
     assert losses[-1] < losses[0]  # it learns
@@ -41,7 +45,7 @@ def test_sft_stage_trains_on_assistant_tokens_and_reports(run_dir):
 
 def test_sft_with_packing_and_lora(run_dir, tmp_path):
     cfg = small(sft.Config, steps=3, batch_size=4, packing=True, eval_examples=4, facts_examples=-1, few_shot=0,
-                max_new_tokens=4, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+                max_new_tokens=4, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}, familiarity_gate=False)
     result = sft.run(ctx_for(run_dir, "sft"), cfg)
     assert result.metrics["trainable_params"] < result.metrics["total_params"] / 5
     assert (run_dir / "checkpoints" / "sft" / "adapter" / "adapter_config.json").exists()
@@ -137,7 +141,7 @@ def test_sft_with_pretraining_replay_records_every_fact_answer(tmp_path):
 
     root = build_tiny_run(tmp_path)
     cfg = small(sft.Config, steps=3, batch_size=4, eval_examples=4, facts_examples=10, few_shot=0, max_new_tokens=6,
-                replay_batch_size=2, replay_weight=0.5)
+                replay_batch_size=2, replay_weight=0.5, familiarity_gate=False)
     with pytest.raises(FileNotFoundError, match="replay_batch_size"):
         sft.run(ctx_for(root, "sft"), cfg)
     tok = Tokenizer.load(root / "tokenizer" / "tokenizer.json")
@@ -167,3 +171,18 @@ def test_sft_with_pretraining_replay_records_every_fact_answer(tmp_path):
     result = dpo.run(ctx_for(root, "dpo"), small(dpo.Config, **dcfg, replay_batch_size=2, replay_weight=5.0))
     assert "5 x LM loss on 2 pretraining windows per step (replay)" in result.report
     assert replay_text_loss("dpo") < min(before, plain) - 0.1
+
+
+def test_sft_can_leave_out_a_task_of_the_world(tmp_path):
+    root = build_tiny_run(tmp_path)
+    rows = [json.loads(line) for line in (root / "data" / "world" / "sft_train.jsonl").read_text("utf-8").splitlines()]
+    n_idk = sum(r["task"] == "idk" for r in rows)
+    assert n_idk > 0
+    base = dict(steps=1, batch_size=4, eval_examples=2, facts_examples=-1, few_shot=0, max_new_tokens=2,
+                familiarity_gate=False)
+    everything = sft.run(ctx_for(root, "sft"), small(sft.Config, **base)).metrics["train_examples"]
+    without = sft.run(ctx_for(root, "sft"), small(sft.Config, exclude_tasks=["idk"], **base))
+    assert everything - without.metrics["train_examples"] == n_idk
+    assert "without its idk conversations" in without.report
+    with pytest.raises(ValueError, match="exclude_tasks: unknown task 'dont_know'"):
+        sft.run(ctx_for(root, "sft"), small(sft.Config, exclude_tasks=["dont_know"], **base))

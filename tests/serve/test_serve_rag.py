@@ -121,3 +121,30 @@ def test_rag_below_the_score_cutoff_forces_the_cannot_find_answer(model, tok):
         ungated = chat(model, tok, [rag_messages(QUESTION, [store.search(QUESTION, 1)[0].text])],
                        GenerationConfig(max_new_tokens=8))[0].text
         assert text.startswith(CANNOT_FIND["en"]) if forced else text == ungated
+
+
+def test_unknown_entity_gate_forces_i_dont_know_on_chat(model, tok):
+    """With the checkpoint's familiarity gate loaded, a chat about a name the model never read is answered
+    "I don't know." (a forced prefix); other chats are the model's plain answers."""
+    from lmstack.align.familiarity import FamiliarityGate
+
+    class Gate:  # stops conversations that mention Oscar
+        threshold = 1.0
+
+        def check(self, _model, _tok, conversations):
+            return [("Oscar" in c[-1]["content"], 5.0, "Oscar") for c in conversations]
+
+        reply = staticmethod(FamiliarityGate.reply)
+
+    state = make_state(model, tok)
+    state.gate = (Gate(), model)
+    with LiveServer(state) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def ask(q):
+            return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
+                                                  max_tokens=6, temperature=0).choices[0].message.content
+
+        assert ask("Where was Oscar Walker born?").startswith("I don't know.")
+        plain = chat(model, tok, [[{"role": "user", "content": QUESTION}]], GenerationConfig(max_new_tokens=6))[0].text
+        assert ask(QUESTION) == plain
