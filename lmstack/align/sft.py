@@ -61,7 +61,7 @@ class Config:
     # saved beside the checkpoint; the held-out answers are scored for the model alone and through the gate.
     # gate_keep: the share of training questions about real people and places the threshold lets through.
     familiarity_gate: bool = True
-    gate_keep: float = 0.95
+    gate_keep: float = 0.97
     gate_fresh: int = 1500           # questions about freshly invented names the tagger also learns from
 
 

@@ -36,7 +36,7 @@ def test_token_shapes_and_the_characters_of_split_tokens():
     assert F.token_shape("\u5f20".encode()[:2]) == "frag" and F.token_shape(b"?") == "punct"
     # both pieces of a split character carry the whole character; a token spanning two carries both
     pieces = ["\u8c22".encode()[:1], "\u8c22".encode()[1:] + "\u654f".encode(), b" ab"]
-    assert F._token_chars(pieces) == ["\u8c22", "\u8c22\u654f", " ab"]
+    assert F._token_chars(pieces) == [("\u8c22", "^", "\u654f"), ("\u8c22\u654f", "^", " "), (" ab", "\u654f", "$")]
 
 
 def test_name_labels_mark_every_token_that_overlaps_a_name(tok):
