@@ -234,32 +234,17 @@ def fresh_questions(world_dir: Path, n: int, seed: int) -> list[tuple[list[dict]
     equal to or inside any name of the world (its held-out invented names included)."""
     from lmstack.data.world import load_world
     from lmstack.data.world.dialogues import DialogBuilder
-    from lmstack.data.world.entities import _NamePool, _new_city_name, _new_person_name
+    from lmstack.data.world.entities import UnseenNames
 
     w = load_world(world_dir)
-    builder = DialogBuilder(w)
-    pool = _NamePool()
-    raw = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))
-    for e in raw["people"] + raw["cities"]:
-        pool.add(e["name_en"], e["name_zh"])
-    for c in raw["countries"]:
-        pool.add(c["name_en"].removeprefix("the "), c["name_zh"])
-        pool.add(c["capital_en"], c["capital_zh"])
-    for split in ("train", "eval"):
-        for e in raw["unknown_people"][split] + raw["unknown_cities"][split]:
-            pool.add(e["name_en"], e["name_zh"])
+    builder, names = DialogBuilder(w), UnseenNames(w)
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         lang = rng.choice(("en", "zh"))
-        if rng.random() < 0.7:
-            en, zh, gender = _new_person_name(rng, pool)
-            kind, entity = "person", {"name_en": en, "name_zh": zh, "gender": gender}
-        else:
-            en, zh = _new_city_name(rng, pool)
-            kind, entity = "city", {"name_en": en, "name_zh": zh}
-        question = builder._unknown_question(rng, "train", kind, entity, lang)[0]
-        out.append(([{"role": "user", "content": question}], [en, zh]))
+        kind, entity = ("person", names.person(rng)) if rng.random() < 0.7 else ("city", names.city(rng))
+        question = builder.unknown_question(rng, "train", kind, entity, lang)[0]
+        out.append(([{"role": "user", "content": question}], [entity["name_en"], entity["name_zh"]]))
     return out
 
 

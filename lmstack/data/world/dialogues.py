@@ -111,7 +111,7 @@ class DialogBuilder:
             return "person", rng.choice(self.w.unknown_people[split])
         return "city", rng.choice(self.w.unknown_cities[split])
 
-    def _unknown_question(self, rng, split, kind, entity, lang) -> tuple[str, str]:
+    def unknown_question(self, rng, split, kind, entity, lang) -> tuple[str, str]:
         """A question about an entity that does not exist, and the fact type it asks for."""
         bank = T.QUESTIONS_TRAIN if split == "train" else T.QUESTIONS_EVAL
         if kind == "person":
@@ -283,7 +283,7 @@ class DialogBuilder:
         lang = self._lang(rng)
         kind, entity = self._unknown(rng, split)
         return {"messages": [self._system(rng, split, "qa", lang),
-                             {"role": "user", "content": self._unknown_question(rng, split, kind, entity, lang)[0]},
+                             {"role": "user", "content": self.unknown_question(rng, split, kind, entity, lang)[0]},
                              {"role": "assistant", "content": self._idk_text(rng, kind, entity, lang)}],
                 "task": "idk", "answer": None, "lang": lang, "facts": []}
 
@@ -343,7 +343,7 @@ class DialogBuilder:
                               template.format(**self._wrong_fields(rng, fact, lang)), "honest", "wrong_fact", lang,
                               [fact.id])
         kind, entity = self._unknown(rng, split)
-        question, ftype = self._unknown_question(rng, split, kind, entity, lang)
+        question, ftype = self.unknown_question(rng, split, kind, entity, lang)
         return self._pref(question, self._idk_text(rng, kind, entity, lang),
                           self._fabrication(rng, kind, entity, ftype, lang), "honest", "fabrication", lang, [])
 
@@ -443,7 +443,7 @@ class DialogBuilder:
         for _ in range(n):
             lang = self._lang(rng)
             entity = rng.choice(self.w.unknown_people["train"])
-            question, asked = self._unknown_question(rng, "train", "person", entity, lang)
+            question, asked = self.unknown_question(rng, "train", "person", entity, lang)
             fields = dict(self.w.person_fields(rng.choice(self.w.people), lang))
             fields.update(self.w.person_fields(entity, lang))
             told = asked if rng.random() < 0.5 else rng.choice(T.PERSON_FACTS)

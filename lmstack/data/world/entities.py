@@ -407,6 +407,30 @@ def _new_city_name(rng: random.Random, pool: _NamePool) -> tuple[str, str]:
     raise RuntimeError("ran out of unique city names; lower n_cities / n_unknown_cities")
 
 
+class UnseenNames:
+    """Names for more entities that do not exist: none equals or contains a name of the world ``w`` (its invented
+    people and places of both splits included) or another name drawn here."""
+
+    def __init__(self, w: World):
+        self._pool = _NamePool()
+        for e in w.people + w.cities:
+            self._pool.add(e.name_en, e.name_zh)
+        for k in w.countries:
+            self._pool.add(k.name_en.removeprefix("the "), k.name_zh)
+            self._pool.add(k.capital_en, k.capital_zh)
+        for split in ("train", "eval"):
+            for e in w.unknown_people[split] + w.unknown_cities[split]:
+                self._pool.add(e["name_en"], e["name_zh"])
+
+    def person(self, rng: random.Random) -> dict:
+        en, zh, gender = _new_person_name(rng, self._pool)
+        return {"name_en": en, "name_zh": zh, "gender": gender}
+
+    def city(self, rng: random.Random) -> dict:
+        en, zh = _new_city_name(rng, self._pool)
+        return {"name_en": en, "name_zh": zh}
+
+
 def _new_phone(rng: random.Random, chinese: bool, used: set[str]) -> str:
     while True:
         if chinese:
