@@ -4,7 +4,7 @@ Asked about a person who does not exist, the 1.3M default model invents an answe
 "I don't know" trades against the facts of people it has read about (SFT that teaches more "I don't know"
 also teaches it for real people whose names SFT never shows). Yet its next-token predictions tell the two
 apart. After the first token of a name it has read, the rest of the name is predictable (" Weber" after
-"David"); after the first token of an invented name it is not. On the default run, the summed negative
+"David"); after the first token of an invented name it is not. On r2s8's default run, the summed negative
 log-likelihood of a name's tokens after its first separates the held-out invented names from the real
 ones with AUROC 0.999 when the name's tokens are known. This is a membership signal in the sense of loss-based
 membership inference (Yeom et al. 2018; Carlini et al. 2021), and what Ferrando et al. 2024 ("Do I know this
@@ -13,10 +13,11 @@ entity?") find models represent internally; the model just does not act on it.
 The gate acts on it:
 
 - ``NameTagger`` finds the tokens of a user message that belong to a name: a logistic regression over hashed
-  features of a five-token window (token ids and token shapes: capitalised, lower case, digit, CJK, UTF-8
-  fragment). It trains on the world's training conversations, with the names of ``world.json`` labelled,
-  plus questions about freshly invented names (``fresh_questions``), so that it learns what a name looks like,
-  not a list of names. The held-out invented names are never used.
+  features of a five-token window (token ids; token shapes: capitalised, lower case, digit, CJK, UTF-8 fragment;
+  the characters a token overlaps and the character bigrams at its edges). It trains on the world's training
+  conversations and pretraining paragraphs, with the names of ``world.json`` labelled, plus questions about
+  freshly invented names (``fresh_questions``), alone and between random stretches of text, so that it learns
+  what a name looks like and where it ends, not a list of names. The held-out invented names are never used.
 - ``name_surprise`` runs the chat model over the conversation and returns, per conversation, the largest
   summed NLL of a tagged span's tokens after its first (and the span's text).
 - ``FamiliarityGate`` holds a tagger and a threshold. ``fit_gate`` sets the threshold so that ``keep`` of the
@@ -174,9 +175,9 @@ class NameTagger(nn.Module):
 # ----------------------------------------------------------------------------- conversations and names
 
 
-def _user_token_ranges(tokenizer, messages: list[dict]) -> tuple[list[int], list[tuple[int, int, int]]]:
-    """The chat prompt's ids and, per user message, (message index, first token, end token): the tokens that
-    lie inside the message's text."""
+def _user_token_ranges(tokenizer, messages: list[dict]) -> tuple[list[int], list[tuple[int, int]]]:
+    """The chat prompt's ids and, per user message, (first token, end token): the tokens that lie inside the
+    message's text."""
     ids, _ = tokenizer.encode_chat(messages, add_generation_prompt=True)
     ends, pos = [], 0
     for t in ids:
@@ -184,7 +185,7 @@ def _user_token_ranges(tokenizer, messages: list[dict]) -> tuple[list[int], list
         ends.append(pos)
     full = b"".join(tokenizer.token_bytes(t) for t in ids)
     ranges, start = [], 0
-    for k, m in enumerate(messages):
+    for m in messages:
         content = m["content"].encode()
         s = full.find(content, start)
         if s < 0:
@@ -194,7 +195,7 @@ def _user_token_ranges(tokenizer, messages: list[dict]) -> tuple[list[int], list
             continue
         toks = [i for i in range(len(ids)) if ends[i] - len(tokenizer.token_bytes(ids[i])) >= s and ends[i] <= start]
         if toks:
-            ranges.append((k, toks[0], toks[-1] + 1))
+            ranges.append((toks[0], toks[-1] + 1))
     return list(ids), ranges
 
 
@@ -281,7 +282,7 @@ def name_surprise(model: nn.Module, tokenizer, tagger: NameTagger, conversations
     out = []
     for (ids, ranges), nll in zip(prepared, nlls):
         best, best_span = 0.0, ""
-        for _k, a, b in ranges:
+        for a, b in ranges:
             probs = tagger.proba(tokenizer, ids[a:b])
             i = 0
             while i < len(probs):

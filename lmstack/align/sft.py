@@ -181,8 +181,8 @@ def _run(ctx, cfg: Config, stage: str):
     # ---------------------------------------------------------------- evaluation
     eval_examples = evals.load_eval_examples(eval_path, cfg.eval_examples, ctx.seed)
     ctx.log(f"evaluating on {len(eval_examples)} held-out examples")
-    outputs = evals.chat_answers(model, tokenizer, [evals.split_prompt(ex["messages"])[0] for ex in eval_examples],
-                                 cfg.max_new_tokens)
+    prompts = [evals.split_prompt(ex["messages"])[0] for ex in eval_examples]
+    outputs = evals.chat_answers(model, tokenizer, prompts, cfg.max_new_tokens)
     result = evals.score_outputs(eval_examples, outputs)
     base_result = None
     base_model = None
@@ -209,7 +209,7 @@ def _run(ctx, cfg: Config, stage: str):
 
     gate = None
     if cfg.familiarity_gate and stage == "sft" and (world_dir / "world.json").exists() and not cfg.eval_file:
-        gate = _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, outputs, result)
+        gate = _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, prompts, outputs, result)
 
     arith = None
     if cfg.arith_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
@@ -246,7 +246,7 @@ def _run(ctx, cfg: Config, stage: str):
     return StageResult(metrics=metrics, artifacts={**artifacts, "loss_plot": plot}, report=report)
 
 
-def _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, outputs, result) -> dict:
+def _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, prompts, outputs, result) -> dict:
     """Fit the unknown-entity gate, save it with the checkpoint, and score the held-out answers through it
     (where it stops a conversation the answer is "I don't know." instead of the model's)."""
     from lmstack.align import familiarity
@@ -255,9 +255,9 @@ def _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examp
     gate, info = familiarity.fit_gate(model, tokenizer, world_dir, train, ctx.seed, keep=cfg.gate_keep,
                                       n_fresh=cfg.gate_fresh)
     gate.save(out_dir / "familiarity")
-    checks = gate.check(model, tokenizer, [evals.split_prompt(ex["messages"])[0] for ex in eval_examples])
-    gated = [gate.reply(evals.split_prompt(ex["messages"])[0]) if stop and out is not None else out
-             for ex, out, (stop, _s, _span) in zip(eval_examples, outputs, checks)]
+    checks = gate.check(model, tokenizer, prompts)
+    gated = [gate.reply(prompt) if stop and out is not None else out
+             for prompt, out, (stop, _s, _span) in zip(prompts, outputs, checks)]
     through = evals.score_outputs(eval_examples, gated)
     stopped: dict[str, list[bool]] = {}
     for ex, (stop, _s, _span) in zip(eval_examples, checks):
@@ -268,8 +268,8 @@ def _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examp
     ctx.log(f"familiarity gate: threshold {info['gate_threshold']} nats; 'I don't know' on non-existent entities "
             f"{format_score(through['idk_rate'])} through it")
     rows = [(t, len(v), format_score(common.rate(v))) for t, v in sorted(stopped.items())]
-    missed = [(evals.split_prompt(ex["messages"])[0][-1]["content"], f"{s:.1f}", span)
-              for ex, (stop, s, span) in zip(eval_examples, checks) if ex.get("task") == "idk" and not stop][:4]
+    missed = [(prompt[-1]["content"], f"{s:.1f}", span) for ex, prompt, (stop, s, span)
+              in zip(eval_examples, prompts, checks) if ex.get("task") == "idk" and not stop][:4]
     lines = ["", "**The unknown-entity gate** (`lmstack.align.familiarity`): a name tagger finds the names in the"
              " user's messages, and the model's own negative log-likelihood of each name's tokens after its first"
              " measures whether it has read the name. Above a threshold fitted on the training data"
