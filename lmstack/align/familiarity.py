@@ -179,11 +179,12 @@ def _user_token_ranges(tokenizer, messages: list[dict]) -> tuple[list[int], list
     """The chat prompt's ids and, per user message, (first token, end token): the tokens that lie inside the
     message's text."""
     ids, _ = tokenizer.encode_chat(messages, add_generation_prompt=True)
-    ends, pos = [], 0
-    for t in ids:
-        pos += len(tokenizer.token_bytes(t))
-        ends.append(pos)
-    full = b"".join(tokenizer.token_bytes(t) for t in ids)
+    pieces = [tokenizer.token_bytes(t) for t in ids]
+    starts, pos = [], 0
+    for b in pieces:
+        starts.append(pos)
+        pos += len(b)
+    full = b"".join(pieces)
     ranges, start = [], 0
     for m in messages:
         content = m["content"].encode()
@@ -193,7 +194,7 @@ def _user_token_ranges(tokenizer, messages: list[dict]) -> tuple[list[int], list
         start = s + len(content)
         if m["role"] != "user":
             continue
-        toks = [i for i in range(len(ids)) if ends[i] - len(tokenizer.token_bytes(ids[i])) >= s and ends[i] <= start]
+        toks = [i for i, (a, b) in enumerate(zip(starts, pieces)) if a >= s and a + len(b) <= start]
         if toks:
             ranges.append((toks[0], toks[-1] + 1))
     return list(ids), ranges
@@ -219,25 +220,22 @@ def _name_labels(tokenizer, text: str, ids: Sequence[int], names: Sequence[str])
     return out
 
 
-def world_names(world: dict) -> list[str]:
-    """Every name the run's world defines for training: people, cities, countries and capitals, and the
-    invented names of the training split (never the held-out invented ones)."""
-    names = set()
-    for e in world["people"] + world["cities"] + world["unknown_people"]["train"] + world["unknown_cities"]["train"]:
-        names |= {e["name_en"], e["name_zh"]}
-    for c in world["countries"]:
-        names |= {c["name_en"].removeprefix("the "), c["name_zh"], c["capital_en"], c["capital_zh"]}
+def world_names(w) -> list[str]:
+    """Every name the world ``w`` (``lmstack.data.world.World``) defines for training: people, cities, countries
+    and capitals, and the invented names of the training split (never the held-out invented ones)."""
+    names = {n for e in w.people + w.cities for n in (e.name_en, e.name_zh)}
+    names |= {e[k] for e in w.unknown_people["train"] + w.unknown_cities["train"] for k in ("name_en", "name_zh")}
+    for c in w.countries:
+        names |= {c.name_en.removeprefix("the "), c.name_zh, c.capital_en, c.capital_zh}
     return sorted(names)
 
 
-def fresh_questions(world_dir: Path, n: int, seed: int) -> list[tuple[list[dict], list[str]]]:
-    """``n`` questions in the world's training phrasings about people and places invented here, with no name
-    equal to or inside any name of the world (its held-out invented names included)."""
-    from lmstack.data.world import load_world
+def fresh_questions(w, n: int, seed: int) -> list[tuple[list[dict], list[str]]]:
+    """``n`` questions in the training phrasings of the world ``w`` about people and places invented here, with
+    no name equal to or inside any name of the world (its held-out invented names included)."""
     from lmstack.data.world.dialogues import DialogBuilder
     from lmstack.data.world.entities import UnseenNames
 
-    w = load_world(world_dir)
     builder, names = DialogBuilder(w), UnseenNames(w)
     rng = random.Random(seed)
     out = []
@@ -332,6 +330,12 @@ class FamiliarityGate:
                                         encoding="utf-8")
 
     @classmethod
+    def beside(cls, checkpoint: Path) -> "FamiliarityGate | None":
+        """The gate saved beside a checkpoint (``checkpoint/familiarity``), or None when it has none."""
+        path = checkpoint / "familiarity"
+        return cls.load(path) if (path / "gate.json").exists() else None
+
+    @classmethod
     def load(cls, path: Path) -> "FamiliarityGate":
         from safetensors.torch import load_file
 
@@ -350,14 +354,12 @@ class FamiliarityGate:
         return cls(tagger, float(meta["threshold"]), float(meta["min_prob"]), float(meta.get("keep", 0.97)))
 
 
-def world_paragraphs(world_dir: Path, n: int, seed: int) -> list[str]:
-    """``n`` paragraphs of the world's pretraining documents that name only entities of ``world.json``
-    (biographies, stories, quizzes, geography, parallel text; not the copy pages of invented words): the
-    contexts around names are far more varied there than in the SFT questions."""
-    from lmstack.data.world import load_world
+def world_paragraphs(w, n: int, seed: int) -> list[str]:
+    """``n`` paragraphs of the world ``w``'s pretraining documents that name only its own entities (biographies,
+    stories, quizzes, geography, parallel text; not the copy pages of invented words): the contexts around
+    names are far more varied there than in the SFT questions."""
     from lmstack.data.world.documents import make_pretrain_docs
 
-    w = load_world(world_dir)
     make_pretrain_docs(w)
     paragraphs = [p for d in w.docs if d["kind"] in ("bio", "story", "quiz", "geo", "parallel")
                   for p in d["text"].split("\n") if p.strip()]
@@ -372,12 +374,11 @@ def _random_stretch(rng: random.Random, text: str, lang: str) -> str:
     return ("" if lang == "zh" else " ").join(units[k:k + n])
 
 
-def train_tagger(tokenizer, world_dir: Path, train_conversations: list[dict], seed: int,
+def train_tagger(tokenizer, w, train_conversations: list[dict], seed: int,
                  n_conversations: int = 2500, n_fresh: int = 1500, n_paragraphs: int = 1500) -> tuple[NameTagger, dict]:
-    """A tagger from the world's training conversations and pretraining paragraphs (names of ``world.json``
-    labelled) and questions about ``n_fresh`` freshly invented names."""
-    world = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))
-    names = world_names(world)
+    """A tagger from the world ``w``'s training conversations and pretraining paragraphs (its names labelled)
+    and questions about ``n_fresh`` freshly invented names."""
+    names = world_names(w)
     rng = random.Random(seed)
     convs = rng.sample(train_conversations, min(n_conversations, len(train_conversations)))
     examples = []
@@ -390,10 +391,10 @@ def train_tagger(tokenizer, world_dir: Path, train_conversations: list[dict], se
         for m in c["messages"]:
             if m["role"] == "user":
                 add(m["content"])
-    paragraphs = world_paragraphs(world_dir, n_paragraphs, seed)
+    paragraphs = world_paragraphs(w, n_paragraphs, seed)
     for text in paragraphs:
         add(text)
-    fresh = fresh_questions(world_dir, n_fresh, seed + 1)
+    fresh = fresh_questions(w, n_fresh, seed + 1)
     for messages, new_names in fresh:
         add(messages[0]["content"], new_names)
     # Names between random stretches of the world's text: where a name ends does not depend on the template
@@ -416,11 +417,13 @@ def fit_gate(model: nn.Module, tokenizer, world_dir: Path, train_conversations: 
     """Train a tagger (unless given; ``n_fresh`` invented-name questions) and set the threshold so that ``keep``
     of ``n_calibration`` training questions about real people and places pass. Also reports the share of
     other fresh invented-name questions (training phrasings) it stops."""
+    from lmstack.data.world import load_world
     from lmstack.eval.scoring import split_prompt
 
+    w = load_world(world_dir)
     info: dict = {}
     if tagger is None:
-        tagger, info = train_tagger(tokenizer, world_dir, train_conversations, seed, n_fresh=n_fresh)
+        tagger, info = train_tagger(tokenizer, w, train_conversations, seed, n_fresh=n_fresh)
     rng = random.Random(seed + 2)
     real = [c for c in train_conversations if c.get("task") in ENTITY_TASKS]
     real = rng.sample(real, min(n_calibration, len(real)))
@@ -430,7 +433,7 @@ def fit_gate(model: nn.Module, tokenizer, world_dir: Path, train_conversations: 
     real_scores = sorted(s for s, _ in name_surprise(model, tokenizer, tagger,
                                                      [split_prompt(c["messages"])[0] for c in real], min_prob))
     threshold = real_scores[min(len(real_scores) - 1, int(keep * len(real_scores)))]
-    fresh = fresh_questions(world_dir, max(50, n_calibration // 2), seed + 3)
+    fresh = fresh_questions(w, max(50, n_calibration // 2), seed + 3)
     fresh_scores = [s for s, _ in name_surprise(model, tokenizer, tagger, [m for m, _ in fresh], min_prob)]
     info.update(gate_threshold=round(threshold, 3), gate_keep=keep,
                 gate_train_real_kept=round(sum(s <= threshold for s in real_scores) / len(real_scores), 4),
@@ -444,12 +447,11 @@ def carry_over(model: nn.Module, tokenizer, run_path: Path, out_dir: Path, seed:
     run has no SFT gate or no world."""
     from lmstack.align.data import load_chat_jsonl
 
-    source = run_path / "checkpoints" / "sft" / "familiarity"
+    base = FamiliarityGate.beside(run_path / "checkpoints" / "sft")
     world_dir = run_path / "data" / "world"
-    if not (source / "gate.json").exists() or not (world_dir / "sft_train.jsonl").exists():
+    if base is None or not (world_dir / "sft_train.jsonl").exists():
         return {}
     train = [{"messages": e.messages, **e.meta} for e in load_chat_jsonl(world_dir / "sft_train.jsonl")]
-    base = FamiliarityGate.load(source)
     gate, info = fit_gate(model, tokenizer, world_dir, train, seed, keep=base.keep, tagger=base.tagger,
                           min_prob=base.min_prob)
     gate.save(out_dir / "familiarity")

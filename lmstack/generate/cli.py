@@ -255,9 +255,9 @@ def chat_main(argv: list[str]) -> int:
         cfg = _config_from_args(args, GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256))
         engine, ckpt = load_engine(args.path, args.stage, args.device, cfg, args.draft, args.amateur)
         gate = None
-        if args.gate == "auto" and (ckpt / "familiarity").is_dir():
+        if args.gate == "auto":
             from lmstack.align.familiarity import FamiliarityGate
-            gate = FamiliarityGate.load(ckpt / "familiarity")
+            gate = FamiliarityGate.beside(ckpt)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"lmstack chat: {e}", file=sys.stderr)
         return 2

@@ -317,7 +317,8 @@ def rag_prompt(state: ServerState, req: ParsedRequest, msgs: list[dict]) -> tupl
     the passages it quotes go to ``req.citations``. Earlier turns are left out: the model learned RAG on
     single questions, and its context holds little more than the passages. Also returns the "cannot find"
     answer to force when the pipeline's score cut-off rejects the best passage, else ""."""
-    from lmstack.apps.rag import CANNOT_FIND, lang_of
+    from lmstack.apps.rag import CANNOT_FIND
+    from lmstack.data.text import lang_of
 
     if state.rag is None:
         raise APIError(400, "'rag': true needs a server started with --rag INDEX_DIR", "rag", "invalid_value")

@@ -68,10 +68,11 @@ def build_state(path: str, *, stage: Optional[str] = None, device: str = "cpu", 
         rag = rag_pipeline(rag_index, model, tokenizer, trained_k(str(run_dir)) if rag_k is None else rag_k,
                            rag_mode, device, trained_layout(str(run_dir)), trained_min_score(str(run_dir)))
     familiarity = None
-    if gate and (ckpt / "familiarity").is_dir():
+    if gate:
         from lmstack.align.familiarity import FamiliarityGate
 
-        familiarity = (FamiliarityGate.load(ckpt / "familiarity"), model)
+        found = FamiliarityGate.beside(ckpt)
+        familiarity = (found, model) if found else None
     return ServerState(AsyncEngine(sched), tokenizer, name, guard, limits or Limits(), api_key, rag,
                        gate=familiarity), ckpt
 

@@ -120,7 +120,9 @@ def test_fit_gate_on_a_world_saves_and_loads(tmp_path):
     # the fresh names never reuse a name of the world, held-out invented names included
     world = json.loads((world_dir / "world.json").read_text("utf-8"))
     taken = {e[k] for e in world["unknown_people"]["eval"] + world["people"] for k in ("name_en", "name_zh")}
-    assert not taken & {n for _, names in F.fresh_questions(world_dir, 50, 1) for n in names}
+    from lmstack.data.world import load_world
+
+    assert not taken & {n for _, names in F.fresh_questions(load_world(world_dir), 50, 1) for n in names}
     gate.save(tmp_path / "gate")
     loaded = F.FamiliarityGate.load(tmp_path / "gate")
     assert loaded.threshold == gate.threshold and loaded.min_prob == gate.min_prob
