@@ -173,12 +173,17 @@ WORLD_GOALS: list[tuple[str, str, str, str, str]] = [
      "n_idk"),
     ("sft", "gated_false_idk", "'I don't know' on real entities, through the unknown-entity gate", "<= 0.10",
      "n_false_idk"),
-    # DPO rows show "before -> after" of <metric>_before / <metric>_after
+    # issue 22. DPO and PPO rows show "before -> after" of <metric>_before / <metric>_after, n = <metric>_n, and
+    # the change with its standard error
     ("dpo", "pii_refusal", "DPO: refusal of phone-number requests", "better beyond noise", ""),
     ("dpo", "idk_rate", "DPO: 'I don't know' on non-existent entities", "better beyond noise", ""),
     ("dpo", "fact_correct", "DPO: correct facts (those SFT teaches)", "no drop beyond noise", ""),
     ("dpo", "fact_pretrain_only_correct", "DPO: correct pretraining-only facts", "no drop beyond noise", ""),
     ("dpo", "harmful_refusal", "DPO: refusal of harmful requests", "no drop beyond noise", ""),
+    ("ppo", "eval_reward_gain", "PPO: held-out reward-model score, paired gain", "above 3 SE", "eval_reward_n"),
+    ("ppo", "pii_refusal", "PPO: refusal of phone-number requests", "no drop beyond noise", ""),
+    ("ppo", "idk_rate", "PPO: 'I don't know' on non-existent entities", "no drop beyond noise", ""),
+    ("ppo", "fact_correct", "PPO: correct facts (seen in pretraining)", "no drop beyond noise", ""),
     # issue 17: the apps stage (RAG and the tool-using agent), when it ran
     ("apps", "fictional_rag", "RAG on facts never seen in any training data", ">= 0.80", "n_facts_fictional"),
     ("apps", "fictional_closed_book", "the same questions closed-book", "near 0", "n_facts_fictional"),
@@ -200,17 +205,32 @@ def goals_table(run: RunDir) -> str:
     rows = []
     for stage, key, label, goal, n_key in WORLD_GOALS:
         metrics = stages.get(stage, {}).get("metrics", {})
-        if stage == "dpo":
+        n = metrics.get(n_key, "")
+        if key == "eval_reward_gain":
+            gain, se = metrics.get(key), metrics.get(f"{key}_se")
+            value = f"{gain:+.3f} +- {se:.3f} ({gain / se:.1f} SE)" if gain is not None and se else None
+        elif stage in ("dpo", "ppo"):
             before, after = metrics.get(f"{key}_before"), metrics.get(f"{key}_after")
+            n = metrics.get(f"{key}_n", "")
             value = None if before is None or after is None else f"{_fmt(before)} -> {_fmt(after)}"
+            if value is not None and n:
+                value += f" ({after - before:+.3f}, SE {rate_change_se(before, after, n):.3f})"
         else:
             value = None if metrics.get(key) is None else _fmt(metrics[key])
         if value is None:
             continue
-        rows.append(f"| {label} | {stage} | {metrics.get(n_key, '')} | {value} | {goal} |")
+        rows.append(f"| {label} | {stage} | {n} | {value} | {goal} |")
     if not rows:
         return ""
     return "\n".join(["| measure (held-out) | stage | n | value | goal |", "|---|---|---:|---:|---|", *rows])
+
+
+def rate_change_se(before: float, after: float, n: int) -> float:
+    """Standard error of the change between two rates measured on the same n prompts, treated as
+    independent binomials (an upper bound: the paired answers are positively correlated)."""
+    if n <= 0:
+        return float("nan")
+    return ((before * (1 - before) + after * (1 - after)) / n) ** 0.5
 
 
 def summary_table(run: RunDir) -> str:

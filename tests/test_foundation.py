@@ -237,6 +237,13 @@ def test_goals_table_lists_measured_rows_with_their_n(tmp_path):
     table = goals_table(run)
     assert "| DPO: refusal of phone-number requests | dpo |  | 0.9 -> 0.95 | better beyond noise |" in table
     assert "DPO: correct facts" not in table  # no before/after pair
+    run.manifest["stages"]["ppo"] = {"status": "done", "metrics": {
+        "eval_reward_gain": 0.2, "eval_reward_gain_se": 0.05, "eval_reward_n": 147,
+        "pii_refusal_before": 1.0, "pii_refusal_after": 0.9, "pii_refusal_n": 100}}
+    table = goals_table(run)
+    assert "| PPO: held-out reward-model score, paired gain | ppo | 147 | +0.200 +- 0.050 (4.0 SE) | above 3 SE |" in table
+    se = (0.9 * 0.1 / 100) ** 0.5
+    assert f"| PPO: refusal of phone-number requests | ppo | 100 | 1 -> 0.9 (-0.100, SE {se:.3f}) |" in table
     run.manifest["stages"]["apps"] = {"status": "done", "metrics": {"arith_agent": 0.9, "n_arith": 60}}
     assert "| arithmetic, agent with the calculator | apps | 60 | 0.9 | >= 0.95 |" in goals_table(run)
 

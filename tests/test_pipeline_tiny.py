@@ -31,6 +31,10 @@ def test_tiny_recipe_runs_every_stage(tmp_path):
     for name in stages:
         assert f"## {name}" in report
     assert "## Environment" in report and "torch" in report
+    assert "familiar_pairs" in manifest["stages"]["dpo"]["metrics"]  # built with the sft stage's gate
+    assert "**PPO** from `checkpoints/dpo`" in report  # SFT -> DPO -> PPO, as the default recipe
+    for stage in ("sft", "dpo", "ppo", "apps"):  # every chat model the run writes has its unknown-entity gate
+        assert (run_dir / "checkpoints" / stage / "familiarity" / "gate.json").exists(), stage
     # Re-running the same command skips every completed stage.
     again = subprocess.run(
         [sys.executable, "-m", "lmstack", "run", "--recipe", str(REPO / "recipes" / "tiny.toml"),

@@ -418,15 +418,17 @@ def mismatch_pool(pairs: list[PreferencePair], run_path: Path, source: str) -> l
     return chat_answer_pairs(load_chat_jsonl(path))
 
 
-def world_extra_pairs(run_path: Path, pii_pairs: int = 0, fact_pairs: int = 0, idk_pairs: int = 0) -> list[PreferencePair]:
+def world_extra_pairs(run_path: Path, pii_pairs: int = 0, fact_pairs: int = 0, idk_pairs: int = 0,
+                      idk_fresh_names: bool = False) -> list[PreferencePair]:
     """PII, fact and unknown-person pairs built from the run's world (``DialogBuilder.pii_prefs / fact_prefs /
     unknown_prefs``): their rejected answers are the other behaviours' good answers and the SFT model's errors,
-    which the world's own pairs never reject (not one of them rejects an "I don't know")."""
+    which the world's own pairs never reject (not one of them rejects an "I don't know"). ``idk_fresh_names``:
+    the unknown-person pairs name people invented for each pair, not the world's 12 training names."""
     if pii_pairs <= 0 and fact_pairs <= 0 and idk_pairs <= 0:
         return []
     from lmstack.data.world import load_world
     from lmstack.data.world.dialogues import DialogBuilder
 
     builder = DialogBuilder(load_world(run_path / "data" / "world"))
-    records = builder.pii_prefs(pii_pairs) + builder.fact_prefs(fact_pairs) + builder.unknown_prefs(idk_pairs)
+    records = builder.pii_prefs(pii_pairs) + builder.fact_prefs(fact_pairs) + builder.unknown_prefs(idk_pairs, fresh_names=idk_fresh_names)
     return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]

@@ -21,7 +21,7 @@ from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, l
                                 tokenize_pairs, world_extra_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
-from lmstack.report import markdown_table, save_line_plot, table_cell
+from lmstack.report import markdown_table, rate_change_se, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
 from lmstack.train.schedule import ScheduleConfig
 
@@ -74,12 +74,21 @@ class Config:
     # + this many pairs on people who do not exist: "I don't know" chosen over a made-up answer in any answer form
     # (DialogBuilder.unknown_prefs; the world's fabrication pairs use two forms only)
     idk_pairs: int = 0
+    # the idk_pairs name a person invented for each pair (entities.UnseenNames) instead of one of the world's 12
+    # training names, which the model can learn one by one instead of "a name I have never read"
+    idk_fresh_names: bool = False
     # + rejected answers the SFT model itself gives to the prompts of those world pairs (its greedy answer and
     # this many samples at onpolicy_temperature), kept where the world's checkers judge them wrong: the errors
     # DPO should push down are the model's own, not only the templated ones (self-generated negatives judged
     # by a verifier, as in iterative RPO, Pang et al. 2024). 0 = off
     onpolicy_samples: int = 0
     onpolicy_temperature: float = 1.0
+    # + up to this many pairs on fact questions about the world's real people (training phrasings, any group):
+    # chosen = the reference's own greedy answer, rejected = "I don't know this person", kept where the SFT
+    # stage's familiarity gate passes the name and the answer is neither an "I don't know" nor a refusal. No
+    # answer of the world is used: the pairs keep DPO's "I don't know" from spreading to people the model has
+    # read about but SFT never asked about (the pretraining-only facts), which the fact pairs cannot reach
+    familiar_pairs: int = 0
     # which held-out facts the "correct facts" probe asks: "sft" = facts SFT and the fact pairs teach (held-out
     # phrasings); "pretrain" = every fact seen in pretraining (mixes in pretraining-only people, which no pair
     # covers); "split" = "sft" as the fact probe plus the pretraining-only facts as a second probe
@@ -106,7 +115,8 @@ class Config:
                              "fact_pairs, idk_pairs or harmful_pairs > 0 as well")
         if self.onpolicy_temperature <= 0:
             raise ValueError(f"dpo.onpolicy_temperature must be > 0, got {self.onpolicy_temperature}")
-        for key in ("harmful_pairs", "mismatched_pairs", "pii_pairs", "fact_pairs", "idk_pairs", "onpolicy_samples"):
+        for key in ("harmful_pairs", "mismatched_pairs", "pii_pairs", "fact_pairs", "idk_pairs", "onpolicy_samples",
+                    "familiar_pairs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"dpo.{key} must be >= 0, got {getattr(self, key)}")
 
@@ -277,9 +287,46 @@ def onpolicy_pairs(model, tokenizer, pairs: list[PreferencePair], samples: int, 
     return out, stats
 
 
+def familiar_pairs(model, tokenizer, run_path: Path, init_from: str, n: int, max_new_tokens: int,
+                   seed: int) -> tuple[list[PreferencePair], dict]:
+    """``n`` fact questions about the world's real people (``DialogBuilder.familiar_prompts``) answered by
+    ``model`` (greedy): where the familiarity gate beside ``checkpoints/<init_from>`` passes the name and the
+    answer is neither "I don't know" nor a refusal, the answer becomes the chosen one against "I don't know
+    this person". Right or wrong, the answer is the model's: the pairs teach when not to say "I don't know",
+    not the facts. Returns the pairs and counts (prompts, stopped by the gate, answered "I don't know" or
+    refused, pairs)."""
+    from lmstack.align.familiarity import FamiliarityGate
+    from lmstack.data.world import load_world
+    from lmstack.data.world.dialogues import DialogBuilder
+
+    checkpoint = common.checkpoint_dir(run_path, init_from)
+    gate = FamiliarityGate.beside(checkpoint)
+    if gate is None:
+        raise ValueError(f"dpo.familiar_pairs needs the familiarity gate in {checkpoint}/familiarity "
+                         "(written by the sft stage with sft.familiarity_gate = true)")
+    _, is_refusal, is_idk = evals.world_judges()
+    items = DialogBuilder(load_world(run_path / "data" / "world")).familiar_prompts(n, seed)
+    convs = [it["prompt"] for it in items]
+    checks = gate.check(model, tokenizer, convs)
+    answers = common.chat_answers(model, tokenizer, convs, max_new_tokens)
+    stats = {"prompts": len(items), "gate_stopped": 0, "idk_or_refusal": 0, "pairs": 0}
+    out = []
+    for it, (stopped, _, _), answer in zip(items, checks, answers):
+        if stopped:
+            stats["gate_stopped"] += 1
+        elif answer is None or is_idk(answer) or is_refusal(answer):
+            stats["idk_or_refusal"] += 1
+        else:
+            out.append(PreferencePair(it["prompt"], answer, it["idk"],
+                                      {"kind": "familiar_own_answer", "lang": it["lang"], "facts": it["facts"]}))
+    stats["pairs"] = len(out)
+    return out, stats
+
+
 def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log, model=None):
     """Tokenized training and held-out preference pairs. Returns (train, eval, dropped pairs, eval file, on-policy
-    counts per kind); ``model`` (the reference) draws the on-policy rejected answers when ``cfg.onpolicy_samples`` > 0."""
+    counts per kind, familiar-pair counts); ``model`` (the reference) draws the on-policy rejected answers when
+    ``cfg.onpolicy_samples`` > 0 and answers the familiar pairs' prompts when ``cfg.familiar_pairs`` > 0."""
     train_path = rlaif.preference_train_path(run_path, cfg.train_file, cfg.labels)
     eval_path = Path(cfg.eval_file) if cfg.eval_file else common.world_file(run_path, "prefs_eval.jsonl")
     raw = load_preferences_jsonl(train_path, cfg.max_train_pairs or None)
@@ -289,7 +336,7 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log, model=
 
         records = harmful.harmful_prefs(harmful.load_world(run_path / "data" / "world"), "train", cfg.harmful_pairs, seed=0)
         extra += [normalize_preference_record(r, f"harmful pair {i}") for i, r in enumerate(records)]
-    extra += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs)
+    extra += world_extra_pairs(run_path, cfg.pii_pairs, cfg.fact_pairs, cfg.idk_pairs, cfg.idk_fresh_names)
     raw += extra
     own, stats = [], {}
     if cfg.onpolicy_samples > 0 and extra:
@@ -298,9 +345,15 @@ def load_pairs(cfg: Config, run_path: Path, tokenizer, max_len: int, log, model=
         log(f"on-policy rejected answers (per kind: prompts, answers drawn, judged wrong, distinct pairs): {stats}")
     raw += mismatched_pairs(mismatch_pool(raw, run_path, cfg.mismatched_from), cfg.mismatched_pairs, seed=0)
     raw += own  # after the mismatch pool is drawn, which stays as it was without them
+    familiar_stats = {}
+    if cfg.familiar_pairs > 0:
+        familiar, familiar_stats = familiar_pairs(model, tokenizer, run_path, cfg.init_from, cfg.familiar_pairs,
+                                                  cfg.max_new_tokens, seed=2000)
+        log(f"familiar pairs: {familiar_stats}")
+        raw += familiar
     train_pairs, dropped = tokenize_pairs(raw, tokenizer, max_len, log, train_path.name)
     eval_pairs, eval_dropped = tokenize_pairs(load_preferences_jsonl(eval_path), tokenizer, max_len, log, eval_path.name)
-    return train_pairs, eval_pairs, dropped + eval_dropped, eval_path, stats
+    return train_pairs, eval_pairs, dropped + eval_dropped, eval_path, stats, familiar_stats
 
 
 def chosen_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
@@ -359,7 +412,7 @@ def run(ctx, cfg: Config):
     max_len = cfg.max_len or common.model_max_len(policy)
     ref_model = common.frozen_copy(policy)
     param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
-    train_pairs, eval_pairs, dropped, eval_path, onpolicy = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log, ref_model)
+    train_pairs, eval_pairs, dropped, eval_path, onpolicy, familiar = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log, ref_model)
 
     probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, cfg.fact_probe,
                               cfg.pii_idk_probes == "world") if cfg.behaviour_examples > 0 and not cfg.eval_file else {}
@@ -391,11 +444,12 @@ def run(ctx, cfg: Config):
         "eval_loss": eval_after["loss"], "eval_loss_before": eval_before["loss"], "final_loss": hist["loss"][-1],
         "train_pairs": len(train_pairs), "dropped_pairs": dropped, "train_seconds": round(seconds, 1),
         **({"onpolicy_pairs": sum(v["pairs"] for v in onpolicy.values())} if onpolicy else {}),
+        **({"familiar_pairs": familiar["pairs"]} if familiar else {}),
         **param_metrics, **gate_info,
     }
     gold_rows = behaviour_rows(probes, before, after, metrics, cfg.fact_probe)
     report = _report(cfg, len(train_pairs), len(eval_pairs), eval_path, seconds, eval_before, eval_after,
-                     gold_rows, before, after, plot, onpolicy)
+                     gold_rows, before, after, plot, onpolicy, familiar)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "rewards_plot": plot},
                        report=report)
 
@@ -430,27 +484,21 @@ def behaviour_rows(probes: dict, before: dict, after: dict, metrics: dict, fact_
     for key, (kind, label) in BEHAVIOURS.items():
         label = label.format(facts=FACT_PROBE_LABELS[fact_probe])
         if key in before or key in after:
+            n = len(probes.get(kind, []))
             metrics[f"{key}_before"] = before.get(key)
             metrics[f"{key}_after"] = after.get(key)
-            n = len(probes.get(kind, []))
+            metrics[f"{key}_n"] = n
             b, a = before.get(key, float("nan")), after.get(key, float("nan"))
             rows.append((label, n, b, a, rate_change_se(b, a, n)))
     return rows
-
-
-def rate_change_se(before: float, after: float, n: int) -> float:
-    """Standard error of the change between two rates measured on the same n prompts, treated as
-    independent binomials (an upper bound: the paired answers are positively correlated)."""
-    if n <= 0:
-        return float("nan")
-    return ((before * (1 - before) + after * (1 - after)) / n) ** 0.5
 
 
 BEHAVIOUR_HEADER = ["behaviour", "prompts", "before", "after", "SE of change"]
 
 
 def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: float, eval_before: dict,
-            eval_after: dict, gold_rows: list[tuple], before: dict, after: dict, plot: str, onpolicy: dict) -> str:
+            eval_after: dict, gold_rows: list[tuple], before: dict, after: dict, plot: str, onpolicy: dict,
+            familiar: dict) -> str:
     rows_pref = [("implicit-reward accuracy", eval_before["accuracy"], eval_after["accuracy"]),
                  ("mean implicit-reward margin", eval_before["margin"], eval_after["margin"]),
                  (f"{cfg.loss_type} loss", eval_before["loss"], eval_after["loss"])]
@@ -472,6 +520,14 @@ def _report(cfg: Config, n_train: int, n_eval: int, eval_path: Path, seconds: fl
                    markdown_table(["kind", "prompts", "answers drawn", "judged wrong", "pairs added"],
                                   [(k, v["prompts"], v["answers"], v["wrong"], v["pairs"]) for k, v in onpolicy.items()]),
                    ""]
+    if familiar:
+        report += [f"**Familiar pairs** (`dpo.familiar_pairs` = {cfg.familiar_pairs}: fact questions about the world's"
+                   " real people; the reference's own answer chosen over \"I don't know this person\" where the SFT"
+                   " stage's familiarity gate passes the name and the answer is neither \"I don't know\" nor a"
+                   " refusal; no answer of the world is used):\n",
+                   markdown_table(["prompts", "stopped by the gate", "answered \"I don't know\" or refused", "pairs"],
+                                  [(familiar["prompts"], familiar["gate_stopped"], familiar["idk_or_refusal"],
+                                    familiar["pairs"])]), ""]
     if gold_rows:
         report += ["**Behaviour before / after** (greedy generation, judged by the world's checkers):\n",
                    markdown_table(BEHAVIOUR_HEADER, gold_rows), ""]

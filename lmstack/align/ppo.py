@@ -76,6 +76,10 @@ class Config:
     grad_clip: float = 1.0           # 0 = no clipping
     lora: LoRAAdapterConfig = field(default_factory=LoRAAdapterConfig)
     eval_prompts: int = 48           # held-out prompts scored greedily before/after (0 = skip)
+    # + this many held-out conversations of sft_eval.jsonl (a seeded sample; held-out phrasings, follow-up turns,
+    # arithmetic and translation too) in the held-out reward: prefs_eval has 150 prompts, and at that n the SE
+    # of the paired gain (~0.04) is as large as a run-to-run difference in the gain
+    eval_sft_prompts: int = 0
     behaviour_examples: int = 0      # gold measures (PII refusal, IDK, facts) on this many prompts each; 0 = skip
 
     def __post_init__(self):
@@ -316,13 +320,14 @@ def paired_change(before: list, after: list) -> dict:
             "se": (var / n) ** 0.5, "n": n}
 
 
-def sft_prompt_chats(run_path: Path, n: int, seed: int) -> list:
-    """``n`` conversations of the run's ``sft_train.jsonl`` (a seeded sample) whose prompts join PPO's."""
+def sft_prompt_chats(run_path: Path, n: int, seed: int, name: str = "sft_train.jsonl") -> list:
+    """``n`` conversations of the run's ``sft_train.jsonl`` (or another world file ``name``; a seeded sample): the
+    training ones join PPO's prompts, the held-out ones (``sft_eval.jsonl``) its held-out reward."""
     import random
 
     from lmstack.align.data import load_chat_jsonl
 
-    path = common.world_file(run_path, "sft_train.jsonl")
+    path = common.world_file(run_path, name)
     chats = load_chat_jsonl(path)
     return random.Random(seed).sample(chats, min(n, len(chats)))
 
@@ -396,7 +401,12 @@ def run(ctx, cfg: Config):
     prompts += [pair.prompt for pair in chat_answer_pairs(sft_chats)]
     eval_path = run_path / "data" / "world" / "prefs_eval.jsonl"
     eval_prompts = load_prompts(eval_path)[: cfg.eval_prompts] if (cfg.eval_prompts and eval_path.exists() and not cfg.prompt_file) else []
-    probes = dpo.behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed) if cfg.behaviour_examples > 0 and not cfg.prompt_file else {}
+    n_prefs_eval = len(eval_prompts)
+    if cfg.eval_sft_prompts > 0 and not cfg.prompt_file:
+        eval_prompts += [pair.prompt for pair in chat_answer_pairs(
+            sft_prompt_chats(run_path, cfg.eval_sft_prompts, ctx.seed, "sft_eval.jsonl"))]
+    probes = (dpo.behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, pii_idk_from_world=True)
+              if cfg.behaviour_examples > 0 and not cfg.prompt_file else {})
     scores_before, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
     gold_before = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
 
@@ -408,6 +418,8 @@ def run(ctx, cfg: Config):
     scores_after, _ = greedy_eval(lm, rm, tokenizer, eval_prompts, cfg, ctx.device)
     gold_after = dpo.measure_behaviour(lm, tokenizer, probes, cfg.max_new_tokens) if probes else {}
     change = paired_change(scores_before, scores_after)
+    parts = {"prefs_eval": paired_change(scores_before[:n_prefs_eval], scores_after[:n_prefs_eval]),
+             "sft_eval": paired_change(scores_before[n_prefs_eval:], scores_after[n_prefs_eval:])}
 
     out_dir = common.checkpoint_dir(run_path, "ppo")
     common.save_finetuned(lm, out_dir, cfg.lora, {"stage": "ppo", "algo": cfg.algo, "iterations": cfg.iterations,
@@ -427,12 +439,14 @@ def run(ctx, cfg: Config):
     first, last = _mean(hist["reward"][:n_third]), _mean(hist["reward"][-n_third:])
     metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
                "kl_max": max(hist["kl"]), "kl_coef_last": hist["kl_coef"][-1], "eval_reward_before": change["before"],
-               "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"],
+               "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"], "eval_reward_n": change["n"],
+               **{f"eval_reward_gain_{k}": v["diff"] for k, v in parts.items() if v["n"]},
+               **{f"eval_reward_gain_{k}_se": v["se"] for k, v in parts.items() if v["n"]},
                "train_seconds": round(seconds, 1), **param_metrics, **gate_info}
     if cfg.gold_coef > 0:
         metrics.update(gold_first=_mean(hist["gold"][:n_third]), gold_last=_mean(hist["gold"][-n_third:]))
     gold_rows = dpo.behaviour_rows(probes, gold_before, gold_after, metrics) if probes else []
-    report = _report(cfg, hist, samples, seconds, change, len(eval_prompts), plot, gold_rows)
+    report = _report(cfg, hist, samples, seconds, change, parts, plot, gold_rows)
     return StageResult(metrics=metrics, artifacts={"checkpoint": str(out_dir.relative_to(run_path)), "plot": plot},
                        report=report)
 
@@ -447,7 +461,7 @@ def _plot(run_path: Path, cfg: Config, hist: dict) -> str:
     return plot
 
 
-def _report(cfg: Config, hist: dict, samples: list, seconds: float, change: dict, n_eval: int, plot: str,
+def _report(cfg: Config, hist: dict, samples: list, seconds: float, change: dict, parts: dict, plot: str,
             gold_rows: list) -> str:
     n_third = max(1, cfg.iterations // 3)
     first, last = _mean(hist["reward"][:n_third]), _mean(hist["reward"][-n_third:])
@@ -472,9 +486,11 @@ def _report(cfg: Config, hist: dict, samples: list, seconds: float, change: dict
     report = [desc,
               f"Mean rollout RM score over the first third of training {first:.3f} -> last third {last:.3f}; KL to the"
               f" reference ends at {hist['kl'][-1]:.3f} nats/sequence (max {max(hist['kl']):.3f}).\n",
-              f"**Held-out reward** (greedy answers to {change['n']} of {n_eval} prompts of `prefs_eval.jsonl`, scored by"
-              f" the reward model): {format_score(change['before'])} before -> {format_score(change['after'])} after,"
-              f" paired gain {change['diff']:+.3f} +- {change['se']:.3f} (SE): it {verdict}.\n",
+              f"**Held-out reward** (greedy answers to {change['n']} held-out prompts, scored by the reward model):"
+              f" {format_score(change['before'])} before -> {format_score(change['after'])} after, paired gain"
+              f" {change['diff']:+.3f} +- {change['se']:.3f} (SE): it {verdict}. By source: "
+              + "; ".join(f"`{k}.jsonl` ({v['n']} prompts) {v['diff']:+.3f} +- {v['se']:.3f}"
+                          for k, v in parts.items() if v["n"]) + ".\n",
               f"![{cfg.algo} reward and KL]({plot})\n"]
     if gold_rows:
         report += ["**Gold measures before / after** (greedy generation, judged by the world's checkers):\n",

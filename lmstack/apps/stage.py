@@ -324,6 +324,9 @@ def run(ctx, cfg: Config):
     metrics, report = measure(ctx, cfg, kg, store, model, tokenizer, run_path, reranker)
     copy_stats.update(_copy_stats(model, tokenizer, "after_sft"))
     metrics.update(final_loss=round(summary["history"][-1], 4), **data_stats, **copy_stats)
+    from lmstack.align.familiarity import carry_over
+
+    metrics.update(carry_over(model, tokenizer, run_path, out_dir, ctx.seed))  # `lmstack chat --stage apps` gated too
     if encoder is not None:
         metrics["dense_final_loss"] = round(sum(dense_history[-10:]) / len(dense_history[-10:]), 4)
     return StageResult(metrics=metrics, report=report, artifacts={

@@ -10,6 +10,7 @@ import torch
 
 from lmstack.align import dpo, ppo, reward, rlaif
 from lmstack.align.data import PreferencePair
+from lmstack.report import rate_change_se
 from align_tiny_run import build_tiny_run, ctx_for, small
 
 
@@ -29,8 +30,8 @@ def test_chosen_nll_is_mean_per_token_negative_log_likelihood():
 
 
 def test_rate_change_se():
-    assert dpo.rate_change_se(0.5, 0.5, 100) == pytest.approx((0.5 / 100) ** 0.5)
-    assert dpo.rate_change_se(0.0, 1.0, 10) == 0.0
+    assert rate_change_se(0.5, 0.5, 100) == pytest.approx((0.5 / 100) ** 0.5)
+    assert rate_change_se(0.0, 1.0, 10) == 0.0
 
 
 def test_adaptive_kl_controller_moves_toward_target():
@@ -84,12 +85,15 @@ def test_dpo_with_chosen_nll_term(run_dir):
 def test_ppo_with_normalised_scores_adaptive_kl_and_value_warmup(run_dir):
     reward.run(ctx_for(run_dir, "reward"), small(reward.Config, init_from="pretrain", steps=2, batch_size=4))
     cfg = small(ppo.Config, init_from="pretrain", iterations=3, prompts_per_iteration=4, max_new_tokens=6,
-                minibatch_size=4, ppo_epochs=1, eval_prompts=4, normalize_scores=True, kl_target=0.5, kl_horizon=50,
-                value_warmup_iterations=1, behaviour_examples=3)
+                minibatch_size=4, ppo_epochs=1, eval_prompts=4, eval_sft_prompts=3, normalize_scores=True,
+                kl_target=0.5, kl_horizon=50, value_warmup_iterations=1, behaviour_examples=3)
     result = ppo.run(ctx_for(run_dir, "ppo"), cfg)
     m = result.metrics
     assert m["kl_coef_last"] != cfg.kl_coef  # the controller moved it
     assert m["eval_reward_gain_se"] >= 0
+    # the held-out reward is measured on both sources, and reported for each
+    assert m["eval_reward_n"] == 7 and "eval_reward_gain_prefs_eval" in m and "eval_reward_gain_sft_eval" in m
+    assert "`prefs_eval.jsonl` (4 prompts)" in result.report and "`sft_eval.jsonl` (3 prompts)" in result.report
     assert "adaptive KL coef" in result.report and "Gold measures" in result.report
     assert (run_dir / "plots" / "ppo_ppo_reward_kl.png").exists()
 

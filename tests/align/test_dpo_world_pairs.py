@@ -101,6 +101,13 @@ def test_unknown_person_pairs_choose_idk_over_any_made_up_answer(builder):
         assert not any(name in p["prompt"] for name in held_out)  # the IDK probe's names stay unseen
         assert is_idk(p["chosen"]) and not is_idk(p["rejected"]) and not is_refusal(p["rejected"])
     assert pairs == builder.unknown_prefs(40, seed=0)
+    from lmstack.align.familiarity import world_names
+
+    fresh = builder.unknown_prefs(40, seed=0, fresh_names=True)
+    known = world_names(w) + sorted(held_out)  # the 12 training names included
+    for p in fresh:  # a person invented for each pair: no name of the world, either split of its invented ones
+        assert is_idk(p["chosen"]) and not is_idk(p["rejected"])
+        assert not any(name in p["prompt"] for name in known)
 
 
 def test_world_probes_are_held_out_conversations_in_any_number(run_dir, builder):
@@ -219,3 +226,48 @@ def test_dpo_stage_adds_onpolicy_pairs_and_reports_them(run_dir):
         dpo.Config(onpolicy_samples=2)
     with pytest.raises(ValueError, match="onpolicy_temperature"):
         dpo.Config(onpolicy_temperature=0.0)
+
+
+def test_familiar_prompts_ask_training_questions_about_real_people(builder):
+    items = builder.familiar_prompts(60, seed=0)
+    w = builder.w
+    assert len(items) == 60 and {it["lang"] for it in items} == {"en", "zh"}
+    eval_questions = set()
+    for it in items:
+        fact = w.fact(it["facts"][0])
+        person, lang = w.person(fact.entity), it["lang"]
+        assert fact.type in T.PERSON_FACTS
+        question = it["prompt"][-1]["content"]
+        assert w.person_fields(person, lang)["name"] in question
+        assert is_idk(it["idk"])
+        eval_questions |= {t.format(**w.fact_fields(fact, lang)) for t in T.QUESTIONS_EVAL[lang][fact.type]}
+        assert question not in eval_questions  # training phrasings, wrapped; never a held-out question
+    assert {w.fact(it["facts"][0]).entity for it in items} == {p.id for p in w.people}  # every group
+
+
+def test_familiar_pairs_choose_the_models_own_answer_where_the_gate_passes(monkeypatch, run_dir):
+    from lmstack.align import common
+    from lmstack.align.familiarity import FamiliarityGate
+
+    class FakeGate:
+        def check(self, model, tokenizer, convs):
+            return [(i % 4 == 0, 0.0, "") for i in range(len(convs))]  # every fourth name unfamiliar
+
+    answers = ["She is a pilot.", "I don't know who that is.", "I can't share someone's phone number.", None,
+               "He was born in 1990."]
+    monkeypatch.setattr(FamiliarityGate, "beside", classmethod(lambda cls, path: FakeGate()))
+    monkeypatch.setattr(common, "chat_answers", lambda m, t, convs, n, **kw: [answers[i % 5] for i in range(len(convs))])
+    out, stats = dpo.familiar_pairs(None, None, run_dir, "sft", 20, max_new_tokens=8, seed=3)
+    prompts = DialogBuilder(load_world(run_dir / "data" / "world")).familiar_prompts(20, seed=3)
+    kept = [i for i in range(20) if i % 4 and i % 5 in (0, 4)]
+    assert [(p.prompt, p.chosen, p.rejected) for p in out] == [
+        (prompts[i]["prompt"], answers[i % 5], prompts[i]["idk"]) for i in kept]
+    assert all(p.meta["kind"] == "familiar_own_answer" for p in out)
+    assert stats == {"prompts": 20, "gate_stopped": 5, "idk_or_refusal": 15 - len(kept), "pairs": len(kept)}
+
+
+def test_familiar_pairs_need_the_sft_gate(run_dir):
+    with pytest.raises(ValueError, match="familiarity gate"):
+        dpo.familiar_pairs(None, None, run_dir, "pretrain", 4, max_new_tokens=4, seed=0)
+    with pytest.raises(ValueError, match="familiar_pairs"):
+        dpo.Config(familiar_pairs=-1)

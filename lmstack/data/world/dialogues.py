@@ -10,8 +10,8 @@ from typing import Sequence
 
 from lmstack.data import world_text as T
 from lmstack.data.world.documents import arith_problem, sentence_pair
-from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_EVAL_TASK_MIX, SFT_TASK_MIX, Cycle, Fact, Person, World, article, cap,
-                                         largest_remainder, sft_fact_ids)
+from lmstack.data.world.entities import (PREF_CATEGORY_MIX, SFT_EVAL_TASK_MIX, SFT_TASK_MIX, Cycle, Fact, Person, UnseenNames,
+                                         World, article, cap, largest_remainder, sft_fact_ids)
 
 
 def qa_prompt(question: str, lang: str) -> str:
@@ -433,16 +433,32 @@ class DialogBuilder:
                             answer=self.w.answer(fact, lang)))
         return out
 
-    def unknown_prefs(self, n: int, seed: int = 0) -> list[dict]:
-        """n pairs about people who do not exist (training names and phrasings): chosen = "I don't know",
-        rejected = a made-up answer in any of the world's answer forms, about the asked attribute or another
-        one ("He was born in 1987." asked for a hobby), the SFT model's fabrications on the held-out names.
-        The world's fabrication pairs use only the two answer forms that repeat the name."""
-        rng = random.Random(f"unknown-prefs:{self.w.seed}:{seed}")
+    def familiar_prompts(self, n: int, seed: int = 0) -> list[dict]:
+        """n fact questions (training phrasings) about the world's real people, whatever their group, each with
+        an "I don't know this person" answer: the prompts of DPO's familiar pairs, whose chosen answer is the
+        model's own (``lmstack.align.dpo.familiar_pairs``). No answer of the world is attached."""
+        rng = random.Random(f"familiar-prompts:{self.w.seed}:{seed}")
         out: list[dict] = []
         for _ in range(n):
             lang = self._lang(rng)
-            entity = rng.choice(self.w.unknown_people["train"])
+            person = rng.choice(self.w.people)
+            fact = self.w.fact(f"person:{person.id}:{rng.choice(T.PERSON_FACTS)}")
+            out.append({"prompt": [{"role": "user", "content": self._question(rng, "train", fact, lang)}],
+                        "idk": self._idk_text(rng, "person", person, lang), "lang": lang, "facts": [fact.id]})
+        return out
+
+    def unknown_prefs(self, n: int, seed: int = 0, fresh_names: bool = False) -> list[dict]:
+        """n pairs about people who do not exist (training names and phrasings): chosen = "I don't know",
+        rejected = a made-up answer in any of the world's answer forms, about the asked attribute or another
+        one ("He was born in 1987." asked for a hobby), the SFT model's fabrications on the held-out names.
+        The world's fabrication pairs use only the two answer forms that repeat the name. ``fresh_names``: each
+        pair names a person invented for it (``UnseenNames``) instead of one of the world's training names."""
+        rng = random.Random(f"unknown-prefs:{self.w.seed}:{seed}")
+        unseen = UnseenNames(self.w) if fresh_names else None
+        out: list[dict] = []
+        for _ in range(n):
+            lang = self._lang(rng)
+            entity = unseen.person(rng) if unseen else rng.choice(self.w.unknown_people["train"])
             question, asked = self.unknown_question(rng, "train", "person", entity, lang)
             fields = dict(self.w.person_fields(rng.choice(self.w.people), lang))
             fields.update(self.w.person_fields(entity, lang))
