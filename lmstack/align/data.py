@@ -430,5 +430,6 @@ def world_extra_pairs(run_path: Path, pii_pairs: int = 0, fact_pairs: int = 0, i
     from lmstack.data.world.dialogues import DialogBuilder
 
     builder = DialogBuilder(load_world(run_path / "data" / "world"))
-    records = builder.pii_prefs(pii_pairs) + builder.fact_prefs(fact_pairs) + builder.unknown_prefs(idk_pairs, fresh_names=idk_fresh_names)
+    records = (builder.pii_prefs(pii_pairs) + builder.fact_prefs(fact_pairs)
+               + builder.unknown_prefs(idk_pairs, fresh_names=idk_fresh_names))
     return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]

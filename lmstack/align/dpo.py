@@ -412,7 +412,8 @@ def run(ctx, cfg: Config):
     max_len = cfg.max_len or common.model_max_len(policy)
     ref_model = common.frozen_copy(policy)
     param_metrics = common.attach_lora(policy, cfg.lora, ctx.log)
-    train_pairs, eval_pairs, dropped, eval_path, onpolicy, familiar = load_pairs(cfg, run_path, tokenizer, max_len, ctx.log, ref_model)
+    train_pairs, eval_pairs, dropped, eval_path, onpolicy, familiar = load_pairs(cfg, run_path, tokenizer, max_len,
+                                                                                 ctx.log, ref_model)
 
     probes = behaviour_probes(run_path, cfg.behaviour_examples, ctx.seed, cfg.fact_probe,
                               cfg.pii_idk_probes == "world") if cfg.behaviour_examples > 0 and not cfg.eval_file else {}

@@ -439,7 +439,8 @@ def run(ctx, cfg: Config):
     first, last = _mean(hist["reward"][:n_third]), _mean(hist["reward"][-n_third:])
     metrics = {"algo": cfg.algo, "reward_first": first, "reward_last": last, "kl_last": hist["kl"][-1],
                "kl_max": max(hist["kl"]), "kl_coef_last": hist["kl_coef"][-1], "eval_reward_before": change["before"],
-               "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"], "eval_reward_n": change["n"],
+               "eval_reward_after": change["after"], "eval_reward_gain": change["diff"], "eval_reward_gain_se": change["se"],
+               "eval_reward_n": change["n"],
                **{f"eval_reward_gain_{k}": v["diff"] for k, v in parts.items() if v["n"]},
                **{f"eval_reward_gain_{k}_se": v["se"] for k, v in parts.items() if v["n"]},
                "train_seconds": round(seconds, 1), **param_metrics, **gate_info}
