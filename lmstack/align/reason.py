@@ -46,6 +46,9 @@ class GRPOSettings:
     minibatch_size: int = 24
     lr: float = 1e-4                 # the ppo stage's 3e-5 barely moves greedy answers in 30 iterations here
     missing_end_penalty: float = 0.5
+    # GRPO's problems: fresh arithmetic chains of these many operations, none of them in the SFT data (on the
+    # SFT problems themselves every sampled answer was right, so no group had an advantage to learn from).
+    arith_ops: list[int] = field(default_factory=lambda: [3])
 
 
 @dataclass
@@ -64,6 +67,9 @@ class Config:
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     format_weight: float = 0.2           # reward for a well-formed final answer line, on top of 1 for a right one
     max_new_tokens: int = 72
+    # Arithmetic traces that list the operations first and carry the ones left on every step (see
+    # lmstack.data.world.reasoning.arith_chain), so no step has to count brackets; they run to ~130 tokens.
+    scratchpad: bool = False
     token_budgets: list[int] = field(default_factory=lambda: [0, 8, 16, 32])
 
     def __post_init__(self):
@@ -74,6 +80,8 @@ class Config:
             raise ValueError("reason.train_hops / eval_hops: the world's chains have at most 3 hops")
         if self.sft_steps < 1 or self.n_train < 1:
             raise ValueError("reason.sft_steps and reason.n_train must be >= 1")
+        if not self.grpo.arith_ops or any(int(n) < 1 for n in self.grpo.arith_ops):
+            raise ValueError(f"reason.grpo.arith_ops={self.grpo.arith_ops}: give one or more step counts >= 1")
 
 
 def rule_reward(answers: dict[str, str], format_weight: float):
@@ -150,7 +158,7 @@ def _sft(ctx, cfg: Config, tokenizer, train_path: Path, label: str):
 
 
 def run_grpo(ctx, cfg: Config, model, tokenizer, train: list[R.Problem]) -> tuple[object, dict]:
-    """GRPO from ``model`` (trained in place) on the training problems with the rule reward."""
+    """GRPO from ``model`` (trained in place) on the problems ``train`` with the rule reward."""
     g = cfg.grpo
     pcfg = ppo.Config(algo="grpo", iterations=g.iterations, prompts_per_iteration=g.prompts_per_iteration,
                       group_size=g.group_size, max_new_tokens=cfg.max_new_tokens, temperature=g.temperature,
@@ -217,7 +225,9 @@ def run(ctx, cfg: Config):
     tokenizer = common.load_tokenizer(run_path)
     world = read_json(common.world_file(run_path, "world.json"))
     sets = R.make_reasoning_sets(world, ctx.seed, cfg.n_train, cfg.n_eval_per_level, cfg.train_arith_ops,
-                                 cfg.eval_arith_ops, cfg.train_hops, cfg.eval_hops)
+                                 cfg.eval_arith_ops, cfg.train_hops, cfg.eval_hops,
+                                 n_rl=cfg.grpo.iterations * cfg.grpo.prompts_per_iteration, rl_arith_ops=cfg.grpo.arith_ops,
+                                 scratchpad=cfg.scratchpad)
     paths = write_sets(run_path / "data" / "reason", sets)
     ctx.log(f"{len(sets['train'])} training problems, {len(sets['eval_same'])} held-out at the training difficulties,"
             f" {len(sets['eval_hard'])} harder")
@@ -234,7 +244,7 @@ def run(ctx, cfg: Config):
     sft_dir = common.checkpoint_dir(run_path, "reason_sft")
     common.save_finetuned(trace_model, sft_dir, None, {"stage": "reason", "phase": "trace_sft", "steps": cfg.sft_steps},
                           str(common.checkpoint_dir(run_path, cfg.init_from)))
-    grpo_model, hist = run_grpo(ctx, cfg, copy.deepcopy(trace_model), tokenizer, sets["train"])
+    grpo_model, hist = run_grpo(ctx, cfg, copy.deepcopy(trace_model), tokenizer, sets["rl"])
     models["trace SFT + GRPO"] = (grpo_model, True)
     out_dir = common.checkpoint_dir(run_path, "reason")
     common.save_finetuned(grpo_model, out_dir, None, {"stage": "reason", "phase": "grpo", "iterations": cfg.grpo.iterations},
@@ -260,7 +270,7 @@ def _result(run_path: Path, cfg: Config, sets, summaries, hist, results, budgets
     metrics = {f"{key[n]}_accuracy_{'same' if s == 'eval_same' else 'hard'}": v for n, by in acc.items() for s, v in by.items()}
     metrics.update({f"{key[n]}_reasoning_tokens_hard": round(t, 1) for n, t in tokens.items()})
     metrics.update(grpo_reward_first=hist["reward"][0], grpo_reward_last=hist["reward"][-1], grpo_kl_last=hist["kl"][-1],
-                   train_problems=len(sets["train"]), eval_same=len(sets["eval_same"]), eval_hard=len(sets["eval_hard"]),
+                   train_problems=len(sets["train"]), grpo_problems=len(sets["rl"]), eval_same=len(sets["eval_same"]), eval_hard=len(sets["eval_hard"]),
                    grpo_seconds=round(hist["seconds"], 1))
     xs = list(range(1, len(hist["reward"]) + 1))
     plot = "plots/reason_grpo.png"
@@ -276,7 +286,8 @@ def _result(run_path: Path, cfg: Config, sets, summaries, hist, results, budgets
              f" (arithmetic chains of {cfg.train_arith_ops} operations, world chains of {cfg.train_hops} hops),"
              f" {cfg.sft_steps} steps x batch {cfg.batch_size}; then GRPO from the trace model with the rule reward"
              f" (1 for the right final answer + {cfg.format_weight:g} for an `Answer:` line, no reward model):"
-             f" {cfg.grpo.iterations} iterations x {cfg.grpo.prompts_per_iteration} problems x {cfg.grpo.group_size} samples,"
+             f" {cfg.grpo.iterations} iterations x {cfg.grpo.prompts_per_iteration} problems x {cfg.grpo.group_size} samples"
+             f" on {len(sets['rl'])} fresh arithmetic chains of {cfg.grpo.arith_ops} operations (in no SFT or held-out set),"
              f" {hist['seconds']:.1f}s. Held out: {len(sets['eval_same'])} problems at the training difficulties and"
              f" {len(sets['eval_hard'])} harder ones (arithmetic {cfg.eval_arith_ops} operations, {cfg.eval_hops} hops).\n",
              "**Accuracy before / after** (greedy; the final `Answer:` line must equal the reference):\n",

@@ -172,7 +172,7 @@ def run(ctx, cfg: Config):
               f" labelled {len(pairs)} pairs of `{train_path.name}` in {seconds:.1f}s. Agreement with the world's labels:"
               f" **{agreement:.3f}** (0.5 = chance).\n\n"
               + markdown_table(["category / kind", "pairs", "agreement with world labels"], rows)
-              + f"\n\nThe AI-labelled pairs are in `data/world/{AI_LABELS_FILE}`; train on them with"
+              + f"\n\nThe AI-labelled pairs are in `rlaif/{AI_LABELS_FILE}`; train on them with"
               " `--set reward.labels=ai` / `--set dpo.labels=ai`.\n")
     return StageResult(metrics=metrics, artifacts={"ai_labels": str(out.relative_to(run_path))}, report=report)
 

@@ -59,7 +59,10 @@ def test_reason_stage_trains_and_reports(run_dir):
         assert (run_dir / "checkpoints" / name / "model.safetensors").exists()
     for key in ("base", "direct", "trace_sft", "grpo"):
         assert 0.0 <= m[f"{key}_accuracy_hard"] <= 1.0
-    assert m["eval_hard"] == 6 and m["train_problems"] == 40
+    assert m["eval_hard"] == 6 and m["train_problems"] == 40 and m["grpo_problems"] == 4
+    rl = [json.loads(l)["messages"][-2]["content"] for l in (run_dir / "data" / "reason" / "rl.jsonl").read_text().splitlines()]
+    assert len(rl) == 4 and not set(rl) & {json.loads(l)["messages"][-2]["content"] for l in
+                                            (run_dir / "data" / "reason" / "train_trace.jsonl").read_text().splitlines()}
     rows = [json.loads(l) for l in (run_dir / "eval" / "reason_answers.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"sft (no reasoning data)", "direct-answer SFT", "trace SFT", "trace SFT + GRPO"}
     assert "Accuracy before / after" in result.report and "budget" in result.report
@@ -126,5 +129,18 @@ def test_self_instruct_generates_from_a_model(run_dir):
     assert len(pairs) == 4 and all({"task", "lang", "question", "answer", "finished"} <= set(p) for p in pairs)
     assert self_instruct.format_problems("What is 2 plus 2 today?", "I cannot share that.", True, cfg, "arith") == \
         "answer does not fit the task"
+    # the question must be in its group's language (a translation's sentence in the source language), unbroken,
+    # and an arithmetic one must have a number; seeds written by people pass
+    shape = self_instruct.question_shape
+    assert shape("fact_qa", "en", "How does Julia Rossi朵， town in?") == "question in the wrong language"
+    assert shape("fact_qa", "zh", "What is Cao Haoqing's favorite hobby?") == "question in the wrong language"
+    assert shape("translate", "en", "I like noodles.") == "question in the wrong language"
+    assert shape("translate", "zh", "I like noodles.") == shape("fact_qa", "zh", "唐平婷是做什么的？") == ""
+    assert shape("translate", "zh", "请把这句话翻译成中文：我喜欢面条。") == "question in the wrong language"
+    assert shape("arith", "en", "When was Lin Meizhi born?") == "arithmetic question without a number"
+    assert shape("fact_qa", "en", "Who is \ufffd?") == "garbled question"
+    assert all(not shape(s["task"], s["lang"], s["question"].rsplit("\n", 1)[-1]) for s in seeds)
+    assert self_instruct.format_problems("Translate this sentence to English.\nI like noodles.", "I like noodles.", True, cfg,
+                                         "translate", "en") == "question in the wrong language"
     with pytest.raises(ValueError, match="rouge_threshold"):
         config_from_dict(self_instruct.Config, {"rouge_threshold": 0}, "self_instruct")

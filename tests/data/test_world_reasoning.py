@@ -39,6 +39,18 @@ def test_arith_chain_trace_is_correct_and_parseable():
             assert all(0 < int(x) < 50 for x in re.findall(r"-?\d+", text))
 
 
+def test_arith_scratchpad_lists_the_operations_and_carries_what_is_left():
+    for n in range(1, 6):
+        plain, pad = R.arith_chain(random.Random(n), n), R.arith_chain(random.Random(n), n, scratchpad=True)
+        assert (pad.question, pad.answer, pad.n_steps) == (plain.question, plain.answer, n)
+        lines = R.trace_text(pad).splitlines()
+        ops = re.findall(r"[+\-*] \d+", plain.question)
+        assert lines[0] == f"Operations: {plain.steps[0].split()[0]}, {', '.join(ops)}"
+        for i, line in enumerate(lines[1:-1]):
+            assert line == f"{plain.steps[i]}; left: {', '.join(ops[i + 1:]) or 'none'}"
+        assert R.arith_step_accuracy(R.trace_text(pad)) == (n, n) and R.is_correct(R.trace_text(pad), pad.answer)
+
+
 def test_parse_final_answer_takes_the_last_answer_line():
     assert R.parse_final_answer("1 + 2 = 3\nAnswer: 3\nAnswer: 4.") == "4"
     assert R.parse_final_answer("the answer is 3") is None
@@ -71,6 +83,19 @@ def test_reasoning_sets_hold_out_harder_problems(world):
     assert not train_q & {p.question for p in sets["eval_same"] + sets["eval_hard"]}
     rec = R.to_chat(sets["train"][0], with_trace=False)
     assert rec["messages"][-1]["content"].startswith("Answer: ") and rec["answer"] == sets["train"][0].answer
+
+
+def test_reasoning_rl_problems_are_fresh_and_leave_the_other_sets_unchanged(world):
+    plain = R.make_reasoning_sets(world, seed=0, n_train=60, n_eval_per_level=5)
+    sets = R.make_reasoning_sets(world, seed=0, n_train=60, n_eval_per_level=5, n_rl=30, rl_arith_ops=[3, 4])
+    assert "rl" not in plain
+    for name in ("train", "eval_same", "eval_hard"):
+        assert [p.question for p in sets[name]] == [p.question for p in plain[name]]
+    assert len(sets["rl"]) == 30 and Counter(p.n_steps for p in sets["rl"]) == {3: 15, 4: 15}
+    others = {p.question for name in ("train", "eval_same", "eval_hard") for p in sets[name]}
+    assert all(p.kind == "arith" for p in sets["rl"]) and not others & {p.question for p in sets["rl"]}
+    with pytest.raises(ValueError, match="rl_arith_ops"):
+        R.make_reasoning_sets(world, seed=0, n_train=60, n_eval_per_level=5, n_rl=3)
 
 
 def test_world_verifier(world):

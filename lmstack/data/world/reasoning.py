@@ -25,7 +25,7 @@ TRACE_SYSTEM = ("Think step by step. Write each step on its own line, "
 DIRECT_SYSTEM = "Give only the final answer, on one line that starts with 'Answer:'."
 ANSWER_PREFIX = "Answer:"
 _ANSWER_LINE = re.compile(r"^\s*Answer:\s*(.+?)\s*\.?\s*$", re.MULTILINE)
-_ARITH_STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+_ARITH_STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*(?:;.*)?$")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Problem:
 
 
 def trace_text(p: Problem) -> str:
-    return "\n".join(p.steps + [f"{ANSWER_PREFIX} {p.answer}"])
+    return "\n".join(([p.meta["plan"]] if p.meta.get("plan") else []) + p.steps + [f"{ANSWER_PREFIX} {p.answer}"])
 
 
 def direct_text(p: Problem) -> str:
@@ -79,22 +79,32 @@ def _apply(a: int, op: str, b: int) -> int:
 # ----------------------------------------------------------------------------- arithmetic chains
 
 
-def arith_chain(rng: random.Random, n_ops: int) -> Problem:
+def arith_chain(rng: random.Random, n_ops: int, scratchpad: bool = False) -> Problem:
     """A left-nested chain of ``n_ops`` operations with one-digit operands; every value stays in 1..49, so
-    each step is a fact a small model can learn (the run's 1M-parameter models get 2-digit sums wrong)."""
+    each step is a fact a small model can learn (the run's 1M-parameter models get 2-digit sums wrong).
+
+    ``scratchpad`` writes the trace so that no line needs to count: first the operations in the order they
+    apply (the question without its brackets), then each step with the operations still left
+    ("14 - 7 = 7; left: * 3, - 7"), so the next step reads the first of them and "none" ends the chain
+    (a scratchpad in the sense of Nye et al. 2021). The question and the answer are the same either way."""
     if n_ops < 1:
         raise ValueError(f"n_ops={n_ops} must be >= 1")
     value = rng.randint(2, 9)
-    expr, steps = str(value), []
+    expr, steps, ops, start = str(value), [], [], value
     for i in range(n_ops):
         choices = (["+"] if value <= 40 else []) + (["-"] if value >= 2 else []) + (["*"] if value <= 12 else [])
         op = rng.choice(choices)
         b = rng.randint(1, 9) if op == "+" else rng.randint(1, min(9, value - 1)) if op == "-" else rng.randint(2, 3)
         new = _apply(value, op, b)
         steps.append(f"{value} {op} {b} = {new}")
+        ops.append(f"{op} {b}")
         expr = f"({expr}) {op} {b}" if i > 0 else f"{expr} {op} {b}"
         value = new
-    return Problem("arith", f"Compute {expr}.", steps, str(value), {"expr": expr})
+    meta = {"expr": expr}
+    if scratchpad:
+        steps = [f"{line}; left: {', '.join(ops[i + 1:]) or 'none'}" for i, line in enumerate(steps)]
+        meta["plan"] = f"Operations: {start}, {', '.join(ops)}"
+    return Problem("arith", f"Compute {expr}.", steps, str(value), meta)
 
 
 # ----------------------------------------------------------------------------- multi-hop world questions
@@ -160,10 +170,14 @@ def _unique(problems, seen: set) -> list[Problem]:
 
 def make_reasoning_sets(world: dict, seed: int, n_train: int, n_eval_per_level: int,
                         train_arith_ops=(1, 2, 3), eval_arith_ops=(4, 5),
-                        train_hops=(1, 2), eval_hops=(3,), arith_share: float = 0.6) -> dict[str, list[Problem]]:
+                        train_hops=(1, 2), eval_hops=(3,), arith_share: float = 0.6,
+                        n_rl: int = 0, rl_arith_ops=(), scratchpad: bool = False) -> dict[str, list[Problem]]:
     """``train`` (n_train problems at the training difficulties), ``eval_same`` (held-out problems at the
     training difficulties) and ``eval_hard`` (more steps than any training problem). Arithmetic questions
-    never repeat across sets; hop chains of one length are split between train and eval_same."""
+    never repeat across sets; hop chains of one length are split between train and eval_same. With ``n_rl``,
+    ``rl`` holds that many further arithmetic chains of ``rl_arith_ops`` operations for RL, none of them in
+    another set (the other sets are the same with or without it). ``scratchpad``: the arithmetic traces'
+    format (``arith_chain``); the problems are the same either way."""
     rng = random.Random(seed)
     seen: set[str] = set()
     n_arith = round(n_train * arith_share)
@@ -171,10 +185,10 @@ def make_reasoning_sets(world: dict, seed: int, n_train: int, n_eval_per_level: 
     for target, levels, count in (("eval_hard", eval_arith_ops, n_eval_per_level),
                                   ("eval_same", train_arith_ops, n_eval_per_level)):
         for n in levels:
-            sets[target] += _unique((arith_chain(rng, n) for _ in range(count * 3)), seen)[:count]
+            sets[target] += _unique((arith_chain(rng, n, scratchpad) for _ in range(count * 3)), seen)[:count]
     per_level = -(-n_arith // len(train_arith_ops))
     for n in train_arith_ops:
-        sets["train"] += _unique((arith_chain(rng, n) for _ in range(per_level * 3)), seen)[:per_level]
+        sets["train"] += _unique((arith_chain(rng, n, scratchpad) for _ in range(per_level * 3)), seen)[:per_level]
     sets["train"] = sets["train"][:n_arith]
     for n in eval_hops:
         pool = hop_problems(world, n, rng)
@@ -193,6 +207,13 @@ def make_reasoning_sets(world: dict, seed: int, n_train: int, n_eval_per_level: 
         hop_train += hop_train[: n_hop - len(hop_train)]
     sets["train"] += hop_train[:n_hop]
     rng.shuffle(sets["train"])
+    if n_rl > 0:
+        if not rl_arith_ops:
+            raise ValueError("make_reasoning_sets: n_rl > 0 needs rl_arith_ops")
+        per_rl = -(-n_rl // len(rl_arith_ops))
+        sets["rl"] = [p for n in rl_arith_ops for p in _unique((arith_chain(rng, n, scratchpad) for _ in range(per_rl * 3)), seen)[:per_rl]]
+        rng.shuffle(sets["rl"])
+        sets["rl"] = sets["rl"][:n_rl]
     return sets
 
 
