@@ -226,8 +226,8 @@ def run(ctx, cfg: Config):
     world = read_json(common.world_file(run_path, "world.json"))
     sets = R.make_reasoning_sets(world, ctx.seed, cfg.n_train, cfg.n_eval_per_level, cfg.train_arith_ops,
                                  cfg.eval_arith_ops, cfg.train_hops, cfg.eval_hops,
-                                 n_rl=cfg.grpo.iterations * cfg.grpo.prompts_per_iteration, rl_arith_ops=cfg.grpo.arith_ops,
-                                 scratchpad=cfg.scratchpad)
+                                 n_rl=cfg.grpo.iterations * cfg.grpo.prompts_per_iteration,
+                                 rl_arith_ops=cfg.grpo.arith_ops, scratchpad=cfg.scratchpad)
     paths = write_sets(run_path / "data" / "reason", sets)
     ctx.log(f"{len(sets['train'])} training problems, {len(sets['eval_same'])} held-out at the training difficulties,"
             f" {len(sets['eval_hard'])} harder")
@@ -270,8 +270,8 @@ def _result(run_path: Path, cfg: Config, sets, summaries, hist, results, budgets
     metrics = {f"{key[n]}_accuracy_{'same' if s == 'eval_same' else 'hard'}": v for n, by in acc.items() for s, v in by.items()}
     metrics.update({f"{key[n]}_reasoning_tokens_hard": round(t, 1) for n, t in tokens.items()})
     metrics.update(grpo_reward_first=hist["reward"][0], grpo_reward_last=hist["reward"][-1], grpo_kl_last=hist["kl"][-1],
-                   train_problems=len(sets["train"]), grpo_problems=len(sets["rl"]), eval_same=len(sets["eval_same"]), eval_hard=len(sets["eval_hard"]),
-                   grpo_seconds=round(hist["seconds"], 1))
+                   train_problems=len(sets["train"]), grpo_problems=len(sets["rl"]), eval_same=len(sets["eval_same"]),
+                   eval_hard=len(sets["eval_hard"]), grpo_seconds=round(hist["seconds"], 1))
     xs = list(range(1, len(hist["reward"]) + 1))
     plot = "plots/reason_grpo.png"
     save_line_plot(run_path / plot, {"mean rule reward": (xs, hist["reward"]), "sample accuracy": (xs, hist["accuracy"])},
@@ -286,8 +286,9 @@ def _result(run_path: Path, cfg: Config, sets, summaries, hist, results, budgets
              f" (arithmetic chains of {cfg.train_arith_ops} operations, world chains of {cfg.train_hops} hops),"
              f" {cfg.sft_steps} steps x batch {cfg.batch_size}; then GRPO from the trace model with the rule reward"
              f" (1 for the right final answer + {cfg.format_weight:g} for an `Answer:` line, no reward model):"
-             f" {cfg.grpo.iterations} iterations x {cfg.grpo.prompts_per_iteration} problems x {cfg.grpo.group_size} samples"
-             f" on {len(sets['rl'])} fresh arithmetic chains of {cfg.grpo.arith_ops} operations (in no SFT or held-out set),"
+             f" {cfg.grpo.iterations} iterations x {cfg.grpo.prompts_per_iteration} problems x"
+             f" {cfg.grpo.group_size} samples on {len(sets['rl'])} fresh arithmetic chains of {cfg.grpo.arith_ops}"
+             " operations (in no SFT or held-out set),"
              f" {hist['seconds']:.1f}s. Held out: {len(sets['eval_same'])} problems at the training difficulties and"
              f" {len(sets['eval_hard'])} harder ones (arithmetic {cfg.eval_arith_ops} operations, {cfg.eval_hops} hops).\n",
              "**Accuracy before / after** (greedy; the final `Answer:` line must equal the reference):\n",

@@ -125,7 +125,8 @@ def question_shape(task: str, lang: str, line: str) -> str:
     return ""
 
 
-def format_problems(question: str, answer: str | None, finished: bool, cfg: Config, task: str = "", lang: str = "") -> str:
+def format_problems(question: str, answer: str | None, finished: bool, cfg: Config, task: str = "",
+                    lang: str = "") -> str:
     """Why a generated pair fails the format checks ("" when it passes)."""
     q = question.strip()
     if task and lang and (why := question_shape(task, lang, q.rsplit("\n", 1)[-1])):
@@ -185,7 +186,8 @@ def generate_pairs(model, tokenizer, seeds: list[dict], kept: list[dict], n: int
                                batch_size=32)):
         answers[i] = a
     return [{"task": key[0], "lang": key[1], "system": system, "question": q, "answer": a.text.strip() if a else "",
-             "finished": bool(a) and a.finish_reason == "stop"} for (key, system, _, _), q, a in zip(jobs, questions, answers)]
+             "finished": bool(a) and a.finish_reason == "stop"}
+            for (key, system, _, _), q, a in zip(jobs, questions, answers)]
 
 
 def _fitting_prompt(tokenizer, shots: list[str], limit: int) -> str:

@@ -60,9 +60,10 @@ def test_reason_stage_trains_and_reports(run_dir):
     for key in ("base", "direct", "trace_sft", "grpo"):
         assert 0.0 <= m[f"{key}_accuracy_hard"] <= 1.0
     assert m["eval_hard"] == 6 and m["train_problems"] == 40 and m["grpo_problems"] == 4
-    rl = [json.loads(l)["messages"][-2]["content"] for l in (run_dir / "data" / "reason" / "rl.jsonl").read_text().splitlines()]
-    assert len(rl) == 4 and not set(rl) & {json.loads(l)["messages"][-2]["content"] for l in
-                                            (run_dir / "data" / "reason" / "train_trace.jsonl").read_text().splitlines()}
+    def questions(name):
+        return [json.loads(l)["messages"][-2]["content"] for l in (run_dir / "data" / "reason" / name).read_text().splitlines()]
+
+    assert len(questions("rl.jsonl")) == 4 and not set(questions("rl.jsonl")) & set(questions("train_trace.jsonl"))
     rows = [json.loads(l) for l in (run_dir / "eval" / "reason_answers.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"sft (no reasoning data)", "direct-answer SFT", "trace SFT", "trace SFT + GRPO"}
     assert "Accuracy before / after" in result.report and "budget" in result.report
@@ -140,7 +141,7 @@ def test_self_instruct_generates_from_a_model(run_dir):
     assert shape("arith", "en", "When was Lin Meizhi born?") == "arithmetic question without a number"
     assert shape("fact_qa", "en", "Who is \ufffd?") == "garbled question"
     assert all(not shape(s["task"], s["lang"], s["question"].rsplit("\n", 1)[-1]) for s in seeds)
-    assert self_instruct.format_problems("Translate this sentence to English.\nI like noodles.", "I like noodles.", True, cfg,
-                                         "translate", "en") == "question in the wrong language"
+    assert self_instruct.format_problems("Translate this sentence to English.\nI like noodles.", "I like noodles.",
+                                         True, cfg, "translate", "en") == "question in the wrong language"
     with pytest.raises(ValueError, match="rouge_threshold"):
         config_from_dict(self_instruct.Config, {"rouge_threshold": 0}, "self_instruct")

@@ -211,7 +211,8 @@ def make_reasoning_sets(world: dict, seed: int, n_train: int, n_eval_per_level: 
         if not rl_arith_ops:
             raise ValueError("make_reasoning_sets: n_rl > 0 needs rl_arith_ops")
         per_rl = -(-n_rl // len(rl_arith_ops))
-        sets["rl"] = [p for n in rl_arith_ops for p in _unique((arith_chain(rng, n, scratchpad) for _ in range(per_rl * 3)), seen)[:per_rl]]
+        sets["rl"] = [p for n in rl_arith_ops
+                      for p in _unique((arith_chain(rng, n, scratchpad) for _ in range(per_rl * 3)), seen)[:per_rl]]
         rng.shuffle(sets["rl"])
         sets["rl"] = sets["rl"][:n_rl]
     return sets
