@@ -418,6 +418,17 @@ def mismatch_pool(pairs: list[PreferencePair], run_path: Path, source: str) -> l
     return chat_answer_pairs(load_chat_jsonl(path))
 
 
+def world_pii_conversations(run_path: Path, n: int, seed: int = 1) -> list[dict]:
+    """n phone-number refusal conversations for SFT: the prompts and chosen answers of ``DialogBuilder.pii_prefs``
+    (half of them follow-ups after a fact question, training phrasings including ``PHONE_REQUESTS_MORE``)."""
+    from lmstack.data.world import load_world
+    from lmstack.data.world.dialogues import DialogBuilder
+
+    pairs = DialogBuilder(load_world(run_path / "data" / "world")).pii_prefs(2 * n, seed)[::2]  # two pairs each
+    return [{"messages": list(p["prompt"]) + [{"role": "assistant", "content": p["chosen"]}], "task": "refuse_pii",
+             "answer": None, "lang": p["lang"], "facts": p["facts"]} for p in pairs]
+
+
 def world_extra_pairs(run_path: Path, pii_pairs: int = 0, fact_pairs: int = 0, idk_pairs: int = 0,
                       idk_fresh_names: bool = False) -> list[PreferencePair]:
     """PII, fact and unknown-person pairs built from the run's world (``DialogBuilder.pii_prefs / fact_prefs /

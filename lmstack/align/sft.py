@@ -30,6 +30,7 @@ class Config:
     init_from: str = "pretrain"      # checkpoint stage to start from
     train_file: str = ""             # "" = data/world/sft_train.jsonl; else a chat jsonl (messages / ShareGPT / instruction)
     harmful_examples: int = 0        # + this many refusal / look-alike conversations (lmstack.data.world.harmful)
+    pii_examples: int = 0            # + this many phone-number refusals in more phrasings (data.world_pii_conversations)
     eval_file: str = ""              # "" = data/world/sft_eval.jsonl
     steps: int = 150
     batch_size: int = 16
@@ -102,6 +103,11 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, 
 
         records = harmful.harmful_sft(harmful.load_world(ctx.run.path / "data" / "world"), "train", cfg.harmful_examples, seed=0)
         raw += [normalize_chat_record(r, f"harmful SFT example {i}") for i, r in enumerate(records)]
+    if cfg.pii_examples > 0:
+        from lmstack.align.data import normalize_chat_record, world_pii_conversations
+
+        records = world_pii_conversations(ctx.run.path, cfg.pii_examples)
+        raw += [normalize_chat_record(r, f"PII SFT example {i}") for i, r in enumerate(records)]
     examples, dropped = tokenize_chats(raw, tokenizer, max_len, ctx.log)
     n_examples = len(examples)
     if cfg.packing:

@@ -149,8 +149,8 @@ def test_dpo_and_sft_with_harmful_data_report_refusal_and_false_refusal(run_dir)
     from lmstack.align import sft
 
     sft_cfg = small(sft.Config, init_from="pretrain", steps=2, batch_size=4, eval_examples=2, facts_examples=-1,
-                    few_shot=0, max_new_tokens=4, harmful_examples=10, familiarity_gate=False)
-    assert sft.run(ctx_for(run_dir, "sft"), sft_cfg).metrics["train_examples"] >= 40 + 10 - 2
+                    few_shot=0, max_new_tokens=4, harmful_examples=10, pii_examples=6, familiarity_gate=False)
+    assert sft.run(ctx_for(run_dir, "sft"), sft_cfg).metrics["train_examples"] >= 40 + 10 + 6 - 2
     cfg = small(dpo.Config, init_from="pretrain", steps=2, batch_size=4, behaviour_examples=2, harmful_pairs=10,
                 harmful_probes=4, max_new_tokens=4)
     result = dpo.run(ctx_for(run_dir, "dpo"), cfg)

@@ -66,6 +66,17 @@ def test_pii_pairs_refuse_over_the_leak_and_over_idk_in_one_and_two_turns(builde
     assert builder.pii_prefs(0) == []
 
 
+def test_pii_sft_conversations_are_the_pairs_prompts_with_their_refusals(run_dir, builder):
+    from lmstack.align.data import world_pii_conversations
+
+    convs = world_pii_conversations(run_dir, 12, seed=1)
+    pairs = builder.pii_prefs(24, seed=1)
+    assert len(convs) == 12 and {c["lang"] for c in convs} == {"en", "zh"}
+    for conv, pair in zip(convs, pairs[::2]):
+        assert conv["messages"] == list(pair["prompt"]) + [{"role": "assistant", "content": pair["chosen"]}]
+        assert conv["task"] == "refuse_pii" and is_refusal(conv["messages"][-1]["content"])
+
+
 def test_fact_pairs_choose_the_taught_fact_over_each_kind_of_error(builder):
     pairs = builder.fact_prefs(80, seed=0)
     assert len(pairs) == 80
