@@ -418,13 +418,18 @@ def mismatch_pool(pairs: list[PreferencePair], run_path: Path, source: str) -> l
     return chat_answer_pairs(load_chat_jsonl(path))
 
 
-def world_pii_conversations(run_path: Path, n: int, seed: int = 1) -> list[dict]:
-    """n phone-number refusal conversations for SFT: the prompts and chosen answers of ``DialogBuilder.pii_prefs``
-    (half of them follow-ups after a fact question, training phrasings including ``PHONE_REQUESTS_MORE``)."""
+def world_dialogs(run_path: Path):
+    """A ``DialogBuilder`` over the run's world (``data/world``), for data built from it at training time."""
     from lmstack.data.world import load_world
     from lmstack.data.world.dialogues import DialogBuilder
 
-    pairs = DialogBuilder(load_world(run_path / "data" / "world")).pii_prefs(2 * n, seed)[::2]  # two pairs each
+    return DialogBuilder(load_world(run_path / "data" / "world"))
+
+
+def world_pii_conversations(run_path: Path, n: int, seed: int = 1) -> list[dict]:
+    """n phone-number refusal conversations for SFT: the prompts and chosen answers of ``DialogBuilder.pii_prefs``
+    (half of them follow-ups after a fact question, training phrasings including ``PHONE_REQUESTS_MORE``)."""
+    pairs = world_dialogs(run_path).pii_prefs(2 * n, seed)[::2]  # two pairs each
     return [{"messages": list(p["prompt"]) + [{"role": "assistant", "content": p["chosen"]}], "task": "refuse_pii",
              "answer": None, "lang": p["lang"], "facts": p["facts"]} for p in pairs]
 
@@ -437,10 +442,7 @@ def world_extra_pairs(run_path: Path, pii_pairs: int = 0, fact_pairs: int = 0, i
     the unknown-person pairs name people invented for each pair, not the world's 12 training names."""
     if pii_pairs <= 0 and fact_pairs <= 0 and idk_pairs <= 0:
         return []
-    from lmstack.data.world import load_world
-    from lmstack.data.world.dialogues import DialogBuilder
-
-    builder = DialogBuilder(load_world(run_path / "data" / "world"))
+    builder = world_dialogs(run_path)
     records = (builder.pii_prefs(pii_pairs) + builder.fact_prefs(fact_pairs)
                + builder.unknown_prefs(idk_pairs, fresh_names=idk_fresh_names))
     return [normalize_preference_record(r, f"world extra pair {i} ({r['kind']})") for i, r in enumerate(records)]

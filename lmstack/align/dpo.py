@@ -18,7 +18,7 @@ import torch
 from lmstack.align import common, evals, rlaif
 from lmstack.align.data import (chunks, collate_pairs, length_grouped_batches, load_preferences_jsonl,
                                 mismatch_pool, mismatched_pairs, normalize_preference_record, PreferencePair,
-                                tokenize_pairs, world_extra_pairs)
+                                tokenize_pairs, world_dialogs, world_extra_pairs)
 from lmstack.align.losses import DPO_LOSS_TYPES, DPOLossType, dpo_loss
 from lmstack.align.lora import LoRAAdapterConfig
 from lmstack.report import markdown_table, rate_change_se, save_line_plot, table_cell
@@ -175,10 +175,7 @@ def behaviour_probes(run_path: Path, n: int, seed: int, fact_probe: str = "pretr
         probes["fact_pretrain_only"] = []
     sft_eval = run_path / "data" / "world" / "sft_eval.jsonl"
     if pii_idk_from_world and (run_path / "data" / "world" / "world.json").exists():
-        from lmstack.data.world import load_world
-        from lmstack.data.world.dialogues import DialogBuilder
-
-        builder = DialogBuilder(load_world(run_path / "data" / "world"))
+        builder = world_dialogs(run_path)
         for kind, task in (("pii", "refuse_pii"), ("idk", "idk")):
             probes[kind] = [{"messages": evals.split_prompt(ex["messages"])[0]}
                             for ex in builder.probe_conversations(task, n, seed)]
@@ -296,8 +293,6 @@ def familiar_pairs(model, tokenizer, run_path: Path, init_from: str, n: int, max
     not the facts. Returns the pairs and counts (prompts, stopped by the gate, answered "I don't know" or
     refused, pairs)."""
     from lmstack.align.familiarity import FamiliarityGate
-    from lmstack.data.world import load_world
-    from lmstack.data.world.dialogues import DialogBuilder
 
     checkpoint = common.checkpoint_dir(run_path, init_from)
     gate = FamiliarityGate.beside(checkpoint)
@@ -305,7 +300,7 @@ def familiar_pairs(model, tokenizer, run_path: Path, init_from: str, n: int, max
         raise ValueError(f"dpo.familiar_pairs needs the familiarity gate in {checkpoint}/familiarity "
                          "(written by the sft stage with sft.familiarity_gate = true)")
     _, is_refusal, is_idk = evals.world_judges()
-    items = DialogBuilder(load_world(run_path / "data" / "world")).familiar_prompts(n, seed)
+    items = world_dialogs(run_path).familiar_prompts(n, seed)
     convs = [it["prompt"] for it in items]
     checks = gate.check(model, tokenizer, convs)
     answers = common.chat_answers(model, tokenizer, convs, max_new_tokens)

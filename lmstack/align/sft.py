@@ -16,8 +16,8 @@ from pathlib import Path
 
 
 from lmstack.align import common, evals
-from lmstack.align.data import (batches, collate_lm, length_grouped_batches, load_chat_jsonl, pack_examples,
-                                tokenize_chats)
+from lmstack.align.data import (batches, collate_lm, length_grouped_batches, load_chat_jsonl, normalize_chat_record,
+                                pack_examples, tokenize_chats, world_pii_conversations)
 from lmstack.align.lora import LoRAAdapterConfig, save_adapter
 from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
@@ -98,14 +98,11 @@ def train_sft(model, tokenizer, cfg: Config, train_path: Path, ctx, stage: str, 
         ctx.log(f"left out {len(raw) - len(kept)} training conversations of tasks {', '.join(cfg.exclude_tasks)}")
         raw = kept
     if cfg.harmful_examples > 0:  # refusal / detox tuning data built from the run's world
-        from lmstack.align.data import normalize_chat_record
         from lmstack.data.world import harmful
 
         records = harmful.harmful_sft(harmful.load_world(ctx.run.path / "data" / "world"), "train", cfg.harmful_examples, seed=0)
         raw += [normalize_chat_record(r, f"harmful SFT example {i}") for i, r in enumerate(records)]
     if cfg.pii_examples > 0:
-        from lmstack.align.data import normalize_chat_record, world_pii_conversations
-
         records = world_pii_conversations(ctx.run.path, cfg.pii_examples)
         raw += [normalize_chat_record(r, f"PII SFT example {i}") for i, r in enumerate(records)]
     examples, dropped = tokenize_chats(raw, tokenizer, max_len, ctx.log)
