@@ -228,10 +228,12 @@ def test_goals_table_lists_measured_rows_with_their_n(tmp_path):
     run = RunDir(tmp_path / "run")
     assert goals_table(run) == ""  # nothing measured yet: no table
     run.manifest.setdefault("stages", {})["sft"] = {
-        "status": "done", "metrics": {"pii_refusal": 0.96, "n_pii": 27, "arith_addsub": 0.5, "n_arith_addsub": 42}}
+        "status": "done", "metrics": {"pii_refusal": 0.96, "n_pii": 27, "arith_addsub": 0.5, "n_arith_addsub": 42,
+                                  "probe_multiturn": 0.75, "n_probe_multiturn": 300}}
     table = goals_table(run)
     assert "| refusal of phone-number requests | sft | 27 | 0.96 | >= 0.95 |" in table
     assert "| arithmetic, two-digit + and - (held-out problems) | sft | 42 | 0.5 | >= 0.80 |" in table
+    assert "| multi-turn follow-up, more held-out probes | sft | 300 | 0.75 | >= 0.80 |" in table
     assert "translation" not in table  # not measured in this run
     run.manifest["stages"]["dpo"] = {"status": "done", "metrics": {"pii_refusal_before": 0.9, "pii_refusal_after": 0.95}}
     table = goals_table(run)

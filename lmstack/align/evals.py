@@ -20,7 +20,7 @@ from lmstack.report import markdown_table
 from lmstack.eval.answers import answer_matches, is_idk, is_refusal
 from lmstack.eval.scoring import placement_group, score_outputs, split_prompt, task_kind
 
-__all__ = ["arithmetic_probe", "evaluate_base_few_shot", "evaluate_chat_model", "few_shot_answers",
+__all__ = ["arithmetic_probe", "chat_probe", "evaluate_base_few_shot", "evaluate_chat_model", "few_shot_answers",
            "knowledge_placement", "load_eval_examples", "pick_shots", "placement_group", "placement_table", "score_outputs",
            "split_prompt", "subsample", "task_kind", "world_judges"]
 
@@ -117,6 +117,21 @@ def arithmetic_probe(model: nn.Module, tokenizer, world_dir: Path, n: int, seed:
     for ex, out in zip(items, outputs):
         judged["mul" if ex["op"] == "*" else "addsub"].append(out is not None and answer_matches(out, ex["answer"]))
     return {**{f"arith_{k}": rate(v) for k, v in judged.items()}, **{f"n_arith_{k}": len(v) for k, v in judged.items()}}
+
+
+def chat_probe(model: nn.Module, tokenizer, world_dir: Path, n: int, seed: int, max_new_tokens: int) -> dict:
+    """Up to ``n`` held-out multi-turn follow-ups and ``n`` phone-number requests of the run's world, drawn like
+    sft_eval's (which holds ~36 of each: a standard error of ~0.07) and scored the same way."""
+    from lmstack.data.world import load_world
+    from lmstack.data.world.dialogues import DialogBuilder
+
+    builder = DialogBuilder(load_world(world_dir))
+    out = {}
+    for task, key in (("multiturn", "probe_multiturn"), ("refuse_pii", "probe_pii_refusal")):
+        items = builder.probe_conversations(task, n, seed)
+        outputs = chat_answers(model, tokenizer, [split_prompt(ex["messages"])[0] for ex in items], max_new_tokens)
+        out[key], out[f"n_{key}"] = score_outputs(items, outputs)["by_task"][task]["value"], len(items)
+    return out
 
 
 # ----------------------------------------------------------------------------- knowledge placement

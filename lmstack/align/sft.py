@@ -51,6 +51,7 @@ class Config:
     facts_examples: int = 200        # facts_eval questions for the knowledge-placement table (0 = all, -1 = skip)
     few_shot: int = 3                # demonstrations per task for the base-model baseline (0 = skip baseline)
     arith_probes: int = 0            # + this many held-out arithmetic questions of the world, scored per kind (0 = skip)
+    chat_probes: int = 0             # + this many held-out multi-turn follow-ups and as many phone-number requests (0 = skip)
     max_new_tokens: int = 32
     log_every: int = 20
     # Replay: each step also takes a language-modelling loss on this many windows of the pretraining shards
@@ -217,6 +218,9 @@ def _run(ctx, cfg: Config, stage: str):
     arith = None
     if cfg.arith_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
         arith = evals.arithmetic_probe(model, tokenizer, world_dir, cfg.arith_probes, ctx.seed, cfg.max_new_tokens)
+    probes = None
+    if cfg.chat_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
+        probes = evals.chat_probe(model, tokenizer, world_dir, cfg.chat_probes, ctx.seed, cfg.max_new_tokens)
 
     metrics = {
         "final_loss": round(summary["history"][-1], 4),
@@ -230,6 +234,7 @@ def _run(ctx, cfg: Config, stage: str):
         **{f"n_{k}": v for k, v in result["n"].items()},
         **param_metrics,
         **(arith or {}),
+        **(probes or {}),
         **(gate["metrics"] if gate else {}),
     }
     if base_result:
@@ -243,7 +248,7 @@ def _run(ctx, cfg: Config, stage: str):
             if v["base"] == v["base"]:  # not NaN: the base model was evaluated too
                 metrics[f"facts_{key}_base"] = v["base"]
     plot = _loss_plot(run_path, stage, summary["history"])
-    report = _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith)
+    report = _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith, probes)
     if gate:
         report += gate["report"]
     return StageResult(metrics=metrics, artifacts={**artifacts, "loss_plot": plot}, report=report)
@@ -296,7 +301,8 @@ def _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examp
     return {"metrics": metrics, "report": "\n".join(lines) + "\n"}
 
 
-def _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith=None) -> str:
+def _report(stage, cfg, summary, result, base_result, placement, param_metrics, plot, train_path, arith=None,
+            probes=None) -> str:
     lines = []
     mode = "full fine-tuning" if not cfg.lora.enabled else ("QLoRA" if cfg.lora.qlora else "LoRA") + f" r={cfg.lora.r}"
     left_out = f", without its {' / '.join(cfg.exclude_tasks)} conversations" if cfg.exclude_tasks else ""
@@ -332,6 +338,11 @@ def _report(stage, cfg, summary, result, base_result, placement, param_metrics, 
         lines.append(f"**Held-out arithmetic** ({cfg.arith_probes} questions of the world's eval problems and phrasings):"
                      f" two-digit + and - {format_score(arith['arith_addsub'])} (n={arith['n_arith_addsub']}),"
                      f" small x {format_score(arith['arith_mul'])} (n={arith['n_arith_mul']}).\n")
+    if probes:
+        lines.append(f"**Held-out probes** (drawn like the eval set's, as many as `chat_probes` = {cfg.chat_probes}):"
+                     f" multi-turn follow-up {format_score(probes['probe_multiturn'])} (n={probes['n_probe_multiturn']}),"
+                     f" refusal of phone-number requests {format_score(probes['probe_pii_refusal'])}"
+                     f" (n={probes['n_probe_pii_refusal']}).\n")
     if placement:
         lines.append("**Knowledge placement** (correct-fact rate by where the fact appeared in training):\n")
         lines.append(evals.placement_table(placement))

@@ -10,6 +10,7 @@ import torch
 
 from lmstack.align import dpo, ppo, reward, sft
 from lmstack.align.lora import LoRAAdapterConfig
+from lmstack.report import format_score
 from align_tiny_run import build_tiny_run, ctx_for, small
 
 
@@ -141,7 +142,7 @@ def test_sft_with_pretraining_replay_records_every_fact_answer(tmp_path):
 
     root = build_tiny_run(tmp_path)
     cfg = small(sft.Config, steps=3, batch_size=4, eval_examples=4, facts_examples=10, few_shot=0, max_new_tokens=6,
-                replay_batch_size=2, replay_weight=0.5, familiarity_gate=False)
+                replay_batch_size=2, replay_weight=0.5, familiarity_gate=False, chat_probes=5)
     with pytest.raises(FileNotFoundError, match="replay_batch_size"):
         sft.run(ctx_for(root, "sft"), cfg)
     tok = Tokenizer.load(root / "tokenizer" / "tokenizer.json")
@@ -154,6 +155,9 @@ def test_sft_with_pretraining_replay_records_every_fact_answer(tmp_path):
     assert len(rows) == 10 and {"question", "answer", "output", "correct", "group"} <= set(rows[0])
     assert result.metrics["facts_chat_accuracy"] == sum(r["correct"] for r in rows) / 10
     assert "false refusal" in result.report and "translate (chrF)" in result.report
+    m = result.metrics  # the held-out probes: as many multi-turn and phone-number conversations as asked
+    assert m["n_probe_multiturn"] == m["n_probe_pii_refusal"] == 5 and 0 <= m["probe_multiturn"] <= 1
+    assert f"multi-turn follow-up {format_score(m['probe_multiturn'])} (n=5)" in result.report
 
     # DPO with the same replay term: it pulls the policy toward the pretraining windows
     from lmstack.model import load_pretrained

@@ -122,7 +122,7 @@ def test_unknown_person_pairs_choose_idk_over_any_made_up_answer(builder):
 
 
 def test_world_probes_are_held_out_conversations_in_any_number(run_dir, builder):
-    for task in ("refuse_pii", "idk"):
+    for task in ("refuse_pii", "idk", "multiturn"):
         convs = builder.probe_conversations(task, 30, seed=0)
         keys = ["\x1f".join(m["content"] for m in c["messages"] if m["role"] == "user") for c in convs]
         assert len(convs) == 30 and len(set(keys)) == 30 and all(c["task"] == task for c in convs)
@@ -131,6 +131,10 @@ def test_world_probes_are_held_out_conversations_in_any_number(run_dir, builder)
                       for t in T.PHONE_REQUESTS["eval"][lang]}
     pii = builder.probe_conversations("refuse_pii", 30, seed=0)
     assert any(c["messages"][-2]["content"] in eval_phrasings for c in pii)
+    follow_ups = {t.format(**builder.w.person_fields(p, lang)) for p in builder.w.people for lang in ("en", "zh")
+                  for forms in T.FOLLOWUPS_EVAL[lang].values() for t in forms}
+    for c in builder.probe_conversations("multiturn", 30, seed=0):  # asked in held-out follow-ups, like sft_eval's
+        assert c["messages"][-2]["content"] in follow_ups and c["answer"]
     with pytest.raises(ValueError, match="probe conversations"):
         builder.probe_conversations("fact_qa", 3)
     probes = dpo.behaviour_probes(run_dir, 25, 0, "split", pii_idk_from_world=True)

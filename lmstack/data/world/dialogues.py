@@ -356,10 +356,11 @@ class DialogBuilder:
                           rng.choice(T.PHONE_LEAKS[lang]).format(**fields), "harmless", "pii_leak", lang, [])
 
     def probe_conversations(self, task: str, n: int, seed: int = 0) -> list[dict]:
-        """Up to n distinct held-out conversations of one task ("refuse_pii", "idk" or "arith"), drawn like
-        sft_eval's (eval names, phrasings, follow-ups and problems) but as many as asked: sft_eval holds ~36
-        of each, too few to tell a DPO change from noise."""
-        makers = {"refuse_pii": self._sft_refuse, "idk": self._sft_idk, "arith": self._sft_arith}
+        """Up to n distinct held-out conversations of one task ("refuse_pii", "idk", "arith" or "multiturn"),
+        drawn like sft_eval's (eval names, phrasings, follow-ups and problems) but as many as asked: sft_eval
+        holds ~36 of each, too few to tell a change of a few points from noise."""
+        makers = {"refuse_pii": self._sft_refuse, "idk": self._sft_idk, "arith": self._sft_arith,
+                  "multiturn": lambda rng, split: self._sft_multiturn(rng, split, rng.choice(self.w.people))}
         if task not in makers:
             raise ValueError(f"task={task!r}: probe conversations exist for {sorted(makers)}")
         rng = random.Random(f"probes:{task}:{self.w.seed}:{seed}")
