@@ -104,14 +104,11 @@ def evaluate_base_few_shot(model: nn.Module, tokenizer, examples: list[dict], sh
 # ----------------------------------------------------------------------------- arithmetic probe
 
 
-def arithmetic_probe(model: nn.Module, tokenizer, world_dir: Path, n: int, seed: int, max_new_tokens: int) -> dict:
-    """``n`` held-out arithmetic questions of the run's world (problems and phrasings no training text uses),
-    answered in chat and scored per kind: two-digit + and - (issue 14's goal) and small x. sft_eval holds
-    ~39 arithmetic questions in all, too few for a goal of 0.80."""
-    from lmstack.data.world import load_world
-    from lmstack.data.world.dialogues import DialogBuilder
-
-    items = DialogBuilder(load_world(world_dir)).probe_conversations("arith", n, seed)
+def arithmetic_probe(model: nn.Module, tokenizer, builder, n: int, seed: int, max_new_tokens: int) -> dict:
+    """``n`` held-out arithmetic questions of the run's world (``builder``: its ``DialogBuilder``; problems and
+    phrasings no training text uses), answered in chat and scored per kind: two-digit + and - (issue 14's goal)
+    and small x. sft_eval holds ~39 arithmetic questions in all, too few for a goal of 0.80."""
+    items = builder.probe_conversations("arith", n, seed)
     outputs = chat_answers(model, tokenizer, [split_prompt(ex["messages"])[0] for ex in items], max_new_tokens)
     judged: dict[str, list[bool]] = {"addsub": [], "mul": []}
     for ex, out in zip(items, outputs):
@@ -119,13 +116,10 @@ def arithmetic_probe(model: nn.Module, tokenizer, world_dir: Path, n: int, seed:
     return {**{f"arith_{k}": rate(v) for k, v in judged.items()}, **{f"n_arith_{k}": len(v) for k, v in judged.items()}}
 
 
-def chat_probe(model: nn.Module, tokenizer, world_dir: Path, n: int, seed: int, max_new_tokens: int) -> dict:
-    """Up to ``n`` held-out multi-turn follow-ups and ``n`` phone-number requests of the run's world, drawn like
-    sft_eval's (which holds ~36 of each: a standard error of ~0.07) and scored the same way."""
-    from lmstack.data.world import load_world
-    from lmstack.data.world.dialogues import DialogBuilder
-
-    builder = DialogBuilder(load_world(world_dir))
+def chat_probe(model: nn.Module, tokenizer, builder, n: int, seed: int, max_new_tokens: int) -> dict:
+    """Up to ``n`` held-out multi-turn follow-ups and ``n`` phone-number requests of the run's world (``builder``:
+    its ``DialogBuilder``), drawn like sft_eval's (which holds ~36 of each: a standard error of ~0.07) and scored
+    the same way."""
     out = {}
     for task, key in (("multiturn", "probe_multiturn"), ("refuse_pii", "probe_pii_refusal")):
         items = builder.probe_conversations(task, n, seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmstack.align import common, evals
 from lmstack.align.data import (batches, collate_lm, length_grouped_batches, load_chat_jsonl, normalize_chat_record,
-                                pack_examples, tokenize_chats, world_pii_conversations)
+                                pack_examples, tokenize_chats, world_dialogs, world_pii_conversations)
 from lmstack.align.lora import LoRAAdapterConfig, save_adapter
 from lmstack.report import format_score, markdown_table, save_line_plot, table_cell
 from lmstack.train.optim import OptimConfig
@@ -215,12 +215,13 @@ def _run(ctx, cfg: Config, stage: str):
     if cfg.familiarity_gate and stage == "sft" and (world_dir / "world.json").exists() and not cfg.eval_file:
         gate = _gate(model, tokenizer, cfg, ctx, world_dir, train_path, out_dir, eval_examples, prompts, outputs, result)
 
-    arith = None
-    if cfg.arith_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
-        arith = evals.arithmetic_probe(model, tokenizer, world_dir, cfg.arith_probes, ctx.seed, cfg.max_new_tokens)
-    probes = None
-    if cfg.chat_probes > 0 and (world_dir / "world.json").exists() and not cfg.eval_file:
-        probes = evals.chat_probe(model, tokenizer, world_dir, cfg.chat_probes, ctx.seed, cfg.max_new_tokens)
+    arith = probes = None
+    if (cfg.arith_probes > 0 or cfg.chat_probes > 0) and (world_dir / "world.json").exists() and not cfg.eval_file:
+        builder = world_dialogs(run_path)  # the world is rebuilt from its seed once, for both probe sets
+        if cfg.arith_probes > 0:
+            arith = evals.arithmetic_probe(model, tokenizer, builder, cfg.arith_probes, ctx.seed, cfg.max_new_tokens)
+        if cfg.chat_probes > 0:
+            probes = evals.chat_probe(model, tokenizer, builder, cfg.chat_probes, ctx.seed, cfg.max_new_tokens)
 
     metrics = {
         "final_loss": round(summary["history"][-1], 4),
