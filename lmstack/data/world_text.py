@@ -766,12 +766,22 @@ WORD_PROBLEMS = {
 }
 ARITH_TITLES = {"en": ["Arithmetic practice", "Math facts", "Sums and products", "Mental math"],
                 "zh": ["算术练习", "口算", "数学小练习", "加减乘法"]}
+# Training forms: 16 per language (6 before r2s14). With 6, held-out forms broke the restated problem in the answer
+# ("求33+28的值。" -> "3加28：..."): SFT alone, two pretrained models x two seeds, + and - 0.61 / 0.75 / 0.60 -> 0.755 /
+# 0.67 / 0.75 / 0.74 (with sft_extra.arith = 4,500). None uses a held-out form's opening words.
 ARITH_QUESTIONS = {
     "train": {
         "en": ["What is {a} {opw} {b}?", "What is {a} {op} {b}?", "How much is {a} {opw} {b}?", "Calculate {a} {op} {b}.",
-               "Please compute {a} {opw} {b}.", "{a} {op} {b} = ?"],
+               "Please compute {a} {opw} {b}.", "{a} {op} {b} = ?",
+               "What's {a} {op} {b}?", "Tell me {a} {opw} {b}.", "Solve {a} {op} {b}.", "Evaluate {a} {op} {b}, please.",
+               "Quick question: what is {a} {op} {b}?", "What does {a} {opw} {b} come to?",
+               "Give me the result of {a} {op} {b}.", "Can you compute {a} {op} {b} for me?", "I need {a} {opw} {b}.",
+               "Do this one: {a} {op} {b}"],
         "zh": ["{a}{opw_zh}{b}等于多少？", "{a}{op}{b}=？", "请计算{a}{opw_zh}{b}。", "{a}{opw_zh}{b}是多少？",
-               "算一下{a}{op}{b}。", "{a}{opw_zh}{b}得几？"],
+               "算一下{a}{op}{b}。", "{a}{opw_zh}{b}得几？",
+               "{a}{op}{b}等于几？", "请算出{a}{op}{b}。", "你能算{a}{opw_zh}{b}吗？", "计算：{a}{op}{b}",
+               "{a}{op}{b}是多少？", "问一下，{a}{opw_zh}{b}等于多少？", "告诉我{a}{op}{b}的答案。",
+               "{a}{op}{b}，答案是什么？", "口算{a}{opw_zh}{b}。", "做一道题：{a}{op}{b}"],
     },
     "eval": {
         "en": ["Work out {a} {opw} {b}.", "What do you get from {a} {op} {b}?", "Find the value of {a} {op} {b}."],
