@@ -795,7 +795,9 @@ ARITH_ANSWERS = {"en": ["{a} {op} {b} = {c}.", "The answer is {c}.", "{a} {opw} 
 # head: it must write the tens digit before it has added the ones (Nye et al. 2021, "Show your work").
 # The answer first restates the problem ("55 + 88: ones ..."), so the digits each step copies sit a fixed
 # distance back instead of somewhere in a varied question: held-out two-digit + and - went 0.80 -> 0.87
-# (200 problems, the same SFT data otherwise; issue 14).
+# (200 problems, the same SFT data otherwise; issue 14). Writing a carry or borrow as a step of its own
+# ("tens 2 + 5 = 7, 7 + 1 = 8") was level (r2s15, SFT seeds 1337 / 7: 0.756 / 0.870 against 0.780 / 0.845):
+# fewer errors in the tens sum, more in the final assembly, where the ones digit is one clause further back.
 ARITH_STEPS = {
     "en": {"head": "{a} {op} {b}: ", "ones": "ones {x} {op} {y} = {r}", "tens": "tens {x} {op} {y}{adj} = {r}",
            "carry": " + 1", "borrow": " - 1", "final": "so {a} {op} {b} = {c}."},
