@@ -1,6 +1,6 @@
 """Regex pre-tokenization: the text is cut into chunks and BPE never merges across chunks.
 
-Three named patterns are provided. ``gpt2`` and ``gpt4`` follow the published split rules of
+Four named patterns are provided. ``gpt2`` and ``gpt4`` follow the published split rules of
 GPT-2 (Radford et al. 2019) and cl100k (GPT-4). ``lmstack`` (the default) is the GPT-4 rule
 with two changes:
 
@@ -13,6 +13,11 @@ with two changes:
 * Numbers are cut into groups of at most ``max_digits`` digits (2 by default: small
   vocabularies cannot afford 1000 three-digit tokens, and short digit groups make arithmetic
   easier to learn).
+
+``lmstack_hanchar`` is ``lmstack`` with every Han character a chunk of its own, so BPE merges
+only the bytes inside a character. On a small, templated corpus the ``lmstack`` rule learns
+whole Chinese phrases as single tokens, and then a reworded question can share no token with
+the training question it rewords.
 
 Code behaves as in GPT-4: runs of indentation spaces stay together (``\\s+(?!\\S)``), an
 identifier keeps one leading punctuation or space (" return", "_bar", ".append"), and runs
@@ -37,6 +42,9 @@ _TEMPLATES = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     # lmstack: GPT-4 with Han runs split off from other letters ([^\p{Han}\P{L}] = non-Han letters).
     "lmstack": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+| ?\p{Han}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    # lmstack_hanchar: lmstack with every Han character its own chunk, as BERT's Chinese tokenizer splits
+    # (Devlin et al. 2019), so no token spans two characters.
+    "lmstack_hanchar": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+| ?\p{Han}|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
 }
 PATTERN_NAMES = tuple(_TEMPLATES)
 DEFAULT_PATTERN_NAME = "lmstack"

@@ -32,7 +32,7 @@ from lmstack.tokenizer.pretokenize import PATTERN_NAMES, build_pattern
 class Config:
     vocab_size: int = 4096             # total, including 256 byte tokens and the special tokens
     mode: Literal["byte", "char"] = "byte"
-    pattern: str = "lmstack"           # "lmstack" | "gpt4" | "gpt2" | a custom regex
+    pattern: str = "lmstack"           # "lmstack" | "lmstack_hanchar" | "gpt4" | "gpt2" | a custom regex
     max_digits: int = 2                # numbers split into groups of at most this many digits (0 = no limit)
     char_coverage: float = 0.9995      # char mode: share of character occurrences covered by the alphabet
     max_train_bytes: int = 4_000_000   # training sample cap (documents sampled uniformly when train.jsonl is larger)

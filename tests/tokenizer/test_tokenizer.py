@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,6 +137,23 @@ def test_default_pattern_splits_han_and_digit_groups():
     gpt4 = split_text("中文English混合，明月光", build_pattern("gpt4"))
     assert gpt4[0] == "中文English混合"  # the behaviour the lmstack pattern fixes
     assert split_text("    return x", build_pattern())[:2] == ["   ", " return"]
+
+
+def test_hanchar_pattern_keeps_every_han_character_apart(tmp_path):
+    """lmstack_hanchar: no token spans two Han characters (with the lmstack pattern, BPE learns words
+    and phrases), and the tiktoken core and an HF export encode as the Python reference does."""
+    han2 = regex.compile(r"\p{Han}.*\p{Han}")
+    texts = list(corpus_samples().values())
+    spans = {}
+    for name in ("lmstack", "lmstack_hanchar"):
+        t = train_tokenizer(texts, 1200, mode="byte", pattern=name, progress=False)
+        spans[name] = [i for i in range(t.n_regular) if han2.search(t.token_bytes(i).decode("utf-8", "replace"))]
+    assert spans["lmstack"] and not spans["lmstack_hanchar"]
+    assert split_text("张嘉娜的工作，中文English", build_pattern("lmstack_hanchar"))[:5] == ["张", "嘉", "娜", "的", "工"]
+    text = heldout_samples().get("zh", "") + "中文English混合，明月光"
+    assert t.encode_ordinary(text) == t.encode_ordinary_python(text)
+    tokenizers = pytest.importorskip("tokenizers")
+    assert tokenizers.Tokenizer.from_file(str(export_hf(t, tmp_path / "hf"))).encode(text).ids == t.encode_ordinary(text)
 
 
 def test_bad_pattern_names_are_rejected():
