@@ -42,10 +42,10 @@ _TEMPLATES = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     # lmstack: GPT-4 with Han runs split off from other letters ([^\p{Han}\P{L}] = non-Han letters).
     "lmstack": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+| ?\p{Han}+|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
-    # lmstack_hanchar: lmstack with every Han character its own chunk, as BERT's Chinese tokenizer splits
-    # (Devlin et al. 2019), so no token spans two characters.
-    "lmstack_hanchar": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+| ?\p{Han}|\p{N}{digits}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
 }
+# lmstack_hanchar: lmstack with every Han character its own chunk, as BERT's Chinese tokenizer splits
+# (Devlin et al. 2019), so no token spans two characters.
+_TEMPLATES["lmstack_hanchar"] = _TEMPLATES["lmstack"].replace(r" ?\p{Han}+", r" ?\p{Han}")
 PATTERN_NAMES = tuple(_TEMPLATES)
 DEFAULT_PATTERN_NAME = "lmstack"
 DEFAULT_MAX_DIGITS = 2
