@@ -184,7 +184,8 @@ def llama_cpp_pre_tokenizer(tokenizer) -> tuple[str, str]:
     "gpt-2"; its ``gpt4`` pattern with 3-digit groups is "llama-bpe" (Llama 3 uses the cl100k rule).
     The default ``lmstack`` pattern has no exact counterpart: "llama-bpe" differs in that a Han run
     may take a leading punctuation mark and join adjacent Latin letters, and numbers split into
-    groups of 3 instead of ``max_digits``.
+    groups of 3 instead of ``max_digits``. ``lmstack_hanchar`` differs in the same ways (its vocabulary has no
+    token across two Han characters, so a whole Han run still encodes one character at a time).
     """
     meta = getattr(tokenizer, "metadata", {}) or {}
     name, digits = meta.get("pattern_name"), meta.get("max_digits")
@@ -192,10 +193,10 @@ def llama_cpp_pre_tokenizer(tokenizer) -> tuple[str, str]:
         return "gpt-2", ""
     if name == "gpt4" and digits == 3:
         return "llama-bpe", ""
-    if name in ("gpt4", "lmstack"):
+    if name in ("gpt4", "lmstack", "lmstack_hanchar"):
         return "llama-bpe", (f"lmstack pattern {name!r} (digit groups of {digits}) has no exact llama.cpp pre-tokenizer; "
                              "'llama-bpe' splits numbers in groups of 3" + (" and does not cut Han runs from "
-                             "neighbouring letters/punctuation" if name == "lmstack" else "") +
+                             "neighbouring letters/punctuation" if name != "gpt4" else "") +
                              ", so llama.cpp may tokenize such text differently")
     return "llama-bpe", "unknown split pattern: llama.cpp's 'llama-bpe' rule is a guess"
 

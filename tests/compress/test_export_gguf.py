@@ -219,5 +219,6 @@ def test_pre_tokenizer_choice():
 
     assert llama_cpp_pre_tokenizer(T("gpt2", 2)) == ("gpt-2", "")
     assert llama_cpp_pre_tokenizer(T("gpt4", 3)) == ("llama-bpe", "")
-    name, caveat = llama_cpp_pre_tokenizer(T("lmstack", 2))
-    assert name == "llama-bpe" and "Han" in caveat and "groups of 3" in caveat
+    for pattern in ("lmstack", "lmstack_hanchar"):
+        name, caveat = llama_cpp_pre_tokenizer(T(pattern, 2))
+        assert name == "llama-bpe" and "Han" in caveat and "groups of 3" in caveat and pattern in caveat
